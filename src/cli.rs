@@ -1,0 +1,76 @@
+//! Command-line definition (DESIGN.md section 2) and dispatch to one module per verb in `cmd/`.
+//! Exit status: 0 success, 1 failure, 2 usage error; a command's own status passes through.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::cmd;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "gbuild",
+    version,
+    about = "Rootless builder of Gentoo binary packages that mirrors a host's configuration exactly"
+)]
+pub struct Cli {
+    /// Store directory [default: $XDG_DATA_HOME/gbuild]
+    #[arg(long, global = true, env = "GBUILD_STORE", value_name = "DIR")]
+    pub store: Option<PathBuf>,
+    /// Configuration file [default: <store>/gbuild.toml, else built-in defaults]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// More output
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    /// Less output (no progress, no notices)
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a command in a rootless container (debugging, tests)
+    Exec(cmd::exec::ExecOpts),
+    /// Run a command in a user namespace with the containers' id mapping (like `podman unshare`)
+    Unshare(cmd::unshare::UnshareOpts),
+    /// One-time, as root: subordinate id ranges and cgroup delegation for a user
+    SetupHost(cmd::setup_host::SetupHostOpts),
+    #[command(hide = true, name = "__watchdog")]
+    Watchdog(cmd::exec::WatchdogOpts),
+    #[command(hide = true, name = "__run")]
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        argv: Vec<std::ffi::OsString>,
+    },
+}
+
+/// Parse, run, and map the outcome to an exit status.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    gbuild::progress::set_quiet(cli.quiet);
+    let ctx = cmd::Ctx::new(&cli);
+    let result = match cli.command {
+        Command::Exec(o) => cmd::exec::run(&ctx, o),
+        Command::Unshare(o) => cmd::unshare::run(&ctx, o),
+        Command::SetupHost(o) => cmd::setup_host::run(&ctx, o),
+        Command::Watchdog(o) => cmd::exec::watchdog(o),
+        Command::Run { argv } => cmd::unshare::exec_argv(&argv),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("gbuild: {}", cmd::one_line(&e));
+            1
+        }
+    }
+}

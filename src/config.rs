@@ -1,0 +1,116 @@
+//! `gbuild.toml`: the user's defaults (mirror, arch, variant, keyring, loop interval, jobs). A
+//! missing file means the built-in defaults; a malformed one is an error naming the file.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_MIRROR: &str = "https://distfiles.gentoo.org";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Gentoo mirror base URL (http, https or file) with the distfiles layout.
+    pub mirror: String,
+    pub arch: String,
+    pub variant: String,
+    /// OpenPGP key bundle to trust instead of the shipped `stage3/keys/`.
+    pub keyring: Option<PathBuf>,
+    /// Extra primary fingerprints the user trusts besides the pinned Gentoo ones.
+    pub trusted_fingerprints: Vec<String>,
+    /// Wait between successful build passes, e.g. "24h", "30m".
+    pub interval: String,
+    /// Parallel make jobs inside the builder; 0 = number of cores.
+    pub jobs: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            mirror: DEFAULT_MIRROR.to_string(),
+            arch: "amd64".to_string(),
+            variant: "openrc".to_string(),
+            keyring: None,
+            trusted_fingerprints: Vec::new(),
+            interval: "24h".to_string(),
+            jobs: 0,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// Load `path`; a missing file gives the defaults only when `required` is false.
+    pub fn load(path: &Path, required: bool) -> Result<Config, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: e.message().to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                Ok(Config::default())
+            }
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+}
+
+/// Parse a duration such as `90s`, `30m`, `24h`, `2d`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 30m, 24h"))?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("invalid duration {s:?}: unit must be s, m, h or d")),
+    };
+    Ok(std::time::Duration::from_secs(n * mult))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_file_gives_defaults() {
+        let c = Config::load(Path::new("/nonexistent/gbuild.toml"), false).unwrap();
+        assert_eq!(c.mirror, DEFAULT_MIRROR);
+    }
+
+    #[test]
+    fn bad_file_names_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("gbuild.toml");
+        std::fs::write(&p, "mirrorr = 3\n").unwrap();
+        let e = Config::load(&p, false).unwrap_err().to_string();
+        assert!(e.contains("gbuild.toml"), "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("24h").unwrap().as_secs(), 86400);
+        assert_eq!(parse_duration("90").unwrap().as_secs(), 90);
+        assert!(parse_duration("5y").is_err());
+    }
+}

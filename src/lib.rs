@@ -1,0 +1,15 @@
+//! gbuild: a rootless builder of Gentoo binary packages whose configuration mirrors a host exactly.
+//!
+//! The library holds every mechanism (store, runtime, fetch, layers); the binary (`src/main.rs`,
+//! `src/cli.rs`, `src/cmd/`) only parses the command line and reports errors. See ARCHITECTURE.md.
+
+pub mod config;
+pub mod fsutil;
+pub mod idmap;
+pub mod lock;
+pub mod progress;
+pub mod runtime;
+pub mod setup_host;
+pub mod store;
+pub mod sys;
+pub mod userns;

@@ -1,0 +1,1 @@
+//! One-time host preparation by root (`gbuild setup-host --user NAME`).

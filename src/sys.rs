@@ -1,0 +1,81 @@
+//! The only module with `unsafe`: the few system calls std and nix do not wrap safely. Each
+//! function states the invariant that makes it sound. Everything else in gbuild is safe Rust.
+
+use std::os::fd::RawFd;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+/// Make `cmd`'s child receive `sig` when the thread that spawned it exits (PR_SET_PDEATHSIG).
+pub fn kill_child_with_parent(cmd: &mut Command, sig: nix::sys::signal::Signal) {
+    let parent = std::process::id() as i32;
+    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe system calls
+    // (prctl, getppid, kill) without allocating.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                // The parent died before prctl took effect.
+                libc::kill(libc::getpid(), sig as libc::c_int);
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Open a pidfd for `pid` (Linux 5.3+): a handle that cannot be confused with a reused pid.
+pub fn pidfd_open(pid: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes plain integers; on success it returns a new fd that we own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor owned by nobody else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Send `sig` to the process behind `pidfd`.
+pub fn pidfd_send_signal(pidfd: RawFd, sig: nix::sys::signal::Signal) -> std::io::Result<()> {
+    // SAFETY: plain integer arguments; a null siginfo is allowed.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd,
+            sig as libc::c_int,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Set the terminal window size of `fd`.
+pub fn set_winsize(fd: RawFd, ws: &nix::pty::Winsize) -> std::io::Result<()> {
+    // SAFETY: TIOCSWINSZ reads a winsize struct that outlives the call.
+    let r = unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, ws as *const nix::pty::Winsize) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Get the terminal window size of `fd`.
+pub fn get_winsize(fd: RawFd) -> std::io::Result<nix::pty::Winsize> {
+    let mut ws = nix::pty::Winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes a winsize struct into memory we own.
+    let r = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws as *mut nix::pty::Winsize) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(ws)
+}
