@@ -1,0 +1,5 @@
+//! The one integration-test binary. Each module covers one area and drives the real `gbuild`
+//! binary; `util` holds what they share. Tests that need user namespaces skip with a notice on a
+//! machine without them, and fail instead when `GBUILD_MUST_WORK=1` (CI).
+
+mod util;
