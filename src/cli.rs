@@ -58,6 +58,7 @@ pub fn main() -> i32 {
         }
     };
     gbuild::progress::set_quiet(cli.quiet);
+    init_tracing(cli.verbose);
     let ctx = cmd::Ctx::new(&cli);
     let result = match cli.command {
         Command::Exec(o) => cmd::exec::run(&ctx, o),
@@ -73,4 +74,21 @@ pub fn main() -> i32 {
             1
         }
     }
+}
+
+/// Diagnostics from gbuild and libcontainer on stderr: warnings by default, debug with `-v`,
+/// anything with `GBUILD_LOG` (tracing's env-filter syntax).
+fn init_tracing(verbose: bool) {
+    let default = if verbose {
+        "debug"
+    } else {
+        "warn,libcontainer=error,libcgroups=error"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GBUILD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .try_init();
 }

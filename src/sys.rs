@@ -79,3 +79,16 @@ pub fn get_winsize(fd: RawFd) -> std::io::Result<nix::pty::Winsize> {
     }
     Ok(ws)
 }
+
+/// Take ownership of a descriptor the kernel just handed over (SCM_RIGHTS).
+pub fn own_fd(fd: RawFd) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: callers pass a descriptor received from the kernel that nothing else owns.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}
+
+/// Borrow a descriptor that stays open for the whole process (0, 1, 2).
+pub fn borrow_fd(fd: RawFd) -> std::os::fd::BorrowedFd<'static> {
+    // SAFETY: callers pass a standard descriptor that is never closed by gbuild.
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+}

@@ -116,7 +116,9 @@ pub fn spawn(mut cmd: Command, map: &IdMapping) -> Result<Child, UsernsError> {
 /// Run `cmd` in a user namespace with `map` and wait for it.
 pub fn run(cmd: Command, map: &IdMapping) -> Result<ExitStatus, UsernsError> {
     let mut child = spawn(cmd, map)?;
-    child.wait().map_err(|e| UsernsError::Wait(nix::Error::from_raw(e.raw_os_error().unwrap_or(0))))
+    child
+        .wait()
+        .map_err(|e| UsernsError::Wait(nix::Error::from_raw(e.raw_os_error().unwrap_or(0))))
 }
 
 /// Write the uid and gid maps of process `pid`.
@@ -150,7 +152,11 @@ fn lines(ranges: &[IdRange]) -> String {
 fn map_tool(tool: &'static str, pid: u32, ranges: &[IdRange]) -> Result<(), UsernsError> {
     let mut args = vec![pid.to_string()];
     for r in ranges {
-        args.extend([r.inside.to_string(), r.outside.to_string(), r.count.to_string()]);
+        args.extend([
+            r.inside.to_string(),
+            r.outside.to_string(),
+            r.count.to_string(),
+        ]);
     }
     let out = Command::new(tool)
         .args(&args)
@@ -165,6 +171,25 @@ fn map_tool(tool: &'static str, pid: u32, ranges: &[IdRange]) -> Result<(), User
             tool,
             args: args.join(" "),
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Remove `path` and everything below it, including files owned by subordinate ids and
+/// overlay's mode-000 work dirs, from inside a user namespace with `map`.
+pub fn remove_tree(path: &std::path::Path, map: &IdMapping) -> Result<(), UsernsError> {
+    if !path.exists() && path.symlink_metadata().is_err() {
+        return Ok(());
+    }
+    let mut cmd = self_command(["__run", "rm", "-rf", "--"]);
+    cmd.arg(path);
+    let status = run(cmd, map)?;
+    if !status.success() {
+        return Err(UsernsError::Map {
+            tool: "rm",
+            args: path.display().to_string(),
+            stderr: format!("exited with {status}"),
         });
     }
     Ok(())

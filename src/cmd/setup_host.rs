@@ -1,4 +1,5 @@
-//! `gbuild setup-host --user NAME`: one-time preparation by root.
+//! `gbuild setup-host --user NAME`: one-time preparation by root (subordinate ids, cgroup
+//! delegation); says what it changed, and that nothing changed on a second run.
 
 use super::Ctx;
 
@@ -9,6 +10,13 @@ pub struct SetupHostOpts {
     pub user: String,
 }
 
-pub fn run(_ctx: &Ctx, _o: SetupHostOpts) -> anyhow::Result<i32> {
-    anyhow::bail!("not yet")
+pub fn run(ctx: &Ctx, o: SetupHostOpts) -> anyhow::Result<i32> {
+    let done = gbuild::setup_host::setup_host(&o.user)?;
+    if done.is_empty() {
+        ctx.note(&format!("setup-host: nothing to change for {}", o.user));
+    }
+    for line in done {
+        println!("{line}");
+    }
+    Ok(0)
 }
