@@ -7,7 +7,6 @@
 //! gbuild itself dies. See `../shared/reference/runtime-notes.md` for the library's behaviour that
 //! shaped this module (numbers in comments refer to its pitfalls).
 
-use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
@@ -246,7 +245,17 @@ impl Runtime {
         if let Some((sock, _)) = &console {
             builder = builder.with_console_socket(Some(sock.clone()));
         }
+        // Block the signals we supervise before the container's processes are cloned, so none is
+        // lost and none kills us half-way; the container's process unblocks them before exec
+        // (GbuildExecutor).
+        let mut mask = SigSet::empty();
+        for s in SUPERVISED {
+            mask.add(s);
+        }
+        let old_mask = mask.thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK)?;
+        let _restore = RestoreMask(old_mask);
         let mut container = builder
+            .with_executor(GbuildExecutor)
             .as_init(&bundle)
             .with_systemd(false)
             .with_detach(spec.tty)
@@ -267,18 +276,10 @@ impl Runtime {
             None => None,
         };
 
-        // Block the signals we supervise before the process can run, so none is lost; the
-        // container's process was cloned earlier with our normal mask.
-        let mut mask = SigSet::empty();
-        for s in SUPERVISED {
-            mask.add(s);
-        }
-        let old_mask = mask.thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK)?;
         let result = (|| {
             container.start().map_err(lib_err(&id))?;
             supervise(pid, &mask, master)
         })();
-        let _ = old_mask.thread_set_mask();
         if result.is_err() {
             let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
             let _ = waitpid(pid, None);
@@ -341,6 +342,33 @@ fn nanos_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Restores the caller's signal mask when a run ends.
+struct RestoreMask(SigSet);
+
+impl Drop for RestoreMask {
+    fn drop(&mut self) {
+        let _ = self.0.thread_set_mask();
+    }
+}
+
+/// Runs in the container's init right before exec: gives the process a clean signal mask (the
+/// runtime blocks signals while it supervises) and ties its life to gbuild's (SIGKILL when the
+/// gbuild thread that created it dies), then executes the OCI process like the default executor.
+#[derive(Clone)]
+struct GbuildExecutor;
+
+impl libcontainer::workload::Executor for GbuildExecutor {
+    fn exec(&self, spec: &Spec) -> Result<(), libcontainer::workload::ExecutorError> {
+        let _ = SigSet::empty().thread_set_mask();
+        let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+        libcontainer::workload::default::get_executor().exec(spec)
+    }
+
+    fn validate(&self, spec: &Spec) -> Result<(), libcontainer::workload::ExecutorValidationError> {
+        libcontainer::workload::default::get_executor().validate(spec)
+    }
+}
+
 /// Kill and remove container `id` through the library (init, every process, cgroup, state).
 fn destroy(state_root: &Path, id: &str) {
     if let Ok(mut c) = Container::load(state_root.join(id)) {
@@ -389,6 +417,7 @@ impl Watchdog {
         let exe = crate::userns::self_exe();
         let mut cmd = std::process::Command::new(&exe);
         cmd.arg("__watchdog")
+            .arg(std::process::id().to_string())
             .arg(state_root)
             .arg(id)
             .arg(bundle)
@@ -412,34 +441,73 @@ impl Watchdog {
     }
 }
 
-/// The watchdog's side: wait until the parent says `done` or disappears; in the second case kill
-/// the container and remove its state. Runs as `gbuild __watchdog STATE_ROOT ID BUNDLE`.
-pub fn watchdog_main(state_root: &Path, id: &str, bundle: &Path) -> i32 {
-    let mut input = String::new();
-    let _ = std::io::stdin().read_to_string(&mut input);
-    if input.lines().any(|l| l == "done") {
+/// The watchdog's side: wait until gbuild says `done` or exits (seen through a pidfd, since a
+/// container process that has not exec'd yet still holds our pipe); in the second case kill the
+/// container and remove its state. Runs as `gbuild __watchdog PARENT_PID STATE_ROOT ID BUNDLE`.
+pub fn watchdog_main(parent: i32, state_root: &Path, id: &str, bundle: &Path) -> i32 {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let parent_fd = crate::sys::pidfd_open(parent).ok();
+    let stdin = std::io::stdin();
+    let mut input = Vec::new();
+    let mut buf = [0u8; 256];
+    let mut stdin_open = true;
+    let said_done = |input: &[u8]| String::from_utf8_lossy(input).lines().any(|l| l == "done");
+    loop {
+        if said_done(&input) {
+            return 0;
+        }
+        let mut fds = Vec::new();
+        if stdin_open {
+            fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
+        }
+        if let Some(p) = &parent_fd {
+            fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
+        }
+        if fds.is_empty() {
+            break;
+        }
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::Error::EINTR) => continue,
+            Err(_) => break,
+        }
+        let ev: Vec<PollFlags> = fds
+            .iter()
+            .map(|f| f.revents().unwrap_or(PollFlags::empty()))
+            .collect();
+        drop(fds);
+        let parent_ev = if stdin_open { ev.get(1) } else { ev.first() };
+        if stdin_open && ev[0].intersects(PollFlags::POLLIN | PollFlags::POLLHUP) {
+            match stdin.lock().read(&mut buf) {
+                Ok(0) | Err(_) => stdin_open = false,
+                Ok(n) => input.extend_from_slice(&buf[..n]),
+            }
+        }
+        if parent_ev.is_some_and(|e| !e.is_empty()) {
+            break; // gbuild is gone
+        }
+    }
+    if said_done(&input) {
         return 0;
     }
-    let pid = input
+    let pid = String::from_utf8_lossy(&input)
         .lines()
-        .find_map(|l| l.strip_prefix("pid "))
+        .find_map(|l| l.strip_prefix("pid ").map(str::to_owned))
         .and_then(|p| p.trim().parse::<i32>().ok());
     if let Some(pid) = pid {
         let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+    } else {
+        // Died while creating: the state appears when creation completes.
+        let t = Instant::now();
+        while !state_root.join(id).join("state.json").exists()
+            && t.elapsed() < Duration::from_secs(2)
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
     destroy(state_root, id);
     let _ = std::fs::remove_dir_all(bundle);
     0
-}
-
-/// Hidden CLI entry of the watchdog: `__watchdog STATE_ROOT ID BUNDLE`.
-pub fn watchdog_from_args(args: &[OsString]) -> i32 {
-    match args {
-        [state, id, bundle] => {
-            watchdog_main(Path::new(state), &id.to_string_lossy(), Path::new(bundle))
-        }
-        _ => 2,
-    }
 }
 
 const SUPERVISED: [Signal; 7] = [

@@ -2,7 +2,6 @@
 //! The low-level door to the runtime, for debugging and tests; the builder verbs use the same
 //! `runtime::Runtime`.
 
-use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
@@ -104,13 +103,20 @@ pub fn run(ctx: &Ctx, o: ExecOpts) -> anyhow::Result<i32> {
     Ok(result?)
 }
 
-/// Hidden `gbuild __watchdog STATE_ROOT ID BUNDLE` (see `runtime::watchdog_main`).
+/// Hidden `gbuild __watchdog PARENT_PID STATE_ROOT ID BUNDLE` (see `runtime::watchdog_main`).
 #[derive(clap::Args, Debug)]
 pub struct WatchdogOpts {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub args: Vec<OsString>,
+    pub parent: i32,
+    pub state_root: PathBuf,
+    pub id: String,
+    pub bundle: PathBuf,
 }
 
 pub fn watchdog(o: WatchdogOpts) -> anyhow::Result<i32> {
-    Ok(gbuild::runtime::watchdog_from_args(&o.args))
+    Ok(gbuild::runtime::watchdog_main(
+        o.parent,
+        &o.state_root,
+        &o.id,
+        &o.bundle,
+    ))
 }

@@ -1,0 +1,469 @@
+//! `gbuild exec`, `unshare` and `setup-host`: the rootless runtime everything else runs on.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::{self, Scratch};
+
+/// A minimal root filesystem from busybox-static, owned by the test user.
+pub fn busybox_rootfs(dir: &Path) {
+    let bb = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("busybox-static is needed for the runtime tests");
+    for d in ["bin", "etc", "proc", "dev", "sys", "tmp", "root", "mnt"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    std::fs::copy(bb, dir.join("bin/busybox")).unwrap();
+    for applet in [
+        "sh", "id", "ls", "cat", "touch", "chown", "echo", "sleep", "stat", "mkdir", "rm", "true",
+        "false", "kill", "tty", "mount", "grep",
+    ] {
+        std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)).unwrap();
+    }
+    std::fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    std::fs::write(dir.join("etc/group"), "root:x:0:\n").unwrap();
+}
+
+fn ready() -> bool {
+    util::require(
+        util::rootless_ready(),
+        "unprivileged user namespaces with subordinate ranges and newuidmap",
+    )
+}
+
+fn exec(s: &Scratch, rootfs: &Path) -> Command {
+    let mut c = util::gbuild(&s.path().join("store"));
+    c.arg("exec").arg("--rootfs").arg(rootfs).arg("-T");
+    c
+}
+
+#[test]
+fn root_inside_and_chown_maps_to_subordinate_ids() {
+    if !ready() {
+        return;
+    }
+    let s = Scratch::new();
+    let root = s.path().join("root");
+    busybox_rootfs(&root);
+    let out = util::output(exec(&s, &root).args([
+        "--",
+        "/bin/sh",
+        "-c",
+        "id -u; touch /f; chown 250:250 /f",
+    ]));
+    assert!(out.status.success());
+    assert_eq!(util::stdout(&out).trim(), "0");
+    let md = std::fs::metadata(root.join("f")).unwrap();
+    // Mapping: 0 -> caller, 1..65536 -> subuid base.., so 250 inside is base + 249 outside.
+    let ubase = util::subid_base("/etc/subuid").unwrap();
+    let gbase = util::subid_base("/etc/subgid").unwrap();
+    assert_eq!(md.uid(), ubase + 249);
+    assert_eq!(md.gid(), gbase + 249);
+}
+
+#[test]
+fn readonly_bind_and_overlay_upper() {
+    if !ready() {
+        return;
+    }
+    let s = Scratch::new();
+    let root = s.path().join("root");
+    busybox_rootfs(&root);
+    let ro = s.path().join("ro");
+    let rw = s.path().join("rw");
+    std::fs::create_dir_all(&ro).unwrap();
+    std::fs::create_dir_all(&rw).unwrap();
+    std::fs::write(ro.join("keep"), "orig").unwrap();
+    let upper = s.path().join("upper");
+    let before = tree_listing(&root);
+    let out = util::output(
+        exec(&s, &root)
+            .arg("--upper")
+            .arg(&upper)
+            .arg("--bind")
+            .arg(format!("{}:/mnt/ro:ro", ro.display()))
+            .arg("--bind")
+            .arg(format!("{}:/mnt/rw", rw.display()))
+            .args([
+                "--",
+                "/bin/sh",
+                "-c",
+                "if echo x > /mnt/ro/keep; then exit 10; fi; \
+                 if touch /mnt/ro/new; then exit 11; fi; \
+                 echo w > /mnt/rw/out && echo new > /etc/added && rm /bin/true && echo done",
+            ]),
+    );
+    assert!(out.status.success(), "{}", util::stderr(&out));
+    assert_eq!(util::stdout(&out).trim(), "done");
+    assert_eq!(std::fs::read_to_string(ro.join("keep")).unwrap(), "orig");
+    assert!(!ro.join("new").exists());
+    assert_eq!(std::fs::read_to_string(rw.join("out")).unwrap(), "w\n");
+    // The write and the deletion landed in the upper dir; the layer is untouched.
+    assert_eq!(
+        std::fs::read_to_string(upper.join("etc/added")).unwrap(),
+        "new\n"
+    );
+    let wh = std::fs::symlink_metadata(upper.join("bin/true")).unwrap();
+    assert!(
+        std::os::unix::fs::FileTypeExt::is_char_device(&wh.file_type()),
+        "deletion recorded as an overlay whiteout"
+    );
+    assert_eq!(tree_listing(&root), before);
+    assert!(root.join("bin/true").exists());
+}
+
+fn tree_listing(dir: &Path) -> Vec<(String, u64, u32)> {
+    let mut v = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let md = e.path().symlink_metadata().unwrap();
+            v.push((e.path().display().to_string(), md.len(), md.mode()));
+            if md.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+#[test]
+fn exit_codes_and_stdin_pass_through() {
+    if !ready() {
+        return;
+    }
+    let s = Scratch::new();
+    let root = s.path().join("root");
+    busybox_rootfs(&root);
+    for (cmd, code) in [("exit 0", 0), ("exit 3", 3)] {
+        let out = util::output(exec(&s, &root).args(["--", "/bin/sh", "-c", cmd]));
+        assert_eq!(out.status.code(), Some(code), "{cmd}");
+    }
+    // stdin reaches the command.
+    let mut child = exec(&s, &root)
+        .args(["--", "/bin/cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"through stdin\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "through stdin\n");
+    // A command killed by SIGKILL: 128+9.
+    let marker = "424242";
+    let mut child = exec(&s, &root)
+        .args(["--", "/bin/sleep", marker])
+        .spawn()
+        .unwrap();
+    let pid = wait_for_process(&format!("/bin/sleep\0{marker}"), Duration::from_secs(10))
+        .expect("the container's sleep shows up");
+    Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(137));
+}
+
+/// The pid of a process of ours whose command line contains `needle` (NUL-separated args).
+fn wait_for_process(needle: &str, limit: Duration) -> Option<u32> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Some(p) = find_process(needle) {
+            return Some(p);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+fn find_process(needle: &str) -> Option<u32> {
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            if String::from_utf8_lossy(&cmd).starts_with(needle) {
+                return Some(pid);
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn sigterm_ends_container_and_leaves_nothing() {
+    if !ready() {
+        return;
+    }
+    let s = Scratch::new();
+    let root = s.path().join("root");
+    busybox_rootfs(&root);
+    let state = s.path().join("run");
+    std::fs::create_dir_all(&state).unwrap();
+    let marker = "434343";
+    let mut child = exec(&s, &root)
+        .env("XDG_RUNTIME_DIR", &state)
+        .args(["--", "/bin/sleep", marker])
+        .spawn()
+        .unwrap();
+    let inner = wait_for_process(&format!("/bin/sleep\0{marker}"), Duration::from_secs(10))
+        .expect("container process");
+    let t = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert!(!status.success());
+    assert!(!Path::new(&format!("/proc/{inner}")).exists() || is_zombie(inner));
+    // No state dir of the container, no bundle, no mount of ours left.
+    let gb = state.join("gbuild");
+    let left: Vec<_> = std::fs::read_dir(&gb)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n != "bundles")
+        .collect();
+    assert!(left.is_empty(), "state left: {left:?}");
+    assert_eq!(std::fs::read_dir(gb.join("bundles")).unwrap().count(), 0);
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&s.path().display().to_string()));
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.contains(") Z "))
+        .unwrap_or(true)
+}
+
+#[test]
+fn sigkill_of_gbuild_takes_the_container_down() {
+    if !ready() {
+        return;
+    }
+    let s = Scratch::new();
+    let root = s.path().join("root");
+    busybox_rootfs(&root);
+    let state = s.path().join("run");
+    std::fs::create_dir_all(&state).unwrap();
+    let marker = "454545";
+    let mut child = exec(&s, &root)
+        .env("XDG_RUNTIME_DIR", &state)
+        .args(["--", "/bin/sleep", marker])
+        .spawn()
+        .unwrap();
+    let inner = wait_for_process(&format!("/bin/sleep\0{marker}"), Duration::from_secs(10))
+        .expect("container process");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(5) {
+        if !Path::new(&format!("/proc/{inner}")).exists() || is_zombie(inner) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !Path::new(&format!("/proc/{inner}")).exists() || is_zombie(inner),
+        "container outlived gbuild"
+    );
+    let t = Instant::now();
+    let gb = state.join("gbuild");
+    loop {
+        let left = std::fs::read_dir(&gb)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name() != "bundles")
+            .count();
+        if left == 0 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "state dir left behind"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn missing_newuidmap_is_one_line_naming_the_fix() {
+    if !util::has_subids() || util::nix_uid() == 0 {
+        util::require(!util::must_work(), "a user with subordinate ranges");
+        return;
+    }
+    let s = Scratch::new();
+    let root = s.path().join("root");
+    busybox_rootfs(&root);
+    let out = exec(&s, &root)
+        .env("PATH", s.path())
+        .args(["--", "/bin/true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = util::stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("newuidmap") && err.contains("apt install uidmap"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_rootfs_and_bind_are_named() {
+    let s = Scratch::new();
+    let missing = s.path().join("nope");
+    let out = util::gbuild(&s.path().join("store"))
+        .args(["exec", "--idmap", "single", "--rootfs"])
+        .arg(&missing)
+        .args(["--", "/bin/true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(util::stderr(&out).contains(&missing.display().to_string()));
+    let out = util::gbuild(&s.path().join("store"))
+        .args(["exec", "--rootfs", "/", "--bind", "relative", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "usage error");
+    assert!(util::stderr(&out).contains("relative"));
+}
+
+/// Tests that must run as root (setup-host, users without ranges); `scripts/test.sh` runs them
+/// in a separate root pass.
+mod as_root {
+    use super::*;
+
+    struct TempUser(String);
+
+    impl TempUser {
+        fn new(name: &str) -> TempUser {
+            let _ = Command::new("userdel").arg(name).status();
+            let ok = Command::new("useradd")
+                .args(["-M", "-K", "SUB_UID_COUNT=0", "-K", "SUB_GID_COUNT=0", name])
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "useradd {name}");
+            TempUser(name.to_string())
+        }
+    }
+
+    impl Drop for TempUser {
+        fn drop(&mut self) {
+            let _ = Command::new("userdel").arg(&self.0).status();
+            for f in ["/etc/subuid", "/etc/subgid"] {
+                if let Ok(t) = std::fs::read_to_string(f) {
+                    let kept: String = t
+                        .lines()
+                        .filter(|l| !l.starts_with(&format!("{}:", self.0)))
+                        .map(|l| format!("{l}\n"))
+                        .collect();
+                    let _ = std::fs::write(f, kept);
+                }
+            }
+            for (_, mnt) in cgroup_mounts() {
+                let _ = std::fs::remove_dir(mnt.join("gbuild").join(&self.0));
+            }
+        }
+    }
+
+    fn cgroup_mounts() -> Vec<(String, std::path::PathBuf)> {
+        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        text.lines()
+            .filter_map(|l| {
+                let (left, right) = l.split_once(" - ")?;
+                right.starts_with("cgroup ").then(|| {
+                    let mnt = left.split_whitespace().nth(4).unwrap();
+                    (mnt.to_string(), std::path::PathBuf::from(mnt))
+                })
+            })
+            .collect()
+    }
+
+    fn is_root() -> bool {
+        if util::nix_uid() != 0 {
+            eprintln!("skipped: needs root (scripts/test.sh runs these in its root pass)");
+            return false;
+        }
+        true
+    }
+
+    #[test]
+    fn setup_host_is_idempotent() {
+        if !is_root() {
+            return;
+        }
+        let user = TempUser::new("gbuild-setup-t");
+        let s = Scratch::new();
+        let first = util::output(util::gbuild(&s.path().join("store")).args([
+            "setup-host",
+            "--user",
+            &user.0,
+        ]));
+        assert!(first.status.success());
+        let said = util::stdout(&first);
+        assert!(
+            said.contains("/etc/subuid") && said.contains("/etc/subgid"),
+            "{said}"
+        );
+        let subuid = std::fs::read("/etc/subuid").unwrap();
+        let subgid = std::fs::read("/etc/subgid").unwrap();
+        let second = util::output(util::gbuild(&s.path().join("store")).args([
+            "setup-host",
+            "--user",
+            &user.0,
+        ]));
+        assert!(second.status.success());
+        assert_eq!(util::stdout(&second), "", "second run changes nothing");
+        assert!(util::stderr(&second).contains("nothing to change"));
+        assert_eq!(std::fs::read("/etc/subuid").unwrap(), subuid);
+        assert_eq!(std::fs::read("/etc/subgid").unwrap(), subgid);
+    }
+
+    #[test]
+    fn missing_ranges_is_one_line_naming_the_fix() {
+        if !is_root() {
+            return;
+        }
+        let user = TempUser::new("gbuild-norange-t");
+        let s = Scratch::new();
+        let root = s.path().join("root");
+        busybox_rootfs(&root);
+        Command::new("chmod")
+            .args(["-R", "a+rX"])
+            .arg(s.path())
+            .status()
+            .unwrap();
+        let out = Command::new("runuser")
+            .args(["-u", &user.0, "--"])
+            .arg(util::bin())
+            .args(["exec", "--idmap", "full", "--rootfs"])
+            .arg(&root)
+            .args(["--", "/bin/true"])
+            .env("GBUILD_STORE", s.path().join("store"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = util::stderr(&out);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(
+            err.contains(&format!("gbuild setup-host --user {}", user.0)),
+            "{err}"
+        );
+    }
+}
