@@ -239,30 +239,30 @@ pub fn lock(store: &Store) -> Result<crate::lock::Lock, FetchError> {
     )?)
 }
 
-/// Download `url` to `<downloads>/<file>.partial` while hashing and checking `sig`; on success
-/// the partial file is complete and every check passed (it is not yet renamed).
-fn download_verified(
+/// Download `url` to `<downloads>/<file>.partial` while hashing and checking `sig`. Returns the
+/// digests and the signature verdict; the caller checks digests first (the more precise
+/// message), then the verdict, and removes the partial file when a check fails.
+fn download_checked(
     fetcher: &Fetcher,
     url: &str,
     partial: &Path,
     sig: verify::Pending,
     label: &str,
-) -> Result<(Digests, Signer), FetchError> {
+) -> Result<(Digests, Result<Signer, VerifyError>), FetchError> {
     let mut pipe = hashing::Pipeline::new(Some(sig));
-    let size = fetcher.download(url, partial, &mut pipe, label)?;
+    fetcher.download(url, partial, &mut pipe, label)?;
     let (digests, verdict) = pipe.finish();
-    debug_assert_eq!(size, digests.size);
-    let discard = |e: FetchError| {
-        // A complete file that fails its checks is useless for a resume.
+    let verdict = verdict.expect("a signature was given");
+    Ok((digests, verdict))
+}
+
+/// Run `checks`; on failure remove `partial` (a complete file that fails is useless for a
+/// resume) and return the error.
+fn or_discard<T>(partial: &Path, r: Result<T, FetchError>) -> Result<T, FetchError> {
+    if r.is_err() {
         let _ = std::fs::remove_file(partial);
-        e
-    };
-    let signer = match verdict {
-        Some(Ok(s)) => s,
-        Some(Err(e)) => return Err(discard(e.into())),
-        None => unreachable!("a signature was given"),
-    };
-    Ok((digests, signer))
+    }
+    r
 }
 
 fn compare(file: &str, algo: &'static str, expected: &str, got: &str) -> Result<(), FetchError> {
@@ -365,7 +365,7 @@ pub fn fetch_stage3(
 
     let dl = store.downloads();
     let partial = dl.join(format!("{file}.partial"));
-    let (got, signer) = download_verified(fetcher, &url, &partial, pending, &file)?;
+    let (got, verdict) = download_checked(fetcher, &url, &partial, pending, &file)?;
     let checks = (|| {
         if got.size != latest.size {
             return Err(FetchError::Size {
@@ -376,12 +376,10 @@ pub fn fetch_stage3(
             });
         }
         compare(&file, "SHA512", &want_sha, &got.sha512)?;
-        compare(&file, "BLAKE2B", &want_b2, &got.blake2b)
+        compare(&file, "BLAKE2B", &want_b2, &got.blake2b)?;
+        Ok(verdict?)
     })();
-    if let Err(e) = checks {
-        let _ = std::fs::remove_file(&partial);
-        return Err(e);
-    }
+    let signer = or_discard(&partial, checks)?;
     atomic_write(&dl.join(&asc_name), &asc)?;
     atomic_write(&dl.join(&digests_name), &digests_raw)?;
     let dest = dl.join(&file);
@@ -467,19 +465,17 @@ pub fn fetch_snapshot(
             dl.join(format!("{remote}.{id}.partial"))
         }
     };
-    let (got, signer) = download_verified(fetcher, &url, &partial, pending, &remote)?;
+    let (got, verdict) = download_checked(fetcher, &url, &partial, pending, &remote)?;
+    let signer = or_discard(&partial, verdict.map_err(FetchError::from))?;
     let date = match &src.snapshot_date {
         Some(d) => d.clone(),
-        None => match snapshot_date_inside(&partial) {
-            Some(d) => d,
-            None => {
-                let _ = std::fs::remove_file(&partial);
-                return Err(FetchError::Parse {
-                    file: remote,
-                    message: "no gentoo-YYYYMMDD/ top directory to date the snapshot".into(),
-                });
-            }
-        },
+        None => or_discard(
+            &partial,
+            snapshot_date_inside(&partial).ok_or_else(|| FetchError::Parse {
+                file: remote.clone(),
+                message: "no gentoo-YYYYMMDD/ top directory to date the snapshot".into(),
+            }),
+        )?,
     };
     let file = format!("gentoo-{date}.tar.xz");
     let kept_sig = format!("{file}.gpgsig");
