@@ -18,6 +18,8 @@ pub const CHUNK: usize = 1 << 20;
 const DEPTH: usize = 8;
 
 type Chunk = Arc<[u8]>;
+/// The outcome of a signature check, when there was one.
+type Verdict = Option<Result<Signer, VerifyError>>;
 
 /// The digests of everything fed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,7 +34,8 @@ pub struct Digests {
 pub struct Pipeline {
     sig: Option<Pending>,
     txs: Vec<SyncSender<Chunk>>,
-    sha: Option<JoinHandle<String>>,
+    /// SHA512 of the data, and the signature verdict when the same pass serves both.
+    sha: Option<JoinHandle<(String, Verdict)>>,
     b2: Option<JoinHandle<String>>,
     verify: Option<JoinHandle<Result<Signer, VerifyError>>>,
     size: u64,
@@ -48,6 +51,18 @@ fn hasher<D: Digest + Send + 'static>(rx: Receiver<Chunk>) -> JoinHandle<String>
     })
 }
 
+/// SHA512 of the data; with `sig` (a plain-SHA512 signature) also its verdict from the same
+/// hash state.
+fn sha512_worker(rx: Receiver<Chunk>, sig: Option<Pending>) -> JoinHandle<(String, Verdict)> {
+    std::thread::spawn(move || {
+        let mut d = Sha512::new();
+        for chunk in rx {
+            d.update(&chunk);
+        }
+        let verdict = sig.map(|p| p.check_sha512(d.clone()));
+        (hex::encode(d.finalize()), verdict)
+    })
+}
 /// `Read` over the chunks of a channel (what the signature check pulls from).
 struct ChannelReader {
     rx: Receiver<Chunk>,
@@ -78,12 +93,14 @@ impl Read for ChannelReader {
 }
 
 impl Pipeline {
-    /// Workers for SHA512 and BLAKE2B, plus the check of `sig` when given.
+    /// Workers for SHA512 and BLAKE2B, plus the check of `sig` when given (sharing the SHA512
+    /// pass when the signature hashes with plain SHA512).
     pub fn new(sig: Option<Pending>) -> Pipeline {
         let (tx_sha, rx_sha) = sync_channel(DEPTH);
         let (tx_b2, rx_b2) = sync_channel(DEPTH);
         let mut txs = vec![tx_sha, tx_b2];
-        let verify = sig.clone().map(|p| {
+        let shared = sig.as_ref().is_some_and(|p| p.hashes_plain_sha512());
+        let verify = sig.clone().filter(|_| !shared).map(|p| {
             let (tx, rx) = sync_channel(DEPTH);
             txs.push(tx);
             std::thread::spawn(move || {
@@ -96,9 +113,9 @@ impl Pipeline {
             })
         });
         Pipeline {
+            sha: Some(sha512_worker(rx_sha, sig.clone().filter(|_| shared))),
             sig,
             txs,
-            sha: Some(hasher::<Sha512>(rx_sha)),
             b2: Some(hasher::<Blake2b512>(rx_b2)),
             verify,
             size: 0,
@@ -127,21 +144,31 @@ impl Pipeline {
 
     /// Close the streams and collect the digests and the signature verdict (None when no
     /// signature was given).
-    pub fn finish(mut self) -> (Digests, Option<Result<Signer, VerifyError>>) {
+    pub fn finish(mut self) -> (Digests, Verdict) {
         self.txs.clear();
-        let join = |h: Option<JoinHandle<String>>| {
-            h.map(|h| h.join().unwrap_or_default()).unwrap_or_default()
+        let panicked = || {
+            Err(VerifyError::Malformed(
+                "signature check".into(),
+                "worker panicked".into(),
+            ))
         };
-        let sha512 = join(self.sha.take());
-        let blake2b = join(self.b2.take());
-        let verdict = self.verify.take().map(|h| {
-            h.join().unwrap_or_else(|_| {
-                Err(VerifyError::Malformed(
-                    "signature check".into(),
-                    "worker panicked".into(),
-                ))
+        let (sha512, shared) = self
+            .sha
+            .take()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| (String::new(), Some(panicked())))
             })
-        });
+            .unwrap_or_default();
+        let blake2b = self
+            .b2
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
+        let verdict = match self.verify.take() {
+            Some(h) => Some(h.join().unwrap_or_else(|_| panicked())),
+            None => shared,
+        };
         (
             Digests {
                 sha512,

@@ -17,8 +17,9 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use pgp::composed::{CleartextSignedMessage, Deserializable, DetachedSignature, SignedPublicKey};
-use pgp::packet::{PublicKey, PublicSubkey, Signature, SignatureType};
-use pgp::types::KeyDetails;
+use pgp::crypto::hash::HashAlgorithm;
+use pgp::packet::{PublicKey, PublicSubkey, Signature, SignatureType, SignatureVersion};
+use pgp::types::{KeyDetails, KeyVersion, VerifyingKey};
 
 /// Gentoo's signing keys (primary fingerprints), confirmed from several public sources.
 pub const PINNED: &[(&str, &str)] = &[
@@ -267,6 +268,60 @@ impl Pending {
                 key: self.signer.key.clone(),
                 reason: e.to_string(),
             })?;
+        Ok(self.signer.clone())
+    }
+}
+
+impl Pending {
+    /// Whether the data hash of this signature is exactly the SHA512 of the data (a v4 binary
+    /// signature using SHA512, Gentoo's usual case), so one SHA512 pass serves both the file
+    /// digest and the signature ([`Pending::check_sha512`]).
+    pub fn hashes_plain_sha512(&self) -> bool {
+        let key_v4 = match &self.key {
+            SigningKey::Primary(k) => k.version() == KeyVersion::V4,
+            SigningKey::Sub(k) => k.version() == KeyVersion::V4,
+        };
+        key_v4
+            && self.signature.version() == SignatureVersion::V4
+            && self.signature.typ() == Some(SignatureType::Binary)
+            && self.signature.hash_alg() == Some(HashAlgorithm::Sha512)
+    }
+
+    /// Finish the check of a signature for which [`Pending::hashes_plain_sha512`] holds, given
+    /// the SHA512 state after all the data: append the signature's hashed trailer as OpenPGP
+    /// prescribes (RFC 9580 5.2.4), compare the quick check bytes, verify with the key.
+    pub fn check_sha512(&self, data: sha2::Sha512) -> Result<Signer, VerifyError> {
+        use sha2::digest::DynDigest;
+        let bad = |reason: String| VerifyError::BadSignature {
+            what: self.what.clone(),
+            key: self.signer.key.clone(),
+            reason,
+        };
+        if !self.hashes_plain_sha512() {
+            return Err(bad("not a v4 binary SHA512 signature".into()));
+        }
+        let config = self
+            .signature
+            .config()
+            .ok_or_else(|| bad("unknown signature version".into()))?;
+        let mut h: Box<dyn DynDigest + Send> = Box::new(data);
+        let len = config
+            .hash_signature_data(&mut h)
+            .map_err(|e| bad(e.to_string()))?;
+        h.update(&config.trailer(len).map_err(|e| bad(e.to_string()))?);
+        let hash = h.finalize();
+        if self.signature.signed_hash_value() != Some([hash[0], hash[1]]) {
+            return Err(bad("signed hash value mismatch".into()));
+        }
+        let bytes = self
+            .signature
+            .signature()
+            .ok_or_else(|| bad("no signature value".into()))?;
+        let r = match &self.key {
+            SigningKey::Primary(k) => k.verify(HashAlgorithm::Sha512, &hash, bytes),
+            SigningKey::Sub(k) => k.verify(HashAlgorithm::Sha512, &hash, bytes),
+        };
+        r.map_err(|e| bad(e.to_string()))?;
         Ok(self.signer.clone())
     }
 }
@@ -643,6 +698,76 @@ mod tests {
             .as_secs() as u64;
         let until = cert.primary_key.created_at().as_secs() as u64 + exp;
         assert_eq!(utc_date(until), "2023-07-01");
+    }
+
+    /// A signature claiming Gentoo's release signing subkey, made "now". Its value is junk:
+    /// resolving the signer does not look at the data.
+    fn claimed_releng_signature() -> Signature {
+        use pgp::crypto::public_key::PublicKeyAlgorithm;
+        use pgp::packet::{SignatureConfig, Subpacket, SubpacketData};
+        use pgp::types::{Fingerprint, Mpi, SignatureBytes, Timestamp};
+        let fpr = hex::decode("534E4209AB49EEE1C19D96162C44695DB9F6043D").unwrap();
+        let mut config = SignatureConfig::v4(
+            SignatureType::Binary,
+            PublicKeyAlgorithm::RSA,
+            HashAlgorithm::Sha512,
+        );
+        config.hashed_subpackets = vec![
+            Subpacket::regular(SubpacketData::SignatureCreationTime(Timestamp::now())).unwrap(),
+            Subpacket::regular(SubpacketData::IssuerFingerprint(
+                Fingerprint::new(KeyVersion::V4, &fpr).unwrap(),
+            ))
+            .unwrap(),
+        ];
+        Signature::from_config(
+            config,
+            [0, 0],
+            SignatureBytes::Mpis(vec![Mpi::from_slice(&[1; 256])]),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn expired_copy_of_a_pinned_key_warns_and_names_the_fix() {
+        let trust = Trust::new(None, &[]).unwrap();
+        let p = trust
+            .resolve("stage3.tar.xz.asc", claimed_releng_signature())
+            .unwrap();
+        assert_eq!(p.signer.primary, "13EBBDBEDE7A12775DFDB1BABB572E0E2D182910");
+        assert_eq!(p.signer.key, "534E4209AB49EEE1C19D96162C44695DB9F6043D");
+        assert!(p.hashes_plain_sha512());
+        assert_eq!(p.warnings.len(), 1);
+        let w = &p.warnings[0];
+        assert!(
+            w.contains("expired on 2023-07-01") && w.contains("--keyring"),
+            "{w}"
+        );
+        // The signature value itself is still checked, with either hashing path.
+        assert!(p.check(&b"data"[..]).is_err());
+        let mut h = sha2::Sha512::default();
+        sha2::Digest::update(&mut h, b"data");
+        assert!(matches!(
+            p.check_sha512(h),
+            Err(VerifyError::BadSignature { .. })
+        ));
+    }
+
+    #[test]
+    fn unpinned_key_is_untrusted_without_trust() {
+        let mut trust = Trust::new(None, &[]).unwrap();
+        trust.pinned.clear();
+        let e = trust
+            .resolve("x.asc", claimed_releng_signature())
+            .unwrap_err();
+        assert!(matches!(e, VerifyError::Untrusted { .. }), "{e}");
+        // Trusted by the user but not pinned: expiry is a hard error.
+        trust
+            .user
+            .push("13EBBDBEDE7A12775DFDB1BABB572E0E2D182910".into());
+        let e = trust
+            .resolve("x.asc", claimed_releng_signature())
+            .unwrap_err();
+        assert!(e.to_string().contains("expired on 2023-07-01"), "{e}");
     }
 
     #[test]

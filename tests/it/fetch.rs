@@ -459,3 +459,31 @@ fn server_ignoring_range_makes_the_download_start_over() {
         w.mirror.stage3
     );
 }
+
+#[test]
+fn detached_signature_over_other_bytes_fails_whatever_its_digest() {
+    for digest in ["SHA512", "SHA256"] {
+        let w = world();
+        let k = keys();
+        let rel = stage3_rel();
+        let asc = w
+            .gpg
+            .detach_sign_digest(&k.main_fpr, &w.mirror.path(&rel), digest);
+        w.mirror.write(&format!("{rel}.asc"), &asc);
+        // Genuine: verifies with either digest algorithm.
+        let out = w.fetch(&[]);
+        assert!(out.status.success(), "{digest}");
+
+        // DIGESTS and latest agree with new bytes, but the detached signature does not.
+        let w = world();
+        w.mirror.write(&format!("{rel}.asc"), &asc);
+        let mut other = w.mirror.stage3.clone();
+        other[10] ^= 0x80;
+        w.mirror
+            .replace_stage3_keep_asc(&w.gpg, &k.main_fpr, &other);
+        let out = w.fetch(&[]);
+        assert_fails(&w, &out, &format!("{}.asc", stage3_name()));
+        assert!(util::stderr(&out).contains("bad signature"), "{digest}");
+        assert!(w.partials().is_empty());
+    }
+}

@@ -400,6 +400,16 @@ impl Gpg {
         )
     }
 
+    /// Armored detached signature of `file` with `fpr`, hashing with `digest` (e.g. SHA256).
+    pub fn detach_sign_digest(&self, fpr: &str, file: &Path, digest: &str) -> Vec<u8> {
+        run_ok(
+            self.signer(fpr)
+                .args(["--digest-algo", digest])
+                .args(["--armor", "--detach-sign", "--output", "-"])
+                .arg(file),
+        )
+    }
+
     /// Armored public keys of `fprs`.
     pub fn export(&self, fprs: &[&str]) -> Vec<u8> {
         run_ok(
@@ -539,6 +549,21 @@ impl Mirror {
         self.write(
             &latest_rel(),
             &gpg.clearsign(fpr, &Mirror::latest_body(self.stage3.len())),
+        );
+    }
+
+    /// Replace the stage3 bytes with `data`, with a DIGESTS and latest file signed by `fpr`
+    /// that match the new bytes, but keep the old detached signature.
+    pub fn replace_stage3_keep_asc(&self, gpg: &Gpg, fpr: &str, data: &[u8]) {
+        let rel = stage3_rel();
+        self.write(&rel, data);
+        self.write(
+            &format!("{rel}.DIGESTS"),
+            &gpg.clearsign(fpr, &Mirror::digests_body(data)),
+        );
+        self.write(
+            &latest_rel(),
+            &gpg.clearsign(fpr, &Mirror::latest_body(data.len())),
         );
     }
 
