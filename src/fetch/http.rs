@@ -25,8 +25,8 @@ use crate::fsutil::{FsError, IoContext};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    #[error("{url}: not found (HTTP 404)")]
-    NotFound { url: String },
+    #[error("{url}: not found{}", status.map(|c| format!(" (HTTP {c})")).unwrap_or_default())]
+    NotFound { url: String, status: Option<u16> },
     #[error("{url}: HTTP {status}")]
     Status { url: String, status: u16 },
     #[error("{url}: {message} (gave up after {attempts} attempts)")]
@@ -129,7 +129,10 @@ impl Fetcher {
     pub fn get_small(&self, url: &str, limit: u64) -> Result<Vec<u8>, HttpError> {
         if let Some(path) = Fetcher::local_path(url)? {
             let data = std::fs::read(&path).map_err(|source| match source.kind() {
-                std::io::ErrorKind::NotFound => HttpError::NotFound { url: url.into() },
+                std::io::ErrorKind::NotFound => HttpError::NotFound {
+                    url: url.into(),
+                    status: None,
+                },
                 _ => HttpError::Local {
                     url: url.into(),
                     source,
@@ -329,7 +332,10 @@ fn check_status(url: &str, status: StatusCode) -> Result<(), HttpError> {
         return Ok(());
     }
     if status == StatusCode::NOT_FOUND || status == StatusCode::GONE {
-        return Err(HttpError::NotFound { url: url.into() });
+        return Err(HttpError::NotFound {
+            url: url.into(),
+            status: Some(status.as_u16()),
+        });
     }
     Err(HttpError::Status {
         url: url.into(),
@@ -385,7 +391,10 @@ fn copy_local(
     label: &str,
 ) -> Result<u64, HttpError> {
     let local = |source: std::io::Error| match source.kind() {
-        std::io::ErrorKind::NotFound => HttpError::NotFound { url: url.into() },
+        std::io::ErrorKind::NotFound => HttpError::NotFound {
+            url: url.into(),
+            status: None,
+        },
         _ => HttpError::Local {
             url: url.into(),
             source,

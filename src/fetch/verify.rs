@@ -58,11 +58,12 @@ pub enum VerifyError {
     NotSigned(String),
     #[error("{0}: malformed signature: {1}")]
     Malformed(String, String),
-    #[error("{what}: signed by unknown key {issuer} (not in keyring {keyring})")]
+    #[error("{what}: signed by unknown key {issuer} (not in keyring {keyring}){hint}")]
     UnknownKey {
         what: String,
         issuer: String,
         keyring: String,
+        hint: &'static str,
     },
     #[error("{what}: signed by key {key} of {primary}, which is not trusted (pinned or --trust)")]
     Untrusted {
@@ -556,6 +557,13 @@ impl Trust {
                 what: what.into(),
                 issuer,
                 keyring: self.keyring.source.clone(),
+                hint: if self.keyring.source == SHIPPED_NAME {
+                    "; pass --keyring with a current gentoo-release.asc (e.g. \
+                     /usr/share/openpgp-keys/gentoo-release.asc), which also holds the \
+                     snapshot key"
+                } else {
+                    ""
+                },
             }),
         }
     }
