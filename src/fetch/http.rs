@@ -250,7 +250,18 @@ impl Fetcher {
         };
         let status = resp.status();
         if status == StatusCode::RANGE_NOT_SATISFIABLE && *have > 0 {
-            // Our partial is not a prefix of what the server has: start over.
+            let total = resp
+                .headers()
+                .get(CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("bytes */"))
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            if total == Some(*have) {
+                // A previous run got every byte but stopped before its checks.
+                rehash(file, partial, pipe, *have)?;
+                return Ok(Attempt::Done);
+            }
+            // Our partial is longer than what the server has: start over.
             restart(file, partial, pipe, have)?;
             return Ok(Attempt::Retry("range not satisfiable".into(), true));
         }

@@ -487,3 +487,20 @@ fn detached_signature_over_other_bytes_fails_whatever_its_digest() {
         assert!(w.partials().is_empty());
     }
 }
+
+#[test]
+fn complete_partial_left_by_an_earlier_run_is_checked_not_downloaded_again() {
+    let w = world();
+    std::fs::create_dir_all(w.downloads()).unwrap();
+    let partial = w.downloads().join(format!("{}.partial", stage3_name()));
+    std::fs::write(&partial, &w.mirror.stage3).unwrap();
+    let out = w.fetch(&[]);
+    assert!(out.status.success());
+    let reqs = w.stage3_requests();
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    assert_eq!(reqs[0].status, 416);
+    assert_eq!(
+        std::fs::read(w.downloads().join(stage3_name())).unwrap(),
+        w.mirror.stage3
+    );
+}
