@@ -71,6 +71,7 @@ cat "$auto/$ts/$name" >/dev/null # warm the page cache for both contenders
 
 now() { date +%s.%N; }
 best_base= best_gb= rss=
+all_base=() all_gb=()
 for round in $(seq "$RUNS"); do
     rm -f "$work/curl.out"
     t0=$(now)
@@ -90,15 +91,22 @@ for round in $(seq "$RUNS"); do
     gb_t=$(echo "$t1 - $t0" | bc -l)
     r=$(awk -F: '/Maximum resident set size/ {gsub(/ /, "", $2); print $2}' "$work/time.txt")
     cmp -s "$work/store/downloads/$name" "$auto/$ts/$name" || { echo "bench-fetch: downloaded file differs" >&2; exit 1; }
+    all_base+=("$base_t")
+    all_gb+=("$gb_t")
     printf 'round %d: baseline %.2fs  gbuild %.2fs  (peak RSS %d KiB)\n' "$round" "$base_t" "$gb_t" "$r"
     if [[ -z "$best_base" ]] || (($(echo "$base_t < $best_base" | bc -l))); then best_base=$base_t; fi
     if [[ -z "$best_gb" ]] || (($(echo "$gb_t < $best_gb" | bc -l))); then best_gb=$gb_t; fi
     if [[ -z "$rss" ]] || ((r > rss)); then rss=$r; fi
 done
 
+median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+med_base=$(median "${all_base[@]}")
+med_gb=$(median "${all_gb[@]}")
 ratio=$(echo "$best_gb / $best_base" | bc -l)
+med_ratio=$(echo "$med_gb / $med_base" | bc -l)
 printf 'file: %s (%d bytes)\n' "$name" "$size"
 printf 'baseline (curl -o + sha512sum + b2sum), best of %d: %.2fs\n' "$RUNS" "$best_base"
 printf 'gbuild fetch (download + SHA512 + BLAKE2B + signatures), best of %d: %.2fs\n' "$RUNS" "$best_gb"
-printf 'ratio gbuild/baseline: %.2f (target <= 1.10)\n' "$ratio"
+printf 'medians: baseline %.2fs, gbuild %.2fs\n' "$med_base" "$med_gb"
+printf 'ratio gbuild/baseline: best %.2f, median %.2f (target <= 1.10)\n' "$ratio" "$med_ratio"
 printf 'gbuild peak RSS: %d KiB\n' "$rss"
