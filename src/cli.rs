@@ -32,6 +32,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Download and verify the stage3 and the ebuild-tree snapshot into the store
+    Fetch(cmd::fetch::FetchOpts),
     /// Run a command in a rootless container (debugging, tests)
     Exec(cmd::exec::ExecOpts),
     /// Run a command in a user namespace with the containers' id mapping (like `podman unshare`)
@@ -61,6 +63,7 @@ pub fn main() -> i32 {
     init_tracing(cli.verbose);
     let ctx = cmd::Ctx::new(&cli);
     let result = match cli.command {
+        Command::Fetch(o) => cmd::fetch::run(&ctx, o),
         Command::Exec(o) => cmd::exec::run(&ctx, o),
         Command::Unshare(o) => cmd::unshare::run(&ctx, o),
         Command::SetupHost(o) => cmd::setup_host::run(&ctx, o),

@@ -4,6 +4,7 @@
 //! `src/cli.rs`, `src/cmd/`) only parses the command line and reports errors. See ARCHITECTURE.md.
 
 pub mod config;
+pub mod fetch;
 pub mod fsutil;
 pub mod idmap;
 pub mod lock;

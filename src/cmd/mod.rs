@@ -2,6 +2,7 @@
 //! status. Verbs only translate options into library calls; mechanisms live in the library.
 
 pub mod exec;
+pub mod fetch;
 pub mod setup_host;
 pub mod unshare;
 

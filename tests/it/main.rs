@@ -3,4 +3,6 @@
 //! machine without them, and fail instead when `GBUILD_MUST_WORK=1` (CI).
 
 mod exec;
+mod fetch;
+mod mirror;
 mod util;
