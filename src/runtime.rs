@@ -199,7 +199,18 @@ impl Runtime {
     }
 
     /// Run a container to completion and return its exit status (128+n when killed by signal n).
+    /// Its stdin, stdout and stderr are ours.
     pub fn run(&self, spec: &ContainerSpec) -> Result<i32, RuntimeError> {
+        self.run_with_output(spec, None)
+    }
+
+    /// As `run`, but the container's stdout and stderr go to `sink` (from the supervision loop,
+    /// so no thread exists while libcontainer clones) and its stdin is empty.
+    pub fn run_with_output(
+        &self,
+        spec: &ContainerSpec,
+        sink: Option<&mut dyn FnMut(&[u8])>,
+    ) -> Result<i32, RuntimeError> {
         self.prepare_state_root()?;
         self.reap_stale();
         let id = format!(
@@ -245,6 +256,18 @@ impl Runtime {
         if let Some((sock, _)) = &console {
             builder = builder.with_console_socket(Some(sock.clone()));
         }
+        let mut output_rx = None;
+        if sink.is_some() {
+            let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+            let devnull = std::fs::File::open("/dev/null")
+                .map_err(io_err("open", Path::new("/dev/null")))?;
+            let tx2 = tx.try_clone().map_err(io_err("dup", Path::new("pipe")))?;
+            builder = builder
+                .with_stdin(OwnedFd::from(devnull))
+                .with_stdout(tx)
+                .with_stderr(tx2);
+            output_rx = Some(rx);
+        }
         // Block the signals we supervise before the container's processes are cloned, so none is
         // lost and none kills us half-way; the container's process unblocks them before exec
         // (GbuildExecutor).
@@ -276,10 +299,16 @@ impl Runtime {
             None => None,
         };
 
-        let result = (|| {
-            container.start().map_err(lib_err(&id))?;
-            supervise(pid, &mask, master)
-        })();
+        let result = match container.start().map_err(lib_err(&id)) {
+            Err(e) => Err(e),
+            Ok(()) => {
+                let output = match (output_rx, sink) {
+                    (Some(rx), Some(f)) => Some((rx, f)),
+                    _ => None,
+                };
+                supervise(pid, &mask, master, output)
+            }
+        };
         if result.is_err() {
             let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
             let _ = waitpid(pid, None);
@@ -525,7 +554,12 @@ const SUPERVISED: [Signal; 7] = [
 const KILL_GRACE: Duration = Duration::from_millis(500);
 
 /// The supervision loop: reap init, forward signals, proxy the terminal.
-fn supervise(pid: Pid, mask: &SigSet, master: Option<OwnedFd>) -> Result<i32, RuntimeError> {
+fn supervise(
+    pid: Pid,
+    mask: &SigSet,
+    master: Option<OwnedFd>,
+    mut output: Option<(OwnedFd, &mut dyn FnMut(&[u8]))>,
+) -> Result<i32, RuntimeError> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let sfd = SignalFd::with_flags(mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
     let stdin = std::io::stdin();
@@ -542,7 +576,14 @@ fn supervise(pid: Pid, mask: &SigSet, master: Option<OwnedFd>) -> Result<i32, Ru
     loop {
         if let Some(code) = try_reap(pid)? {
             if let Some(m) = &master {
-                drain(m.as_fd(), &mut buf);
+                drain(m.as_fd(), &mut buf, &mut |b| {
+                    let mut out = std::io::stdout().lock();
+                    let _ = out.write_all(b);
+                    let _ = out.flush();
+                });
+            }
+            if let Some((rx, f)) = output.as_mut() {
+                drain(rx.as_fd(), &mut buf, *f);
             }
             return Ok(code);
         }
@@ -555,6 +596,11 @@ fn supervise(pid: Pid, mask: &SigSet, master: Option<OwnedFd>) -> Result<i32, Ru
         };
         let sfd_fd = sfd.as_fd();
         let mut fds = vec![PollFd::new(sfd_fd, PollFlags::POLLIN)];
+        let out_idx = output.as_ref().map(|(rx, _)| {
+            fds.push(PollFd::new(rx.as_fd(), PollFlags::POLLIN));
+            fds.len() - 1
+        });
+        let base = fds.len();
         if let Some(m) = &master {
             fds.push(PollFd::new(m.as_fd(), PollFlags::POLLIN));
             if stdin_open {
@@ -575,6 +621,17 @@ fn supervise(pid: Pid, mask: &SigSet, master: Option<OwnedFd>) -> Result<i32, Ru
             if Instant::now() >= t {
                 let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
                 kill_at = None;
+            }
+        }
+        if let (Some(i), Some((rx, f))) = (out_idx, output.as_mut()) {
+            if revents[i].intersects(PollFlags::POLLIN | PollFlags::POLLHUP) {
+                match nix::unistd::read(rx.as_raw_fd(), &mut buf) {
+                    Ok(0) | Err(_) => {
+                        // Everyone closed it; keep reaping without it.
+                        output = None;
+                    }
+                    Ok(n) => f(&buf[..n]),
+                }
             }
         }
         if revents[0].contains(PollFlags::POLLIN) {
@@ -602,7 +659,7 @@ fn supervise(pid: Pid, mask: &SigSet, master: Option<OwnedFd>) -> Result<i32, Ru
         }
         if let Some(m) = &master {
             if revents
-                .get(1)
+                .get(base)
                 .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP))
             {
                 match nix::unistd::read(m.as_raw_fd(), &mut buf) {
@@ -620,7 +677,7 @@ fn supervise(pid: Pid, mask: &SigSet, master: Option<OwnedFd>) -> Result<i32, Ru
             }
             if stdin_open
                 && revents
-                    .get(2)
+                    .get(base + 1)
                     .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP))
             {
                 match nix::unistd::read(stdin.as_raw_fd(), &mut buf) {
@@ -649,19 +706,18 @@ fn try_reap(pid: Pid) -> Result<Option<i32>, RuntimeError> {
     }
 }
 
-fn drain(fd: BorrowedFd<'_>, buf: &mut [u8]) {
+/// Read what is left in `fd` without waiting (a daemon may keep the write end open).
+fn drain(fd: BorrowedFd<'_>, buf: &mut [u8], sink: &mut dyn FnMut(&[u8])) {
     let _ = nix::fcntl::fcntl(
         fd.as_raw_fd(),
         nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
     );
-    let mut out = std::io::stdout().lock();
     while let Ok(n) = nix::unistd::read(fd.as_raw_fd(), buf) {
         if n == 0 {
             break;
         }
-        let _ = out.write_all(&buf[..n]);
+        sink(&buf[..n]);
     }
-    let _ = out.flush();
 }
 
 fn copy_winsize(master: BorrowedFd<'_>) {
