@@ -6,6 +6,7 @@
 pub mod config;
 pub mod fsutil;
 pub mod idmap;
+pub mod layer;
 pub mod lock;
 pub mod progress;
 pub mod runtime;

@@ -58,7 +58,11 @@ impl Lock {
                 let holder = holder.trim();
                 return Err(LockError::Busy {
                     path: path.to_path_buf(),
-                    holder: if holder.is_empty() { "?".into() } else { holder.into() },
+                    holder: if holder.is_empty() {
+                        "?".into()
+                    } else {
+                        holder.into()
+                    },
                 });
             }
         };
@@ -82,7 +86,10 @@ mod tests {
         let p = dir.path().join("lock");
         let l = Lock::try_acquire(&p).unwrap();
         let e = Lock::try_acquire(&p).unwrap_err();
-        assert!(e.to_string().contains(&std::process::id().to_string()), "{e}");
+        assert!(
+            e.to_string().contains(&std::process::id().to_string()),
+            "{e}"
+        );
         drop(l);
         Lock::try_acquire(&p).unwrap();
     }

@@ -116,7 +116,9 @@ pub fn spawn(mut cmd: Command, map: &IdMapping) -> Result<Child, UsernsError> {
 /// Run `cmd` in a user namespace with `map` and wait for it.
 pub fn run(cmd: Command, map: &IdMapping) -> Result<ExitStatus, UsernsError> {
     let mut child = spawn(cmd, map)?;
-    child.wait().map_err(|e| UsernsError::Wait(nix::Error::from_raw(e.raw_os_error().unwrap_or(0))))
+    child
+        .wait()
+        .map_err(|e| UsernsError::Wait(nix::Error::from_raw(e.raw_os_error().unwrap_or(0))))
 }
 
 /// Write the uid and gid maps of process `pid`.
@@ -150,7 +152,11 @@ fn lines(ranges: &[IdRange]) -> String {
 fn map_tool(tool: &'static str, pid: u32, ranges: &[IdRange]) -> Result<(), UsernsError> {
     let mut args = vec![pid.to_string()];
     for r in ranges {
-        args.extend([r.inside.to_string(), r.outside.to_string(), r.count.to_string()]);
+        args.extend([
+            r.inside.to_string(),
+            r.outside.to_string(),
+            r.count.to_string(),
+        ]);
     }
     let out = Command::new(tool)
         .args(&args)

@@ -2,7 +2,12 @@
 //! status. Verbs only translate options into library calls; mechanisms live in the library.
 
 pub mod exec;
+pub mod gc;
+pub mod image;
+pub mod layer;
+pub mod restore;
 pub mod setup_host;
+pub mod snapshot;
 pub mod unshare;
 
 use std::path::PathBuf;
