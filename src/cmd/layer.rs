@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use gbuild::idmap::{IdMapping, IdPolicy};
 use gbuild::layer::{self, image, ns::Helper};
 
@@ -67,8 +66,7 @@ pub fn run(ctx: &Ctx, o: LayerOpts) -> anyhow::Result<i32> {
     match o.command {
         LayerCommand::Unpack { tarball, image } => {
             let (store, h) = helper(ctx)?;
-            let (info, _) = image::from_rootfs(&store, &h, &tarball, image.as_deref())
-                .with_context(|| format!("unpack {}", tarball.display()))?;
+            let (info, _) = image::from_rootfs(&store, &h, &tarball, image.as_deref())?;
             println!("{}", info.id);
         }
         LayerCommand::Commit {

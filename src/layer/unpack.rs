@@ -743,7 +743,7 @@ impl Writer<'_> {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(m.mode))
             .at("chmod", path)?;
         self.set_xattrs(path, None, &m)?;
-        filetime::set_file_times(path, m.mtime, m.mtime).at("set times", path)?;
+        filetime::set_symlink_file_times(path, m.mtime, m.mtime).at("set times", path)?;
         Ok(())
     }
 
@@ -778,7 +778,7 @@ impl Writer<'_> {
         for (path, mode, mtime) in &self.deferred {
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(*mode))
                 .at("chmod", path)?;
-            filetime::set_file_times(path, *mtime, *mtime).at("set times", path)?;
+            filetime::set_symlink_file_times(path, *mtime, *mtime).at("set times", path)?;
         }
         Ok(())
     }

@@ -21,7 +21,9 @@ pub fn gbuild(store: &Path) -> Command {
 
 /// Run and capture, printing both streams on failure to ease debugging.
 pub fn output(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
     if !out.status.success() {
         eprintln!(
             "{cmd:?} -> {:?}\nstdout: {}\nstderr: {}",
