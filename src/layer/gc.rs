@@ -94,6 +94,21 @@ pub fn gc(store: &Store, helper: &Helper) -> Result<GcReport> {
             report.temp_removed.push(path);
         }
     }
+    // Snapshots interrupted before their rename (`.NAME.tmp.PID.N`, see fsutil::temp_sibling).
+    let mut export_dirs = vec![store.exports()];
+    for (_, path) in entries(&store.exports())? {
+        if path.is_dir() {
+            export_dirs.push(path);
+        }
+    }
+    for d in export_dirs {
+        for (name, path) in entries(&d)? {
+            if name.starts_with('.') && name.contains(".tmp.") {
+                trees.push(path.clone());
+                report.temp_removed.push(path);
+            }
+        }
+    }
     // Metadata first: a layer without metadata is never listed nor used.
     for id in &ids {
         let meta = super::layer_meta_path(store, id);

@@ -583,7 +583,7 @@ impl Writer<'_> {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     std::fs::create_dir(&path).at("create directory", &path)?;
                     if self.opts.owners {
-                        std::os::unix::fs::lchown(&path, Some(0), Some(0)).at("chown", &path)?;
+                        self.chown(&path, None, 0, 0, raw)?;
                     }
                     // Implied directory: fixed metadata, so the layer id stays deterministic.
                     self.deferred
@@ -594,6 +594,32 @@ impl Writer<'_> {
             self.known.insert(rel.clone());
         }
         Ok(path)
+    }
+
+    /// Give `path` (or the open `file`) the owner `uid:gid`, never following a symlink.
+    fn chown(
+        &self,
+        path: &Path,
+        file: Option<&File>,
+        uid: u32,
+        gid: u32,
+        raw: &[u8],
+    ) -> Result<()> {
+        let r = match file {
+            Some(f) => std::os::unix::fs::fchown(f, Some(uid), Some(gid)),
+            None => std::os::unix::fs::lchown(path, Some(uid), Some(gid)),
+        };
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Err(self.refuse(
+                raw,
+                format!(
+                    "owner {uid}:{gid} is not mapped in this user namespace \
+                     (subordinate ids missing? run `gbuild setup-host --user USER` as root)"
+                ),
+            )),
+            Err(e) => Err(FsError::new("chown", path, e).into()),
+        }
     }
 
     /// Make room for a new non-directory entry at `path`.
@@ -643,7 +669,7 @@ impl Writer<'_> {
             Err(_) => std::fs::create_dir(path).at("create directory", path)?,
         }
         if self.opts.owners {
-            std::os::unix::fs::lchown(path, Some(m.uid), Some(m.gid)).at("chown", path)?;
+            self.chown(path, None, m.uid, m.gid, raw)?;
         }
         self.set_xattrs(path, None, &m)?;
         self.known.insert(rel);
@@ -677,7 +703,7 @@ impl Writer<'_> {
             self.stats.content_bytes += n as u64;
         }
         if self.opts.owners {
-            std::os::unix::fs::fchown(&f, Some(m.uid), Some(m.gid)).at("chown", path)?;
+            self.chown(path, Some(&f), m.uid, m.gid, raw)?;
         }
         f.set_permissions(std::fs::Permissions::from_mode(m.mode))
             .at("chmod", path)?;
@@ -726,7 +752,7 @@ impl Writer<'_> {
         self.clear(path, raw)?;
         std::os::unix::fs::symlink(OsStr::from_bytes(target), path).at("symlink", path)?;
         if self.opts.owners {
-            std::os::unix::fs::lchown(path, Some(m.uid), Some(m.gid)).at("chown", path)?;
+            self.chown(path, None, m.uid, m.gid, raw)?;
         }
         filetime::set_symlink_file_times(path, m.mtime, m.mtime).at("set times", path)?;
         Ok(())
@@ -738,7 +764,7 @@ impl Writer<'_> {
         mknod(path, SFlag::S_IFIFO, Mode::from_bits_truncate(0o600), 0)
             .map_err(|e| FsError::new("mkfifo", path, e.into()))?;
         if self.opts.owners {
-            std::os::unix::fs::lchown(path, Some(m.uid), Some(m.gid)).at("chown", path)?;
+            self.chown(path, None, m.uid, m.gid, raw)?;
         }
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(m.mode))
             .at("chmod", path)?;
