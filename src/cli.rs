@@ -40,6 +40,18 @@ pub enum Command {
     Unshare(cmd::unshare::UnshareOpts),
     /// One-time, as root: subordinate id ranges and cgroup delegation for a user
     SetupHost(cmd::setup_host::SetupHostOpts),
+    /// Sealed layers: unpack a stage3, commit an upper dir, unpack an ebuild tree, list
+    Layer(cmd::layer::LayerOpts),
+    /// Images (ordered stacks of layers): list, lowerdir, rm
+    Image(cmd::image::ImageOpts),
+    /// Export an image as an OCI image layout
+    Snapshot(cmd::snapshot::SnapshotOpts),
+    /// Rebuild an image from an OCI image layout, offline
+    Restore(cmd::restore::RestoreOpts),
+    /// Remove unreferenced layers and leftovers of interrupted runs
+    Gc(cmd::gc::GcOpts),
+    #[command(hide = true, name = "__layer-helper")]
+    LayerHelper { request: String },
     #[command(hide = true, name = "__watchdog")]
     Watchdog(cmd::exec::WatchdogOpts),
     #[command(hide = true, name = "__run")]
@@ -68,6 +80,12 @@ pub fn main() -> i32 {
         Command::Unshare(o) => cmd::unshare::run(&ctx, o),
         Command::SetupHost(o) => cmd::setup_host::run(&ctx, o),
         Command::Watchdog(o) => cmd::exec::watchdog(o),
+        Command::Layer(o) => cmd::layer::run(&ctx, o),
+        Command::Image(o) => cmd::image::run(&ctx, o),
+        Command::Snapshot(o) => cmd::snapshot::run(&ctx, o),
+        Command::Restore(o) => cmd::restore::run(&ctx, o),
+        Command::Gc(o) => cmd::gc::run(&ctx, o),
+        Command::LayerHelper { request } => Ok(cmd::layer::serve(&request)),
         Command::Run { argv } => cmd::unshare::exec_argv(&argv),
     };
     match result {

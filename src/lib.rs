@@ -7,6 +7,7 @@ pub mod config;
 pub mod fetch;
 pub mod fsutil;
 pub mod idmap;
+pub mod layer;
 pub mod lock;
 pub mod progress;
 pub mod runtime;

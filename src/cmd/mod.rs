@@ -3,7 +3,12 @@
 
 pub mod exec;
 pub mod fetch;
+pub mod gc;
+pub mod image;
+pub mod layer;
+pub mod restore;
 pub mod setup_host;
+pub mod snapshot;
 pub mod unshare;
 
 use std::path::PathBuf;

@@ -1,0 +1,344 @@
+//! Sealed, content-addressed filesystem layers and the images built from them (DESIGN.md sections
+//! 3 and 6). A layer is a directory `layers/<sha256>/` whose name is the sha256 of its canonical
+//! tarball (`pack`), with `layers/<sha256>.json` beside it. Layers are built under a temporary
+//! name, synced, renamed into place, and never written again.
+//!
+//! Layers hold files owned by subordinate ids, so everything that reads or writes their content
+//! runs inside a user namespace with the containers' id mapping (`ns`). On disk a layer is in
+//! overlayfs form, ready to be a lower directory: a deletion is a character device 0/0 (which the
+//! kernel lets unprivileged users create since Linux 5.8) and an opaque directory carries
+//! `user.overlay.opaque=y`. The canonical tarball turns both into OCI whiteouts.
+
+pub mod gc;
+pub mod image;
+pub mod ns;
+pub mod oci;
+pub mod pack;
+pub mod tarpath;
+pub mod unpack;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil::{FsError, IoContext};
+use crate::store::Store;
+
+/// Errors of layer, image and export operations; each names the file, entry or value at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    #[error("{archive}: entry {entry}: {reason}")]
+    Entry {
+        archive: String,
+        entry: String,
+        reason: String,
+    },
+    #[error("{archive}: {source}")]
+    Archive {
+        archive: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    Pack { path: PathBuf, reason: String },
+    #[error("no layer {0} in the store")]
+    NoLayer(String),
+    #[error("layer {id} is damaged: its content hashes to {actual}")]
+    Damaged { id: String, actual: String },
+    #[error("no image {0} in the store (see `gbuild image list`)")]
+    NoImage(String),
+    #[error("invalid image name {0:?}: use NAME or GROUP/NAME of letters, digits, '-', '_', '.'")]
+    BadImageName(String),
+    #[error("{path}: {reason}")]
+    Layout { path: PathBuf, reason: String },
+    #[error("{what} {path}: digest mismatch: expected {expected}, got {actual}")]
+    Digest {
+        what: &'static str,
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
+    #[error("{path}: {source}")]
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{0}")]
+    Helper(String),
+    #[error(transparent)]
+    Userns(#[from] crate::userns::UsernsError),
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
+}
+
+pub type Result<T, E = LayerError> = std::result::Result<T, E>;
+
+/// What `layers/<id>.json` records about a sealed layer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerInfo {
+    /// sha256 (hex) of the canonical uncompressed tarball: the OCI diff id.
+    pub id: String,
+    /// The layer below this one in the image it was made for, if any.
+    pub parent: Option<String>,
+    /// Where the content came from (tarball name, commit, restore).
+    pub source: String,
+    /// Bytes of regular-file content.
+    pub size: u64,
+    /// Entries of the canonical tarball.
+    pub entries: u64,
+    /// Seconds since the epoch when the layer was sealed.
+    pub created: u64,
+    /// Device nodes of the source archive that were skipped (not representable rootless).
+    #[serde(default)]
+    pub devices_skipped: u64,
+}
+
+/// Whether `s` looks like a layer id (64 lowercase hex digits).
+pub fn is_layer_id(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// `layers/<id>/`.
+pub fn layer_dir(store: &Store, id: &str) -> PathBuf {
+    store.layers().join(id)
+}
+
+/// `layers/<id>.json`.
+pub fn layer_meta_path(store: &Store, id: &str) -> PathBuf {
+    store.layers().join(format!("{id}.json"))
+}
+
+/// The metadata of a sealed layer; `NoLayer` unless both the directory and the metadata exist.
+pub fn layer_info(store: &Store, id: &str) -> Result<LayerInfo> {
+    let meta = layer_meta_path(store, id);
+    if !is_layer_id(id) || !layer_dir(store, id).is_dir() || !meta.is_file() {
+        return Err(LayerError::NoLayer(id.to_string()));
+    }
+    read_json(&meta)
+}
+
+/// Every sealed layer (directory and metadata present), sorted by id. Temporary and half-made
+/// layers are never listed.
+pub fn list_layers(store: &Store) -> Result<Vec<LayerInfo>> {
+    let dir = store.layers();
+    let mut out = Vec::new();
+    let rd = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(FsError::new("read directory", &dir, e).into()),
+    };
+    for ent in rd {
+        let ent = ent.at("read directory", &dir)?;
+        let name = ent.file_name().to_string_lossy().into_owned();
+        if let Some(id) = name.strip_suffix(".json") {
+            if is_layer_id(id) && layer_dir(store, id).is_dir() {
+                out.push(read_json::<LayerInfo>(&ent.path())?);
+            }
+        }
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
+}
+
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let data = std::fs::read(path).at("read", path)?;
+    serde_json::from_slice(&data).map_err(|source| LayerError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let mut data = serde_json::to_vec_pretty(value).expect("serialisable");
+    data.push(b'\n');
+    crate::fsutil::atomic_write(path, &data)?;
+    Ok(())
+}
+
+pub(crate) fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Prefix of layer work directories under the store's `tmp/`; `gc` removes leftovers.
+pub const TEMP_PREFIX: &str = "layer-";
+
+/// A fresh, empty work directory under `tmp/` (same filesystem as `layers/`).
+pub fn temp_dir(store: &Store, what: &str) -> Result<PathBuf> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let base = store.tmp();
+    std::fs::create_dir_all(&base).at("create directory", &base)?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let p = base.join(format!(
+        "{TEMP_PREFIX}{what}-{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir(&p).at("create directory", &p)?;
+    Ok(p)
+}
+
+/// Make everything written under `dir` durable (one `syncfs` of its filesystem).
+pub fn sync_tree(dir: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = File::open(dir).at("open", dir)?;
+    nix::unistd::syncfs(f.as_raw_fd())
+        .map_err(|e| FsError::new("syncfs", dir, std::io::Error::from(e)))?;
+    Ok(())
+}
+
+/// Seal a finished layer: sync it, rename `tmp` to `layers/<id>/`, write the metadata, and make
+/// the layer root read-only. When the layer already exists (same content), `tmp` is removed and
+/// the existing layer kept. Returns the recorded metadata.
+pub fn publish(store: &Store, tmp: &Path, info: LayerInfo) -> Result<LayerInfo> {
+    use std::os::unix::fs::PermissionsExt;
+    let dest = layer_dir(store, &info.id);
+    let meta = layer_meta_path(store, &info.id);
+    if dest.is_dir() {
+        remove_tree(tmp)?;
+        if let Ok(existing) = read_json::<LayerInfo>(&meta) {
+            return Ok(existing);
+        }
+    } else {
+        sync_tree(tmp)?;
+        if let Err(e) = crate::fsutil::rename_dir_into_place(tmp, &dest) {
+            if !dest.is_dir() {
+                return Err(e.into());
+            }
+            // Another process sealed the same content meanwhile.
+            remove_tree(tmp)?;
+        }
+    }
+    write_json(&meta, &info)?;
+    let _ = std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o555));
+    Ok(info)
+}
+
+/// Remove a directory tree, including directories without write or search permission (overlay's
+/// `work/work` has mode 000). Inside the user namespace this also removes files owned by
+/// subordinate ids. A missing path is not an error.
+pub fn remove_tree(path: &Path) -> Result<()> {
+    let md = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(FsError::new("stat", path, e).into()),
+    };
+    if !md.is_dir() {
+        std::fs::remove_file(path).at("remove", path)?;
+        return Ok(());
+    }
+    if std::fs::remove_dir_all(path).is_ok() {
+        return Ok(());
+    }
+    open_up(path)?;
+    std::fs::remove_dir_all(path).at("remove", path)?;
+    Ok(())
+}
+
+/// chmod u+rwx every directory under `dir` (depth first), so its content can be removed.
+fn open_up(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let md = std::fs::symlink_metadata(dir).at("stat", dir)?;
+    if md.permissions().mode() & 0o700 != 0o700 {
+        let mode = md.permissions().mode() | 0o700;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).at("chmod", dir)?;
+    }
+    for ent in std::fs::read_dir(dir).at("read directory", dir)? {
+        let ent = ent.at("read directory", dir)?;
+        if ent.file_type().at("stat", &ent.path())?.is_dir() {
+            open_up(&ent.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Remove everything inside `dir`, keeping `dir` itself (an overlay upper dir after a commit).
+pub fn empty_dir(dir: &Path) -> Result<()> {
+    for ent in std::fs::read_dir(dir).at("read directory", dir)? {
+        let ent = ent.at("read directory", dir)?;
+        remove_tree(&ent.path())?;
+    }
+    Ok(())
+}
+
+/// Store-wide lock of layer operations: creators share it, `gc` takes it alone, so a collection
+/// never removes a layer that is being made but not yet referenced by an image.
+pub struct StoreLock {
+    _flock: nix::fcntl::Flock<File>,
+}
+
+impl StoreLock {
+    fn take(store: &Store, exclusive: bool) -> Result<StoreLock> {
+        use nix::fcntl::{Flock, FlockArg};
+        let path = store.layers().join(".lock");
+        std::fs::create_dir_all(store.layers()).at("create directory", &store.layers())?;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .at("open", &path)?;
+        let arg = if exclusive {
+            FlockArg::LockExclusive
+        } else {
+            FlockArg::LockShared
+        };
+        let flock = Flock::lock(f, arg)
+            .map_err(|(_, e)| FsError::new("lock", &path, std::io::Error::from(e)))?;
+        Ok(StoreLock { _flock: flock })
+    }
+    /// Held while creating layers and the images that reference them.
+    pub fn shared(store: &Store) -> Result<StoreLock> {
+        Self::take(store, false)
+    }
+    /// Held by `gc` (waits for running layer operations to finish).
+    pub fn exclusive(store: &Store) -> Result<StoreLock> {
+        Self::take(store, true)
+    }
+}
+
+/// Hex sha256 of everything written through it; forwards to `inner`.
+pub struct HashWriter<W> {
+    pub inner: W,
+    pub hasher: sha2::Sha256,
+    pub count: u64,
+}
+
+impl<W: std::io::Write> HashWriter<W> {
+    pub fn new(inner: W) -> Self {
+        use sha2::Digest;
+        HashWriter {
+            inner,
+            hasher: sha2::Sha256::new(),
+            count: 0,
+        }
+    }
+    /// (hex digest, bytes, inner writer).
+    pub fn finish(self) -> (String, u64, W) {
+        use sha2::Digest;
+        (hex::encode(self.hasher.finalize()), self.count, self.inner)
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for HashWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        use sha2::Digest;
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}

@@ -1,0 +1,514 @@
+//! Snapshots as OCI image layouts (DESIGN.md section 6): `oci-layout`, `index.json` and
+//! `blobs/sha256/`, with one compressed blob per layer, a config whose `rootfs.diff_ids` are the
+//! layer ids, and a manifest. Other tools (skopeo, podman) read the same directory.
+//!
+//! Same content gives byte-identical blobs: the canonical tarball is deterministic, the config
+//! and manifest carry no timestamps, and compression is deterministic too. zstd (level 3 by
+//! default) always runs in its multithreaded mode (`nbWorkers >= 1`), whose output depends on the
+//! level and parameters but not on the number of workers; gzip (`--compression gzip`, for older
+//! tools) writes a header without name or time.
+//!
+//! Restore checks every digest (manifest, config, each compressed blob before anything is
+//! unpacked, each uncompressed tarball against its diff id while unpacking) and publishes the
+//! layers only when all of them unpacked; the image is written last.
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+
+use super::image::{self, Image};
+use super::ns::{BlobToUnpack, Helper};
+use super::{is_layer_id, layer_dir, layer_info, HashWriter, LayerError, Result};
+use crate::fsutil::{FsError, IoContext};
+use crate::progress::Progress;
+use crate::store::Store;
+
+pub const MT_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const MT_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const MT_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const MT_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// zstd level used for layer blobs.
+pub const ZSTD_LEVEL: i32 = 3;
+
+/// Compression of layer blobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// zstd level 3 on all cores (`tar+zstd`)
+    #[default]
+    Zstd,
+    /// gzip (`tar+gzip`), readable by older tools
+    Gzip,
+}
+
+impl Compression {
+    pub fn media_type(self) -> String {
+        match self {
+            Compression::Zstd => format!("{MT_LAYER}+zstd"),
+            Compression::Gzip => format!("{MT_LAYER}+gzip"),
+        }
+    }
+}
+
+/// A written layer blob.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobInfo {
+    /// sha256 (hex) of the uncompressed tarball (the layer id).
+    pub diff_id: String,
+    /// sha256 (hex) of the blob.
+    pub digest: String,
+    pub size: u64,
+    pub media_type: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Descriptor {
+    #[serde(rename = "mediaType")]
+    pub media_type: String,
+    pub digest: String,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub annotations: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Index {
+    #[serde(rename = "schemaVersion")]
+    pub schema_version: u32,
+    #[serde(rename = "mediaType", default)]
+    pub media_type: Option<String>,
+    pub manifests: Vec<Descriptor>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    #[serde(rename = "schemaVersion")]
+    pub schema_version: u32,
+    #[serde(rename = "mediaType", default)]
+    pub media_type: Option<String>,
+    pub config: Descriptor,
+    pub layers: Vec<Descriptor>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RootFs {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub diff_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Config {
+    pub architecture: String,
+    pub os: String,
+    #[serde(default)]
+    pub config: serde_json::Value,
+    pub rootfs: RootFs,
+}
+
+enum Encoder<W: Write> {
+    Zstd(zstd::stream::write::Encoder<'static, W>),
+    Gzip(flate2::write::GzEncoder<W>),
+}
+
+impl<W: Write> Encoder<W> {
+    fn new(w: W, c: Compression) -> std::io::Result<Self> {
+        Ok(match c {
+            Compression::Zstd => {
+                let mut e = zstd::stream::write::Encoder::new(w, ZSTD_LEVEL)?;
+                let n = std::thread::available_parallelism()
+                    .map(|n| n.get() as u32)
+                    .unwrap_or(1);
+                e.multithread(n.max(1))?;
+                Encoder::Zstd(e)
+            }
+            Compression::Gzip => Encoder::Gzip(
+                flate2::GzBuilder::new()
+                    .operating_system(255)
+                    .write(w, flate2::Compression::default()),
+            ),
+        })
+    }
+    fn finish(self) -> std::io::Result<W> {
+        match self {
+            Encoder::Zstd(e) => e.finish(),
+            Encoder::Gzip(e) => e.finish(),
+        }
+    }
+}
+
+impl<W: Write> Write for Encoder<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Encoder::Zstd(e) => e.write(buf),
+            Encoder::Gzip(e) => e.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Encoder::Zstd(e) => e.flush(),
+            Encoder::Gzip(e) => e.flush(),
+        }
+    }
+}
+
+/// Write the compressed canonical tarball of layer `id` as `blob_dir/<digest>`, checking that the
+/// content still hashes to the id. Runs inside the namespace.
+pub fn pack_blob(
+    store: &Store,
+    id: &str,
+    blob_dir: &Path,
+    compression: Compression,
+    progress: Option<&Progress>,
+) -> Result<BlobInfo> {
+    layer_info(store, id)?;
+    let dir = layer_dir(store, id);
+    let tmp = blob_dir.join(format!(".tmp-{id}-{}", std::process::id()));
+    let io = |e: std::io::Error| FsError::new("write", &tmp, e);
+    let f = File::create(&tmp).at("create", &tmp)?;
+    let compressed = HashWriter::new(BufWriter::with_capacity(1 << 20, f));
+    let enc = Encoder::new(compressed, compression).map_err(io)?;
+    let mut plain = HashWriter::new(enc);
+    let r = super::pack::pack_dir(&dir, &mut plain, progress);
+    let done = r.and_then(|_| {
+        let (diff_id, _, enc) = plain.finish();
+        let compressed = enc.finish().map_err(io)?;
+        let (digest, size, bw) = compressed.finish();
+        let f = bw.into_inner().map_err(|e| io(e.into_error()))?;
+        f.sync_all().map_err(io)?;
+        if diff_id != id {
+            return Err(LayerError::Damaged {
+                id: id.to_string(),
+                actual: diff_id,
+            });
+        }
+        let dest = blob_dir.join(&digest);
+        std::fs::rename(&tmp, &dest).at("rename into place", &dest)?;
+        Ok(BlobInfo {
+            diff_id,
+            digest,
+            size,
+            media_type: compression.media_type(),
+        })
+    });
+    if done.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    done
+}
+
+/// What an export wrote.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExportResult {
+    pub dir: PathBuf,
+    pub manifest_digest: String,
+    pub blobs: Vec<BlobInfo>,
+}
+
+fn write_blob(blob_dir: &Path, data: &[u8]) -> Result<String> {
+    let digest = hex::encode(sha2::Sha256::digest(data));
+    crate::fsutil::atomic_write(&blob_dir.join(&digest), data)?;
+    Ok(digest)
+}
+
+/// The default snapshot directory of an image: `exports/<name>`.
+pub fn default_export_dir(store: &Store, name: &str) -> PathBuf {
+    store.exports().join(name)
+}
+
+/// Export image `name` as an OCI image layout at `out` (must not exist or be empty). The layout
+/// is written beside `out` under a temporary name and renamed into place when complete.
+pub fn export(
+    store: &Store,
+    helper: &Helper,
+    name: &str,
+    out: &Path,
+    compression: Compression,
+) -> Result<ExportResult> {
+    let img = image::load(store, name)?;
+    if out.exists() {
+        let empty = std::fs::read_dir(out)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
+        if !empty {
+            return Err(LayerError::Layout {
+                path: out.to_path_buf(),
+                reason: "exists and is not an empty directory".into(),
+            });
+        }
+    }
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).at("create directory", parent)?;
+    let tmp = crate::fsutil::temp_sibling(out);
+    let blob_dir = tmp.join("blobs/sha256");
+    std::fs::create_dir_all(&blob_dir).at("create directory", &blob_dir)?;
+    let r = (|| {
+        let blobs = helper.pack_blobs(&img.layers, &blob_dir, compression)?;
+        let config = Config {
+            architecture: img.architecture.clone(),
+            os: "linux".into(),
+            config: serde_json::json!({}),
+            rootfs: RootFs {
+                kind: "layers".into(),
+                diff_ids: blobs
+                    .iter()
+                    .map(|b| format!("sha256:{}", b.diff_id))
+                    .collect(),
+            },
+        };
+        let config_json = serde_json::to_vec(&config).expect("serialisable");
+        let config_digest = write_blob(&blob_dir, &config_json)?;
+        let manifest = Manifest {
+            schema_version: 2,
+            media_type: Some(MT_MANIFEST.into()),
+            config: Descriptor {
+                media_type: MT_CONFIG.into(),
+                digest: format!("sha256:{config_digest}"),
+                size: config_json.len() as u64,
+                annotations: Default::default(),
+            },
+            layers: blobs
+                .iter()
+                .map(|b| Descriptor {
+                    media_type: b.media_type.clone(),
+                    digest: format!("sha256:{}", b.digest),
+                    size: b.size,
+                    annotations: Default::default(),
+                })
+                .collect(),
+        };
+        let manifest_json = serde_json::to_vec(&manifest).expect("serialisable");
+        let manifest_digest = write_blob(&blob_dir, &manifest_json)?;
+        let index = Index {
+            schema_version: 2,
+            media_type: Some(MT_INDEX.into()),
+            manifests: vec![Descriptor {
+                media_type: MT_MANIFEST.into(),
+                digest: format!("sha256:{manifest_digest}"),
+                size: manifest_json.len() as u64,
+                annotations: [(REF_NAME.to_string(), name.to_string())].into(),
+            }],
+        };
+        let mut index_json = serde_json::to_vec(&index).expect("serialisable");
+        index_json.push(b'\n');
+        crate::fsutil::atomic_write(&tmp.join("index.json"), &index_json)?;
+        crate::fsutil::atomic_write(
+            &tmp.join("oci-layout"),
+            b"{\"imageLayoutVersion\":\"1.0.0\"}\n",
+        )?;
+        crate::fsutil::fsync_dir(&blob_dir)?;
+        if out.exists() {
+            std::fs::remove_dir(out).at("remove", out)?;
+        }
+        crate::fsutil::rename_dir_into_place(&tmp, out)?;
+        Ok(ExportResult {
+            dir: out.to_path_buf(),
+            manifest_digest: format!("sha256:{manifest_digest}"),
+            blobs,
+        })
+    })();
+    if r.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    r
+}
+
+fn layout_err(path: &Path, reason: impl Into<String>) -> LayerError {
+    LayerError::Layout {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// `sha256:<hex>` -> hex, refusing anything else (a digest becomes a file name).
+fn digest_hex(d: &str, path: &Path) -> Result<String> {
+    match d.strip_prefix("sha256:") {
+        Some(h) if is_layer_id(h) => Ok(h.to_string()),
+        _ => Err(layout_err(
+            path,
+            format!("unsupported or malformed digest {d:?}"),
+        )),
+    }
+}
+
+/// Path of a blob, after checking its size and sha256 (streamed; `progress` counts bytes).
+fn verified_blob(dir: &Path, d: &Descriptor, progress: Option<&Progress>) -> Result<PathBuf> {
+    let hex = digest_hex(&d.digest, &dir.join("index.json"))?;
+    let path = dir.join("blobs/sha256").join(&hex);
+    let mut f = File::open(&path).at("open", &path)?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let k = f.read(&mut buf).at("read", &path)?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        n += k as u64;
+        if let Some(p) = progress {
+            p.inc(k as u64);
+        }
+    }
+    let actual = hex::encode(h.finalize());
+    if actual != hex {
+        return Err(LayerError::Digest {
+            what: "blob",
+            path,
+            expected: d.digest.clone(),
+            actual: format!("sha256:{actual}"),
+        });
+    }
+    if n != d.size {
+        return Err(layout_err(
+            &path,
+            format!("size {n} differs from the descriptor's {}", d.size),
+        ));
+    }
+    Ok(path)
+}
+
+fn read_verified<T: serde::de::DeserializeOwned>(dir: &Path, d: &Descriptor) -> Result<T> {
+    let path = verified_blob(dir, d, None)?;
+    super::read_json(&path)
+}
+
+/// The manifest of image `name` in the layout `dir` (or its only manifest), with the image name.
+fn select_manifest(dir: &Path, name: Option<&str>) -> Result<(Descriptor, Option<String>)> {
+    let layout = dir.join("oci-layout");
+    let v: serde_json::Value = super::read_json(&layout)?;
+    if v.get("imageLayoutVersion").and_then(|x| x.as_str()) != Some("1.0.0") {
+        return Err(layout_err(&layout, "not an OCI image layout 1.0.0"));
+    }
+    let index_path = dir.join("index.json");
+    let index: Index = super::read_json(&index_path)?;
+    let found: Vec<&Descriptor> = index
+        .manifests
+        .iter()
+        .filter(|m| match name {
+            Some(n) => m.annotations.get(REF_NAME).map(String::as_str) == Some(n),
+            None => true,
+        })
+        .collect();
+    match (found.as_slice(), name) {
+        ([one], _) => Ok(((*one).clone(), one.annotations.get(REF_NAME).cloned())),
+        ([], Some(n)) if index.manifests.len() == 1 => {
+            Ok((index.manifests[0].clone(), Some(n.to_string())))
+        }
+        ([], _) => Err(layout_err(&index_path, "no matching manifest")),
+        _ => Err(layout_err(
+            &index_path,
+            "several manifests: choose one with --image NAME",
+        )),
+    }
+}
+
+/// Layer ids referenced by the layout at `dir` (for `gc`); unreadable layouts give none.
+pub fn layout_diff_ids(dir: &Path) -> Vec<String> {
+    let Ok(index) = super::read_json::<Index>(&dir.join("index.json")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for m in index.manifests {
+        let Ok(man) = read_verified::<Manifest>(dir, &m) else {
+            continue;
+        };
+        let Ok(cfg) = read_verified::<Config>(dir, &man.config) else {
+            continue;
+        };
+        out.extend(
+            cfg.rootfs
+                .diff_ids
+                .iter()
+                .filter_map(|d| d.strip_prefix("sha256:").map(str::to_string)),
+        );
+    }
+    out
+}
+
+/// Restore an image from the OCI layout `dir`: verify, unpack every layer (inside the
+/// namespace), and write `images/<name>.json`. `name` picks the manifest by its ref name and
+/// names the image; without it the layout must hold one manifest with a ref name.
+pub fn import(store: &Store, helper: &Helper, dir: &Path, name: Option<&str>) -> Result<Image> {
+    let (mdesc, ref_name) = select_manifest(dir, name)?;
+    let image_name = name.map(str::to_string).or(ref_name).ok_or_else(|| {
+        layout_err(
+            &dir.join("index.json"),
+            "manifest has no image name: use --image NAME",
+        )
+    })?;
+    image::image_path(store, &image_name)?;
+    let manifest: Manifest = read_verified(dir, &mdesc)?;
+    let config: Config = read_verified(dir, &manifest.config)?;
+    if manifest.layers.len() != config.rootfs.diff_ids.len() {
+        return Err(layout_err(
+            &dir.join("blobs/sha256")
+                .join(digest_hex(&manifest.config.digest, dir)?),
+            "config lists a different number of layers than the manifest",
+        ));
+    }
+    let total: u64 = manifest.layers.iter().map(|l| l.size).sum();
+    let bar = crate::progress::bytes("verify snapshot", Some(total));
+    let mut blobs = Vec::new();
+    for (l, diff) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
+        if !l.media_type.starts_with(MT_LAYER) {
+            return Err(layout_err(
+                dir,
+                format!("unsupported layer type {}", l.media_type),
+            ));
+        }
+        let path = verified_blob(dir, l, Some(&bar))?;
+        blobs.push(BlobToUnpack {
+            path,
+            diff_id: digest_hex(diff, dir)?,
+        });
+    }
+    bar.done();
+    let _lock = super::StoreLock::shared(store)?;
+    let infos = helper.unpack_blobs(blobs, &format!("restore of {}", dir.display()))?;
+    let img = Image {
+        name: image_name,
+        layers: infos.into_iter().map(|i| i.id).collect(),
+        made_by: format!("restore {}", dir.display()),
+        architecture: config.architecture,
+        created: super::now_secs(),
+    };
+    image::save(store, &img)?;
+    Ok(img)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compress(data: &[u8], threads: u32) -> Vec<u8> {
+        let mut e = zstd::stream::write::Encoder::new(Vec::new(), ZSTD_LEVEL).unwrap();
+        e.multithread(threads).unwrap();
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn zstd_multithreaded_output_does_not_depend_on_worker_count() {
+        // Big enough for several jobs (level 3 jobs are 8 MiB by default... use 24 MiB).
+        let mut data = Vec::with_capacity(24 << 20);
+        let mut x: u64 = 1;
+        while data.len() < 24 << 20 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let word = (x >> 60) as usize;
+            data.extend_from_slice(&b"usr/lib/python3 portage ebuild gentoo "[word..word + 4]);
+        }
+        let one = compress(&data, 1);
+        assert_eq!(one, compress(&data, 2));
+        assert_eq!(one, compress(&data, 4));
+    }
+}

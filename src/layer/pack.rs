@@ -1,0 +1,564 @@
+//! The canonical layer tarball: one byte stream per directory content, so that a layer's id (the
+//! sha256 of this stream) and its OCI blobs are the same on every machine and after every
+//! restore. The format:
+//!
+//! - entries in depth-first order, a directory before its content, the names inside a directory
+//!   sorted bytewise (the name as written in the tarball, so `.wh.x` sorts as such); the layer
+//!   root itself is not an entry; directory names end in `/`, no `./` prefix;
+//! - ustar headers with numeric owners (ids as seen inside the user namespace), no user or group
+//!   names, mode bits `07777`, mtime in seconds; no atime or ctime;
+//! - a PAX `x` header only when needed, records sorted by key: `path` / `linkpath` over 100
+//!   bytes, `uid` / `gid` / `size` / `mtime` beyond the octal fields, `mtime=S.NNNNNNNNN` when
+//!   the nanoseconds are not zero (mtimes are kept exactly: Portage records them), and
+//!   `SCHILY.xattr.NAME` for `user.*`, `security.capability` and `system.posix_acl_*` xattrs
+//!   (never `security.selinux`, `trusted.*` or overlayfs' own `*.overlay.*`);
+//! - a file with several links is stored once, at its first name in this order; later names are
+//!   hardlink entries pointing at it;
+//! - overlayfs deletions (character device 0/0, or a file with an `overlay.whiteout` xattr)
+//!   become `.wh.NAME`, and an opaque directory (`overlay.opaque=y`) is followed directly by
+//!   `DIR/.wh..wh..opq`; these markers are empty regular files with mode 0, owner 0 and mtime 0,
+//!   so they do not depend on how a whiteout was represented on disk;
+//! - the archive ends with two zero blocks and no record padding.
+//!
+//! Sockets cannot be archived and are skipped.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use super::{LayerError, Result};
+use crate::progress::Progress;
+
+const BLOCK: usize = 512;
+/// Largest value of an 8-byte octal field (7 digits).
+const MAX_OCT8: u64 = 0o7777777;
+/// Largest value of a 12-byte octal field (11 digits).
+const MAX_OCT12: u64 = 0o77777777777;
+
+pub const WHITEOUT_PREFIX: &str = ".wh.";
+pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
+
+/// What a pack wrote.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PackStats {
+    /// Tar entries (PAX headers not counted).
+    pub entries: u64,
+    /// Bytes of regular-file content.
+    pub content_bytes: u64,
+    /// Sockets skipped.
+    pub skipped: u64,
+}
+
+/// Write the canonical tarball of the directory tree `root` to `out`.
+pub fn pack_dir<W: Write>(root: &Path, out: W, progress: Option<&Progress>) -> Result<PackStats> {
+    let mut p = Packer {
+        out,
+        stats: PackStats::default(),
+        links: HashMap::new(),
+        buf: vec![0u8; 256 * 1024],
+        progress,
+        root: root.to_path_buf(),
+    };
+    p.walk(root, b"")?;
+    p.out.write_all(&[0u8; BLOCK * 2]).map_err(|e| p.werr(e))?;
+    p.out.flush().map_err(|e| p.werr(e))?;
+    Ok(p.stats)
+}
+
+struct Packer<'a, W> {
+    out: W,
+    stats: PackStats,
+    /// (dev, ino) of multiply-linked files -> first tar name.
+    links: HashMap<(u64, u64), Vec<u8>>,
+    buf: Vec<u8>,
+    progress: Option<&'a Progress>,
+    root: PathBuf,
+}
+
+/// One tar entry's metadata.
+#[derive(Debug, Default, Clone)]
+pub struct Meta {
+    pub kind: u8,
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    pub size: u64,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    pub link: Vec<u8>,
+    pub devmajor: u32,
+    pub devminor: u32,
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Meta {
+    /// The fixed header of a whiteout or opaque marker.
+    pub fn marker() -> Meta {
+        Meta {
+            kind: b'0',
+            ..Meta::default()
+        }
+    }
+}
+
+fn is_overlay_xattr(name: &[u8]) -> bool {
+    name.starts_with(b"user.overlay.") || name.starts_with(b"trusted.overlay.")
+}
+
+/// Whether an xattr is layer content (kept in the tarball and restored).
+pub fn keep_xattr(name: &[u8]) -> bool {
+    !is_overlay_xattr(name)
+        && (name.starts_with(b"user.")
+            || name == b"security.capability"
+            || name == b"system.posix_acl_access"
+            || name == b"system.posix_acl_default")
+}
+
+fn overlay_xattr(path: &Path, key: &str) -> Option<Vec<u8>> {
+    for ns in ["user.overlay.", "trusted.overlay."] {
+        if let Ok(Some(v)) = xattr::get(path, format!("{ns}{key}")) {
+            return Some(v);
+        }
+    }
+    None
+}
+
+impl<W: Write> Packer<'_, W> {
+    fn werr(&self, e: io::Error) -> LayerError {
+        LayerError::Pack {
+            path: self.root.clone(),
+            reason: format!("write tarball: {e}"),
+        }
+    }
+
+    fn perr(path: &Path, what: &str, e: impl std::fmt::Display) -> LayerError {
+        LayerError::Pack {
+            path: path.to_path_buf(),
+            reason: format!("{what}: {e}"),
+        }
+    }
+
+    /// Emit the content of directory `dir` whose tar name prefix is `prefix` ("" or "a/b/").
+    fn walk(&mut self, dir: &Path, prefix: &[u8]) -> Result<()> {
+        let mut names: Vec<OsString> = Vec::new();
+        for ent in std::fs::read_dir(dir).map_err(|e| Self::perr(dir, "read directory", e))? {
+            names.push(
+                ent.map_err(|e| Self::perr(dir, "read directory", e))?
+                    .file_name(),
+            );
+        }
+        // (tar name within the directory, on-disk name, metadata, whiteout?)
+        let mut items: Vec<(Vec<u8>, OsString, std::fs::Metadata, bool)> =
+            Vec::with_capacity(names.len());
+        for name in names {
+            let path = dir.join(&name);
+            let md = std::fs::symlink_metadata(&path).map_err(|e| Self::perr(&path, "stat", e))?;
+            let ft = md.file_type();
+            let whiteout = (ft.is_char_device() && md.rdev() == 0)
+                || (ft.is_file() && md.len() == 0 && overlay_xattr(&path, "whiteout").is_some());
+            let bytes = name.as_bytes();
+            if bytes.starts_with(WHITEOUT_PREFIX.as_bytes()) {
+                return Err(Self::perr(
+                    &path,
+                    "name",
+                    "names starting with .wh. are reserved for OCI whiteouts",
+                ));
+            }
+            let tar_name = if whiteout {
+                [WHITEOUT_PREFIX.as_bytes(), bytes].concat()
+            } else {
+                bytes.to_vec()
+            };
+            items.push((tar_name, name, md, whiteout));
+        }
+        items.sort_by(|a, b| a.0.cmp(&b.0));
+        for (tar_name, name, md, whiteout) in items {
+            let path = dir.join(&name);
+            let full: Vec<u8> = [prefix, &tar_name].concat();
+            if whiteout {
+                self.entry(&full, &Meta::marker())?;
+                continue;
+            }
+            if md.file_type().is_socket() {
+                self.stats.skipped += 1;
+                continue;
+            }
+            self.node(&path, full, &md)?;
+        }
+        Ok(())
+    }
+
+    fn node(&mut self, path: &Path, mut name: Vec<u8>, md: &std::fs::Metadata) -> Result<()> {
+        let ft = md.file_type();
+        let mut m = Meta {
+            mode: md.mode() & 0o7777,
+            uid: md.uid() as u64,
+            gid: md.gid() as u64,
+            mtime: md.mtime(),
+            mtime_nsec: md.mtime_nsec() as u32,
+            ..Meta::default()
+        };
+        if !ft.is_symlink() {
+            m.xattrs = self.xattrs(path)?;
+        }
+        if !ft.is_dir() && md.nlink() > 1 {
+            let key = (md.dev(), md.ino());
+            if let Some(first) = self.links.get(&key) {
+                m.kind = b'1';
+                m.link = first.clone();
+                m.xattrs.clear();
+                return self.entry(&name, &m);
+            }
+            self.links.insert(key, name.clone());
+        }
+        if ft.is_dir() {
+            m.kind = b'5';
+            name.push(b'/');
+            self.entry(&name, &m)?;
+            if overlay_xattr(path, "opaque").as_deref() == Some(b"y") {
+                let marker = [&name[..], OPAQUE_MARKER.as_bytes()].concat();
+                self.entry(&marker, &Meta::marker())?;
+            }
+            return self.walk(path, &name);
+        }
+        if ft.is_file() {
+            m.kind = b'0';
+            m.size = md.len();
+            self.entry(&name, &m)?;
+            return self.content(path, md.len());
+        }
+        if ft.is_symlink() {
+            m.kind = b'2';
+            m.link = std::fs::read_link(path)
+                .map_err(|e| Self::perr(path, "read link", e))?
+                .into_os_string()
+                .into_vec();
+        } else if ft.is_fifo() {
+            m.kind = b'6';
+        } else if ft.is_char_device() || ft.is_block_device() {
+            m.kind = if ft.is_char_device() { b'3' } else { b'4' };
+            let rdev = md.rdev();
+            m.devmajor = nix::sys::stat::major(rdev) as u32;
+            m.devminor = nix::sys::stat::minor(rdev) as u32;
+        }
+        self.entry(&name, &m)
+    }
+
+    fn xattrs(&self, path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        let names = match xattr::list(path) {
+            Ok(n) => n,
+            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(out),
+            Err(e) => return Err(Self::perr(path, "list xattrs", e)),
+        };
+        for n in names {
+            let nb = n.as_bytes();
+            if !keep_xattr(nb) {
+                continue;
+            }
+            if let Some(v) = xattr::get(path, &n).map_err(|e| Self::perr(path, "read xattr", e))? {
+                out.push((nb.to_vec(), v));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn content(&mut self, path: &Path, size: u64) -> Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(|e| Self::perr(path, "open", e))?;
+        let mut left = size;
+        while left > 0 {
+            let want = left.min(self.buf.len() as u64) as usize;
+            let n = f
+                .read(&mut self.buf[..want])
+                .map_err(|e| Self::perr(path, "read", e))?;
+            if n == 0 {
+                return Err(Self::perr(path, "read", "file shrank while being packed"));
+            }
+            self.out
+                .write_all(&self.buf[..n])
+                .map_err(|e| LayerError::Pack {
+                    path: path.to_path_buf(),
+                    reason: format!("write tarball: {e}"),
+                })?;
+            left -= n as u64;
+            if let Some(p) = self.progress {
+                p.inc(n as u64);
+            }
+        }
+        let pad = (BLOCK - (size as usize % BLOCK)) % BLOCK;
+        self.out
+            .write_all(&[0u8; BLOCK][..pad])
+            .map_err(|e| self.werr(e))?;
+        self.stats.content_bytes += size;
+        Ok(())
+    }
+
+    fn entry(&mut self, name: &[u8], m: &Meta) -> Result<()> {
+        let bytes = header_bytes(name, m);
+        self.out.write_all(&bytes).map_err(|e| self.werr(e))?;
+        self.stats.entries += 1;
+        Ok(())
+    }
+}
+
+/// The header block(s) of one entry: an optional PAX `x` header with its records, then the ustar
+/// header. Exposed for tests and for the restore-side checks.
+pub fn header_bytes(name: &[u8], m: &Meta) -> Vec<u8> {
+    let mut pax: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    if name.len() > 100 {
+        pax.push((b"path".to_vec(), name.to_vec()));
+    }
+    if m.link.len() > 100 {
+        pax.push((b"linkpath".to_vec(), m.link.clone()));
+    }
+    if m.uid > MAX_OCT8 {
+        pax.push((b"uid".to_vec(), m.uid.to_string().into_bytes()));
+    }
+    if m.gid > MAX_OCT8 {
+        pax.push((b"gid".to_vec(), m.gid.to_string().into_bytes()));
+    }
+    if m.size > MAX_OCT12 {
+        pax.push((b"size".to_vec(), m.size.to_string().into_bytes()));
+    }
+    if m.mtime_nsec != 0 || m.mtime < 0 || m.mtime as u64 > MAX_OCT12 {
+        pax.push((
+            b"mtime".to_vec(),
+            format_mtime(m.mtime, m.mtime_nsec).into_bytes(),
+        ));
+    }
+    for (k, v) in &m.xattrs {
+        pax.push(([b"SCHILY.xattr.", &k[..]].concat(), v.clone()));
+    }
+    pax.sort();
+    let mut out = Vec::with_capacity(BLOCK * 3);
+    if !pax.is_empty() {
+        let mut body = Vec::new();
+        for (k, v) in &pax {
+            body.extend_from_slice(&pax_record(k, v));
+        }
+        let xm = Meta {
+            kind: b'x',
+            mode: 0o644,
+            size: body.len() as u64,
+            ..Meta::default()
+        };
+        out.extend_from_slice(&ustar(b"././@PaxHeader", &xm));
+        out.extend_from_slice(&body);
+        out.resize(out.len().div_ceil(BLOCK) * BLOCK, 0);
+    }
+    out.extend_from_slice(&ustar(name, m));
+    out
+}
+
+/// `"<len> key=value\n"` where len counts the whole record, its own digits included.
+fn pax_record(k: &[u8], v: &[u8]) -> Vec<u8> {
+    let rest = k.len() + v.len() + 3; // ' ', '=', '\n'
+    let mut len = rest + 1;
+    while len.to_string().len() + rest != len {
+        len = len.to_string().len() + rest;
+    }
+    let mut r = format!("{len} ").into_bytes();
+    r.extend_from_slice(k);
+    r.push(b'=');
+    r.extend_from_slice(v);
+    r.push(b'\n');
+    r
+}
+
+/// PAX decimal time: `S` or `S.NNNNNNNNN` (negative times count down from the epoch).
+pub fn format_mtime(sec: i64, nsec: u32) -> String {
+    if nsec == 0 {
+        return sec.to_string();
+    }
+    if sec >= 0 {
+        format!("{sec}.{nsec:09}")
+    } else {
+        format!("-{}.{:09}", -(sec + 1), 1_000_000_000 - nsec)
+    }
+}
+
+/// Inverse of [`format_mtime`] (also accepts fewer or more fraction digits).
+pub fn parse_mtime(s: &str) -> Option<(i64, u32)> {
+    let (neg, body) = match s.strip_prefix('-') {
+        Some(b) => (true, b),
+        None => (false, s),
+    };
+    let (int, frac) = body.split_once('.').unwrap_or((body, ""));
+    let int: i64 = int.parse().ok()?;
+    let mut digits: String = frac.chars().take(9).collect();
+    if !digits.chars().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    while digits.len() < 9 {
+        digits.push('0');
+    }
+    let nsec: u32 = digits.parse().ok()?;
+    if !neg {
+        Some((int, nsec))
+    } else if nsec == 0 {
+        Some((-int, 0))
+    } else {
+        Some((-int - 1, 1_000_000_000 - nsec))
+    }
+}
+
+fn octal(field: &mut [u8], v: u64) {
+    let digits = field.len() - 1;
+    let s = format!("{:0width$o}", v, width = digits);
+    let s = if s.len() > digits {
+        &s[s.len() - digits..]
+    } else {
+        &s[..]
+    };
+    field[..digits].copy_from_slice(s.as_bytes());
+    field[digits] = 0;
+}
+
+fn ustar(name: &[u8], m: &Meta) -> [u8; BLOCK] {
+    let mut h = [0u8; BLOCK];
+    let n = name.len().min(100);
+    h[..n].copy_from_slice(&name[..n]);
+    octal(&mut h[100..108], m.mode as u64);
+    octal(&mut h[108..116], m.uid.min(MAX_OCT8));
+    octal(&mut h[116..124], m.gid.min(MAX_OCT8));
+    let size = if matches!(m.kind, b'0' | b'x') {
+        m.size
+    } else {
+        0
+    };
+    octal(&mut h[124..136], size.min(MAX_OCT12));
+    octal(&mut h[136..148], (m.mtime.max(0) as u64).min(MAX_OCT12));
+    h[156] = m.kind;
+    let l = m.link.len().min(100);
+    h[157..157 + l].copy_from_slice(&m.link[..l]);
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    if matches!(m.kind, b'3' | b'4') {
+        octal(&mut h[329..337], m.devmajor as u64);
+        octal(&mut h[337..345], m.devminor as u64);
+    }
+    h[148..156].fill(b' ');
+    let sum: u64 = h.iter().map(|&b| b as u64).sum();
+    octal(&mut h[148..155], sum);
+    h[155] = b' ';
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn names_of(tar: &[u8]) -> Vec<String> {
+        let mut a = tar::Archive::new(tar);
+        a.entries()
+            .unwrap()
+            .map(|e| String::from_utf8_lossy(&e.unwrap().path_bytes()).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn order_is_depth_first_bytewise_and_deterministic() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        for dir in ["b", "a", "a/z", "a.b", "B"] {
+            std::fs::create_dir(r.join(dir)).unwrap();
+        }
+        for f in ["a/z/1", "a/y", "a.b/x", "c", "B/q"] {
+            std::fs::write(r.join(f), f).unwrap();
+        }
+        std::fs::hard_link(r.join("c"), r.join("a/h")).unwrap();
+        std::os::unix::fs::symlink("../c", r.join("b/s")).unwrap();
+        let mut one = Vec::new();
+        pack_dir(r, &mut one, None).unwrap();
+        assert_eq!(
+            names_of(&one),
+            ["B/", "B/q", "a/", "a/h", "a/y", "a/z/", "a/z/1", "a.b/", "a.b/x", "b/", "b/s", "c"]
+        );
+        // a/h comes first in this order, so c is the hardlink entry.
+        let mut a = tar::Archive::new(&one[..]);
+        let c = a.entries().unwrap().map(|e| e.unwrap()).last().unwrap();
+        assert_eq!(c.header().entry_type(), tar::EntryType::Link);
+        assert_eq!(&*c.link_name_bytes().unwrap(), b"a/h");
+        let mut two = Vec::new();
+        pack_dir(r, &mut two, None).unwrap();
+        assert_eq!(one, two);
+        assert_eq!(one.len() % 512, 0);
+    }
+
+    #[test]
+    fn whiteouts_opaque_and_nanoseconds() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        std::fs::create_dir(r.join("o")).unwrap();
+        let opaque = xattr::set(r.join("o"), "user.overlay.opaque", b"y").is_ok();
+        std::fs::write(r.join("o/k"), "k").unwrap();
+        let wh = nix::sys::stat::mknod(
+            &r.join("gone"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::empty(),
+            0,
+        )
+        .is_ok();
+        let f = r.join("f");
+        std::fs::write(&f, "x").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o4755)).unwrap();
+        filetime::set_file_mtime(&f, filetime::FileTime::from_unix_time(1_000_000, 5)).unwrap();
+        let mut out = Vec::new();
+        pack_dir(r, &mut out, None).unwrap();
+        let names = names_of(&out);
+        if wh {
+            assert!(names.contains(&".wh.gone".to_string()), "{names:?}");
+        }
+        if opaque {
+            let i = names.iter().position(|n| n == "o/").unwrap();
+            assert_eq!(names[i + 1], "o/.wh..wh..opq");
+        }
+        let mut a = tar::Archive::new(&out[..]);
+        for e in a.entries().unwrap() {
+            let mut e = e.unwrap();
+            if &*e.path_bytes() == b"f" {
+                assert_eq!(e.header().mode().unwrap(), 0o4755);
+                let pax: Vec<_> = e
+                    .pax_extensions()
+                    .unwrap()
+                    .unwrap()
+                    .map(|p| p.unwrap().value().unwrap().to_string())
+                    .collect();
+                assert_eq!(pax, ["1000000.000000005"]);
+            }
+        }
+    }
+
+    #[test]
+    fn long_names_and_times() {
+        let long = "d".repeat(150);
+        let h = header_bytes(long.as_bytes(), &Meta::marker());
+        assert_eq!(h.len(), 3 * 512);
+        let data = [h, vec![0u8; 1024]].concat();
+        let mut a = tar::Archive::new(&data[..]);
+        let e = a.entries().unwrap().next().unwrap().unwrap();
+        assert_eq!(&*e.path_bytes(), long.as_bytes());
+        for (s, n) in [
+            (0i64, 0u32),
+            (5, 1),
+            (-2, 500_000_000),
+            (-1, 0),
+            (1_700_000_000, 999),
+        ] {
+            assert_eq!(parse_mtime(&format_mtime(s, n)), Some((s, n)));
+        }
+        assert_eq!(format_mtime(-2, 500_000_000), "-1.500000000");
+        assert_eq!(pax_record(b"path", b"ab"), b"11 path=ab\n");
+        assert_eq!(pax_record(&[b'k'; 3], &[b'v'; 91]).len(), 99);
+        assert_eq!(pax_record(&[b'k'; 3], &[b'v'; 92]).len(), 101);
+    }
+}

@@ -1,0 +1,971 @@
+//! Unpacking archives into the store: a stage3 (or any root filesystem tarball) into a new sealed
+//! layer, an OCI layer blob into a layer (whiteouts converted to overlayfs form), and an
+//! ebuild-tree snapshot into `repos/<snapshot>/` as a plain directory.
+//!
+//! The `tar` crate only parses; every file is written here, under the path policy of `tarpath`:
+//! entry names are split into plain components, and each parent directory is checked on disk
+//! without following symlinks, so no entry can land outside the target directory. Owners, modes
+//! (setuid included), hardlinks, symlinks, fifos, mtimes (nanoseconds from PAX) and xattrs are
+//! restored; device nodes cannot be created rootless and are skipped and counted.
+//!
+//! Decompression (xz, gzip, bzip2, zstd, detected by magic bytes; xz with liblzma's
+//! multithreaded decoder) runs on its own thread and hands 1 MiB chunks over a bounded channel
+//! to the thread that writes files; the same channel carries the sha256 of the decompressed
+//! stream, which is the layer's diff id for OCI blobs.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
+
+use filetime::FileTime;
+use xattr::FileExt;
+
+use super::pack::{keep_xattr, parse_mtime, OPAQUE_MARKER, WHITEOUT_PREFIX};
+use super::tarpath::{components, display};
+use super::{HashWriter, LayerError, LayerInfo, Result};
+use crate::fsutil::{FsError, IoContext};
+use crate::progress::{self, Progress};
+use crate::store::Store;
+
+const CHUNK: usize = 1 << 20;
+const CHANNEL_DEPTH: usize = 16;
+
+/// How entries are written.
+#[derive(Debug, Clone)]
+pub struct UnpackOptions {
+    /// The archive's name, for error messages.
+    pub label: String,
+    /// Give entries the owners recorded in the archive (inside the user namespace); otherwise
+    /// files belong to the caller and setuid/setgid/sticky bits are dropped.
+    pub owners: bool,
+    /// Interpret OCI whiteouts (`.wh.NAME`, `.wh..wh..opq`) and write overlayfs whiteouts.
+    /// Without it, names starting with `.wh.` are refused when `owners` is set (layers).
+    pub oci_whiteouts: bool,
+    /// Drop the first path component (the top directory of an ebuild-tree snapshot).
+    pub strip_top: bool,
+    /// Fail when an xattr cannot be set (restores must be exact) instead of counting it.
+    pub strict_xattrs: bool,
+}
+
+/// What an unpack did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct UnpackStats {
+    pub entries: u64,
+    pub content_bytes: u64,
+    pub devices_skipped: u64,
+    pub xattrs_skipped: u64,
+    pub other_skipped: u64,
+}
+
+/// Compression of an archive, from its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    Xz,
+    Gzip,
+    Bzip2,
+    Zstd,
+    None,
+}
+
+pub fn sniff(head: &[u8]) -> Codec {
+    if head.starts_with(&[0xFD, b'7', b'z', b'X', b'Z', 0]) {
+        Codec::Xz
+    } else if head.starts_with(&[0x1F, 0x8B]) {
+        Codec::Gzip
+    } else if head.starts_with(b"BZh") {
+        Codec::Bzip2
+    } else if head.starts_with(&[0x28, 0xB5, 0x2F, 0xFD]) {
+        Codec::Zstd
+    } else {
+        Codec::None
+    }
+}
+
+/// A reader of the decompressed content of `r`, codec chosen by magic bytes.
+pub fn decoder<R: Read + Send + 'static>(r: R) -> io::Result<Box<dyn Read + Send>> {
+    let mut br = BufReader::with_capacity(CHUNK, r);
+    let codec = sniff(br.fill_buf()?);
+    Ok(match codec {
+        Codec::Xz => {
+            let threads = std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1);
+            let stream = liblzma::stream::MtStreamBuilder::new()
+                .threads(threads)
+                .memlimit_threading(1 << 30)
+                .memlimit_stop(u64::MAX)
+                .decoder()
+                .map_err(io::Error::other)?;
+            Box::new(liblzma::bufread::XzDecoder::new_stream(br, stream))
+        }
+        Codec::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(br)),
+        Codec::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(br)),
+        Codec::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(br)?),
+        Codec::None => Box::new(br),
+    })
+}
+
+/// Counts bytes read into a progress bar.
+pub struct ProgressReader<R> {
+    pub inner: R,
+    pub progress: Arc<Progress>,
+}
+
+impl<R: Read> Read for ProgressReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.inc(n as u64);
+        Ok(n)
+    }
+}
+
+struct ChanWriter {
+    tx: SyncSender<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl ChanWriter {
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        self.tx
+            .send(chunk)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "unpacker stopped"))
+    }
+}
+
+impl Write for ChanWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() >= CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.send()
+    }
+}
+
+struct ChanReader {
+    rx: Receiver<Vec<u8>>,
+    cur: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChanReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos >= self.cur.len() {
+            match self.rx.recv() {
+                Ok(c) => {
+                    self.cur = c;
+                    self.pos = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len() - self.pos);
+        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// The result of a pipeline: what was written and the sha256 and length of the tar stream.
+#[derive(Debug, Clone)]
+pub struct PipelineResult {
+    pub stats: UnpackStats,
+    pub tar_sha256: String,
+    pub tar_bytes: u64,
+}
+
+/// Run `producer` (which writes an uncompressed tar stream) on its own thread and unpack what it
+/// writes into `dest` on this one.
+pub fn pipeline<P>(producer: P, dest: &Path, opts: &UnpackOptions) -> Result<PipelineResult>
+where
+    P: FnOnce(&mut dyn Write) -> Result<()> + Send + 'static,
+{
+    let (tx, rx) = sync_channel::<Vec<u8>>(CHANNEL_DEPTH);
+    let handle = std::thread::spawn(move || {
+        let mut w = HashWriter::new(ChanWriter {
+            tx,
+            buf: Vec::with_capacity(CHUNK),
+        });
+        let r = producer(&mut w);
+        let r = r.and_then(|()| {
+            w.flush()
+                .map_err(|e| LayerError::Helper(format!("unpacker: {e}")))
+        });
+        let (hex, n, _) = w.finish();
+        r.map(|()| (hex, n))
+    });
+    let mut reader = ChanReader {
+        rx,
+        cur: Vec::new(),
+        pos: 0,
+    };
+    let res = unpack_tar(&mut reader, dest, opts);
+    if res.is_ok() {
+        // Hash the whole stream, trailing blocks included.
+        let _ = io::copy(&mut reader, &mut io::sink());
+    }
+    drop(reader);
+    let prod = handle
+        .join()
+        .map_err(|_| LayerError::Helper("decompression thread panicked".into()))?;
+    match (res, prod) {
+        (Ok(stats), Ok((tar_sha256, tar_bytes))) => Ok(PipelineResult {
+            stats,
+            tar_sha256,
+            tar_bytes,
+        }),
+        // A stream that ends early is the producer's fault when it failed (bad compression).
+        (Err(LayerError::Archive { .. }), Err(pe)) => Err(pe),
+        (Err(e), _) => Err(e),
+        (Ok(_), Err(pe)) => Err(pe),
+    }
+}
+
+/// Unpack the (possibly compressed) archive file `archive` into `dest`, with a progress bar.
+pub fn unpack_file(
+    archive: &Path,
+    dest: &Path,
+    opts: &UnpackOptions,
+    what: &str,
+) -> Result<PipelineResult> {
+    let f = File::open(archive).at("open", archive)?;
+    let len = f.metadata().at("stat", archive)?.len();
+    let bar = Arc::new(progress::bytes(what, Some(len)));
+    let label = opts.label.clone();
+    let p2 = bar.clone();
+    let producer = move |w: &mut dyn Write| -> Result<()> {
+        let r = ProgressReader {
+            inner: f,
+            progress: p2,
+        };
+        let arch = |source| LayerError::Archive {
+            archive: label.clone(),
+            source,
+        };
+        let mut d = decoder(r).map_err(arch)?;
+        match io::copy(&mut d, w) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+            Err(e) => Err(arch(e)),
+        }
+    };
+    let r = pipeline(producer, dest, opts);
+    if r.is_ok() {
+        bar.done();
+    }
+    r
+}
+
+/// Unpack a root filesystem tarball (a stage3) into a new sealed layer; returns its metadata.
+/// Must run inside the user namespace with the containers' mapping.
+pub fn unpack_rootfs(store: &Store, tarball: &Path, source: &str) -> Result<LayerInfo> {
+    let tmp = super::temp_dir(store, "unpack")?;
+    let r = (|| {
+        let opts = UnpackOptions {
+            label: tarball.display().to_string(),
+            owners: true,
+            oci_whiteouts: false,
+            strip_top: false,
+            strict_xattrs: false,
+        };
+        let name = tarball
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let res = unpack_file(tarball, &tmp, &opts, &format!("unpack {name}"))?;
+        report_skips(&res.stats, &name);
+        let bar = progress::bytes("checksum layer", Some(res.stats.content_bytes));
+        let mut hw = HashWriter::new(io::sink());
+        let ps = super::pack::pack_dir(&tmp, &mut hw, Some(&bar))?;
+        bar.done();
+        let (id, _, _) = hw.finish();
+        super::publish(
+            store,
+            &tmp,
+            LayerInfo {
+                id,
+                parent: None,
+                source: source.to_string(),
+                size: ps.content_bytes,
+                entries: ps.entries,
+                created: super::now_secs(),
+                devices_skipped: res.stats.devices_skipped,
+            },
+        )
+    })();
+    if r.is_err() {
+        let _ = super::remove_tree(&tmp);
+    }
+    r
+}
+
+fn report_skips(s: &UnpackStats, name: &str) {
+    if progress::quiet() {
+        return;
+    }
+    if s.devices_skipped > 0 {
+        eprintln!(
+            "{name}: skipped {} device node(s) (not creatable rootless; the container runtime provides /dev)",
+            s.devices_skipped
+        );
+    }
+    if s.xattrs_skipped > 0 {
+        eprintln!(
+            "{name}: {} extended attribute(s) could not be set and were dropped",
+            s.xattrs_skipped
+        );
+    }
+}
+
+/// The snapshot name of an ebuild-tree tarball: its file name without `.tar[.codec]`.
+pub fn repo_name_of(tarball: &Path) -> String {
+    let n = tarball
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    for ext in [".tar.xz", ".tar.gz", ".tgz", ".tar.bz2", ".tar.zst", ".tar"] {
+        if let Some(s) = n.strip_suffix(ext) {
+            return s.to_string();
+        }
+    }
+    n
+}
+
+/// Unpack an ebuild-tree snapshot into `repos/<name>/` (top directory stripped, files owned by
+/// the caller). An existing `repos/<name>/` is kept as is: snapshots are immutable.
+pub fn unpack_repo(store: &Store, tarball: &Path, name: &str) -> Result<PathBuf> {
+    if !crate::store::valid_name(name) {
+        return Err(LayerError::Helper(format!(
+            "invalid snapshot name {name:?}: use letters, digits, '-', '_', '.'"
+        )));
+    }
+    let dest = store.repos().join(name);
+    if dest.is_dir() {
+        return Ok(dest);
+    }
+    std::fs::create_dir_all(store.repos()).at("create directory", &store.repos())?;
+    let tmp = store
+        .repos()
+        .join(format!(".tmp-{name}-{}", std::process::id()));
+    super::remove_tree(&tmp)?;
+    std::fs::create_dir(&tmp).at("create directory", &tmp)?;
+    let r = (|| {
+        let opts = UnpackOptions {
+            label: tarball.display().to_string(),
+            owners: false,
+            oci_whiteouts: false,
+            strip_top: true,
+            strict_xattrs: false,
+        };
+        unpack_file(tarball, &tmp, &opts, &format!("unpack {name}"))?;
+        super::sync_tree(&tmp)?;
+        crate::fsutil::rename_dir_into_place(&tmp, &dest)?;
+        Ok(dest.clone())
+    })();
+    if r.is_err() {
+        let _ = super::remove_tree(&tmp);
+    }
+    r
+}
+
+/// Parse and write every entry of the tar stream `r` into `dest` (an existing directory).
+pub fn unpack_tar<R: Read>(r: R, dest: &Path, opts: &UnpackOptions) -> Result<UnpackStats> {
+    let mut w = Writer {
+        root: dest.to_path_buf(),
+        opts,
+        known: HashSet::new(),
+        deferred: Vec::new(),
+        stats: UnpackStats::default(),
+        buf: vec![0u8; 256 * 1024],
+    };
+    let mut archive = tar::Archive::new(r);
+    let entries = archive.entries().map_err(|e| w.archive_err(e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| w.archive_err(e))?;
+        w.entry(entry)?;
+    }
+    w.finish()?;
+    Ok(w.stats)
+}
+
+struct Writer<'a> {
+    root: PathBuf,
+    opts: &'a UnpackOptions,
+    /// Relative paths (bytes) known to be real directories, not symlinks.
+    known: HashSet<Vec<u8>>,
+    /// Directories whose mode and mtime are set at the end: (path, mode, mtime).
+    deferred: Vec<(PathBuf, u32, FileTime)>,
+    stats: UnpackStats,
+    buf: Vec<u8>,
+}
+
+/// The metadata of an entry beyond its type and name.
+struct EntryMeta {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: FileTime,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Writer<'_> {
+    fn archive_err(&self, source: io::Error) -> LayerError {
+        LayerError::Archive {
+            archive: self.opts.label.clone(),
+            source,
+        }
+    }
+
+    fn refuse(&self, name: &[u8], reason: impl std::fmt::Display) -> LayerError {
+        LayerError::Entry {
+            archive: self.opts.label.clone(),
+            entry: display(name),
+            reason: reason.to_string(),
+        }
+    }
+
+    fn entry<R: Read>(&mut self, mut e: tar::Entry<'_, R>) -> Result<()> {
+        use tar::EntryType as T;
+        let etype = e.header().entry_type();
+        if matches!(
+            etype,
+            T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink
+        ) {
+            return Ok(());
+        }
+        let raw = e.path_bytes().into_owned();
+        let comps = self.rel_components(&raw)?;
+        if comps.is_empty() {
+            return Ok(()); // the root (or the stripped top directory) itself
+        }
+        self.stats.entries += 1;
+        let meta = self.meta(&mut e, &raw)?;
+        let (parents, last) = comps.split_at(comps.len() - 1);
+        let last = last[0];
+        let lastb = last.as_bytes();
+        if lastb.starts_with(WHITEOUT_PREFIX.as_bytes()) {
+            if self.opts.oci_whiteouts {
+                let parent = self.parent_dir(parents, &raw)?;
+                return self.whiteout(&parent, lastb, &raw);
+            }
+            if self.opts.owners {
+                return Err(
+                    self.refuse(&raw, "names starting with .wh. are reserved for whiteouts")
+                );
+            }
+        }
+        let parent = self.parent_dir(parents, &raw)?;
+        let path = parent.join(last);
+        let rel: Vec<u8> = rel_bytes(&comps);
+        match etype {
+            T::Directory => self.dir(&path, rel, &raw, meta),
+            T::Regular | T::Continuous | T::GNUSparse => self.file(&mut e, &path, &raw, meta),
+            T::Link => {
+                let target = e
+                    .link_name_bytes()
+                    .map(|c| c.into_owned())
+                    .unwrap_or_default();
+                self.hardlink(&path, &raw, &target)
+            }
+            T::Symlink => {
+                let target = e
+                    .link_name_bytes()
+                    .map(|c| c.into_owned())
+                    .unwrap_or_default();
+                self.symlink(&path, &raw, &target, meta)
+            }
+            T::Fifo => self.fifo(&path, &raw, meta),
+            T::Char | T::Block => {
+                self.stats.devices_skipped += 1;
+                Ok(())
+            }
+            _ => {
+                self.stats.other_skipped += 1;
+                Ok(())
+            }
+        }
+    }
+
+    fn rel_components<'n>(&self, raw: &'n [u8]) -> Result<Vec<&'n OsStr>> {
+        let mut comps = components(raw).map_err(|r| self.refuse(raw, r))?;
+        if self.opts.strip_top && !comps.is_empty() {
+            comps.remove(0);
+        }
+        Ok(comps)
+    }
+
+    fn meta<R: Read>(&self, e: &mut tar::Entry<'_, R>, raw: &[u8]) -> Result<EntryMeta> {
+        let h = e.header();
+        let bad = |what: &str, err: io::Error| self.refuse(raw, format!("bad {what}: {err}"));
+        let mut m = EntryMeta {
+            mode: h.mode().map_err(|x| bad("mode", x))? & 0o7777,
+            uid: h.uid().map_err(|x| bad("uid", x))? as u32,
+            gid: h.gid().map_err(|x| bad("gid", x))? as u32,
+            mtime: FileTime::from_unix_time(h.mtime().map_err(|x| bad("mtime", x))? as i64, 0),
+            xattrs: Vec::new(),
+        };
+        if let Some(exts) = e.pax_extensions().map_err(|x| bad("pax header", x))? {
+            for ext in exts {
+                let ext = ext.map_err(|x| bad("pax header", x))?;
+                let k = ext.key_bytes();
+                let v = ext.value_bytes();
+                let num = || {
+                    std::str::from_utf8(v)
+                        .ok()
+                        .and_then(|s| s.parse::<u32>().ok())
+                };
+                match k {
+                    b"mtime" => {
+                        let (s, n) = std::str::from_utf8(v)
+                            .ok()
+                            .and_then(parse_mtime)
+                            .ok_or_else(|| self.refuse(raw, "bad pax mtime"))?;
+                        m.mtime = FileTime::from_unix_time(s, n);
+                    }
+                    b"uid" => m.uid = num().ok_or_else(|| self.refuse(raw, "bad pax uid"))?,
+                    b"gid" => m.gid = num().ok_or_else(|| self.refuse(raw, "bad pax gid"))?,
+                    _ => {
+                        if let Some(name) = k.strip_prefix(b"SCHILY.xattr.") {
+                            m.xattrs.push((name.to_vec(), v.to_vec()));
+                        }
+                    }
+                }
+            }
+        }
+        if !self.opts.owners {
+            m.mode &= 0o777;
+        }
+        Ok(m)
+    }
+
+    /// The directory holding an entry: each component must be a real directory (created when
+    /// missing), never a symlink.
+    fn parent_dir(&mut self, parents: &[&OsStr], raw: &[u8]) -> Result<PathBuf> {
+        let mut rel: Vec<u8> = Vec::new();
+        let mut path = self.root.clone();
+        for c in parents {
+            if !rel.is_empty() {
+                rel.push(b'/');
+            }
+            rel.extend_from_slice(c.as_bytes());
+            path.push(c);
+            if self.known.contains(&rel) {
+                continue;
+            }
+            match std::fs::symlink_metadata(&path) {
+                Ok(md) if md.file_type().is_symlink() => {
+                    return Err(self.refuse(
+                        raw,
+                        format!(
+                            "path passes through symlink {} (could leave the layer)",
+                            display(&rel)
+                        ),
+                    ))
+                }
+                Ok(md) if md.is_dir() => {}
+                Ok(_) => {
+                    return Err(self.refuse(raw, format!("{} is not a directory", display(&rel))))
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    std::fs::create_dir(&path).at("create directory", &path)?;
+                    if self.opts.owners {
+                        self.chown(&path, None, 0, 0, raw)?;
+                    }
+                    // Implied directory: fixed metadata, so the layer id stays deterministic.
+                    self.deferred
+                        .push((path.clone(), 0o755, FileTime::from_unix_time(0, 0)));
+                }
+                Err(e) => return Err(FsError::new("stat", &path, e).into()),
+            }
+            self.known.insert(rel.clone());
+        }
+        Ok(path)
+    }
+
+    /// Give `path` (or the open `file`) the owner `uid:gid`, never following a symlink.
+    fn chown(
+        &self,
+        path: &Path,
+        file: Option<&File>,
+        uid: u32,
+        gid: u32,
+        raw: &[u8],
+    ) -> Result<()> {
+        let r = match file {
+            Some(f) => std::os::unix::fs::fchown(f, Some(uid), Some(gid)),
+            None => std::os::unix::fs::lchown(path, Some(uid), Some(gid)),
+        };
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Err(self.refuse(
+                raw,
+                format!(
+                    "owner {uid}:{gid} is not mapped in this user namespace \
+                     (subordinate ids missing? run `gbuild setup-host --user USER` as root)"
+                ),
+            )),
+            Err(e) => Err(FsError::new("chown", path, e).into()),
+        }
+    }
+
+    /// Make room for a new non-directory entry at `path`.
+    fn clear(&mut self, path: &Path, raw: &[u8]) -> Result<()> {
+        match std::fs::symlink_metadata(path) {
+            Ok(md) if md.is_dir() => {
+                std::fs::remove_dir(path).map_err(|e| {
+                    self.refuse(raw, format!("replaces a non-empty directory: {e}"))
+                })?;
+                self.known.clear();
+                Ok(())
+            }
+            Ok(_) => Ok(std::fs::remove_file(path).at("remove", path)?),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(FsError::new("stat", path, e).into()),
+        }
+    }
+
+    fn set_xattrs(&mut self, path: &Path, file: Option<&File>, m: &EntryMeta) -> Result<()> {
+        for (k, v) in &m.xattrs {
+            if !keep_xattr(k) {
+                self.stats.xattrs_skipped += 1;
+                continue;
+            }
+            let name = OsStr::from_bytes(k);
+            let r = match file {
+                Some(f) => f.set_xattr(name, v),
+                None => xattr::set(path, name, v),
+            };
+            if let Err(e) = r {
+                if self.opts.strict_xattrs {
+                    return Err(FsError::new("set xattr", path.join(name), e).into());
+                }
+                self.stats.xattrs_skipped += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn dir(&mut self, path: &Path, rel: Vec<u8>, raw: &[u8], m: EntryMeta) -> Result<()> {
+        match std::fs::symlink_metadata(path) {
+            Ok(md) if md.is_dir() => {}
+            Ok(_) => {
+                self.clear(path, raw)?;
+                std::fs::create_dir(path).at("create directory", path)?;
+            }
+            Err(_) => std::fs::create_dir(path).at("create directory", path)?,
+        }
+        if self.opts.owners {
+            self.chown(path, None, m.uid, m.gid, raw)?;
+        }
+        self.set_xattrs(path, None, &m)?;
+        self.known.insert(rel);
+        self.deferred.push((path.to_path_buf(), m.mode, m.mtime));
+        Ok(())
+    }
+
+    fn file<R: Read>(
+        &mut self,
+        e: &mut tar::Entry<'_, R>,
+        path: &Path,
+        raw: &[u8],
+        m: EntryMeta,
+    ) -> Result<()> {
+        self.clear(path, raw)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .at("create", path)?;
+        loop {
+            let n = match e.read(&mut self.buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => return Err(self.archive_err(err)),
+            };
+            f.write_all(&self.buf[..n]).at("write", path)?;
+            self.stats.content_bytes += n as u64;
+        }
+        if self.opts.owners {
+            self.chown(path, Some(&f), m.uid, m.gid, raw)?;
+        }
+        f.set_permissions(std::fs::Permissions::from_mode(m.mode))
+            .at("chmod", path)?;
+        self.set_xattrs(path, Some(&f), &m)?;
+        filetime::set_file_handle_times(&f, Some(m.mtime), Some(m.mtime)).at("set times", path)?;
+        Ok(())
+    }
+
+    fn hardlink(&mut self, path: &Path, raw: &[u8], target: &[u8]) -> Result<()> {
+        let tcomps = self.rel_components(target).map_err(|_| {
+            self.refuse(
+                raw,
+                format!("hardlink target {} leaves the layer", display(target)),
+            )
+        })?;
+        if tcomps.is_empty() {
+            return Err(self.refuse(raw, "hardlink to the root directory"));
+        }
+        let (tparents, tlast) = tcomps.split_at(tcomps.len() - 1);
+        let tparent = self.parent_dir(tparents, raw)?;
+        let tpath = tparent.join(tlast[0]);
+        match std::fs::symlink_metadata(&tpath) {
+            Ok(md) if !md.is_dir() => {}
+            _ => {
+                return Err(self.refuse(
+                    raw,
+                    format!(
+                        "hardlink target {} is not a file earlier in the archive",
+                        display(target)
+                    ),
+                ))
+            }
+        }
+        if tpath == path {
+            return Ok(());
+        }
+        self.clear(path, raw)?;
+        std::fs::hard_link(&tpath, path).at("link", path)?;
+        Ok(())
+    }
+
+    fn symlink(&mut self, path: &Path, raw: &[u8], target: &[u8], m: EntryMeta) -> Result<()> {
+        if target.is_empty() || target.contains(&0) {
+            return Err(self.refuse(raw, "empty or invalid symlink target"));
+        }
+        self.clear(path, raw)?;
+        std::os::unix::fs::symlink(OsStr::from_bytes(target), path).at("symlink", path)?;
+        if self.opts.owners {
+            self.chown(path, None, m.uid, m.gid, raw)?;
+        }
+        filetime::set_symlink_file_times(path, m.mtime, m.mtime).at("set times", path)?;
+        Ok(())
+    }
+
+    fn fifo(&mut self, path: &Path, raw: &[u8], m: EntryMeta) -> Result<()> {
+        use nix::sys::stat::{mknod, Mode, SFlag};
+        self.clear(path, raw)?;
+        mknod(path, SFlag::S_IFIFO, Mode::from_bits_truncate(0o600), 0)
+            .map_err(|e| FsError::new("mkfifo", path, e.into()))?;
+        if self.opts.owners {
+            self.chown(path, None, m.uid, m.gid, raw)?;
+        }
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(m.mode))
+            .at("chmod", path)?;
+        self.set_xattrs(path, None, &m)?;
+        filetime::set_symlink_file_times(path, m.mtime, m.mtime).at("set times", path)?;
+        Ok(())
+    }
+
+    /// `.wh.NAME` -> overlayfs whiteout (character device 0/0) for NAME; `.wh..wh..opq` ->
+    /// `user.overlay.opaque=y` on the directory.
+    fn whiteout(&mut self, parent: &Path, last: &[u8], raw: &[u8]) -> Result<()> {
+        if last == OPAQUE_MARKER.as_bytes() {
+            xattr::set(parent, "user.overlay.opaque", b"y").at("set xattr", parent)?;
+            return Ok(());
+        }
+        let name = &last[WHITEOUT_PREFIX.len()..];
+        if name.is_empty() || name.starts_with(WHITEOUT_PREFIX.as_bytes()) {
+            return Err(self.refuse(raw, "malformed whiteout"));
+        }
+        let path = parent.join(OsStr::from_bytes(name));
+        if std::fs::symlink_metadata(&path).is_ok() {
+            super::remove_tree(&path)?;
+            self.known.clear();
+        }
+        use nix::sys::stat::{mknod, Mode, SFlag};
+        mknod(&path, SFlag::S_IFCHR, Mode::empty(), 0).map_err(|e| {
+            FsError::new(
+                "create whiteout (character device 0/0, Linux 5.8+)",
+                &path,
+                e.into(),
+            )
+        })?;
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        for (path, mode, mtime) in &self.deferred {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(*mode))
+                .at("chmod", path)?;
+            filetime::set_symlink_file_times(path, *mtime, *mtime).at("set times", path)?;
+        }
+        Ok(())
+    }
+}
+
+fn rel_bytes(comps: &[&OsStr]) -> Vec<u8> {
+    let mut v = Vec::new();
+    for (i, c) in comps.iter().enumerate() {
+        if i > 0 {
+            v.push(b'/');
+        }
+        v.extend_from_slice(c.as_bytes());
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> UnpackOptions {
+        UnpackOptions {
+            label: "t.tar".into(),
+            owners: false,
+            oci_whiteouts: false,
+            strip_top: false,
+            strict_xattrs: false,
+        }
+    }
+
+    fn tar_with(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        build(&mut b);
+        b.into_inner().unwrap()
+    }
+
+    fn header(kind: tar::EntryType, size: u64) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_mtime(1000);
+        h.set_uid(0);
+        h.set_gid(0);
+        h
+    }
+
+    fn raw_name(h: &mut tar::Header, name: &str) {
+        let n = name.as_bytes();
+        h.as_old_mut().name[..n.len()].copy_from_slice(n);
+    }
+
+    fn raw_link(h: &mut tar::Header, name: &str) {
+        let n = name.as_bytes();
+        h.as_old_mut().linkname[..n.len()].copy_from_slice(n);
+    }
+
+    fn refused(data: Vec<u8>) -> String {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        let e = unpack_tar(&data[..], &root, &opts())
+            .unwrap_err()
+            .to_string();
+        assert!(!d.path().join("x").exists() && !d.path().join("escaped").exists());
+        e
+    }
+
+    #[test]
+    fn dotdot_and_absolute_refused() {
+        for name in ["../x", "/abs/x", "a/../../x"] {
+            let data = tar_with(|b| {
+                let mut h = header(tar::EntryType::Regular, 1);
+                raw_name(&mut h, name);
+                h.set_cksum();
+                b.append(&h, &b"x"[..]).unwrap();
+            });
+            let e = refused(data);
+            assert!(e.contains(&format!("entry {name}")), "{e}");
+        }
+    }
+
+    #[test]
+    fn symlink_then_write_refused() {
+        for target in ["..", "/tmp", "../..", "sub/../.."] {
+            let data = tar_with(|b| {
+                let mut h = header(tar::EntryType::Symlink, 0);
+                raw_name(&mut h, "evil");
+                raw_link(&mut h, target);
+                h.set_cksum();
+                b.append(&h, io::empty()).unwrap();
+                let mut h = header(tar::EntryType::Regular, 1);
+                raw_name(&mut h, "evil/escaped");
+                h.set_cksum();
+                b.append(&h, &b"x"[..]).unwrap();
+            });
+            let e = refused(data);
+            assert!(
+                e.contains("evil/escaped") && e.contains("symlink evil"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn hardlink_outside_refused() {
+        let data = tar_with(|b| {
+            let mut h = header(tar::EntryType::Link, 0);
+            raw_name(&mut h, "h");
+            raw_link(&mut h, "../x");
+            h.set_cksum();
+            b.append(&h, io::empty()).unwrap();
+        });
+        let e = refused(data);
+        assert!(
+            e.contains("entry h") && e.contains("leaves the layer"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn plain_unpack_keeps_modes_links_and_times() {
+        let data = tar_with(|b| {
+            let mut h = header(tar::EntryType::Directory, 0);
+            raw_name(&mut h, "top/d/");
+            h.set_mode(0o555);
+            h.set_mtime(77);
+            h.set_cksum();
+            b.append(&h, io::empty()).unwrap();
+            let mut h = header(tar::EntryType::Regular, 2);
+            raw_name(&mut h, "top/d/f");
+            h.set_mode(0o4755);
+            h.set_cksum();
+            b.append(&h, &b"hi"[..]).unwrap();
+            let mut h = header(tar::EntryType::Link, 0);
+            raw_name(&mut h, "top/g");
+            raw_link(&mut h, "top/d/f");
+            h.set_cksum();
+            b.append(&h, io::empty()).unwrap();
+        });
+        let d = tempfile::tempdir().unwrap();
+        let mut o = opts();
+        o.strip_top = true;
+        let st = unpack_tar(&data[..], d.path(), &o).unwrap();
+        assert_eq!(st.entries, 3);
+        use std::os::unix::fs::MetadataExt;
+        let f = std::fs::metadata(d.path().join("d/f")).unwrap();
+        assert_eq!(f.mode() & 0o7777, 0o755, "setuid dropped for plain trees");
+        assert_eq!(f.nlink(), 2);
+        let dm = std::fs::metadata(d.path().join("d")).unwrap();
+        assert_eq!((dm.mode() & 0o7777, dm.mtime()), (0o555, 77));
+        std::fs::set_permissions(d.path().join("d"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+    }
+
+    #[test]
+    fn codecs_sniffed() {
+        assert_eq!(sniff(&[0xFD, b'7', b'z', b'X', b'Z', 0, 1]), Codec::Xz);
+        assert_eq!(sniff(&[0x1F, 0x8B, 8]), Codec::Gzip);
+        assert_eq!(sniff(b"BZh91AY"), Codec::Bzip2);
+        assert_eq!(sniff(&[0x28, 0xB5, 0x2F, 0xFD]), Codec::Zstd);
+        assert_eq!(sniff(b"usr/"), Codec::None);
+    }
+}

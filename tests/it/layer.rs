@@ -1,0 +1,716 @@
+//! Layers, images, snapshots and restores through the real `gbuild` binary: a stage3-like
+//! fixture tarball built here (owners, setuid, hardlinks, symlinks, xattrs, a fifo, a device
+//! node), the tar path policy, committing a real overlay upper dir, OCI export and restore, and
+//! interrupted runs.
+
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use crate::util::{self, gbuild, require, rootless_ready, Scratch};
+
+const MTIME: u64 = 1_700_000_000;
+
+fn header(kind: tar::EntryType, mode: u32, uid: u64, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_uid(uid);
+    h.set_gid(uid);
+    h.set_size(size);
+    h.set_mtime(MTIME);
+    h
+}
+
+/// Append an entry whose name is written raw (no validation by the tar crate).
+fn raw(
+    b: &mut tar::Builder<Vec<u8>>,
+    mut h: tar::Header,
+    name: &str,
+    link: Option<&str>,
+    data: &[u8],
+) {
+    let n = name.as_bytes();
+    h.as_old_mut().name = [0; 100];
+    h.as_old_mut().name[..n.len()].copy_from_slice(n);
+    if let Some(l) = link {
+        h.as_old_mut().linkname[..l.len()].copy_from_slice(l.as_bytes());
+    }
+    h.set_cksum();
+    b.append(&h, data).unwrap();
+}
+
+fn dir(b: &mut tar::Builder<Vec<u8>>, name: &str, mode: u32, uid: u64) {
+    raw(
+        b,
+        header(tar::EntryType::Directory, mode, uid, 0),
+        name,
+        None,
+        &[],
+    );
+}
+
+fn file(b: &mut tar::Builder<Vec<u8>>, name: &str, mode: u32, uid: u64, data: &[u8]) {
+    raw(
+        b,
+        header(tar::EntryType::Regular, mode, uid, data.len() as u64),
+        name,
+        None,
+        data,
+    );
+}
+
+fn xz(data: &[u8]) -> Vec<u8> {
+    let mut e = liblzma::write::XzEncoder::new(Vec::new(), 1);
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+/// Capabilities v2: cap_net_raw permitted + effective.
+fn cap_net_raw() -> Vec<u8> {
+    let mut v = Vec::new();
+    for w in [0x0200_0001u32, 1 << 13, 0, 0, 0] {
+        v.extend_from_slice(&w.to_le_bytes());
+    }
+    v
+}
+
+/// A small stage3-like root filesystem, xz-compressed.
+fn fixture_stage3() -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    dir(&mut b, "./", 0o755, 0);
+    dir(&mut b, "./etc/", 0o755, 0);
+    file(&mut b, "./etc/os-release", 0o644, 0, b"NAME=Gentoo\n");
+    b.append_pax_extensions([("SCHILY.xattr.user.test", &b"hello"[..])])
+        .unwrap();
+    file(&mut b, "./etc/tagged", 0o644, 0, b"x");
+    dir(&mut b, "./usr/", 0o755, 0);
+    dir(&mut b, "./usr/bin/", 0o755, 0);
+    b.append_pax_extensions([("mtime", &b"1700000000.123456789"[..])])
+        .unwrap();
+    file(&mut b, "./usr/bin/su", 0o4755, 0, b"su binary");
+    raw(
+        &mut b,
+        header(tar::EntryType::Link, 0o755, 0, 0),
+        "./usr/bin/hard",
+        Some("./usr/bin/su"),
+        &[],
+    );
+    let cap = cap_net_raw();
+    b.append_pax_extensions([("SCHILY.xattr.security.capability", &cap[..])])
+        .unwrap();
+    file(&mut b, "./usr/bin/ping", 0o755, 0, b"ping binary");
+    dir(&mut b, "./bin/", 0o755, 0);
+    raw(
+        &mut b,
+        header(tar::EntryType::Symlink, 0o777, 0, 0),
+        "./bin/su",
+        Some("../usr/bin/su"),
+        &[],
+    );
+    raw(
+        &mut b,
+        header(tar::EntryType::Symlink, 0o777, 0, 0),
+        "./abs",
+        Some("/etc"),
+        &[],
+    );
+    dir(&mut b, "./home/", 0o755, 0);
+    dir(&mut b, "./home/user/", 0o750, 250);
+    file(&mut b, "./home/user/secret", 0o600, 250, b"secret");
+    dir(&mut b, "./run/", 0o755, 0);
+    raw(
+        &mut b,
+        header(tar::EntryType::Fifo, 0o620, 250, 0),
+        "./run/fifo",
+        None,
+        &[],
+    );
+    dir(&mut b, "./dev/", 0o755, 0);
+    let mut h = header(tar::EntryType::Char, 0o666, 0, 0);
+    h.set_device_major(1).unwrap();
+    h.set_device_minor(3).unwrap();
+    raw(&mut b, h, "./dev/null", None, &[]);
+    xz(&b.into_inner().unwrap())
+}
+
+struct Env {
+    scratch: Scratch,
+}
+
+impl Env {
+    fn new() -> Env {
+        let scratch = Scratch::new();
+        std::fs::create_dir(scratch.path().join("store")).unwrap();
+        Env { scratch }
+    }
+    fn p(&self, rel: &str) -> PathBuf {
+        self.scratch.path().join(rel)
+    }
+    fn store(&self) -> PathBuf {
+        self.p("store")
+    }
+    fn gb(&self, args: &[&str]) -> Output {
+        self.gb_in(&self.store(), args)
+    }
+    fn gb_in(&self, store: &Path, args: &[&str]) -> Output {
+        util::output(gbuild(store).args(args).arg("-q"))
+    }
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.gb(args);
+        assert!(
+            o.status.success(),
+            "gbuild {args:?} failed: {}",
+            util::stderr(&o)
+        );
+        util::stdout(&o).trim().to_string()
+    }
+    fn write(&self, rel: &str, data: &[u8]) -> PathBuf {
+        let p = self.p(rel);
+        std::fs::write(&p, data).unwrap();
+        p
+    }
+    /// Run a shell command as root of the containers' user namespace, with a mount namespace.
+    fn ns_sh(&self, script: &str) -> String {
+        let o = util::output(
+            gbuild(&self.store()).args(["unshare", "--", "unshare", "-m", "sh", "-ec", script]),
+        );
+        assert!(o.status.success(), "{script}: {}", util::stderr(&o));
+        util::stdout(&o)
+    }
+    fn layers(&self, store: &Path) -> Vec<String> {
+        let o = self.gb_in(store, &["layer", "list"]);
+        assert!(o.status.success());
+        util::stdout(&o)
+            .lines()
+            .map(|l| l.split_whitespace().next().unwrap().to_string())
+            .collect()
+    }
+    fn lowerdir(&self, store: &Path, image: &str) -> String {
+        let o = self.gb_in(store, &["image", "lowerdir", image]);
+        assert!(o.status.success(), "{}", util::stderr(&o));
+        util::stdout(&o).trim().to_string()
+    }
+    fn leftovers(&self, store: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        for d in ["tmp", "layers"] {
+            if let Ok(rd) = std::fs::read_dir(store.join(d)) {
+                for e in rd.flatten() {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    if n.starts_with("layer-") || n.starts_with(".tmp") {
+                        out.push(n);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+fn is_id(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+#[test]
+fn stage3_unpacks_with_owners_modes_links_and_xattrs() {
+    if !require(
+        rootless_ready(),
+        "rootless user namespaces with subordinate ids",
+    ) {
+        return;
+    }
+    let env = Env::new();
+    let tarball = env.write(
+        "stage3-amd64-openrc-20240101T000000Z.tar.xz",
+        &fixture_stage3(),
+    );
+    let o = util::output(
+        gbuild(&env.store())
+            .args(["layer", "unpack"])
+            .arg(&tarball)
+            .args(["--image", "fx/base"]),
+    );
+    assert!(o.status.success());
+    let id = util::stdout(&o).trim().to_string();
+    assert!(is_id(&id), "{id}");
+    assert!(
+        util::stderr(&o).contains("skipped 1 device node"),
+        "{}",
+        util::stderr(&o)
+    );
+    let list = env.ok(&["layer", "list", "--json"]);
+    let layers: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(layers[0]["id"], id.as_str());
+    assert_eq!(layers[0]["devices_skipped"], 1);
+    assert!(env.ok(&["image", "list"]).starts_with("fx/base"));
+
+    let root = env.store().join("layers").join(&id);
+    // Outside: inside uid 0 is us, inside 250 is subuid base + 249.
+    let me = util::nix_uid();
+    let base = util::subid_base("/etc/subuid").unwrap();
+    let md = |p: &str| std::fs::symlink_metadata(root.join(p)).unwrap();
+    assert_eq!(md("home/user").uid(), base + 249);
+    assert_eq!(md("usr/bin/su").uid(), me);
+    assert_eq!(md("usr/bin/su").mode() & 0o7777, 0o4755);
+    assert_eq!(md("usr/bin/su").mtime_nsec(), 123_456_789);
+    assert_eq!(md("usr/bin/su").mtime(), MTIME as i64);
+    assert_eq!(
+        md("usr/bin").mtime(),
+        MTIME as i64,
+        "dir mtime set after content"
+    );
+    assert_eq!(md("usr/bin/su").ino(), md("usr/bin/hard").ino());
+    assert_eq!(
+        std::fs::read_link(root.join("bin/su")).unwrap(),
+        Path::new("../usr/bin/su")
+    );
+    assert_eq!(
+        std::fs::read_link(root.join("abs")).unwrap(),
+        Path::new("/etc")
+    );
+    assert!(!root.join("dev/null").exists());
+    assert_eq!(
+        xattr::get(root.join("etc/tagged"), "user.test")
+            .unwrap()
+            .as_deref(),
+        Some(&b"hello"[..])
+    );
+    assert!(
+        xattr::get(root.join("usr/bin/ping"), "security.capability")
+            .unwrap()
+            .is_some(),
+        "file capability kept"
+    );
+    // Inside: owners and modes as in the tarball.
+    let st = env.ns_sh(&format!(
+        "cd {}; stat -c '%n %u %g %a %F' home/user home/user/secret usr/bin/su run/fifo",
+        root.display()
+    ));
+    let want = "home/user 250 250 750 directory\n\
+                home/user/secret 250 250 600 regular file\n\
+                usr/bin/su 0 0 4755 regular file\n\
+                run/fifo 250 250 620 fifo\n";
+    assert_eq!(st, want);
+    // Same tarball, another store: same id.
+    let store2 = env.p("store2");
+    std::fs::create_dir(&store2).unwrap();
+    let o = env.gb_in(&store2, &["layer", "unpack", tarball.to_str().unwrap()]);
+    assert_eq!(util::stdout(&o).trim(), id);
+}
+
+/// (name, archive) pairs that must all be refused.
+fn escapes(outside: &Path) -> Vec<(&'static str, Vec<u8>)> {
+    let mut v = Vec::new();
+    let mut b = tar::Builder::new(Vec::new());
+    file(&mut b, "../x", 0o644, 0, b"x");
+    v.push(("../x", b.into_inner().unwrap()));
+    let mut b = tar::Builder::new(Vec::new());
+    let abs = format!("{}/abs-file", outside.display());
+    file(&mut b, &abs, 0o644, 0, b"x");
+    v.push(("/abs", b.into_inner().unwrap()));
+    for (i, target) in [outside.to_str().unwrap(), "../../../../../../../../.."]
+        .into_iter()
+        .enumerate()
+    {
+        let mut b = tar::Builder::new(Vec::new());
+        dir(&mut b, "./etc/", 0o755, 0);
+        raw(
+            &mut b,
+            header(tar::EntryType::Symlink, 0o777, 0, 0),
+            "./etc/evil",
+            Some(target),
+            &[],
+        );
+        file(&mut b, "./etc/evil/escaped", 0o644, 0, b"x");
+        v.push((
+            if i == 0 { "evil-abs" } else { "evil-rel" },
+            b.into_inner().unwrap(),
+        ));
+    }
+    let mut b = tar::Builder::new(Vec::new());
+    raw(
+        &mut b,
+        header(tar::EntryType::Link, 0o644, 0, 0),
+        "./h",
+        Some("../../x"),
+        &[],
+    );
+    v.push(("hardlink", b.into_inner().unwrap()));
+    v
+}
+
+#[test]
+fn escaping_entries_are_refused_and_nothing_is_created() {
+    if !require(
+        rootless_ready(),
+        "rootless user namespaces with subordinate ids",
+    ) {
+        return;
+    }
+    let env = Env::new();
+    let outside = env.p("outside");
+    std::fs::create_dir(&outside).unwrap();
+    for (what, data) in escapes(&outside) {
+        let fname = what.replace(['.', '/'], "_");
+        let t = env.write(&format!("{fname}.tar.xz"), &xz(&data));
+        let o = util::output(
+            gbuild(&env.store())
+                .args(["layer", "unpack"])
+                .arg(&t)
+                .args(["--image", "bad"]),
+        );
+        assert!(!o.status.success(), "{what} accepted");
+        let err = util::stderr(&o);
+        assert!(err.contains("entry "), "{what}: {err}");
+        assert_eq!(err.lines().count(), 1, "{what}: one line: {err}");
+        assert!(env.layers(&env.store()).is_empty(), "{what}: layer listed");
+        assert_eq!(env.leftovers(&env.store()), Vec::<String>::new(), "{what}");
+        assert!(!env.store().join("images/bad.json").exists());
+    }
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    assert!(!env.store().join("x").exists() && !env.store().join("tmp/x").exists());
+}
+
+#[test]
+fn unpack_repo_is_a_plain_directory() {
+    let env = Env::new();
+    let mut b = tar::Builder::new(Vec::new());
+    dir(&mut b, "gentoo-20240101/", 0o755, 0);
+    dir(&mut b, "gentoo-20240101/metadata/", 0o755, 0);
+    file(
+        &mut b,
+        "gentoo-20240101/metadata/timestamp.chk",
+        0o644,
+        250,
+        b"Mon, 01 Jan 2024\n",
+    );
+    let t = env.write("gentoo-20240101.tar.xz", &xz(&b.into_inner().unwrap()));
+    let path = env.ok(&["layer", "unpack-repo", t.to_str().unwrap()]);
+    assert!(path.ends_with("repos/gentoo-20240101"), "{path}");
+    let f = Path::new(&path).join("metadata/timestamp.chk");
+    assert_eq!(std::fs::metadata(&f).unwrap().uid(), util::nix_uid());
+    assert_eq!(std::fs::metadata(&f).unwrap().mtime(), MTIME as i64);
+    // Again: kept as is.
+    assert_eq!(env.ok(&["layer", "unpack-repo", t.to_str().unwrap()]), path);
+}
+
+/// Mount image `image` of `store` read-only (lower dirs only) and run `script` with $M.
+fn with_image_mounted(env: &Env, store: &Path, image: &str, script: &str) -> String {
+    let m = env.p("m-ro");
+    let _ = std::fs::create_dir(&m);
+    env.ns_sh(&format!(
+        "M={m}; mount -t overlay overlay -o ro,userxattr,lowerdir={l} $M; {script}",
+        m = m.display(),
+        l = env.lowerdir(store, image)
+    ))
+}
+
+#[test]
+fn commit_snapshot_restore_round_trip() {
+    if !require(
+        rootless_ready(),
+        "rootless user namespaces with subordinate ids",
+    ) {
+        return;
+    }
+    let env = Env::new();
+    let tarball = env.write("stage3.tar.xz", &fixture_stage3());
+    env.ok(&[
+        "layer",
+        "unpack",
+        tarball.to_str().unwrap(),
+        "--image",
+        "fx/base",
+    ]);
+    for d in ["upper", "work", "merged"] {
+        std::fs::create_dir(env.p(d)).unwrap();
+    }
+    // A container's changes through a real rootless overlay mount.
+    env.ns_sh(&format!(
+        "M={m}; mount -t overlay overlay -o userxattr,lowerdir={l},upperdir={u},workdir={w} $M
+         rm $M/etc/os-release
+         echo new > $M/etc/newfile; chown 250:250 $M/etc/newfile; chmod 640 $M/etc/newfile
+         rm -rf $M/usr/bin; mkdir $M/usr/bin; echo only > $M/usr/bin/only
+         echo changed > $M/home/user/secret
+         umount $M",
+        m = env.p("merged").display(),
+        l = env.lowerdir(&env.store(), "fx/base"),
+        u = env.p("upper").display(),
+        w = env.p("work").display(),
+    ));
+    let upper = env.p("upper");
+    let id = env.ok(&[
+        "layer",
+        "commit",
+        "--image",
+        "fx/base",
+        "--upper",
+        upper.to_str().unwrap(),
+        "--new-image",
+        "fx/next",
+    ]);
+    assert!(is_id(&id), "{id}");
+    assert_eq!(
+        std::fs::read_dir(&upper).unwrap().count(),
+        0,
+        "upper emptied"
+    );
+    assert_eq!(env.layers(&env.store()).len(), 2);
+
+    let check =
+        "cd $M; ls etc usr/bin | tr '\\n' ' '; stat -c '%u %a' etc/newfile; cat home/user/secret";
+    let want = "etc: newfile tagged  usr/bin: only 250 640\nchanged\n";
+    let seen = with_image_mounted(&env, &env.store(), "fx/next", check);
+    assert_eq!(seen, want);
+
+    // Snapshot, restore into a fresh store, snapshot again: identical layouts.
+    let s1 = env.p("snap1");
+    let manifest = env.ok(&["snapshot", "--image", "fx/next", "-o", s1.to_str().unwrap()]);
+    assert!(manifest.starts_with("sha256:"), "{manifest}");
+    let store2 = env.p("store2");
+    std::fs::create_dir(&store2).unwrap();
+    let o = env.gb_in(&store2, &["restore", s1.to_str().unwrap()]);
+    assert!(o.status.success());
+    assert_eq!(util::stdout(&o).trim(), "fx/next");
+    let mut l1 = env.layers(&env.store());
+    let mut l2 = env.layers(&store2);
+    l1.sort();
+    l2.sort();
+    assert_eq!(l1, l2);
+    let s2 = env.p("snap2");
+    let o = env.gb_in(
+        &store2,
+        &["snapshot", "--image", "fx/next", "-o", s2.to_str().unwrap()],
+    );
+    assert_eq!(util::stdout(&o).trim(), manifest);
+    assert_eq!(tree_bytes(&s1), tree_bytes(&s2));
+    assert_eq!(with_image_mounted(&env, &store2, "fx/next", check), want);
+
+    if require(util::which("skopeo"), "skopeo installed") {
+        let o = util::output(
+            Command::new("skopeo")
+                .arg("inspect")
+                .arg(format!("oci:{}", s1.display())),
+        );
+        assert!(o.status.success(), "skopeo: {}", util::stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["Layers"].as_array().unwrap().len(), 2);
+    }
+
+    // gzip for older tools also restores to the same layers.
+    let sg = env.p("snap-gz");
+    env.ok(&[
+        "snapshot",
+        "--image",
+        "fx/next",
+        "--compression",
+        "gzip",
+        "-o",
+        sg.to_str().unwrap(),
+    ]);
+    let store3 = env.p("store3");
+    std::fs::create_dir(&store3).unwrap();
+    assert!(env
+        .gb_in(
+            &store3,
+            &["restore", sg.to_str().unwrap(), "--image", "fx/next"]
+        )
+        .status
+        .success());
+    let mut l3 = env.layers(&store3);
+    l3.sort();
+    assert_eq!(l1, l3);
+
+    // gc keeps what images reference, removes the rest (subordinate-owned files included).
+    env.ok(&["image", "rm", "fx/next"]);
+    std::fs::remove_dir_all(&s1).unwrap();
+    std::fs::remove_dir_all(&sg).unwrap();
+    env.ok(&["gc"]);
+    assert_eq!(env.layers(&env.store()).len(), 1);
+    assert!(!env.store().join("layers").join(&id).exists());
+}
+
+fn tree_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).unwrap().display().to_string();
+                out.push((rel, std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// A one-layer OCI layout around the uncompressed tar `layer`.
+fn layout_with(dir: &Path, layer: &[u8]) {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |data: &[u8]| {
+        let d = sha256_hex(data);
+        std::fs::write(blobs.join(&d), data).unwrap();
+        (format!("sha256:{d}"), data.len())
+    };
+    let (ld, ls) = put(layer);
+    let config = serde_json::json!({"architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [ld]}});
+    let (cd, cs) = put(&serde_json::to_vec(&config).unwrap());
+    let manifest = serde_json::json!({"schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ld, "size": ls}]});
+    let (md, ms) = put(&serde_json::to_vec(&manifest).unwrap());
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{"mediaType":
+        "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": ms,
+        "annotations": {"org.opencontainers.image.ref.name": "evil"}}]});
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+}
+
+#[test]
+fn bad_layouts_are_refused_and_nothing_is_restored() {
+    if !require(
+        rootless_ready(),
+        "rootless user namespaces with subordinate ids",
+    ) {
+        return;
+    }
+    let env = Env::new();
+    // A layout whose blob was altered.
+    let mut b = tar::Builder::new(Vec::new());
+    dir(&mut b, "etc/", 0o755, 0);
+    file(&mut b, "etc/a", 0o644, 0, b"a");
+    let good = b.into_inner().unwrap();
+    let l1 = env.p("altered");
+    layout_with(&l1, &good);
+    let blob = l1.join("blobs/sha256").join(sha256_hex(&good));
+    let mut data = std::fs::read(&blob).unwrap();
+    data[600] ^= 1;
+    std::fs::write(&blob, data).unwrap();
+    let o = env.gb(&["restore", l1.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(
+        util::stderr(&o).contains("digest mismatch"),
+        "{}",
+        util::stderr(&o)
+    );
+    // A layout with a traversal entry (digests all correct).
+    let l2 = env.p("traversal");
+    let mut b = tar::Builder::new(Vec::new());
+    file(&mut b, "etc/ok", 0o644, 0, b"a");
+    dir(&mut b, "etc/", 0o755, 0);
+    raw(
+        &mut b,
+        header(tar::EntryType::Symlink, 0o777, 0, 0),
+        "etc/up",
+        Some("../.."),
+        &[],
+    );
+    file(&mut b, "etc/up/x", 0o644, 0, b"x");
+    layout_with(&l2, &b.into_inner().unwrap());
+    let o = env.gb(&["restore", l2.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(
+        util::stderr(&o).contains("entry etc/up/x"),
+        "{}",
+        util::stderr(&o)
+    );
+    assert!(env.layers(&env.store()).is_empty());
+    assert!(env.ok(&["image", "list"]).is_empty());
+    assert_eq!(env.leftovers(&env.store()), Vec::<String>::new());
+    assert!(!env.store().join("x").exists());
+}
+
+/// A tarball big enough that unpacking takes well over 100 ms: pseudo-random file content.
+fn big_tarball() -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    dir(&mut b, "data/", 0o755, 0);
+    for i in 0..3000 {
+        let mut content = vec![0u8; 16 * 1024];
+        for c in content.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
+        }
+        file(
+            &mut b,
+            &format!("data/f{i:05}"),
+            0o644,
+            (i % 300) as u64,
+            &content,
+        );
+    }
+    let tar = b.into_inner().unwrap();
+    zstd::encode_all(&tar[..], 1).unwrap()
+}
+
+fn kill_after(mut cmd: Command, ms: u64) {
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(ms));
+    let _ = child.kill();
+    let _ = child.wait();
+    // Give the helper, killed with its parent, time to go.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+}
+
+#[test]
+fn killed_unpack_and_snapshot_leave_nothing_half_made() {
+    if !require(
+        rootless_ready(),
+        "rootless user namespaces with subordinate ids",
+    ) {
+        return;
+    }
+    let env = Env::new();
+    let t = env.write("big.tar.zst", &big_tarball());
+    let mut cmd = gbuild(&env.store());
+    cmd.args(["layer", "unpack"])
+        .arg(&t)
+        .args(["--image", "big"]);
+    kill_after(cmd, 100);
+    let listed = env.layers(&env.store());
+    assert!(listed.len() <= 1);
+    for id in &listed {
+        assert!(env
+            .store()
+            .join("layers")
+            .join(format!("{id}.json"))
+            .is_file());
+    }
+    let id = env.ok(&["layer", "unpack", t.to_str().unwrap(), "--image", "big"]);
+    assert_eq!(env.layers(&env.store()), vec![id.clone()]);
+
+    let out = env.p("snap");
+    let mut cmd = gbuild(&env.store());
+    cmd.args(["snapshot", "--image", "big", "-o"]).arg(&out);
+    kill_after(cmd, 100);
+    if out.exists() {
+        // Only a complete layout is ever renamed into place.
+        assert!(out.join("index.json").is_file());
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+    env.ok(&["snapshot", "--image", "big", "-o", out.to_str().unwrap()]);
+    assert!(out.join("index.json").is_file());
+
+    env.ok(&["gc"]);
+    assert_eq!(env.leftovers(&env.store()), Vec::<String>::new());
+    assert_eq!(env.layers(&env.store()), vec![id]);
+}
