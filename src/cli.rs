@@ -34,6 +34,26 @@ pub struct Cli {
 pub enum Command {
     /// Download and verify the stage3 and the ebuild-tree snapshot into the store
     Fetch(cmd::fetch::FetchOpts),
+    /// Stage3 layer + config layer + bootstrap emerges -> sealed image M/bootstrap
+    Bootstrap(cmd::bootstrap::BootstrapOpts),
+    /// Check the bootstrap image: the world set resolves with nothing to do
+    Check(cmd::check::CheckOpts),
+    /// Create the builder container on the bootstrap image
+    Builder(cmd::builder::BuilderOpts),
+    /// Interactive shell in the builder, or run CMD there
+    Shell(cmd::shell::ShellOpts),
+    /// Bring the builder to the newest snapshot and the machine's configuration
+    Update(cmd::update::UpdateOpts),
+    /// The build loop (forever, or --once)
+    Build(cmd::build::BuildOpts),
+    /// Wake a loop that idles after a failure or waits for its next pass
+    Resume(cmd::resume::ResumeOpts),
+    /// Show (-f: follow) the machine's newest log
+    Logs(cmd::logs::LogsOpts),
+    /// State of the loop, current package, last pass
+    Status(cmd::status::StatusOpts),
+    /// The whole chain: fetch, bootstrap, check, builder, build
+    Run(cmd::run::RunOpts),
     /// Run a command in a rootless container (debugging, tests)
     Exec(cmd::exec::ExecOpts),
     /// Run a command in a user namespace with the containers' id mapping (like `podman unshare`)
@@ -55,7 +75,7 @@ pub enum Command {
     #[command(hide = true, name = "__watchdog")]
     Watchdog(cmd::exec::WatchdogOpts),
     #[command(hide = true, name = "__run")]
-    Run {
+    RunArgv {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         argv: Vec<std::ffi::OsString>,
     },
@@ -76,6 +96,16 @@ pub fn main() -> i32 {
     let ctx = cmd::Ctx::new(&cli);
     let result = match cli.command {
         Command::Fetch(o) => cmd::fetch::run(&ctx, o),
+        Command::Bootstrap(o) => cmd::bootstrap::run(&ctx, o),
+        Command::Check(o) => cmd::check::run(&ctx, o),
+        Command::Builder(o) => cmd::builder::run(&ctx, o),
+        Command::Shell(o) => cmd::shell::run(&ctx, o),
+        Command::Update(o) => cmd::update::run(&ctx, o),
+        Command::Build(o) => cmd::build::run(&ctx, o),
+        Command::Resume(o) => cmd::resume::run(&ctx, o),
+        Command::Logs(o) => cmd::logs::run(&ctx, o),
+        Command::Status(o) => cmd::status::run(&ctx, o),
+        Command::Run(o) => cmd::run::run(&ctx, o),
         Command::Exec(o) => cmd::exec::run(&ctx, o),
         Command::Unshare(o) => cmd::unshare::run(&ctx, o),
         Command::SetupHost(o) => cmd::setup_host::run(&ctx, o),
@@ -86,7 +116,7 @@ pub fn main() -> i32 {
         Command::Restore(o) => cmd::restore::run(&ctx, o),
         Command::Gc(o) => cmd::gc::run(&ctx, o),
         Command::LayerHelper { request } => Ok(cmd::layer::serve(&request)),
-        Command::Run { argv } => cmd::unshare::exec_argv(&argv),
+        Command::RunArgv { argv } => cmd::unshare::exec_argv(&argv),
     };
     match result {
         Ok(code) => code,

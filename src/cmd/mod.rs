@@ -1,7 +1,17 @@
 //! One module per verb, each with an options struct (clap `Args`) and a `run` returning the exit
 //! status. Verbs only translate options into library calls; mechanisms live in the library.
 
+pub mod bootstrap;
+pub mod build;
+pub mod builder;
+pub mod check;
 pub mod exec;
+pub mod logs;
+pub mod resume;
+pub mod run;
+pub mod shell;
+pub mod status;
+pub mod update;
 pub mod fetch;
 pub mod gc;
 pub mod image;
@@ -70,4 +80,39 @@ pub fn one_line(e: &anyhow::Error) -> String {
         }
     }
     parts.join(": ").replace('\n', " ")
+}
+
+/// `--machine` (and the distfiles mirror) shared by the builder verbs.
+#[derive(clap::Args, Debug, Clone)]
+pub struct MachineOpts {
+    /// The machine (host configuration) to work on
+    #[arg(long, default_value = "default")]
+    pub machine: String,
+    /// Gentoo mirror for the stage3, snapshots and distfiles [default: from gbuild.toml]
+    #[arg(long, value_name = "URL")]
+    pub mirror: Option<String>,
+}
+
+/// The builder environment for a machine verb: store, settings, id mapping, runtime.
+pub fn build_env(
+    ctx: &Ctx,
+    o: &MachineOpts,
+) -> anyhow::Result<(gbuild::builder::BuildEnv, gbuild::builder::Machine)> {
+    let store = ctx.store()?;
+    let config = ctx.config(&store)?;
+    let map = gbuild::idmap::IdMapping::for_current_user(gbuild::idmap::IdPolicy::Auto, &mut |w| {
+        ctx.note(w)
+    })?;
+    let mirror = o.mirror.clone().unwrap_or_else(|| config.mirror.clone());
+    let mirror = (mirror.trim_end_matches('/') != gbuild::config::DEFAULT_MIRROR).then_some(mirror);
+    let m = gbuild::builder::Machine::open(&store, &o.machine)?;
+    let env = gbuild::builder::BuildEnv {
+        store,
+        config,
+        map,
+        runtime: gbuild::runtime::Runtime::new(gbuild::runtime::default_state_root()),
+        mirror,
+        echo: ctx.verbose,
+    };
+    Ok((env, m))
 }

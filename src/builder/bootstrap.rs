@@ -1,0 +1,210 @@
+//! `bootstrap`: from a verified stage3 to the sealed image `<M>/bootstrap`, in three layers:
+//! the stage3 itself (shared by machines), the machine's configuration, and the world set built
+//! with `--buildpkg`. Dependency cycles are broken the way emerge suggests: the USE change of
+//! its `(Change USE: ...)` hint for a first, one-shot build of that package, after which the world
+//! update rebuilds it with the final USE (as Gentoo's tinderbox does). Extra ordered steps come
+//! from the bootstrap recipe (`stage3/bootstrap.recipe`).
+
+use std::path::Path;
+
+use super::emerge::{self, cycle_hints};
+use super::pass::Session;
+use super::{BuildEnv, BuilderError, ConfigMode, Machine, Result};
+use crate::fsutil::IoContext;
+use crate::layer;
+
+/// How many cycle-breaking rounds before giving up.
+const MAX_CYCLE_ROUNDS: usize = 8;
+
+pub fn bootstrap(env: &BuildEnv, m: &Machine, recipe: &str) -> Result<String> {
+    let store = &env.store;
+    let mode = m.ensure_config()?;
+    let stage3 = crate::fetch::latest_verified_stage3(store, &env.config.arch, &env.config.variant)
+        .ok_or(BuilderError::NoStage3)?;
+    let (snapshot, _) = super::newest_snapshot(store)?;
+    let helper = env.helper();
+
+    let stem = stage3
+        .manifest
+        .file
+        .trim_end_matches(".tar.xz")
+        .trim_end_matches(".tar.zst")
+        .trim_end_matches(".tar.gz")
+        .trim_end_matches(".tar.bz2")
+        .to_string();
+    let stage3_img = format!("stage3/{stem}");
+    if layer::image::load(store, &stage3_img).is_err() {
+        note(env, &format!("unpacking {}", stage3.manifest.file));
+        layer::image::from_rootfs(store, &helper, &stage3.path, Some(&stage3_img))?;
+    }
+
+    // The configuration layer.
+    let cfg_img = m.image_name("config");
+    let tmp = m.dir().join("config-layer.tmp");
+    helper.remove_trees(std::slice::from_ref(&tmp))?;
+    let upper = tmp.join("upper");
+    write_config_upper(&m.config_dir(), mode, &upper)?;
+    layer::image::commit(store, &helper, &stage3_img, &upper, Some(&cfg_img))?;
+    helper.remove_trees(std::slice::from_ref(&tmp))?;
+
+    // The bootstrap layer: the world set, built.
+    let bdir = m.dir().join("bootstrap.tmp");
+    helper.remove_trees(std::slice::from_ref(&bdir))?;
+    let upper = bdir.join("upper");
+    let work = bdir.join("work");
+    let mut s = Session::new(env, m, &cfg_img, &upper, &work, &snapshot, "bootstrap")?;
+    note(env, &format!("bootstrap log: {}", s.log_path().display()));
+    break_cycles(&mut s, m)?;
+    for (i, step) in recipe_steps(recipe).into_iter().enumerate() {
+        let mut argv = vec!["emerge".to_string(), "--buildpkg".into(), "--usepkg".into()];
+        argv.extend(step);
+        s.run_ok(&format!("bootstrap recipe step {}", i + 1), argv)?;
+    }
+    s.run_ok("emerge @world", emerge::world_update_args())?;
+    let boot_img = m.image_name("bootstrap");
+    layer::image::commit(store, &helper, &cfg_img, &upper, Some(&boot_img))?;
+    helper.remove_trees(std::slice::from_ref(&bdir))?;
+
+    let mut meta = m.meta();
+    meta.image = Some(boot_img.clone());
+    meta.snapshot = Some(snapshot);
+    meta.config_hash = Some(m.config_hash()?);
+    meta.stage3 = Some(stage3.manifest.file.clone());
+    meta.builder = false;
+    m.save_meta(&meta)?;
+    Ok(boot_img)
+}
+
+/// Resolve the world set; while emerge reports a cycle with a USE hint, build the hinted
+/// package once with that change.
+fn break_cycles(s: &mut Session, m: &Machine) -> Result<()> {
+    let pretend: Vec<String> = [
+        "emerge",
+        "--pretend",
+        "--update",
+        "--deep",
+        "--newuse",
+        "--with-bdeps=y",
+        "--color=n",
+        "@world",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for _ in 0..MAX_CYCLE_ROUNDS {
+        let (code, out) = s.run(pretend.clone())?;
+        if code == 0 {
+            return Ok(());
+        }
+        let hints = cycle_hints(&out);
+        if hints.is_empty() {
+            if out.contains("circular dependencies") {
+                return Err(BuilderError::Cycle {
+                    machine: m.name.clone(),
+                    log: s.log_path(),
+                });
+            }
+            return Err(BuilderError::Emerge {
+                what: "emerge --pretend @world".into(),
+                machine: m.name.clone(),
+                code,
+                log: s.log_path(),
+            });
+        }
+        for h in hints {
+            let mut argv = vec![
+                "env".to_string(),
+                format!("USE={}", h.flags.join(" ")),
+                "emerge".into(),
+                "--oneshot".into(),
+                "--buildpkg".into(),
+                "--usepkg".into(),
+                "--binpkg-respect-use=y".into(),
+                "--color=n".into(),
+            ];
+            argv.push(format!("={}", h.cpv));
+            s.run_ok(
+                &format!("cycle breaking: {} with USE {}", h.cpv, h.flags.join(" ")),
+                argv,
+            )?;
+        }
+    }
+    Err(BuilderError::Cycle {
+        machine: m.name.clone(),
+        log: s.log_path(),
+    })
+}
+
+/// Recipe lines: one step per line of emerge arguments; `#` starts a comment.
+pub fn recipe_steps(recipe: &str) -> Vec<Vec<String>> {
+    recipe
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .collect()
+}
+
+/// Lay the machine's configuration out as an overlay upper dir: in replace mode the stage3's
+/// /etc/portage is hidden (opaque directory) under the host's.
+pub fn write_config_upper(config: &Path, mode: ConfigMode, upper: &Path) -> Result<()> {
+    std::fs::create_dir_all(upper).at("create directory", upper)?;
+    copy_tree(config, upper)?;
+    let _ = std::fs::remove_file(upper.join(".gbuild-builtin"));
+    for f in ["gbuild-bundle.json", "MANIFEST.json"] {
+        let _ = std::fs::remove_file(upper.join(f));
+    }
+    if mode == ConfigMode::Replace {
+        let portage = upper.join("etc/portage");
+        if portage.is_dir() {
+            xattr::set(&portage, "user.overlay.opaque", b"y")
+                .at("mark opaque", &portage)?;
+        }
+    }
+    Ok(())
+}
+
+/// Copy a tree of plain files, directories and symlinks (the configuration), keeping modes and
+/// mtimes.
+pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).at("create directory", to)?;
+    for e in std::fs::read_dir(from).at("read directory", from)? {
+        let e = e.at("read directory", from)?;
+        let src = e.path();
+        let dst = to.join(e.file_name());
+        let md = std::fs::symlink_metadata(&src).at("stat", &src)?;
+        if md.file_type().is_symlink() {
+            let t = std::fs::read_link(&src).at("read link", &src)?;
+            let _ = std::fs::remove_file(&dst);
+            std::os::unix::fs::symlink(&t, &dst).at("symlink", &dst)?;
+        } else if md.is_dir() {
+            copy_tree(&src, &dst)?;
+        } else {
+            std::fs::copy(&src, &dst).at("copy", &src)?;
+            let mt = filetime::FileTime::from_last_modification_time(&md);
+            let _ = filetime::set_file_mtime(&dst, mt);
+        }
+    }
+    Ok(())
+}
+
+fn note(env: &BuildEnv, msg: &str) {
+    if !crate::progress::quiet() {
+        let _ = env;
+        eprintln!("{msg}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recipe_parsing() {
+        let r = "# comment\n\n--oneshot sys-libs/foo  # why\n-1 =a/b-1\n";
+        assert_eq!(
+            recipe_steps(r),
+            vec![vec!["--oneshot", "sys-libs/foo"], vec!["-1", "=a/b-1"]]
+        );
+    }
+}

@@ -1,0 +1,306 @@
+//! The builder: a machine's container (stage3 layer + config layer + bootstrap layer + a writable
+//! upper dir) in which the real `emerge` builds the machine's world set into its PKGDIR.
+//!
+//! Files per machine follow the store contract (DESIGN.md section 3): `machines/<M>/config/` (the
+//! configuration applied to the builder), `binpkgs/` (PKGDIR, outlives builders), `container/`
+//! (upper, work), `logs/`, `state.json` (the loop's state, read by `status` and `serve`),
+//! `machine.json` (what the builder was made from), `lock`.
+
+pub mod bootstrap;
+pub mod emerge;
+pub mod pass;
+pub mod state;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::fsutil::IoContext;
+use crate::idmap::IdMapping;
+use crate::layer;
+use crate::runtime::{Bind, ContainerSpec, Rootfs, Runtime};
+use crate::store::Store;
+
+mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/embedded.rs"));
+}
+
+/// The bootstrap recipe shipped in `stage3/bootstrap.recipe`.
+pub fn builtin_recipe() -> &'static str {
+    embedded::BOOTSTRAP_RECIPE
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuilderError {
+    #[error("invalid machine name {0:?}: use letters, digits, '-', '_', '.'")]
+    BadName(String),
+    #[error("machine {0} has no configuration: import a host bundle with `gbuild machine import BUNDLE --name {0}`")]
+    NoConfig(String),
+    #[error("no verified stage3 in the store: run `gbuild fetch` first")]
+    NoStage3,
+    #[error("no verified ebuild-tree snapshot in the store: run `gbuild fetch` first")]
+    NoSnapshot,
+    #[error("machine {0} is not bootstrapped: run `gbuild bootstrap --machine {0}`")]
+    NotBootstrapped(String),
+    #[error("machine {0} has no builder: run `gbuild builder --machine {0}`")]
+    NoBuilder(String),
+    #[error("{what} failed in the builder of {machine} (exit {code}); log: {log}")]
+    Emerge {
+        what: String,
+        machine: String,
+        code: i32,
+        log: PathBuf,
+    },
+    #[error("dependency cycle in {machine} that emerge offers no USE change for; log: {log}")]
+    Cycle { machine: String, log: PathBuf },
+    #[error(transparent)]
+    Fs(#[from] crate::fsutil::FsError),
+    #[error(transparent)]
+    Layer(#[from] layer::LayerError),
+    #[error(transparent)]
+    Runtime(#[from] crate::runtime::RuntimeError),
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type Result<T, E = BuilderError> = std::result::Result<T, E>;
+
+/// What a machine's builder was made from (`machine.json`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct MachineMeta {
+    /// Image the builder runs on (`<M>/bootstrap`).
+    pub image: Option<String>,
+    /// Snapshot date of the ebuild tree the builder uses (`repos/<date>`).
+    pub snapshot: Option<String>,
+    /// Hash of the configuration last applied to the builder.
+    pub config_hash: Option<String>,
+    /// The stage3 tarball the image starts from.
+    pub stage3: Option<String>,
+    /// Whether the container (upper dir) exists.
+    pub builder: bool,
+}
+
+/// A machine of the store.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    pub name: String,
+    pub store: Store,
+}
+
+/// Whether the configuration replaces the stage3's /etc/portage (an imported host bundle) or is
+/// laid over it (a built-in overlay such as `overlays/default`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigMode {
+    Replace,
+    Overlay,
+}
+
+impl Machine {
+    pub fn open(store: &Store, name: &str) -> Result<Machine> {
+        if !crate::store::valid_name(name) {
+            return Err(BuilderError::BadName(name.to_string()));
+        }
+        let m = Machine {
+            name: name.to_string(),
+            store: store.clone(),
+        };
+        for d in [m.dir(), m.binpkgs(), m.logs()] {
+            std::fs::create_dir_all(&d).at("create directory", &d)?;
+        }
+        Ok(m)
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.store.machine(&self.name)
+    }
+    pub fn config_dir(&self) -> PathBuf {
+        self.dir().join("config")
+    }
+    pub fn binpkgs(&self) -> PathBuf {
+        self.dir().join("binpkgs")
+    }
+    pub fn container(&self) -> PathBuf {
+        self.dir().join("container")
+    }
+    pub fn upper(&self) -> PathBuf {
+        self.container().join("upper")
+    }
+    pub fn work(&self) -> PathBuf {
+        self.container().join("work")
+    }
+    pub fn logs(&self) -> PathBuf {
+        self.dir().join("logs")
+    }
+    pub fn lock_path(&self) -> PathBuf {
+        self.dir().join("lock")
+    }
+    pub fn resume_path(&self) -> PathBuf {
+        self.dir().join("resume")
+    }
+    pub fn published(&self) -> PathBuf {
+        self.dir().join("published")
+    }
+    pub fn image_name(&self, stage: &str) -> String {
+        format!("{}/{stage}", self.name)
+    }
+
+    pub fn meta(&self) -> MachineMeta {
+        std::fs::read(self.dir().join("machine.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    pub fn save_meta(&self, meta: &MachineMeta) -> Result<()> {
+        let p = self.dir().join("machine.json");
+        crate::fsutil::atomic_write(&p, &serde_json::to_vec_pretty(meta).expect("json"))?;
+        Ok(())
+    }
+
+    /// Make sure `config/` holds the machine's configuration: an imported bundle stays as it is;
+    /// a machine named like a built-in overlay (`default`) gets that overlay's files.
+    pub fn ensure_config(&self) -> Result<ConfigMode> {
+        let dir = self.config_dir();
+        if dir.join("etc/portage").is_dir() && !dir.join(".gbuild-builtin").exists() {
+            return Ok(ConfigMode::Replace);
+        }
+        let prefix = format!("{}/", self.name);
+        let files: Vec<_> = embedded::OVERLAY_FILES
+            .iter()
+            .filter(|(p, _, _)| p.starts_with(&prefix))
+            .collect();
+        if files.is_empty() {
+            return Err(BuilderError::NoConfig(self.name.clone()));
+        }
+        let tmp = crate::fsutil::temp_sibling(&dir);
+        std::fs::create_dir_all(&tmp).at("create directory", &tmp)?;
+        for (p, content, link) in files {
+            let dest = tmp.join(&p[prefix.len()..]);
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent).at("create directory", parent)?;
+            }
+            if *link {
+                std::os::unix::fs::symlink(String::from_utf8_lossy(content).as_ref(), &dest)
+                    .at("symlink", &dest)?;
+            } else {
+                std::fs::write(&dest, content).at("write", &dest)?;
+            }
+        }
+        std::fs::write(tmp.join(".gbuild-builtin"), b"").at("write", &tmp)?;
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).at("remove", &dir)?;
+        }
+        crate::fsutil::rename_dir_into_place(&tmp, &dir)?;
+        Ok(ConfigMode::Overlay)
+    }
+
+    /// A hash of the configuration files (what `update` and the loop compare).
+    pub fn config_hash(&self) -> Result<String> {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        let mut files = Vec::new();
+        collect_files(&self.config_dir(), &self.config_dir(), &mut files)?;
+        files.sort();
+        for rel in files {
+            let p = self.config_dir().join(&rel);
+            h.update(rel.as_bytes());
+            h.update([0]);
+            match std::fs::read_link(&p) {
+                Ok(t) => h.update(t.to_string_lossy().as_bytes()),
+                Err(_) => h.update(std::fs::read(&p).at("read", &p)?),
+            }
+            h.update([0]);
+        }
+        Ok(hex::encode(h.finalize()))
+    }
+}
+
+fn collect_files(base: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
+    for e in std::fs::read_dir(dir).at("read directory", dir)? {
+        let e = e.at("read directory", dir)?;
+        let p = e.path();
+        let ft = e.file_type().at("stat", &p)?;
+        if ft.is_dir() {
+            collect_files(base, &p, out)?;
+        } else {
+            out.push(p.strip_prefix(base).unwrap().to_string_lossy().into_owned());
+        }
+    }
+    Ok(())
+}
+
+/// Everything a builder operation needs: the store, settings, the id mapping, the runtime.
+pub struct BuildEnv {
+    pub store: Store,
+    pub config: Config,
+    pub map: IdMapping,
+    pub runtime: Runtime,
+    /// Mirror for distfiles (GENTOO_MIRRORS) when it is not Gentoo's default.
+    pub mirror: Option<String>,
+    /// Echo emerge's output on stderr.
+    pub echo: bool,
+}
+
+impl BuildEnv {
+    pub fn helper(&self) -> layer::ns::Helper {
+        layer::ns::Helper::new(self.store.clone(), self.map.clone())
+    }
+
+    /// The container spec of `machine` on `image` with writable `upper`: the ebuild tree of
+    /// `snapshot` read-only, PKGDIR and DISTDIR read-write.
+    pub fn spec(
+        &self,
+        machine: &Machine,
+        image: &str,
+        upper: &Path,
+        work: &Path,
+        snapshot: &str,
+        argv: Vec<String>,
+    ) -> Result<ContainerSpec> {
+        let img = layer::image::load(&self.store, image)?;
+        let mut layers = layer::image::lowerdirs(&self.store, &img);
+        layers.reverse(); // the runtime takes them lowest first
+        let mut spec = ContainerSpec::new(
+            Rootfs::Overlay {
+                layers,
+                upper: upper.to_path_buf(),
+                work: work.to_path_buf(),
+            },
+            argv,
+            self.map.clone(),
+        );
+        spec.hostname = format!("gbuild-{}", machine.name);
+        std::fs::create_dir_all(self.store.distfiles())
+            .at("create directory", &self.store.distfiles())?;
+        spec.binds = vec![
+            Bind {
+                src: self.store.repos().join(snapshot),
+                dst: "/var/db/repos/gentoo".into(),
+                readonly: true,
+            },
+            Bind {
+                src: machine.binpkgs(),
+                dst: "/var/cache/binpkgs".into(),
+                readonly: false,
+            },
+            Bind {
+                src: self.store.distfiles(),
+                dst: "/var/cache/distfiles".into(),
+                readonly: false,
+            },
+        ];
+        spec.env = emerge::environment(self);
+        Ok(spec)
+    }
+}
+
+/// Newest verified snapshot, unpacked under `repos/` (date, path of its tarball).
+pub fn newest_snapshot(store: &Store) -> Result<(String, PathBuf)> {
+    let a = crate::fetch::latest_verified_snapshot(store).ok_or(BuilderError::NoSnapshot)?;
+    let date = a.manifest.date.clone();
+    layer::unpack::unpack_repo(store, &a.path, &date)?;
+    Ok((date, a.path))
+}

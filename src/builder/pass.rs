@@ -1,0 +1,449 @@
+//! Build passes and the endless loop around them (catalyst-like: prepare, build, finish).
+//!
+//! One pass: apply the machine's configuration when it changed, `emerge -uDN --changed-deps
+//! --buildpkg --usepkg @world` (every binpkg already built is reused, so a pass killed at any
+//! point and restarted compiles nothing twice), `@preserved-rebuild`, prune binpkgs that no longer
+//! match what is installed, refresh Portage's index, then publish: the index hosts see only lists
+//! complete binpkgs. The loop idles after a failure until `resume` or a configuration change, and
+//! after a success until the interval ends or `resume`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::emerge::{self, Progress};
+use super::state::{now, Current, LastPass, State};
+use super::{BuildEnv, BuilderError, Machine, Result};
+use crate::fsutil::IoContext;
+
+/// One container configuration (image + upper + tree) in which commands run, with a log.
+pub struct Session<'a> {
+    env: &'a BuildEnv,
+    machine: &'a Machine,
+    image: String,
+    upper: PathBuf,
+    work: PathBuf,
+    snapshot: String,
+    log: std::fs::File,
+    log_path: PathBuf,
+    pub progress: Progress,
+    /// State to update as packages go by (the build loop's).
+    pub state: Option<State>,
+}
+
+impl<'a> Session<'a> {
+    pub fn new(
+        env: &'a BuildEnv,
+        machine: &'a Machine,
+        image: &str,
+        upper: &Path,
+        work: &Path,
+        snapshot: &str,
+        what: &str,
+    ) -> Result<Session<'a>> {
+        let log_path = machine.logs().join(format!("{what}-{}.log", now()));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .at("open log", &log_path)?;
+        Ok(Session {
+            env,
+            machine,
+            image: image.to_string(),
+            upper: upper.to_path_buf(),
+            work: work.to_path_buf(),
+            snapshot: snapshot.to_string(),
+            log,
+            log_path,
+            progress: Progress::default(),
+            state: None,
+        })
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.log_path.clone()
+    }
+
+    /// Run `argv` in the container; output goes to the log (and stderr when echoing).
+    pub fn run(&mut self, argv: Vec<String>) -> Result<(i32, String)> {
+        let spec = self.env.spec(
+            self.machine,
+            &self.image,
+            &self.upper,
+            &self.work,
+            &self.snapshot,
+            argv.clone(),
+        )?;
+        let _ = writeln!(self.log, ">>> gbuild: {}", argv.join(" "));
+        let mut captured = Vec::new();
+        let echo = self.env.echo;
+        let log = &mut self.log;
+        let progress = &mut self.progress;
+        let state = &mut self.state;
+        let machine = self.machine;
+        let mut sink = |b: &[u8]| {
+            let _ = log.write_all(b);
+            if echo {
+                let _ = std::io::stderr().write_all(b);
+            }
+            captured.extend_from_slice(b);
+            if progress.feed(b) {
+                if let (Some(st), Some((pkg, i, n))) = (state.as_mut(), progress.current.as_ref())
+                {
+                    st.current = Some(Current {
+                        package: pkg.clone(),
+                        phase: progress.phase.clone(),
+                        index: *i,
+                        total: *n,
+                    });
+                    let _ = st.save(machine);
+                }
+            }
+        };
+        let code = self.env.runtime.run_with_output(&spec, Some(&mut sink))?;
+        let _ = writeln!(self.log, ">>> gbuild: exit status {code}");
+        Ok((code, String::from_utf8_lossy(&captured).into_owned()))
+    }
+
+    /// Run `argv`; a non-zero exit is an error naming `what` and the log.
+    pub fn run_ok(&mut self, what: &str, argv: Vec<String>) -> Result<String> {
+        let (code, out) = self.run(argv)?;
+        if code != 0 {
+            return Err(BuilderError::Emerge {
+                what: what.to_string(),
+                machine: self.machine.name.clone(),
+                code,
+                log: self.log_path(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Inside the builder: remove binpkgs whose package is not installed or whose USE differs from
+/// the installed one (stale after a USE, config or tree change), then let Portage rewrite its
+/// index. Portage's own API decides, as eclean-pkg would.
+const PRUNE: &str = r#"
+import os, portage
+vardb = portage.db[portage.root]["vartree"].dbapi
+bintree = portage.db[portage.root]["bintree"]
+bintree.populate()
+bindb = bintree.dbapi
+removed = 0
+for cpv in bindb.cpv_all():
+    inst = vardb.match("=" + str(cpv))
+    keep = False
+    if inst:
+        iuse = set(f.lstrip("+-") for f in vardb.aux_get(inst[0], ["IUSE"])[0].split())
+        use_i = set(vardb.aux_get(inst[0], ["USE"])[0].split()) & iuse
+        use_b = set(bindb.aux_get(cpv, ["USE"])[0].split()) & iuse
+        keep = use_i == use_b
+    if not keep:
+        path = bintree.getname(cpv)
+        if path and os.path.exists(path):
+            os.unlink(path)
+            removed += 1
+            print("gbuild: pruned %s" % os.path.relpath(path, bintree.pkgdir))
+print("gbuild: pruned %d binpkgs" % removed)
+"#;
+
+/// Shell script that applies the machine's configuration (bound at /run/gbuild-config).
+fn apply_config_script(mode: super::ConfigMode) -> String {
+    let copy = "cd /run/gbuild-config && for d in etc var; do [ -d \"$d\" ] && cp -a \"$d\" /; done; rm -f /.gbuild-builtin";
+    match mode {
+        super::ConfigMode::Replace => format!("set -e; rm -rf /etc/portage; {copy}"),
+        super::ConfigMode::Overlay => format!("set -e; {copy}"),
+    }
+}
+
+/// Outcome of one pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PassResult {
+    Success,
+    Failed { package: Option<String>, log: PathBuf },
+}
+
+/// Apply the configuration to the builder when it changed since it was last applied.
+pub fn apply_config_if_changed(env: &BuildEnv, m: &Machine) -> Result<bool> {
+    let mode = m.ensure_config()?;
+    let hash = m.config_hash()?;
+    let mut meta = m.meta();
+    if meta.config_hash.as_deref() == Some(hash.as_str()) {
+        return Ok(false);
+    }
+    let image = meta
+        .image
+        .clone()
+        .ok_or_else(|| BuilderError::NotBootstrapped(m.name.clone()))?;
+    let snapshot = meta.snapshot.clone().unwrap_or_default();
+    let mut spec = env.spec(
+        m,
+        &image,
+        &m.upper(),
+        &m.work(),
+        &snapshot,
+        vec!["/bin/sh".into(), "-c".into(), apply_config_script(mode)],
+    )?;
+    spec.binds.push(crate::runtime::Bind {
+        src: m.config_dir(),
+        dst: "/run/gbuild-config".into(),
+        readonly: true,
+    });
+    let code = env.runtime.run_with_output(&spec, Some(&mut |_b: &[u8]| {}))?;
+    if code != 0 {
+        return Err(BuilderError::Other(format!(
+            "applying the configuration of {} to its builder failed (exit {code})",
+            m.name
+        )));
+    }
+    meta.config_hash = Some(hash);
+    m.save_meta(&meta)?;
+    Ok(true)
+}
+
+/// One build pass on the machine's builder.
+pub fn pass(env: &BuildEnv, m: &Machine, state: &mut State) -> Result<PassResult> {
+    let meta = m.meta();
+    if !meta.builder {
+        return Err(BuilderError::NoBuilder(m.name.clone()));
+    }
+    let image = meta
+        .image
+        .clone()
+        .ok_or_else(|| BuilderError::NotBootstrapped(m.name.clone()))?;
+    apply_config_if_changed(env, m)?;
+    let snapshot = meta.snapshot.clone().unwrap_or_default();
+    let mut s = Session::new(env, m, &image, &m.upper(), &m.work(), &snapshot, "pass")?;
+    let log_rel = s
+        .log_path()
+        .strip_prefix(m.dir())
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    state.state = "building".into();
+    state.pid = Some(std::process::id());
+    state.snapshot = Some(snapshot.clone());
+    state.current = None;
+    state.last_pass = Some(LastPass {
+        started: now(),
+        finished: None,
+        result: "running".into(),
+        log: log_rel,
+        ..LastPass::default()
+    });
+    state.save(m)?;
+    s.state = Some(state.clone());
+
+    let mut failed = None;
+    let (code, _) = s.run(emerge::world_update_args())?;
+    if code != 0 {
+        failed = Some(code);
+    }
+    if failed.is_none() {
+        let argv = [
+            "emerge",
+            "--buildpkg",
+            "--usepkg",
+            "--binpkg-respect-use=y",
+            "--color=n",
+            "@preserved-rebuild",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let (code, _) = s.run(argv)?;
+        if code != 0 {
+            failed = Some(code);
+        }
+    }
+    if failed.is_none() {
+        let (code, _) = s.run(vec!["python3".into(), "-c".into(), PRUNE.into()])?;
+        let (code2, _) = s.run(
+            ["emaint", "--fix", "binhost"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        )?;
+        if code != 0 || code2 != 0 {
+            failed = Some(if code != 0 { code } else { code2 });
+        }
+    }
+    let progress = s.progress.clone();
+    let log = s.log_path();
+    *state = s.state.take().unwrap_or_else(|| state.clone());
+    let lp = state.last_pass.get_or_insert_with(LastPass::default);
+    lp.finished = Some(now());
+    lp.built = progress.built.clone();
+    lp.reused = progress.binary.len();
+    state.current = None;
+    let result = match failed {
+        None => {
+            lp.result = "success".into();
+            lp.failed_package = None;
+            state.state = "idle".into();
+            let counts = publish(env, m, &snapshot)?;
+            state.counts = counts;
+            PassResult::Success
+        }
+        Some(_) => {
+            lp.result = "failed".into();
+            lp.failed_package = progress.failed.clone();
+            state.state = "failed".into();
+            PassResult::Failed {
+                package: progress.failed.clone(),
+                log,
+            }
+        }
+    };
+    state.save(m)?;
+    Ok(result)
+}
+
+/// Publish the binpkgs of a completed pass: `published/Packages` (Portage's index as it is
+/// now) and `published/info.json`, replaced in one rename.
+pub fn publish(env: &BuildEnv, m: &Machine, snapshot: &str) -> Result<super::state::Counts> {
+    let index = m.binpkgs().join("Packages");
+    let text = std::fs::read_to_string(&index).unwrap_or_default();
+    let (count, bytes) = index_totals(&text);
+    let tmp = m.dir().join(format!("published.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).at("create directory", &tmp)?;
+    std::fs::write(tmp.join("Packages"), &text).at("write", &tmp)?;
+    let tarball = crate::fetch::verified_snapshot(&env.store, snapshot)
+        .and_then(|a| {
+            a.path
+                .strip_prefix(env.store.root())
+                .ok()
+                .map(|p| p.display().to_string())
+        })
+        .unwrap_or_default();
+    let ident = crate::fetch::read_tree_identity(&env.store.repos().join(snapshot)).ok();
+    let info = serde_json::json!({
+        "machine": m.name,
+        "published_at": now(),
+        "snapshot": {
+            "date": snapshot,
+            "tarball": tarball,
+            "timestamp_chk": ident.as_ref().and_then(|i| i.timestamp_chk.clone()),
+            "timestamp_commit": ident.as_ref().and_then(|i| i.commit.clone()),
+        },
+        "packages": count,
+        "bytes": bytes,
+        "held_back": [],
+    });
+    std::fs::write(
+        tmp.join("info.json"),
+        serde_json::to_vec_pretty(&info).expect("json"),
+    )
+    .at("write", &tmp)?;
+    crate::fsutil::fsync_dir(&tmp)?;
+    let dest = m.published();
+    let old = m.dir().join(format!("published.old-{}", std::process::id()));
+    if dest.exists() {
+        std::fs::rename(&dest, &old).at("rename", &dest)?;
+    }
+    crate::fsutil::rename_dir_into_place(&tmp, &dest)?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(super::state::Counts {
+        binpkgs: count,
+        bytes,
+    })
+}
+
+/// Number of packages and total SIZE in a Packages index.
+pub fn index_totals(text: &str) -> (usize, u64) {
+    let mut count = 0;
+    let mut bytes = 0;
+    for stanza in text.split("\n\n").skip(1) {
+        if stanza.lines().any(|l| l.starts_with("CPV: ")) {
+            count += 1;
+            bytes += stanza
+                .lines()
+                .find_map(|l| l.strip_prefix("SIZE: "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    (count, bytes)
+}
+
+/// Options of the loop.
+pub struct LoopOptions {
+    pub once: bool,
+    pub interval: Duration,
+}
+
+/// The build loop. Holds the machine's lock for its whole life.
+pub fn run_loop(env: &BuildEnv, m: &Machine, opts: &LoopOptions) -> Result<i32> {
+    let _lock = crate::lock::Lock::try_acquire(&m.lock_path())?;
+    let _ = std::fs::remove_file(m.resume_path());
+    let mut state = State::load(m);
+    loop {
+        let result = pass(env, m, &mut state)?;
+        if opts.once {
+            return Ok(match result {
+                PassResult::Success => 0,
+                PassResult::Failed { .. } => 1,
+            });
+        }
+        match result {
+            PassResult::Success => {
+                state.state = "waiting".into();
+                state.save(m)?;
+                wait_for(m, Some(opts.interval), false)?;
+                update(env, m)?;
+            }
+            PassResult::Failed { package, log } => {
+                eprintln!(
+                    "gbuild: pass failed{}; log: {}. Fix the configuration, then `gbuild resume --machine {}`",
+                    package.map(|p| format!(" in {p}")).unwrap_or_default(),
+                    log.display(),
+                    m.name
+                );
+                wait_for(m, None, true)?;
+            }
+        }
+    }
+}
+
+/// Sleep until `resume`, the interval, or (when idle after a failure) a configuration change.
+fn wait_for(m: &Machine, interval: Option<Duration>, on_config_change: bool) -> Result<()> {
+    let start = Instant::now();
+    let hash = m.config_hash().ok();
+    loop {
+        if m.resume_path().exists() {
+            let _ = std::fs::remove_file(m.resume_path());
+            return Ok(());
+        }
+        if interval.is_some_and(|i| start.elapsed() >= i) {
+            return Ok(());
+        }
+        if on_config_change && m.config_hash().ok() != hash {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Bring the builder to the newest verified snapshot and the machine's current configuration.
+pub fn update(env: &BuildEnv, m: &Machine) -> Result<Option<String>> {
+    let mut meta = m.meta();
+    if !meta.builder {
+        return Err(BuilderError::NoBuilder(m.name.clone()));
+    }
+    let (newest, _) = super::newest_snapshot(&env.store)?;
+    let changed = meta.snapshot.as_deref() != Some(newest.as_str());
+    if changed {
+        meta.snapshot = Some(newest.clone());
+        m.save_meta(&meta)?;
+    }
+    apply_config_if_changed(env, m)?;
+    let _ = std::fs::remove_file(m.dir().join("needs-update"));
+    Ok(changed.then_some(newest))
+}
+
+/// Ask a waiting or idle loop to go on.
+pub fn resume(m: &Machine) -> Result<()> {
+    crate::fsutil::atomic_write(&m.resume_path(), now().to_string().as_bytes())?;
+    Ok(())
+}

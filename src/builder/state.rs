@@ -1,0 +1,94 @@
+//! `machines/<M>/state.json`: the build loop's state as `status`, `serve` and people read it.
+//! Written atomically at every change of state, package or phase.
+
+use serde::{Deserialize, Serialize};
+
+use super::Machine;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Current {
+    pub package: String,
+    pub phase: String,
+    pub index: usize,
+    pub total: usize,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct LastPass {
+    pub started: u64,
+    pub finished: Option<u64>,
+    /// `success`, `failed` or `running`.
+    pub result: String,
+    pub built: Vec<String>,
+    pub reused: usize,
+    pub failed_package: Option<String>,
+    /// Relative to the machine directory.
+    pub log: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct AbiWarning {
+    pub cpv: String,
+    pub file: String,
+    pub requires: String,
+    pub kernel: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Counts {
+    pub binpkgs: usize,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct State {
+    pub machine: String,
+    /// `idle`, `building`, `failed`, `waiting` or `stopped`.
+    pub state: String,
+    pub pid: Option<u32>,
+    pub updated: u64,
+    pub current: Option<Current>,
+    pub last_pass: Option<LastPass>,
+    pub snapshot: Option<String>,
+    #[serde(default)]
+    pub drift: Vec<String>,
+    #[serde(default)]
+    pub abi_warnings: Vec<AbiWarning>,
+    #[serde(default)]
+    pub counts: Counts,
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl State {
+    pub fn path(m: &Machine) -> std::path::PathBuf {
+        m.dir().join("state.json")
+    }
+
+    /// The saved state, or an idle one.
+    pub fn load(m: &Machine) -> State {
+        std::fs::read(Self::path(m))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_else(|| State {
+                machine: m.name.clone(),
+                state: "idle".into(),
+                ..State::default()
+            })
+    }
+
+    pub fn save(&mut self, m: &Machine) -> super::Result<()> {
+        self.machine = m.name.clone();
+        self.updated = now();
+        crate::fsutil::atomic_write(
+            &Self::path(m),
+            &serde_json::to_vec_pretty(self).expect("json"),
+        )?;
+        Ok(())
+    }
+}

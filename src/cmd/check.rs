@@ -1,0 +1,74 @@
+//! `gbuild check [--machine M]`: the bootstrap image is sane: its world set resolves with nothing
+//! left to do and no slot conflict, in a throwaway container.
+
+use gbuild::builder::pass::Session;
+use gbuild::builder::BuilderError;
+
+use super::{build_env, Ctx, MachineOpts};
+
+#[derive(clap::Args, Debug)]
+pub struct CheckOpts {
+    #[command(flatten)]
+    pub m: MachineOpts,
+}
+
+pub fn run(ctx: &Ctx, o: CheckOpts) -> anyhow::Result<i32> {
+    let (env, m) = build_env(ctx, &o.m)?;
+    let problems = check(&env, &m)?;
+    if problems.is_empty() {
+        ctx.note(&format!("check: {} is sane", m.name));
+        return Ok(0);
+    }
+    for p in &problems {
+        println!("{p}");
+    }
+    Ok(1)
+}
+
+/// Problems found, one line each.
+pub fn check(
+    env: &gbuild::builder::BuildEnv,
+    m: &gbuild::builder::Machine,
+) -> anyhow::Result<Vec<String>> {
+    let meta = m.meta();
+    let image = meta
+        .image
+        .clone()
+        .ok_or_else(|| BuilderError::NotBootstrapped(m.name.clone()))?;
+    let snapshot = meta.snapshot.clone().unwrap_or_default();
+    let tmp = m.dir().join("check.tmp");
+    let helper = env.helper();
+    helper.remove_trees(std::slice::from_ref(&tmp))?;
+    let mut s = Session::new(
+        env,
+        m,
+        &image,
+        &tmp.join("upper"),
+        &tmp.join("work"),
+        &snapshot,
+        "check",
+    )?;
+    let argv = [
+        "emerge", "--pretend", "--update", "--deep", "--newuse", "--with-bdeps=y", "--color=n",
+        "@world",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (code, out) = s.run(argv)?;
+    helper.remove_trees(std::slice::from_ref(&tmp))?;
+    let mut problems = Vec::new();
+    if code != 0 {
+        problems.push(format!(
+            "emerge --pretend @world fails (exit {code}); log: {}",
+            s.log_path().display()
+        ));
+    }
+    if out.contains("slot conflict") {
+        problems.push("slot conflict in the world set".to_string());
+    }
+    for l in out.lines().filter(|l| l.starts_with("[ebuild") || l.starts_with("[binary")) {
+        problems.push(format!("not up to date: {}", l.trim()));
+    }
+    Ok(problems)
+}

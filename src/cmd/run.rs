@@ -1,0 +1,83 @@
+//! `gbuild run [--rootless] [--machine M] [--mirror URL] [--once]`: the whole chain, fetch ->
+//! bootstrap -> check -> builder -> build loop, each step skipped when already done and valid.
+
+use std::path::PathBuf;
+
+use super::{build_env, Ctx, MachineOpts};
+
+#[derive(clap::Args, Debug)]
+pub struct RunOpts {
+    #[command(flatten)]
+    pub m: MachineOpts,
+    /// Run as the invoking user in user namespaces (the default when not root)
+    #[arg(long)]
+    pub rootless: bool,
+    /// One build pass, then exit with its status
+    #[arg(long)]
+    pub once: bool,
+    /// Wait between successful passes [default: from gbuild.toml, 24h]
+    #[arg(long, value_name = "DURATION")]
+    pub interval: Option<String>,
+    /// Use only artifacts already verified in the store (no download)
+    #[arg(long)]
+    pub offline: bool,
+    /// OpenPGP key bundle to trust instead of the shipped Gentoo keys
+    #[arg(long, value_name = "FILE")]
+    pub keyring: Option<PathBuf>,
+    /// Also trust this primary key fingerprint (repeatable)
+    #[arg(long = "trust", value_name = "FINGERPRINT")]
+    pub trust: Vec<String>,
+}
+
+pub fn run(ctx: &Ctx, o: RunOpts) -> anyhow::Result<i32> {
+    if nix::unistd::geteuid().is_root() && o.rootless {
+        anyhow::bail!(
+            "--rootless: run gbuild as the unprivileged user who owns the store (root was asked for rootless)"
+        );
+    }
+    super::fetch::run(
+        ctx,
+        super::fetch::FetchOpts {
+            mirror: o.m.mirror.clone(),
+            arch: None,
+            variant: None,
+            keyring: o.keyring.clone(),
+            trust: o.trust.clone(),
+            snapshot_date: None,
+            offline: o.offline,
+        },
+    )?;
+    let (env, m) = build_env(ctx, &o.m)?;
+    let meta = m.meta();
+    let have_image = meta
+        .image
+        .as_deref()
+        .is_some_and(|i| gbuild::layer::image::load(&env.store, i).is_ok());
+    if !have_image {
+        ctx.note(&format!("run: bootstrapping {}", m.name));
+        gbuild::builder::bootstrap::bootstrap(&env, &m, gbuild::builder::builtin_recipe())?;
+        let problems = super::check::check(&env, &m)?;
+        if !problems.is_empty() {
+            for p in &problems {
+                eprintln!("check: {p}");
+            }
+            anyhow::bail!("check of {} failed after bootstrap", m.name);
+        }
+    } else {
+        ctx.note(&format!("run: {} is bootstrapped", m.name));
+    }
+    if !m.meta().builder {
+        super::builder::create(&env, &m)?;
+        ctx.note(&format!("run: builder of {} created", m.name));
+    }
+    let interval = o.interval.clone().unwrap_or_else(|| env.config.interval.clone());
+    let interval = gbuild::config::parse_duration(&interval).map_err(anyhow::Error::msg)?;
+    Ok(gbuild::builder::pass::run_loop(
+        &env,
+        &m,
+        &gbuild::builder::pass::LoopOptions {
+            once: o.once,
+            interval,
+        },
+    )?)
+}

@@ -1,0 +1,69 @@
+//! `gbuild status [--machine M] [--json]`: the loop's state, current package, last pass.
+
+use gbuild::builder::state::State;
+
+use super::{Ctx, MachineOpts};
+
+#[derive(clap::Args, Debug)]
+pub struct StatusOpts {
+    #[command(flatten)]
+    pub m: MachineOpts,
+    /// Machine-readable output (the content of state.json)
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(ctx: &Ctx, o: StatusOpts) -> anyhow::Result<i32> {
+    let store = ctx.store()?;
+    let m = gbuild::builder::Machine::open(&store, &o.m.machine)?;
+    let mut st = State::load(&m);
+    // A loop that died leaves "building": say so instead of pretending.
+    if let Some(pid) = st.pid {
+        if st.state == "building" || st.state == "waiting" {
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                st.state = "stopped".into();
+            }
+        }
+    }
+    if o.json {
+        println!("{}", serde_json::to_string_pretty(&st)?);
+        return Ok(0);
+    }
+    let meta = m.meta();
+    println!("machine:  {}", m.name);
+    println!("state:    {}", st.state);
+    if let Some(c) = &st.current {
+        println!("current:  {} ({}, {} of {})", c.package, c.phase, c.index, c.total);
+    }
+    println!(
+        "snapshot: {} (hosts must use this ebuild tree)",
+        meta.snapshot.as_deref().unwrap_or("none")
+    );
+    if let Some(lp) = &st.last_pass {
+        println!(
+            "last pass: {} (built {}, from binpkgs {}){}",
+            lp.result,
+            lp.built.len(),
+            lp.reused,
+            lp.failed_package
+                .as_ref()
+                .map(|p| format!(", failed in {p}"))
+                .unwrap_or_default()
+        );
+        println!("log:      {}", m.dir().join(&lp.log).display());
+    }
+    println!(
+        "binpkgs:  {} published, {} bytes",
+        st.counts.binpkgs, st.counts.bytes
+    );
+    for d in &st.drift {
+        println!("drift:    {d}");
+    }
+    for w in &st.abi_warnings {
+        println!(
+            "kernel:   {} {} needs Linux {} (host runs {}): held back",
+            w.cpv, w.file, w.requires, w.kernel
+        );
+    }
+    Ok(0)
+}
