@@ -865,17 +865,27 @@ fn oci_config(
             for d in [upper, work] {
                 std::fs::create_dir_all(d).map_err(io_err("create", d))?;
             }
-            // overlayfs takes the topmost lower dir first.
-            let lower: Vec<String> = layers
-                .iter()
-                .rev()
-                .map(|l| escape_overlay(&l.display().to_string()))
-                .collect();
-            let mut opts = vec![
-                format!("lowerdir={}", lower.join(":")),
-                format!("upperdir={}", escape_overlay(&upper.display().to_string())),
-                format!("workdir={}", escape_overlay(&work.display().to_string())),
-            ];
+            // overlayfs takes the topmost lower dir first. libcontainer configures the mount
+            // with fsconfig(), whose string values are limited to 256 bytes: on kernels that
+            // have it, give one `lowerdir+` per layer; else a colon list of short symlinks.
+            let mut opts = Vec::new();
+            if kernel_at_least(6, 8) {
+                for l in layers.iter().rev() {
+                    opts.push(format!("lowerdir+={}", l.display()));
+                }
+            } else {
+                let links = bundle.join("l");
+                std::fs::create_dir_all(&links).map_err(io_err("create", &links))?;
+                let mut lower = Vec::new();
+                for (i, l) in layers.iter().rev().enumerate() {
+                    let link = links.join(i.to_string());
+                    std::os::unix::fs::symlink(l, &link).map_err(io_err("symlink", &link))?;
+                    lower.push(escape_overlay(&link.display().to_string()));
+                }
+                opts.push(format!("lowerdir={}", lower.join(":")));
+            }
+            opts.push(format!("upperdir={}", upper.display()));
+            opts.push(format!("workdir={}", work.display()));
             if rootless {
                 opts.push("userxattr".into());
             }
@@ -968,6 +978,18 @@ fn oci_config(
         },
         "linux": linux,
     }))
+}
+
+/// Whether the running kernel is at least `major.minor`.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut it = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    let (a, b) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+    (a, b) >= (major, minor)
 }
 
 /// overlayfs option values cannot contain `,` or `:` unescaped.

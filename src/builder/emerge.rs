@@ -5,8 +5,8 @@
 use super::BuildEnv;
 
 /// FEATURES the rootless namespace needs: libcontainer denies setgroups(), which Portage's
-/// userpriv and usersandbox call (runtime-notes item 4). Build-side only.
-pub const ROOTLESS_FEATURES: &str = "-userpriv -usersandbox";
+/// userpriv, usersandbox and userfetch call (runtime-notes item 4). Build-side only.
+pub const ROOTLESS_FEATURES: &str = "-userpriv -usersandbox -userfetch";
 
 /// The process environment of every emerge run.
 pub fn environment(env: &BuildEnv) -> Vec<String> {

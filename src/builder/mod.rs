@@ -164,8 +164,13 @@ impl Machine {
     /// a machine named like a built-in overlay (`default`) gets that overlay's files.
     pub fn ensure_config(&self) -> Result<ConfigMode> {
         let dir = self.config_dir();
-        if dir.join("etc/portage").is_dir() && !dir.join(".gbuild-builtin").exists() {
-            return Ok(ConfigMode::Replace);
+        if dir.join("etc/portage").is_dir() || dir.join("var").is_dir() {
+            // Materialised once; edits made there by the user are the machine's configuration.
+            return Ok(if dir.join(".gbuild-builtin").exists() {
+                ConfigMode::Overlay
+            } else {
+                ConfigMode::Replace
+            });
         }
         let prefix = format!("{}/", self.name);
         let files: Vec<_> = embedded::OVERLAY_FILES
