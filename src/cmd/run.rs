@@ -27,6 +27,9 @@ pub struct RunOpts {
     /// Also trust this primary key fingerprint (repeatable)
     #[arg(long = "trust", value_name = "FINGERPRINT")]
     pub trust: Vec<String>,
+    /// Use the ebuild-tree snapshot of this date instead of the newest
+    #[arg(long, value_name = "YYYYMMDD")]
+    pub snapshot_date: Option<String>,
 }
 
 pub fn run(ctx: &Ctx, o: RunOpts) -> anyhow::Result<i32> {
@@ -43,7 +46,7 @@ pub fn run(ctx: &Ctx, o: RunOpts) -> anyhow::Result<i32> {
             variant: None,
             keyring: o.keyring.clone(),
             trust: o.trust.clone(),
-            snapshot_date: None,
+            snapshot_date: o.snapshot_date.clone(),
             offline: o.offline,
         },
     )?;

@@ -2,6 +2,7 @@
 //! binary; `util` holds what they share. Tests that need user namespaces skip with a notice on a
 //! machine without them, and fail instead when `GBUILD_MUST_WORK=1` (CI).
 
+mod builder;
 mod exec;
 mod fetch;
 mod mirror;
