@@ -144,8 +144,17 @@ impl Progress {
         } else if line.starts_with(">>> Compiling source") {
             self.phase = "compile".into();
             return true;
-        } else if let Some(rest) = line.strip_prefix("!!! ERROR: ") {
-            if let Some((cpv, _)) = rest.split_once(" failed") {
+        } else if let Some(rest) = line
+            .strip_prefix(">>> Failed to emerge ")
+            .or_else(|| line.trim_start().strip_prefix("* ERROR: "))
+            .or_else(|| line.strip_prefix("!!! ERROR: "))
+        {
+            let cpv = rest
+                .split([',', ' '])
+                .next()
+                .unwrap_or(rest)
+                .trim_end_matches(',');
+            if cpv.contains('/') && self.failed.is_none() {
                 self.failed = Some(strip_repo(cpv));
                 return true;
             }
@@ -189,7 +198,8 @@ mod tests {
     fn progress_lines() {
         let mut p = Progress::default();
         p.feed(b">>> Emerging (1 of 3) dev-libs/libgreet-1.0::gentoo\n>>> Emerging binary (2 of 3) app-misc/hello-1.0::gentoo\n");
-        p.feed(b">>> Emerging (3 of 3) app-misc/failer-1.0::gentoo\n!!! ERROR: app-misc/failer-1.0::gentoo failed (compile phase):\n");
+        p.feed(b">>> Emerging (3 of 3) app-misc/failer-1.0::gentoo\n * ERROR: app-misc/failer-1.0::gentoo failed (compile phase):\n");
+        p.feed(b">>> Failed to emerge app-misc/failer-1.0, Log file:\n");
         assert_eq!(p.built, vec!["dev-libs/libgreet-1.0", "app-misc/failer-1.0"]);
         assert_eq!(p.binary, vec!["app-misc/hello-1.0"]);
         assert_eq!(p.failed.as_deref(), Some("app-misc/failer-1.0"));

@@ -81,6 +81,9 @@ pub struct MachineMeta {
     pub stage3: Option<String>,
     /// Whether the container (upper dir) exists.
     pub builder: bool,
+    /// Distfiles mirror given when the machine was last built (GENTOO_MIRRORS for emerge).
+    #[serde(default)]
+    pub mirror: Option<String>,
 }
 
 /// A machine of the store.

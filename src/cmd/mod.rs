@@ -103,9 +103,15 @@ pub fn build_env(
     let map = gbuild::idmap::IdMapping::for_current_user(gbuild::idmap::IdPolicy::Auto, &mut |w| {
         ctx.note(w)
     })?;
-    let mirror = o.mirror.clone().unwrap_or_else(|| config.mirror.clone());
-    let mirror = (mirror.trim_end_matches('/') != gbuild::config::DEFAULT_MIRROR).then_some(mirror);
     let m = gbuild::builder::Machine::open(&store, &o.machine)?;
+    // An explicit --mirror is remembered for the machine's later passes.
+    let mut meta = m.meta();
+    if o.mirror.is_some() && o.mirror != meta.mirror {
+        meta.mirror = o.mirror.clone();
+        m.save_meta(&meta)?;
+    }
+    let mirror = meta.mirror.clone().unwrap_or_else(|| config.mirror.clone());
+    let mirror = (mirror.trim_end_matches('/') != gbuild::config::DEFAULT_MIRROR).then_some(mirror);
     let env = gbuild::builder::BuildEnv {
         store,
         config,

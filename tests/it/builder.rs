@@ -267,8 +267,14 @@ fn builder_scenario_with_real_emerge() {
     let _ = lp.kill();
     lp.wait().unwrap();
     let out = util::output(env.gbuild().args(["build", "--once"]));
-    assert!(out.status.success(), "{}", util::stderr(&out));
-    let (built, _) = counts(&env.newest_log());
+    let log = env.newest_log();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        util::stderr(&out),
+        log.lines().rev().take(40).collect::<Vec<_>>().join("\n")
+    );
+    let (built, _) = counts(&log);
     assert!(
         !built.iter().any(|p| p.starts_with("dev-lang/plang-5.40.0")),
         "plang compiled twice: {built:?}"

@@ -139,6 +139,10 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
+        if std::env::var_os("GBUILD_TEST_KEEP").is_some() {
+            eprintln!("kept {}", self.dir.path().display());
+            return;
+        }
         // Files owned by subordinate ids cannot be removed from outside the namespace.
         let _ = Command::new(bin())
             .args(["unshare", "--", "rm", "-rf"])
