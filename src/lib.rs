@@ -6,6 +6,7 @@
 pub mod config;
 pub mod fetch;
 pub mod fsutil;
+pub mod host;
 pub mod idmap;
 pub mod lock;
 pub mod progress;
