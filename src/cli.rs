@@ -34,6 +34,12 @@ pub struct Cli {
 pub enum Command {
     /// Download and verify the stage3 and the ebuild-tree snapshot into the store
     Fetch(cmd::fetch::FetchOpts),
+    /// Capture a Gentoo host's configuration (run on the host): `host export`
+    Host(cmd::host::HostOpts),
+    /// Register and list host configurations: `machine import`, `machine list`
+    Machine(cmd::machine::MachineOpts),
+    /// Every difference between a machine's configuration and a host bundle; exit 1 if any
+    Diff(cmd::diff::DiffOpts),
     /// Run a command in a rootless container (debugging, tests)
     Exec(cmd::exec::ExecOpts),
     /// Run a command in a user namespace with the containers' id mapping (like `podman unshare`)
@@ -64,6 +70,9 @@ pub fn main() -> i32 {
     let ctx = cmd::Ctx::new(&cli);
     let result = match cli.command {
         Command::Fetch(o) => cmd::fetch::run(&ctx, o),
+        Command::Host(o) => cmd::host::run(&ctx, o),
+        Command::Machine(o) => cmd::machine::run(&ctx, o),
+        Command::Diff(o) => cmd::diff::run(&ctx, o),
         Command::Exec(o) => cmd::exec::run(&ctx, o),
         Command::Unshare(o) => cmd::unshare::run(&ctx, o),
         Command::SetupHost(o) => cmd::setup_host::run(&ctx, o),

@@ -1,8 +1,11 @@
 //! One module per verb, each with an options struct (clap `Args`) and a `run` returning the exit
 //! status. Verbs only translate options into library calls; mechanisms live in the library.
 
+pub mod diff;
 pub mod exec;
 pub mod fetch;
+pub mod host;
+pub mod machine;
 pub mod setup_host;
 pub mod unshare;
 

@@ -605,7 +605,7 @@ fn check_file(f: &FileEntry, d: &[u8], label: &Path) -> Result<(), HostError> {
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
-pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719468;
     let era = z.div_euclid(146097);
     let doe = z.rem_euclid(146097);
@@ -619,7 +619,7 @@ pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
 }
 
 /// A unix time as `YYYY-MM-DD HH:MM:SS UTC`.
-pub(crate) fn utc(t: u64) -> String {
+pub fn utc(t: u64) -> String {
     let (y, m, d) = civil_from_days((t / 86400) as i64);
     let s = t % 86400;
     format!(

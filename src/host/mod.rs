@@ -9,6 +9,7 @@
 pub mod bundle;
 pub mod diff;
 pub mod export;
+pub mod machine;
 pub mod makeconf;
 
 pub use bundle::{
