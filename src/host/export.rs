@@ -522,8 +522,7 @@ pub(crate) fn parse_info(text: &str) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for line in text.lines() {
         let mut rest = line;
-        loop {
-            let Some(eq) = rest.find("=\"") else { break };
+        while let Some(eq) = rest.find("=\"") {
             let key = &rest[..eq];
             if key.is_empty()
                 || !key

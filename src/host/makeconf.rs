@@ -192,8 +192,7 @@ impl Lexer<'_> {
         let mut bare = true;
         let mut name_len = None;
         let mut in_name = true;
-        loop {
-            let Some(c) = self.peek() else { break };
+        while let Some(c) = self.peek() {
             match c {
                 ' ' | '\t' | '\r' | '\n' | ';' => break,
                 '=' if in_name && !text.is_empty() && bare => {

@@ -4,5 +4,6 @@
 
 mod exec;
 mod fetch;
+mod host;
 mod mirror;
 mod util;
