@@ -483,7 +483,7 @@ fn build_side_values_are_ignored_not_hidden() {
 }
 
 /// A tar from `entries` (name bytes written raw, so unsafe names survive).
-fn raw_tar(entries: &[(Vec<u8>, tar::EntryType, Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+fn raw_tar(entries: &[RawEntry]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for (name, kind, data, link) in entries {
         let mut h = tar::Header::new_gnu();
