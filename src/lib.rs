@@ -3,6 +3,7 @@
 //! The library holds every mechanism (store, runtime, fetch, layers); the binary (`src/main.rs`,
 //! `src/cli.rs`, `src/cmd/`) only parses the command line and reports errors. See ARCHITECTURE.md.
 
+pub mod abi;
 pub mod config;
 pub mod fetch;
 pub mod fsutil;

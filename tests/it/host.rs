@@ -633,3 +633,120 @@ fn import_refuses_unsafe_bundles() {
         assert_eq!(o.status.code(), Some(2), "{name}: diff exit");
     }
 }
+
+const ABI_NOTE_C: &str = r#"
+struct abi_note { unsigned namesz, descsz, type; char name[4]; unsigned desc[4]; };
+__attribute__((section(".note.ABI-tag"), aligned(4), used))
+static const struct abi_note note = { 4, 16, 1, "GNU", { 0, 9, 0, 0 } };
+int main(void) { return 0; }
+"#;
+
+/// Compile the note program with gcc (`extra` e.g. `-c`), None when gcc is missing.
+fn compile_note(dir: &Path, out: &str, extra: &[&str]) -> Option<Vec<u8>> {
+    if !util::require(util::which("gcc"), "gcc not installed") {
+        return None;
+    }
+    let src = dir.join("note.c");
+    std::fs::write(&src, ABI_NOTE_C).unwrap();
+    let exe = dir.join(out);
+    let o = util::output(
+        std::process::Command::new("gcc")
+            .args(extra)
+            .arg("-o")
+            .arg(&exe)
+            .arg(&src),
+    );
+    assert!(o.status.success(), "gcc failed: {}", util::stderr(&o));
+    Some(std::fs::read(exe).unwrap())
+}
+
+fn tar_of(files: &[(&str, &[u8], u32)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data, mode) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(*mode);
+        h.set_mtime(1);
+        b.append_data(&mut h, name, *data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn abi_scan_finds_the_kernel_note_in_a_gpkg() {
+    let s = Scratch::new();
+    let Some(exe) = compile_note(s.path(), "x", &[]) else {
+        return;
+    };
+    let image = tar_of(&[
+        ("image/usr/bin/x", &exe, 0o755),
+        ("image/usr/share/doc/x/README", b"not an elf\n", 0o644),
+    ]);
+    for comp in ["zst", "xz", "gz"] {
+        let packed = match comp {
+            "zst" => zstd::encode_all(image.as_slice(), 3).unwrap(),
+            "xz" => {
+                let mut out = Vec::new();
+                let mut e = liblzma::write::XzEncoder::new(&mut out, 6);
+                std::io::Write::write_all(&mut e, &image).unwrap();
+                e.finish().unwrap();
+                out
+            }
+            _ => {
+                let mut e = flate2::write::GzEncoder::new(Vec::new(), Default::default());
+                std::io::Write::write_all(&mut e, &image).unwrap();
+                e.finish().unwrap()
+            }
+        };
+        let gpkg = tar_of(&[
+            ("x-1/gpkg-1", b"", 0o644),
+            (&format!("x-1/image.tar.{comp}"), &packed, 0o644),
+        ]);
+        let p = s.path().join(format!("x-1-1-{comp}.gpkg.tar"));
+        std::fs::write(&p, gpkg).unwrap();
+        let notes = gbuild::abi::scan_binpkg(&p).unwrap();
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.file == "/usr/bin/x" && n.os == 0 && n.version == (9, 0, 0)),
+            "{comp}: {notes:?}"
+        );
+        assert!(notes.iter().all(|n| n.file == "/usr/bin/x"), "{notes:?}");
+        let held: Vec<_> = notes
+            .iter()
+            .filter(|n| gbuild::abi::kernel_too_old(n.version, "6.1.0-13-amd64"))
+            .collect();
+        assert_eq!(held.len(), 1, "{notes:?}");
+        assert_eq!(held[0].to_string(), "/usr/bin/x: Linux 9.0.0");
+    }
+    assert!(gbuild::abi::kernel_too_old((9, 0, 0), "6.1.0-13-amd64"));
+    // Legacy xpak: a bzip2 tarball of the image (no image/ prefix) followed by the xpak block.
+    let mut tbz2 = Vec::new();
+    {
+        let mut e = bzip2::write::BzEncoder::new(&mut tbz2, bzip2::Compression::fast());
+        let t = tar_of(&[("./usr/bin/x", &exe, 0o755)]);
+        std::io::Write::write_all(&mut e, &t).unwrap();
+        e.finish().unwrap();
+    }
+    let xpak = b"XPAKPACK\0\0\0\0\0\0\0\0XPAKSTOP";
+    tbz2.extend(xpak);
+    tbz2.extend((xpak.len() as u32).to_be_bytes());
+    tbz2.extend(b"STOP");
+    let p = s.path().join("x-1.tbz2");
+    std::fs::write(&p, tbz2).unwrap();
+    let notes = gbuild::abi::scan_binpkg(&p).unwrap();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.file == "/usr/bin/x" && n.version == (9, 0, 0)),
+        "tbz2: {notes:?}"
+    );
+    // A relocatable object has no program headers: the section is found instead.
+    let obj = compile_note(s.path(), "x.o", &["-c"]).unwrap();
+    assert!(gbuild::abi::elf_abi_tags(&obj).contains(&(0, (9, 0, 0))));
+    // Not a binpkg: an error naming the file.
+    let bad = s.path().join("bad.gpkg.tar");
+    std::fs::write(&bad, tar_of(&[("x-1/other", b"x", 0o644)])).unwrap();
+    let e = gbuild::abi::scan_binpkg(&bad).unwrap_err().to_string();
+    assert!(e.contains("bad.gpkg.tar"), "{e}");
+}
