@@ -167,6 +167,12 @@ const BUILD_SIDE_VARS: &[&str] = &[
     "CCACHE_SIZE",
     "DISTCC_DIR",
     "LC_MESSAGES",
+    "LANG",
+    "LC_ALL",
+    "SHELL",
+    "PORTAGE_CONFIGROOT",
+    "CONFIG_PROTECT",
+    "CONFIG_PROTECT_MASK",
 ];
 
 /// FEATURES that change how or where the builder builds, not what it builds.

@@ -135,10 +135,15 @@ pub fn import(store: &Store, name: &str, bundle: &Path) -> Result<ImportReport, 
     std::fs::create_dir_all(&mdir).at("create directory", &mdir)?;
     let config = config_dir(store, name);
     let prev = mdir.join("config.prev");
-    let old = if config.is_dir() {
-        Some(Bundle::load(&config)?)
+    // A previous configuration that no longer loads is replaced all the same (kept as
+    // config.prev/); the report then has no list of changes but the builder is marked.
+    let (old, old_broken) = if config.is_dir() {
+        match Bundle::load(&config) {
+            Ok(b) => (Some(b), None),
+            Err(e) => (None, Some(e.to_string())),
+        }
     } else {
-        None
+        (None, None)
     };
     let tmp = mdir.join(format!(".config.tmp.{}", std::process::id()));
     remove_tree(&tmp)?;
@@ -154,7 +159,8 @@ pub fn import(store: &Store, name: &str, bundle: &Path) -> Result<ImportReport, 
         .map(|o| o.manifest.host.clone())
         .filter(|h| *h != new.manifest.host);
     let mut needs_update = false;
-    if let Some(d) = changes.as_ref().filter(|d| !d.is_empty()) {
+    let broken_note = old_broken.map(|e| format!("previous configuration unreadable: {e}\n"));
+    if broken_note.is_some() || changes.as_ref().is_some_and(|d| !d.is_empty()) {
         let path = mdir.join(NEEDS_UPDATE);
         let mut reason = std::fs::read_to_string(&path).unwrap_or_default();
         reason.push_str(&format!(
@@ -163,7 +169,8 @@ pub fn import(store: &Store, name: &str, bundle: &Path) -> Result<ImportReport, 
             new.manifest.host,
             super::bundle::utc(now())
         ));
-        for x in &d.differences {
+        reason.push_str(broken_note.as_deref().unwrap_or(""));
+        for x in changes.iter().flat_map(|d| &d.differences) {
             reason.push_str(&format!("{x}\n"));
         }
         crate::fsutil::atomic_write(&path, reason.as_bytes())?;
