@@ -8,7 +8,9 @@
 //! variables by their expanded value (Portage's effective values when both bundles have them,
 //! else make.conf's), incremental ones (USE, FEATURES, ACCEPT_KEYWORDS, USE_EXPAND, ...) as token
 //! sets; `package.*` as sets of normalized atom lines keyed by atom; world entries; other files
-//! under /etc/portage line by line; kernel release; `-march=native` when CFLAGS use it.
+//! under /etc/portage line by line; kernel release; `-march=native` when CFLAGS use it. A kernel
+//! or CPU recorded on one side only is listed as ignored (a builder-side export records neither:
+//! `ExportOptions::builder`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -413,7 +415,13 @@ fn kernel_cpu(a: &Bundle, b: &Bundle, d: &mut Diff) {
     let (ka, kb) = (&a.manifest.kernel, &b.manifest.kernel);
     if ka != kb {
         let s = |k: &Option<String>| k.clone().unwrap_or_else(|| "unknown".into());
-        d.add(Kind::Kernel, "kernel", s(ka), s(kb));
+        if ka.is_some() && kb.is_some() {
+            d.add(Kind::Kernel, "kernel", s(ka), s(kb));
+        } else {
+            // A builder's export records no kernel (ExportOptions::detect_kernel off): the
+            // builder's own kernel is not the host's business.
+            d.ignore("kernel", s(ka), s(kb), "not recorded on one side");
+        }
     }
     if let (Some(ca), Some(cb)) = (&a.manifest.cpu, &b.manifest.cpu) {
         if ca.flags != cb.flags {
@@ -825,6 +833,93 @@ fn world(a: &Bundle, b: &Bundle, d: &mut Diff) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::bundle::{sha256_hex, FileEntry, Manifest};
+
+    fn bundle(kernel: Option<&str>, files: &[(&str, &str)], snapshot: Option<u64>) -> Bundle {
+        let mut data = BTreeMap::new();
+        let mut entries = Vec::new();
+        for (p, c) in files {
+            data.insert(p.to_string(), c.as_bytes().to_vec());
+            entries.push(FileEntry {
+                path: p.to_string(),
+                kind: EntryKind::File,
+                mode: 0o644,
+                mtime: 0,
+                size: Some(c.len() as u64),
+                sha256: Some(sha256_hex(c.as_bytes())),
+                target: None,
+            });
+        }
+        let m = Manifest {
+            format: 1,
+            host: "h".into(),
+            created: 0,
+            kernel: kernel.map(str::to_string),
+            kernel_source: "--kernel".into(),
+            profile: None,
+            repos: vec![Repo {
+                name: "gentoo".into(),
+                location: "/var/db/repos/gentoo".into(),
+                main: true,
+                identity: crate::fetch::TreeIdentity {
+                    timestamp_x: snapshot,
+                    ..Default::default()
+                },
+            }],
+            variables_source: VarSource::MakeConf,
+            variables: BTreeMap::new(),
+            make_conf: BTreeMap::new(),
+            cpu: None,
+            files: entries,
+            skipped: Vec::new(),
+        };
+        Bundle::from_parts(m, data)
+    }
+
+    #[test]
+    fn library_diff() {
+        let a = bundle(
+            Some("6.1.0"),
+            &[
+                ("etc/portage/make.conf", "USE=\"a b\"\nMAKEOPTS=-j2\n"),
+                ("etc/portage/package.mask", ">=x/y-2\n"),
+                ("etc/portage/env/e.conf", "CFLAGS=\"-O1\"\n"),
+            ],
+            Some(1_700_000_000),
+        );
+        assert!(diff(&a, &a).is_empty());
+        assert!(diff(&a, &a).ignored.is_empty());
+        let b = bundle(
+            None,
+            &[
+                ("etc/portage/make.conf", "USE=\"b a c\"\nMAKEOPTS=-j8\n"),
+                (
+                    "etc/portage/package.mask/one",
+                    ">=x/y-2\n# moved to a dir\n",
+                ),
+                ("etc/portage/env/e.conf", "CFLAGS=\"-O3\"\n"),
+            ],
+            Some(1_704_067_200),
+        );
+        let d = diff(&a, &b);
+        let lines: Vec<String> = d.differences.iter().map(|x| x.to_string()).collect();
+        assert_eq!(
+            lines,
+            [
+                "tree snapshot (gentoo): 2023-11-14 22:13:20 UTC -> 2024-01-01 00:00:00 UTC",
+                "make.conf USE: \"a b\" -> \"b a c\"",
+                "etc/portage/env/e.conf: \"CFLAGS=\\\"-O1\\\"\" -> \"CFLAGS=\\\"-O3\\\"\"",
+            ]
+        );
+        let ig: Vec<String> = d.ignored.iter().map(|x| x.to_string()).collect();
+        assert!(
+            ig.iter().any(|l| l.starts_with("kernel: 6.1.0 -> unknown")),
+            "{ig:?}"
+        );
+        assert!(ig.iter().any(|l| l.contains("MAKEOPTS")), "{ig:?}");
+        let text = d.to_string();
+        assert!(text.contains("\nignored:\n  "), "{text}");
+    }
 
     #[test]
     fn atom_lines_normalized() {

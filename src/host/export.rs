@@ -44,6 +44,16 @@ impl ExportOptions {
         }
     }
 
+    /// The builder's side of a comparison with its machine: effective variables when run inside
+    /// the builder (root `/`), but no kernel and no CPU flags (the builder's own are not the
+    /// host's; `diff` then lists those as ignored instead of comparing them).
+    pub fn builder() -> ExportOptions {
+        ExportOptions {
+            effective: true,
+            ..ExportOptions::default()
+        }
+    }
+
     /// Only the files (for a configuration directory that is not a running system).
     pub fn config_dir() -> ExportOptions {
         ExportOptions::default()
