@@ -54,6 +54,12 @@ pub enum Command {
     Status(cmd::status::StatusOpts),
     /// The whole chain: fetch, bootstrap, check, builder, build
     Run(cmd::run::RunOpts),
+    /// Capture a Gentoo host's configuration (run on the host): `host export`
+    Host(cmd::host::HostOpts),
+    /// Register and list host configurations: `machine import`, `machine list`
+    Machine(cmd::machine::MachineOpts),
+    /// Every difference between a machine's configuration and a host bundle; exit 1 if any
+    Diff(cmd::diff::DiffOpts),
     /// Run a command in a rootless container (debugging, tests)
     Exec(cmd::exec::ExecOpts),
     /// Run a command in a user namespace with the containers' id mapping (like `podman unshare`)
@@ -106,6 +112,9 @@ pub fn main() -> i32 {
         Command::Logs(o) => cmd::logs::run(&ctx, o),
         Command::Status(o) => cmd::status::run(&ctx, o),
         Command::Run(o) => cmd::run::run(&ctx, o),
+        Command::Host(o) => cmd::host::run(&ctx, o),
+        Command::Machine(o) => cmd::machine::run(&ctx, o),
+        Command::Diff(o) => cmd::diff::run(&ctx, o),
         Command::Exec(o) => cmd::exec::run(&ctx, o),
         Command::Unshare(o) => cmd::unshare::run(&ctx, o),
         Command::SetupHost(o) => cmd::setup_host::run(&ctx, o),

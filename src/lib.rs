@@ -3,10 +3,12 @@
 //! The library holds every mechanism (store, runtime, fetch, layers); the binary (`src/main.rs`,
 //! `src/cli.rs`, `src/cmd/`) only parses the command line and reports errors. See ARCHITECTURE.md.
 
+pub mod abi;
 pub mod builder;
 pub mod config;
 pub mod fetch;
 pub mod fsutil;
+pub mod host;
 pub mod idmap;
 pub mod layer;
 pub mod lock;

@@ -259,8 +259,8 @@ impl Runtime {
         let mut output_rx = None;
         if sink.is_some() {
             let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-            let devnull = std::fs::File::open("/dev/null")
-                .map_err(io_err("open", Path::new("/dev/null")))?;
+            let devnull =
+                std::fs::File::open("/dev/null").map_err(io_err("open", Path::new("/dev/null")))?;
             let tx2 = tx.try_clone().map_err(io_err("dup", Path::new("pipe")))?;
             builder = builder
                 .with_stdin(OwnedFd::from(devnull))

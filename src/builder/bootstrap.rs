@@ -157,8 +157,7 @@ pub fn write_config_upper(config: &Path, mode: ConfigMode, upper: &Path) -> Resu
     if mode == ConfigMode::Replace {
         let portage = upper.join("etc/portage");
         if portage.is_dir() {
-            xattr::set(&portage, "user.overlay.opaque", b"y")
-                .at("mark opaque", &portage)?;
+            xattr::set(&portage, "user.overlay.opaque", b"y").at("mark opaque", &portage)?;
         }
     }
     Ok(())

@@ -200,7 +200,10 @@ mod tests {
         p.feed(b">>> Emerging (1 of 3) dev-libs/libgreet-1.0::gentoo\n>>> Emerging binary (2 of 3) app-misc/hello-1.0::gentoo\n");
         p.feed(b">>> Emerging (3 of 3) app-misc/failer-1.0::gentoo\n * ERROR: app-misc/failer-1.0::gentoo failed (compile phase):\n");
         p.feed(b">>> Failed to emerge app-misc/failer-1.0, Log file:\n");
-        assert_eq!(p.built, vec!["dev-libs/libgreet-1.0", "app-misc/failer-1.0"]);
+        assert_eq!(
+            p.built,
+            vec!["dev-libs/libgreet-1.0", "app-misc/failer-1.0"]
+        );
         assert_eq!(p.binary, vec!["app-misc/hello-1.0"]);
         assert_eq!(p.failed.as_deref(), Some("app-misc/failer-1.0"));
         assert_eq!(p.current.as_ref().unwrap().1, 3);

@@ -89,8 +89,7 @@ impl<'a> Session<'a> {
             }
             captured.extend_from_slice(b);
             if progress.feed(b) {
-                if let (Some(st), Some((pkg, i, n))) = (state.as_mut(), progress.current.as_ref())
-                {
+                if let (Some(st), Some((pkg, i, n))) = (state.as_mut(), progress.current.as_ref()) {
                     st.current = Some(Current {
                         package: pkg.clone(),
                         phase: progress.phase.clone(),
@@ -161,7 +160,10 @@ fn apply_config_script(mode: super::ConfigMode) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PassResult {
     Success,
-    Failed { package: Option<String>, log: PathBuf },
+    Failed {
+        package: Option<String>,
+        log: PathBuf,
+    },
 }
 
 /// Apply the configuration to the builder when it changed since it was last applied.
@@ -190,7 +192,9 @@ pub fn apply_config_if_changed(env: &BuildEnv, m: &Machine) -> Result<bool> {
         dst: "/run/gbuild-config".into(),
         readonly: true,
     });
-    let code = env.runtime.run_with_output(&spec, Some(&mut |_b: &[u8]| {}))?;
+    let code = env
+        .runtime
+        .run_with_output(&spec, Some(&mut |_b: &[u8]| {}))?;
     if code != 0 {
         return Err(BuilderError::Other(format!(
             "applying the configuration of {} to its builder failed (exit {code})",
@@ -305,7 +309,9 @@ pub fn publish(env: &BuildEnv, m: &Machine, snapshot: &str) -> Result<super::sta
     let index = m.binpkgs().join("Packages");
     let text = std::fs::read_to_string(&index).unwrap_or_default();
     let (count, bytes) = index_totals(&text);
-    let tmp = m.dir().join(format!("published.tmp-{}", std::process::id()));
+    let tmp = m
+        .dir()
+        .join(format!("published.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).at("create directory", &tmp)?;
     std::fs::write(tmp.join("Packages"), &text).at("write", &tmp)?;
@@ -338,7 +344,9 @@ pub fn publish(env: &BuildEnv, m: &Machine, snapshot: &str) -> Result<super::sta
     .at("write", &tmp)?;
     crate::fsutil::fsync_dir(&tmp)?;
     let dest = m.published();
-    let old = m.dir().join(format!("published.old-{}", std::process::id()));
+    let old = m
+        .dir()
+        .join(format!("published.old-{}", std::process::id()));
     if dest.exists() {
         std::fs::rename(&dest, &old).at("rename", &dest)?;
     }

@@ -15,8 +15,9 @@ pub struct BootstrapOpts {
 pub fn run(ctx: &Ctx, o: BootstrapOpts) -> anyhow::Result<i32> {
     let (env, m) = build_env(ctx, &o.m)?;
     let recipe = match &o.recipe {
-        Some(p) => std::fs::read_to_string(p)
-            .map_err(|e| anyhow::anyhow!("read {}: {e}", p.display()))?,
+        Some(p) => {
+            std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("read {}: {e}", p.display()))?
+        }
         None => gbuild::builder::builtin_recipe().to_string(),
     };
     let img = gbuild::builder::bootstrap::bootstrap(&env, &m, &recipe)?;

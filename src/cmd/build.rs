@@ -18,7 +18,10 @@ pub struct BuildOpts {
 
 pub fn run(ctx: &Ctx, o: BuildOpts) -> anyhow::Result<i32> {
     let (env, m) = build_env(ctx, &o.m)?;
-    let interval = o.interval.clone().unwrap_or_else(|| env.config.interval.clone());
+    let interval = o
+        .interval
+        .clone()
+        .unwrap_or_else(|| env.config.interval.clone());
     let interval = gbuild::config::parse_duration(&interval).map_err(anyhow::Error::msg)?;
     Ok(run_loop(
         &env,

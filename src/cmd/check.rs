@@ -49,7 +49,13 @@ pub fn check(
         "check",
     )?;
     let argv = [
-        "emerge", "--pretend", "--update", "--deep", "--newuse", "--with-bdeps=y", "--color=n",
+        "emerge",
+        "--pretend",
+        "--update",
+        "--deep",
+        "--newuse",
+        "--with-bdeps=y",
+        "--color=n",
         "@world",
     ]
     .iter()
@@ -67,7 +73,10 @@ pub fn check(
     if out.contains("slot conflict") {
         problems.push("slot conflict in the world set".to_string());
     }
-    for l in out.lines().filter(|l| l.starts_with("[ebuild") || l.starts_with("[binary")) {
+    for l in out
+        .lines()
+        .filter(|l| l.starts_with("[ebuild") || l.starts_with("[binary"))
+    {
         problems.push(format!("not up to date: {}", l.trim()));
     }
     Ok(problems)

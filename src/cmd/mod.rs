@@ -5,21 +5,24 @@ pub mod bootstrap;
 pub mod build;
 pub mod builder;
 pub mod check;
+pub mod diff;
 pub mod exec;
-pub mod logs;
-pub mod resume;
-pub mod run;
-pub mod shell;
-pub mod status;
-pub mod update;
 pub mod fetch;
 pub mod gc;
+pub mod host;
 pub mod image;
 pub mod layer;
+pub mod logs;
+pub mod machine;
 pub mod restore;
+pub mod resume;
+pub mod run;
 pub mod setup_host;
+pub mod shell;
 pub mod snapshot;
+pub mod status;
 pub mod unshare;
+pub mod update;
 
 use std::path::PathBuf;
 
@@ -100,9 +103,10 @@ pub fn build_env(
 ) -> anyhow::Result<(gbuild::builder::BuildEnv, gbuild::builder::Machine)> {
     let store = ctx.store()?;
     let config = ctx.config(&store)?;
-    let map = gbuild::idmap::IdMapping::for_current_user(gbuild::idmap::IdPolicy::Auto, &mut |w| {
-        ctx.note(w)
-    })?;
+    let map =
+        gbuild::idmap::IdMapping::for_current_user(gbuild::idmap::IdPolicy::Auto, &mut |w| {
+            ctx.note(w)
+        })?;
     let m = gbuild::builder::Machine::open(&store, &o.machine)?;
     // An explicit --mirror is remembered for the machine's later passes.
     let mut meta = m.meta();

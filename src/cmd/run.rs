@@ -73,7 +73,10 @@ pub fn run(ctx: &Ctx, o: RunOpts) -> anyhow::Result<i32> {
         super::builder::create(&env, &m)?;
         ctx.note(&format!("run: builder of {} created", m.name));
     }
-    let interval = o.interval.clone().unwrap_or_else(|| env.config.interval.clone());
+    let interval = o
+        .interval
+        .clone()
+        .unwrap_or_else(|| env.config.interval.clone());
     let interval = gbuild::config::parse_duration(&interval).map_err(anyhow::Error::msg)?;
     Ok(gbuild::builder::pass::run_loop(
         &env,

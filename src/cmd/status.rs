@@ -33,7 +33,10 @@ pub fn run(ctx: &Ctx, o: StatusOpts) -> anyhow::Result<i32> {
     println!("machine:  {}", m.name);
     println!("state:    {}", st.state);
     if let Some(c) = &st.current {
-        println!("current:  {} ({}, {} of {})", c.package, c.phase, c.index, c.total);
+        println!(
+            "current:  {} ({}, {} of {})",
+            c.package, c.phase, c.index, c.total
+        );
     }
     println!(
         "snapshot: {} (hosts must use this ebuild tree)",

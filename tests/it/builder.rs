@@ -42,9 +42,15 @@ impl Env<'_> {
 
     fn fetch(&self, date: Option<&str>) {
         let mut c = self.gbuild();
-        c.args(["fetch", "--mirror", &self.url, "--trust", &self.fx.fingerprint])
-            .arg("--keyring")
-            .arg(self.fx.dir.join("keyring.asc"));
+        c.args([
+            "fetch",
+            "--mirror",
+            &self.url,
+            "--trust",
+            &self.fx.fingerprint,
+        ])
+        .arg("--keyring")
+        .arg(self.fx.dir.join("keyring.asc"));
         if let Some(d) = date {
             c.args(["--snapshot-date", d]);
         }
@@ -95,9 +101,16 @@ fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
 fn host_install(env: &Env, s: &Scratch, name: &str, snapshot: &str) -> String {
     let store = &env.store;
     let images = store.join("images/stage3");
-    let img = std::fs::read_dir(&images).unwrap().next().unwrap().unwrap().path();
+    let img = std::fs::read_dir(&images)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let img: serde_json::Value = serde_json::from_slice(&std::fs::read(img).unwrap()).unwrap();
-    let stage3 = store.join("layers").join(img["layers"][0].as_str().unwrap());
+    let stage3 = store
+        .join("layers")
+        .join(img["layers"][0].as_str().unwrap());
     let host = s.path().join(name);
     let pkgdir = host.join("binpkgs");
     std::fs::create_dir_all(&pkgdir).unwrap();
@@ -122,7 +135,10 @@ fn host_install(env: &Env, s: &Scratch, name: &str, snapshot: &str) -> String {
             .arg("--bind")
             .arg(format!("{}:/var/cache/binpkgs", pkgdir.display()))
             .arg("--bind")
-            .arg(format!("{}:/run/cfg:ro", env.machine().join("config").display()))
+            .arg(format!(
+                "{}:/run/cfg:ro",
+                env.machine().join("config").display()
+            ))
             .args([
                 "-e",
                 "FEATURES=-userpriv -usersandbox -userfetch",
@@ -197,7 +213,10 @@ fn builder_scenario_with_real_emerge() {
         "media-libs/shaper-8.0",
         "dev-libs/libgreet-1.0",
     ] {
-        assert!(index.contains(&format!("CPV: {cpv}\n")), "{cpv} in Packages");
+        assert!(
+            index.contains(&format!("CPV: {cpv}\n")),
+            "{cpv} in Packages"
+        );
     }
     let published = std::fs::read_to_string(env.machine().join("published/Packages")).unwrap();
     assert_eq!(published, index);
@@ -229,7 +248,11 @@ fn builder_scenario_with_real_emerge() {
     // A second loop on the same machine is refused while the first runs.
     let second = util::output(env.gbuild().args(["build", "--once"]));
     assert_eq!(second.status.code(), Some(1));
-    assert!(util::stderr(&second).contains("locked by pid"), "{}", util::stderr(&second));
+    assert!(
+        util::stderr(&second).contains("locked by pid"),
+        "{}",
+        util::stderr(&second)
+    );
     let pu = cfg.join("etc/portage/package.use");
     std::fs::create_dir_all(&pu).unwrap();
     std::fs::write(pu.join("failer"), "app-misc/failer fixed\n").unwrap();
@@ -286,8 +309,12 @@ fn builder_scenario_with_real_emerge() {
     let (built, binary) = counts(&host);
     assert!(built.is_empty(), "host compiled {built:?}");
     assert!(
-        binary.iter().any(|p| p.starts_with("dev-lang/plang-5.40.0"))
-            && binary.iter().any(|p| p.starts_with("dev-plang/plang-binding-1.0")),
+        binary
+            .iter()
+            .any(|p| p.starts_with("dev-lang/plang-5.40.0"))
+            && binary
+                .iter()
+                .any(|p| p.starts_with("dev-plang/plang-binding-1.0")),
         "{binary:?}"
     );
     assert!(!host.contains("slot conflict"));

@@ -5,6 +5,7 @@
 mod builder;
 mod exec;
 mod fetch;
-mod mirror;
+mod host;
 mod layer;
+mod mirror;
 mod util;

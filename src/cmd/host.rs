@@ -1,0 +1,109 @@
+//! `gbuild host export`: run on a Gentoo host, capture its configuration bundle (DESIGN.md
+//! section 2): /etc/portage, world, profile, tree snapshot identities, kernel, CPU flags and the
+//! variables Portage uses.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use gbuild::host::{self, ExportOptions, VarSource};
+
+use super::Ctx;
+
+#[derive(clap::Args, Debug)]
+pub struct HostOpts {
+    #[command(subcommand)]
+    pub command: HostCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum HostCommand {
+    /// Capture this host's configuration into a bundle (a tar) for `machine import`
+    Export(ExportOpts),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ExportOpts {
+    /// Root of the system to capture
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub root: PathBuf,
+    /// Output bundle, `-` for standard output [default: gbuild-bundle-<host>.tar]
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Kernel release to record instead of `uname -r`
+    #[arg(long, value_name = "VERSION")]
+    pub kernel: Option<String>,
+    /// Host name to record instead of the system's
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
+    /// Record make.conf's values even where `emerge --info` is available
+    #[arg(long)]
+    pub no_emerge: bool,
+    /// Do not ask gcc what -march=native resolves to
+    #[arg(long)]
+    pub no_cpu: bool,
+}
+
+pub fn run(ctx: &Ctx, o: HostOpts) -> anyhow::Result<i32> {
+    match o.command {
+        HostCommand::Export(e) => export(ctx, e),
+    }
+}
+
+fn export(ctx: &Ctx, o: ExportOpts) -> anyhow::Result<i32> {
+    let opts = ExportOptions {
+        kernel: o.kernel,
+        hostname: o.hostname,
+        effective: !o.no_emerge,
+        cpu: !o.no_cpu,
+        ..ExportOptions::host()
+    };
+    let bundle = host::export_root(&o.root, &opts)
+        .with_context(|| format!("capture {}", o.root.display()))?;
+    let m = &bundle.manifest;
+    if !m.files.iter().any(|f| f.path.starts_with("etc/portage/")) {
+        anyhow::bail!(
+            "{}: no readable etc/portage (not a Gentoo root?)",
+            o.root.display()
+        );
+    }
+    for s in &m.skipped {
+        ctx.note(&format!("gbuild: not captured: {}: {}", s.path, s.reason));
+    }
+    if m.variables_source == VarSource::MakeConf {
+        ctx.note("variables: from make.conf (not Portage's effective values)");
+    }
+    if let Some(c) = &m.cpu {
+        ctx.note(&format!(
+            "-march=native resolves to: {} ({})",
+            c.flags.join(" "),
+            c.source
+        ));
+    }
+    let out = o
+        .output
+        .unwrap_or_else(|| PathBuf::from(format!("gbuild-bundle-{}.tar", m.host)));
+    if out.as_os_str() == "-" {
+        let stdout = std::io::stdout().lock();
+        let mut w = bundle.write_tar(std::io::BufWriter::new(stdout))?;
+        w.flush()?;
+    } else {
+        bundle
+            .write_tar_file(&out)
+            .with_context(|| format!("write {}", out.display()))?;
+        println!("{}", out.display());
+    }
+    let snapshot = bundle.snapshot_date().unwrap_or_else(|| "unknown".into());
+    ctx.note(&format!(
+        "host {}: {} entries, profile {}, kernel {}, snapshot {}",
+        m.host,
+        m.files.len(),
+        m.profile
+            .as_ref()
+            .and_then(|p| p.path.clone())
+            .unwrap_or_else(|| "unknown".into()),
+        m.kernel.as_deref().unwrap_or("unknown"),
+        snapshot
+    ));
+    Ok(0)
+}

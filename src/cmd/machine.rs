@@ -1,0 +1,122 @@
+//! `gbuild machine import BUNDLE --name M` and `gbuild machine list`: register host
+//! configurations as machines (DESIGN.md section 2, store contract `machines/M/config/`).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use gbuild::host::machine;
+
+use super::Ctx;
+
+#[derive(clap::Args, Debug)]
+pub struct MachineOpts {
+    #[command(subcommand)]
+    pub command: MachineCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum MachineCommand {
+    /// Make a host bundle the configuration of machine NAME (created if new)
+    Import(ImportOpts),
+    /// List machines: host, import time, kernel, snapshot, pending update
+    List(ListOpts),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ImportOpts {
+    /// Bundle from `gbuild host export`
+    #[arg(value_name = "BUNDLE")]
+    pub bundle: PathBuf,
+    /// Machine name
+    #[arg(long, value_name = "M")]
+    pub name: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ListOpts {
+    /// JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(ctx: &Ctx, o: MachineOpts) -> anyhow::Result<i32> {
+    match o.command {
+        MachineCommand::Import(i) => import(ctx, i),
+        MachineCommand::List(l) => list(ctx, l),
+    }
+}
+
+fn import(ctx: &Ctx, o: ImportOpts) -> anyhow::Result<i32> {
+    let store = ctx.store()?;
+    let r = machine::import(&store, &o.name, &o.bundle)
+        .with_context(|| format!("import {}", o.bundle.display()))?;
+    if let Some(h) = &r.previous_host {
+        eprintln!(
+            "gbuild: warning: machine {} was configured from host {h}, now from another host",
+            r.machine
+        );
+    }
+    match &r.changes {
+        None => println!("machine {}: imported", r.machine),
+        Some(d) if d.is_empty() => println!("machine {}: no changes", r.machine),
+        Some(d) => {
+            println!("machine {}: changed:", r.machine);
+            print!("{d}");
+        }
+    }
+    if r.needs_update {
+        ctx.note(&format!("machine {}: builder marked for update", r.machine));
+    }
+    Ok(0)
+}
+
+fn date(t: Option<u64>) -> String {
+    t.map(|t| {
+        let (y, m, d) = gbuild::host::bundle::civil_from_days((t / 86400) as i64);
+        let s = t % 86400;
+        format!("{y:04}-{m:02}-{d:02} {:02}:{:02}", s / 3600, s / 60 % 60)
+    })
+    .unwrap_or_else(|| "-".into())
+}
+
+fn list(ctx: &Ctx, o: ListOpts) -> anyhow::Result<i32> {
+    let store = ctx.store()?;
+    let machines = machine::list(&store)?;
+    if o.json {
+        println!("{}", serde_json::to_string_pretty(&machines)?);
+        return Ok(0);
+    }
+    let rows: Vec<[String; 6]> = machines
+        .iter()
+        .map(|m| {
+            [
+                m.name.clone(),
+                m.host.clone().unwrap_or_else(|| "-".into()),
+                date(m.imported),
+                m.kernel.clone().unwrap_or_else(|| "-".into()),
+                m.snapshot.clone().unwrap_or_else(|| "-".into()),
+                if m.update_pending.is_some() {
+                    "pending".into()
+                } else {
+                    "-".into()
+                },
+            ]
+        })
+        .collect();
+    let head = ["NAME", "HOST", "IMPORTED", "KERNEL", "SNAPSHOT", "UPDATE"].map(String::from);
+    let mut w = [0usize; 6];
+    for r in std::iter::once(&head).chain(&rows) {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.len());
+        }
+    }
+    for r in std::iter::once(&head).chain(&rows) {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<width$}", width = w[i]))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+    Ok(0)
+}

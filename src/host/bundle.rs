@@ -1,0 +1,653 @@
+//! The bundle: an uncompressed tar whose first member is the manifest `gbuild-bundle.json`,
+//! followed by `etc/portage/...` and `var/lib/portage/{world,world_sets}` in path order, with
+//! numeric owners 0, no user or group names and the files' own mtimes (so the same host state
+//! gives the same bytes apart from the manifest's creation time; `SOURCE_DATE_EPOCH` fixes that).
+//!
+//! Loading validates everything before anything is used: only the allowed paths, no `..`, no
+//! absolute names, no links except the `etc/portage/make.profile` symlink (recorded, never
+//! followed), no duplicates, and every file's size and sha256 equal to the manifest's. An unpacked
+//! bundle (a machine's `config/`) is the same tree with the manifest at its top.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::makeconf::{self, MakeConfError, Vars};
+use super::HostError;
+use crate::fetch::TreeIdentity;
+use crate::fsutil::{FsError, IoContext};
+
+/// Name of the manifest, at the top of the bundle and of an unpacked config directory.
+pub const MANIFEST_NAME: &str = "gbuild-bundle.json";
+/// Version of the manifest format; a newer one is refused.
+pub const FORMAT_VERSION: u32 = 1;
+/// The only symlink a bundle may hold.
+pub const PROFILE_LINK: &str = "etc/portage/make.profile";
+
+/// What a bundle entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+}
+
+/// One captured path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Relative path, e.g. `etc/portage/package.use/x`.
+    pub path: String,
+    pub kind: EntryKind,
+    /// Permission bits (`0o7777` mask).
+    pub mode: u32,
+    /// Modification time (unix seconds).
+    pub mtime: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Symlink target, as stored in the link (not resolved).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+/// The profile the host's `make.profile` symlink points at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Profile {
+    /// The symlink's target as found, e.g. `../../var/db/repos/gentoo/profiles/default/linux/amd64/23.0`.
+    pub link: String,
+    /// Repository holding it (by location), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
+    /// Path relative to the repository's `profiles/`, e.g. `default/linux/amd64/23.0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// A repository the host uses (the main tree or an overlay).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Repo {
+    pub name: String,
+    /// Location on the host, e.g. `/var/db/repos/gentoo`.
+    pub location: String,
+    /// Whether it is the main repository (`main-repo`, default `gentoo`).
+    pub main: bool,
+    /// `metadata/timestamp.*` of the tree (empty for most overlays).
+    pub identity: TreeIdentity,
+}
+
+/// Where the captured variables come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VarSource {
+    /// `emerge --info` / `portageq envvar`: profile, make.conf and environment combined.
+    #[serde(rename = "effective")]
+    Effective,
+    /// Parsed from make.conf (+ make.conf.d) only.
+    #[serde(rename = "make.conf")]
+    MakeConf,
+}
+
+impl std::fmt::Display for VarSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            VarSource::Effective => "effective",
+            VarSource::MakeConf => "make.conf",
+        })
+    }
+}
+
+/// `-march=native` as gcc resolves it on the machine that exported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cpu {
+    /// The resolved `-march=` value, e.g. `skylake`.
+    pub march: Option<String>,
+    /// Every target option gcc passes for `-march=native`, e.g. `-march=skylake`, `-mavx2`, ...
+    pub flags: Vec<String>,
+    /// The command it came from.
+    pub source: String,
+}
+
+/// A path not captured, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Skipped {
+    pub path: String,
+    pub reason: String,
+}
+
+/// The manifest (`gbuild-bundle.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    /// Host name of the exporting machine.
+    pub host: String,
+    /// Creation time (unix seconds).
+    pub created: u64,
+    /// `uname -r` style kernel release, when known.
+    pub kernel: Option<String>,
+    /// Where the kernel release came from (`--kernel`, `uname`, a file).
+    pub kernel_source: String,
+    pub profile: Option<Profile>,
+    pub repos: Vec<Repo>,
+    /// Whether `variables` are Portage's effective values or make.conf's.
+    pub variables_source: VarSource,
+    pub variables: BTreeMap<String, String>,
+    /// make.conf (+ make.conf.d) as parsed, whatever `variables_source` is.
+    pub make_conf: BTreeMap<String, String>,
+    pub cpu: Option<Cpu>,
+    pub files: Vec<FileEntry>,
+    #[serde(default)]
+    pub skipped: Vec<Skipped>,
+}
+
+/// A loaded, validated bundle: its manifest and the content of its regular files.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub manifest: Manifest,
+    data: BTreeMap<String, Vec<u8>>,
+}
+
+/// Lowercase hex sha256.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// Why a relative path may not be in a bundle, or None when it may.
+fn path_problem(path: &str) -> Option<&'static str> {
+    if path.is_empty() {
+        return Some("empty path");
+    }
+    if path.starts_with('/') {
+        return Some("absolute path");
+    }
+    if path.contains('\0') {
+        return Some("nul byte in path");
+    }
+    for c in path.split('/') {
+        match c {
+            ".." => return Some("path escapes the bundle (..)"),
+            "." | "" => return Some("path is not normalized"),
+            _ => {}
+        }
+    }
+    let allowed = matches!(path, "etc" | "var" | "var/lib" | "var/lib/portage")
+        || path == "etc/portage"
+        || path.starts_with("etc/portage/")
+        || path == "var/lib/portage/world"
+        || path == "var/lib/portage/world_sets";
+    if !allowed {
+        return Some("path not allowed in a bundle (only etc/portage/**, var/lib/portage/world, var/lib/portage/world_sets)");
+    }
+    None
+}
+
+impl Bundle {
+    /// A bundle from a manifest and its files' contents (the exporter's constructor). The
+    /// manifest's file entries must describe `data` (not checked here).
+    pub fn from_parts(manifest: Manifest, data: BTreeMap<String, Vec<u8>>) -> Bundle {
+        Bundle { manifest, data }
+    }
+
+    /// Load a bundle tar file, or an unpacked bundle directory (a machine's `config/`). A
+    /// directory without a manifest (e.g. the `default` machine's config) is captured as a
+    /// root with `export_root` instead.
+    pub fn load(path: &Path) -> Result<Bundle, HostError> {
+        let meta = std::fs::metadata(path).at("read", path)?;
+        if meta.is_dir() {
+            if path.join(MANIFEST_NAME).exists() {
+                Self::from_dir(path)
+            } else {
+                super::export_root(path, &super::ExportOptions::config_dir())
+            }
+        } else {
+            let f = std::fs::File::open(path).at("open", path)?;
+            Self::from_tar(std::io::BufReader::new(f), path)
+        }
+    }
+
+    /// Read and validate a bundle tar; `label` names it in errors.
+    pub fn from_tar(r: impl Read, label: &Path) -> Result<Bundle, HostError> {
+        let mut ar = tar::Archive::new(r);
+        let mut manifest: Option<Manifest> = None;
+        let mut data = BTreeMap::new();
+        let mut links: BTreeMap<String, String> = BTreeMap::new();
+        let mut dirs: BTreeMap<String, ()> = BTreeMap::new();
+        let tar_err = |e: std::io::Error| HostError::bundle(label, format!("read tar: {e}"));
+        for entry in ar.entries().map_err(tar_err)? {
+            let mut entry = entry.map_err(tar_err)?;
+            let raw = entry.path_bytes().into_owned();
+            let name = String::from_utf8(raw)
+                .map_err(|e| {
+                    HostError::entry(
+                        label,
+                        &String::from_utf8_lossy(e.as_bytes()),
+                        "name is not utf-8",
+                    )
+                })?
+                .to_string();
+            let kind = entry.header().entry_type();
+            let path = name.strip_suffix('/').unwrap_or(&name).to_string();
+            let path = path.strip_prefix("./").unwrap_or(&path).to_string();
+            if data.contains_key(&path) || links.contains_key(&path) || dirs.contains_key(&path) {
+                return Err(HostError::entry(label, &name, "duplicate entry"));
+            }
+            if path == MANIFEST_NAME {
+                if !kind.is_file() || manifest.is_some() {
+                    return Err(HostError::entry(
+                        label,
+                        &name,
+                        "manifest is not a single file",
+                    ));
+                }
+                let mut buf = Vec::new();
+                entry.read_to_end(&mut buf).map_err(tar_err)?;
+                let m: Manifest = serde_json::from_slice(&buf).map_err(|e| {
+                    HostError::entry(label, &name, format!("invalid manifest: {e}"))
+                })?;
+                manifest = Some(m);
+                continue;
+            }
+            if let Some(p) = path_problem(&path) {
+                return Err(HostError::entry(label, &name, p));
+            }
+            if kind.is_file() {
+                let mut buf = Vec::new();
+                entry.read_to_end(&mut buf).map_err(tar_err)?;
+                data.insert(path, buf);
+            } else if kind.is_dir() {
+                dirs.insert(path, ());
+            } else if kind.is_symlink() {
+                if path != PROFILE_LINK {
+                    return Err(HostError::entry(
+                        label,
+                        &name,
+                        "symlink not allowed (only etc/portage/make.profile)",
+                    ));
+                }
+                let target = entry
+                    .link_name_bytes()
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_default();
+                links.insert(path, target);
+            } else {
+                return Err(HostError::entry(
+                    label,
+                    &name,
+                    format!("entry type {kind:?} not allowed (only files, directories and the make.profile symlink)"),
+                ));
+            }
+        }
+        let manifest =
+            manifest.ok_or_else(|| HostError::bundle(label, format!("no {MANIFEST_NAME}")))?;
+        check_manifest(&manifest, label)?;
+        let mut seen = 0usize;
+        for f in &manifest.files {
+            let present = match f.kind {
+                EntryKind::File => data.get(&f.path).map(|d| check_file(f, d, label)),
+                EntryKind::Symlink => links.get(&f.path).map(|t| {
+                    if f.target.as_deref() == Some(t.as_str()) {
+                        Ok(())
+                    } else {
+                        Err(HostError::entry(
+                            label,
+                            &f.path,
+                            format!(
+                                "symlink target {t:?} differs from the manifest's {:?}",
+                                f.target.as_deref().unwrap_or("")
+                            ),
+                        ))
+                    }
+                }),
+                EntryKind::Dir => dirs.get(&f.path).map(|_| Ok(())),
+            };
+            match present {
+                Some(r) => r?,
+                None => {
+                    return Err(HostError::entry(
+                        label,
+                        &f.path,
+                        "listed in the manifest but missing or of another type",
+                    ))
+                }
+            }
+            seen += 1;
+        }
+        let listed: std::collections::BTreeSet<&str> =
+            manifest.files.iter().map(|f| f.path.as_str()).collect();
+        for p in data.keys().chain(links.keys()) {
+            if !listed.contains(p.as_str()) {
+                return Err(HostError::entry(label, p, "not listed in the manifest"));
+            }
+        }
+        debug_assert!(seen == manifest.files.len());
+        Ok(Bundle { manifest, data })
+    }
+
+    /// Read and validate an unpacked bundle directory (manifest at its top).
+    pub fn from_dir(dir: &Path) -> Result<Bundle, HostError> {
+        let mpath = dir.join(MANIFEST_NAME);
+        let text = std::fs::read(&mpath).at("read", &mpath)?;
+        let manifest: Manifest = serde_json::from_slice(&text)
+            .map_err(|e| HostError::entry(dir, MANIFEST_NAME, format!("invalid manifest: {e}")))?;
+        check_manifest(&manifest, dir)?;
+        let mut data = BTreeMap::new();
+        for f in &manifest.files {
+            let p = dir.join(&f.path);
+            let meta = std::fs::symlink_metadata(&p).at("read", &p)?;
+            match f.kind {
+                EntryKind::File if meta.is_file() => {
+                    let d = std::fs::read(&p).at("read", &p)?;
+                    check_file(f, &d, dir)?;
+                    data.insert(f.path.clone(), d);
+                }
+                EntryKind::Dir if meta.is_dir() => {}
+                EntryKind::Symlink if meta.file_type().is_symlink() => {
+                    let t = std::fs::read_link(&p).at("read link", &p)?;
+                    if Some(t.to_string_lossy().as_ref()) != f.target.as_deref() {
+                        return Err(HostError::entry(
+                            dir,
+                            &f.path,
+                            "symlink target differs from the manifest's",
+                        ));
+                    }
+                }
+                _ => {
+                    return Err(HostError::entry(
+                        dir,
+                        &f.path,
+                        "of another type than the manifest says",
+                    ))
+                }
+            }
+        }
+        Ok(Bundle { manifest, data })
+    }
+
+    /// Content of a captured regular file.
+    pub fn file(&self, path: &str) -> Option<&[u8]> {
+        self.data.get(path).map(Vec::as_slice)
+    }
+
+    /// A captured path's entry.
+    pub fn entry(&self, path: &str) -> Option<&FileEntry> {
+        self.manifest.files.iter().find(|f| f.path == path)
+    }
+
+    /// Regular files whose path is `prefix` itself or lies under `prefix/`, in path order.
+    pub fn files_under<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a str, &'a [u8])> {
+        self.data
+            .iter()
+            .filter(move |(p, _)| {
+                p.as_str() == prefix
+                    || (p.starts_with(prefix) && p.as_bytes().get(prefix.len()) == Some(&b'/'))
+            })
+            .map(|(p, d)| (p.as_str(), d.as_slice()))
+    }
+
+    /// The main repository (the one marked main, else one named `gentoo`).
+    pub fn main_repo(&self) -> Option<&Repo> {
+        let r = &self.manifest.repos;
+        r.iter()
+            .find(|r| r.main)
+            .or_else(|| r.iter().find(|r| r.name == "gentoo"))
+    }
+
+    /// The main tree's snapshot date, `YYYYMMDD` (UTC), when known.
+    pub fn snapshot_date(&self) -> Option<String> {
+        let t = self.main_repo()?.identity.unix_time()?;
+        let (y, m, d) = civil_from_days((t / 86400) as i64);
+        Some(format!("{y:04}{m:02}{d:02}"))
+    }
+
+    /// make.conf (file or directory) then make.conf.d/, parsed from the captured files.
+    pub fn make_conf_vars(&self) -> Result<Vars, MakeConfError> {
+        let mut vars = Vars::new();
+        for base in ["etc/portage/make.conf", "etc/portage/make.conf.d"] {
+            let files: Vec<(&str, &[u8])> = self
+                .files_under(base)
+                .filter(|(p, _)| p.rsplit('/').next().is_some_and(makeconf::is_config_name))
+                .collect();
+            for (p, d) in files {
+                let text = String::from_utf8_lossy(d);
+                makeconf::parse_into(&text, p, &mut vars, &mut |src| {
+                    let rel = match src.strip_prefix('/') {
+                        Some(abs) => abs.to_string(),
+                        None => format!("etc/portage/{src}"),
+                    };
+                    self.file(&rel)
+                        .map(|d| (rel.clone(), String::from_utf8_lossy(d).into_owned()))
+                })?;
+            }
+        }
+        Ok(vars)
+    }
+
+    /// Write the bundle as a tar: manifest first, then every entry in path order.
+    pub fn write_tar<W: Write>(&self, w: W) -> std::io::Result<W> {
+        let mut b = tar::Builder::new(w);
+        b.mode(tar::HeaderMode::Deterministic);
+        let json = self.manifest_json();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_mtime(self.manifest.created);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_size(json.len() as u64);
+        b.append_data(&mut h, MANIFEST_NAME, json.as_slice())?;
+        let mut files: Vec<&FileEntry> = self.manifest.files.iter().collect();
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        for f in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(f.mode & 0o7777);
+            h.set_mtime(f.mtime);
+            h.set_uid(0);
+            h.set_gid(0);
+            match f.kind {
+                EntryKind::File => {
+                    let d = self.data.get(&f.path).map(Vec::as_slice).unwrap_or(&[]);
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_size(d.len() as u64);
+                    b.append_data(&mut h, &f.path, d)?;
+                }
+                EntryKind::Dir => {
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_size(0);
+                    b.append_data(&mut h, format!("{}/", f.path), std::io::empty())?;
+                }
+                EntryKind::Symlink => {
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    h.set_size(0);
+                    b.append_link(&mut h, &f.path, f.target.as_deref().unwrap_or(""))?;
+                }
+            }
+        }
+        b.into_inner()
+    }
+
+    /// The manifest as written into the bundle (pretty JSON, trailing newline).
+    pub fn manifest_json(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(&self.manifest).expect("manifest serializes");
+        v.push(b'\n');
+        v
+    }
+
+    /// Write the bundle tar to `path` atomically.
+    pub fn write_tar_file(&self, path: &Path) -> Result<(), FsError> {
+        let mut f = crate::fsutil::AtomicFile::create(path)?;
+        let tmp = f.tmp_path().to_path_buf();
+        {
+            let w = std::io::BufWriter::new(f.file());
+            let mut w = self.write_tar(w).at("write", &tmp)?;
+            w.flush().at("write", &tmp)?;
+        }
+        f.commit()
+    }
+
+    /// Unpack into `dir`, which must not exist (the caller renames it into place): every entry
+    /// with its mode (made owner-writable) and mtime, the make.profile symlink as a symlink, and
+    /// the manifest at the top.
+    pub fn unpack(&self, dir: &Path) -> Result<(), FsError> {
+        std::fs::create_dir(dir).at("create directory", dir)?;
+        let mut files: Vec<&FileEntry> = self.manifest.files.iter().collect();
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        for f in &files {
+            let p = dir.join(&f.path);
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent).at("create directory", parent)?;
+            }
+            match f.kind {
+                EntryKind::Dir => {
+                    if !p.is_dir() {
+                        std::fs::create_dir(&p).at("create directory", &p)?;
+                    }
+                }
+                EntryKind::File => {
+                    let d = self.data.get(&f.path).map(Vec::as_slice).unwrap_or(&[]);
+                    let mut out = std::fs::File::create(&p).at("create", &p)?;
+                    out.write_all(d).at("write", &p)?;
+                    out.sync_all().at("fsync", &p)?;
+                    drop(out);
+                    set_mode(&p, (f.mode & 0o777) | 0o600)?;
+                    let t = filetime::FileTime::from_unix_time(f.mtime as i64, 0);
+                    filetime::set_file_mtime(&p, t).at("set mtime", &p)?;
+                }
+                EntryKind::Symlink => {
+                    std::os::unix::fs::symlink(f.target.as_deref().unwrap_or(""), &p)
+                        .at("create symlink", &p)?;
+                }
+            }
+        }
+        for f in files.iter().rev().filter(|f| f.kind == EntryKind::Dir) {
+            let p = dir.join(&f.path);
+            set_mode(&p, (f.mode & 0o777) | 0o700)?;
+            let t = filetime::FileTime::from_unix_time(f.mtime as i64, 0);
+            filetime::set_file_mtime(&p, t).at("set mtime", &p)?;
+        }
+        let m = dir.join(MANIFEST_NAME);
+        crate::fsutil::atomic_write(&m, &self.manifest_json())?;
+        Ok(())
+    }
+}
+
+fn set_mode(p: &Path, mode: u32) -> Result<(), FsError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).at("set mode", p)
+}
+
+fn check_manifest(m: &Manifest, label: &Path) -> Result<(), HostError> {
+    if m.format > FORMAT_VERSION {
+        return Err(HostError::bundle(
+            label,
+            format!(
+                "manifest format {} is newer than this gbuild understands ({FORMAT_VERSION})",
+                m.format
+            ),
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for f in &m.files {
+        if let Some(p) = path_problem(&f.path) {
+            return Err(HostError::entry(label, &f.path, p));
+        }
+        if !seen.insert(f.path.as_str()) {
+            return Err(HostError::entry(
+                label,
+                &f.path,
+                "listed twice in the manifest",
+            ));
+        }
+        if f.kind == EntryKind::Symlink && f.path != PROFILE_LINK {
+            return Err(HostError::entry(
+                label,
+                &f.path,
+                "symlink not allowed (only etc/portage/make.profile)",
+            ));
+        }
+        if f.kind == EntryKind::File && (f.sha256.is_none() || f.size.is_none()) {
+            return Err(HostError::entry(
+                label,
+                &f.path,
+                "manifest entry has no sha256 or size",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_file(f: &FileEntry, d: &[u8], label: &Path) -> Result<(), HostError> {
+    if f.size != Some(d.len() as u64) {
+        return Err(HostError::entry(
+            label,
+            &f.path,
+            format!(
+                "size {} differs from the manifest's {}",
+                d.len(),
+                f.size.unwrap_or(0)
+            ),
+        ));
+    }
+    let h = sha256_hex(d);
+    if f.sha256.as_deref() != Some(h.as_str()) {
+        return Err(HostError::entry(
+            label,
+            &f.path,
+            format!(
+                "sha256 {h} differs from the manifest's {}",
+                f.sha256.as_deref().unwrap_or("")
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z.rem_euclid(146097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// A unix time as `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn utc(t: u64) -> String {
+    let (y, m, d) = civil_from_days((t / 86400) as i64);
+    let s = t % 86400;
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert_eq!(path_problem("etc/portage/make.conf"), None);
+        assert_eq!(path_problem("var/lib/portage/world"), None);
+        assert!(path_problem("../x").is_some());
+        assert!(path_problem("/etc/portage/x").is_some());
+        assert!(path_problem("etc/portage/../../x").is_some());
+        assert!(path_problem("etc/shadow").is_some());
+        assert!(path_problem("var/lib/portage/other").is_some());
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(utc(1506665101), "2017-09-29 06:05:01 UTC");
+    }
+}

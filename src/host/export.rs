@@ -1,0 +1,685 @@
+//! Capturing a host's configuration from a root directory (`/` on the host, a stand-in root in
+//! tests, the builder's rootfs for the build loop): /etc/portage in full (symlinks followed, except
+//! `make.profile` which is recorded), world and world_sets, the repositories from repos.conf with
+//! their tree identities, the profile, make.conf's variables, and, when the root is the running
+//! system, Portage's effective variables (`emerge --info`, else `portageq envvar`), the kernel
+//! release and `-march=native` as gcc resolves it.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use super::bundle::{
+    sha256_hex, Bundle, Cpu, EntryKind, FileEntry, Manifest, Profile, Repo, Skipped, VarSource,
+    FORMAT_VERSION, PROFILE_LINK,
+};
+use super::makeconf::is_config_name;
+use super::HostError;
+
+/// What `export_root` does besides reading files.
+#[derive(Debug, Clone, Default)]
+pub struct ExportOptions {
+    /// Kernel release to record instead of detecting it.
+    pub kernel: Option<String>,
+    /// Host name to record instead of detecting it.
+    pub hostname: Option<String>,
+    /// Creation time to record [default: `SOURCE_DATE_EPOCH`, else now].
+    pub created: Option<u64>,
+    /// Ask Portage for effective values (`emerge --info`) when the root is `/`.
+    pub effective: bool,
+    /// Resolve `-march=native` with gcc when gcc exists.
+    pub cpu: bool,
+    /// Detect the kernel release (`<root>/proc/sys/kernel/osrelease`, else `uname -r`).
+    pub detect_kernel: bool,
+}
+
+impl ExportOptions {
+    /// Everything a host export does: effective variables, CPU flags, kernel.
+    pub fn host() -> ExportOptions {
+        ExportOptions {
+            effective: true,
+            cpu: true,
+            detect_kernel: true,
+            ..ExportOptions::default()
+        }
+    }
+
+    /// The builder's side of a comparison with its machine: effective variables when run inside
+    /// the builder (root `/`), but no kernel and no CPU flags (the builder's own are not the
+    /// host's; `diff` then lists those as ignored instead of comparing them).
+    pub fn builder() -> ExportOptions {
+        ExportOptions {
+            effective: true,
+            ..ExportOptions::default()
+        }
+    }
+
+    /// Only the files (for a configuration directory that is not a running system).
+    pub fn config_dir() -> ExportOptions {
+        ExportOptions::default()
+    }
+}
+
+/// Files of a capture in progress.
+#[derive(Default)]
+struct Capture {
+    files: Vec<FileEntry>,
+    data: BTreeMap<String, Vec<u8>>,
+    skipped: Vec<Skipped>,
+}
+
+impl Capture {
+    fn skip(&mut self, rel: &str, reason: impl Into<String>) {
+        self.skipped.push(Skipped {
+            path: rel.to_string(),
+            reason: reason.into(),
+        });
+    }
+}
+
+fn mtime_of(m: &std::fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    m.mtime().max(0) as u64
+}
+
+fn mode_of(m: &std::fs::Metadata) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    m.mode() & 0o7777
+}
+
+/// Paths under /etc/portage that never matter for what a binpkg contains.
+const NOT_CAPTURED: &[(&str, &str)] = &[(
+    "etc/portage/gnupg",
+    "portage's keyring for verifying signatures, not configuration",
+)];
+
+fn walk(root: &Path, rel: &str, cap: &mut Capture, depth: usize) {
+    if let Some((_, why)) = NOT_CAPTURED.iter().find(|(p, _)| *p == rel) {
+        cap.skip(rel, *why);
+        return;
+    }
+    let abs = root.join(rel);
+    let lmeta = match std::fs::symlink_metadata(&abs) {
+        Ok(m) => m,
+        Err(e) => return cap.skip(rel, e.to_string()),
+    };
+    let meta = if lmeta.file_type().is_symlink() {
+        if rel == PROFILE_LINK {
+            match std::fs::read_link(&abs) {
+                Ok(t) => cap.files.push(FileEntry {
+                    path: rel.to_string(),
+                    kind: EntryKind::Symlink,
+                    mode: 0o777,
+                    mtime: mtime_of(&lmeta),
+                    size: None,
+                    sha256: None,
+                    target: Some(t.to_string_lossy().into_owned()),
+                }),
+                Err(e) => cap.skip(rel, e.to_string()),
+            }
+            return;
+        }
+        if depth > 32 {
+            return cap.skip(rel, "too many levels of symlinks");
+        }
+        // Inside the root, an absolute target means the root's path, not this system's.
+        let target = match std::fs::read_link(&abs) {
+            Ok(t) => t,
+            Err(e) => return cap.skip(rel, e.to_string()),
+        };
+        let resolved = if target.is_absolute() {
+            root.join(target.strip_prefix("/").unwrap_or(&target))
+        } else {
+            abs.parent().unwrap_or(root).join(&target)
+        };
+        match std::fs::metadata(&resolved) {
+            Ok(m) => m,
+            Err(e) => {
+                return cap.skip(rel, format!("symlink to {}: {e}", target.to_string_lossy()))
+            }
+        }
+    } else {
+        lmeta
+    };
+    if meta.is_dir() {
+        cap.files.push(FileEntry {
+            path: rel.to_string(),
+            kind: EntryKind::Dir,
+            mode: mode_of(&meta),
+            mtime: mtime_of(&meta),
+            size: None,
+            sha256: None,
+            target: None,
+        });
+        let mut names: Vec<String> = match std::fs::read_dir(&abs) {
+            Ok(rd) => rd
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect(),
+            Err(e) => return cap.skip(rel, e.to_string()),
+        };
+        names.sort();
+        for n in names {
+            walk(root, &format!("{rel}/{n}"), cap, depth + 1);
+        }
+    } else if meta.is_file() {
+        match std::fs::read(&abs) {
+            Ok(d) => {
+                cap.files.push(FileEntry {
+                    path: rel.to_string(),
+                    kind: EntryKind::File,
+                    mode: mode_of(&meta),
+                    mtime: mtime_of(&meta),
+                    size: Some(d.len() as u64),
+                    sha256: Some(sha256_hex(&d)),
+                    target: None,
+                });
+                cap.data.insert(rel.to_string(), d);
+            }
+            Err(e) => cap.skip(rel, e.to_string()),
+        }
+    } else {
+        cap.skip(rel, "not a regular file, directory or symlink");
+    }
+}
+
+/// Capture the configuration under `root` (see the module documentation).
+pub fn export_root(root: &Path, opts: &ExportOptions) -> Result<Bundle, HostError> {
+    let is_live = is_system_root(root);
+    let mut cap = Capture::default();
+    if root.join("etc/portage").exists() || root.join("etc/portage").is_symlink() {
+        walk(root, "etc/portage", &mut cap, 0);
+    } else {
+        cap.skip("etc/portage", "not found");
+    }
+    for w in ["var/lib/portage/world", "var/lib/portage/world_sets"] {
+        let abs = root.join(w);
+        if abs.exists() {
+            walk(root, w, &mut cap, 0);
+        }
+    }
+    cap.files.sort_by(|a, b| a.path.cmp(&b.path));
+
+    let created = opts.created.unwrap_or_else(|| {
+        std::env::var("SOURCE_DATE_EPOCH")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0)
+            })
+    });
+    let mut manifest = Manifest {
+        format: FORMAT_VERSION,
+        host: opts
+            .hostname
+            .clone()
+            .unwrap_or_else(|| detect_hostname(root, is_live)),
+        created,
+        kernel: None,
+        kernel_source: "none".to_string(),
+        profile: None,
+        repos: Vec::new(),
+        variables_source: VarSource::MakeConf,
+        variables: BTreeMap::new(),
+        make_conf: BTreeMap::new(),
+        cpu: None,
+        files: cap.files,
+        skipped: cap.skipped,
+    };
+    let mut bundle = Bundle::from_parts(manifest.clone(), cap.data);
+    let make_conf = bundle.make_conf_vars()?;
+
+    manifest.repos = repos(root, &bundle, &make_conf, &mut manifest.skipped);
+    manifest.profile = bundle
+        .entry(PROFILE_LINK)
+        .and_then(|e| e.target.clone())
+        .map(|t| profile_of(&t, &manifest.repos));
+
+    manifest.variables = make_conf.clone();
+    if opts.effective && is_live {
+        match effective_vars() {
+            Ok(v) => {
+                manifest.variables = v;
+                manifest.variables_source = VarSource::Effective;
+            }
+            Err(why) => manifest.skipped.push(Skipped {
+                path: "effective variables".to_string(),
+                reason: format!("{why}; recorded make.conf's values"),
+            }),
+        }
+    }
+    manifest.make_conf = make_conf;
+
+    if let Some(k) = &opts.kernel {
+        manifest.kernel = Some(k.clone());
+        manifest.kernel_source = "--kernel".to_string();
+    } else if opts.detect_kernel {
+        let f = root.join("proc/sys/kernel/osrelease");
+        let from_file = if is_live {
+            None
+        } else {
+            std::fs::read_to_string(&f)
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+        };
+        if let Some(k) = from_file {
+            manifest.kernel = Some(k);
+            manifest.kernel_source = "<root>/proc/sys/kernel/osrelease".to_string();
+        } else if let Some(k) = uname_r() {
+            manifest.kernel = Some(k);
+            manifest.kernel_source = "uname -r".to_string();
+        }
+    }
+    if opts.cpu {
+        manifest.cpu = march_native();
+    }
+    bundle.manifest = manifest;
+    Ok(bundle)
+}
+
+/// Whether `root` is this system's `/`.
+fn is_system_root(root: &Path) -> bool {
+    match (std::fs::canonicalize(root), std::fs::canonicalize("/")) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+fn detect_hostname(root: &Path, is_live: bool) -> String {
+    let first_line = |p: PathBuf| -> Option<String> {
+        let s = std::fs::read_to_string(p).ok()?;
+        let l = s.lines().next()?.trim().to_string();
+        (!l.is_empty()).then_some(l)
+    };
+    if !is_live {
+        if let Some(h) = first_line(root.join("etc/hostname")) {
+            return h;
+        }
+        // OpenRC: /etc/conf.d/hostname holds hostname="name".
+        if let Ok(s) = std::fs::read_to_string(root.join("etc/conf.d/hostname")) {
+            if let Ok(v) = super::makeconf::parse(&s, "etc/conf.d/hostname") {
+                if let Some(h) = v.get("hostname").filter(|h| !h.is_empty()) {
+                    return h.clone();
+                }
+            }
+        }
+    }
+    first_line(PathBuf::from("/proc/sys/kernel/hostname")).unwrap_or_else(|| "unknown".into())
+}
+
+fn uname_r() -> Option<String> {
+    if let Ok(s) = std::fs::read_to_string("/proc/sys/kernel/osrelease") {
+        let s = s.trim();
+        if !s.is_empty() {
+            return Some(s.to_string());
+        }
+    }
+    let o = Command::new("uname").arg("-r").output().ok()?;
+    let s = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    (o.status.success() && !s.is_empty()).then_some(s)
+}
+
+/// Parse repos.conf (INI: `[name]` sections with `location = ...`, `[DEFAULT] main-repo`).
+/// Returns (main repo name, name -> location) in file order.
+pub(crate) fn parse_repos_conf(bundle: &Bundle) -> (String, Vec<(String, Option<String>)>) {
+    let mut main = "gentoo".to_string();
+    let mut repos: Vec<(String, Option<String>)> = Vec::new();
+    for (path, data) in bundle.files_under("etc/portage/repos.conf") {
+        if !path.rsplit('/').next().is_some_and(is_config_name) {
+            continue;
+        }
+        let mut section = String::new();
+        for line in String::from_utf8_lossy(data).lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+                continue;
+            }
+            if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = s.trim().to_string();
+                if section != "DEFAULT" && !repos.iter().any(|(n, _)| *n == section) {
+                    repos.push((section.clone(), None));
+                }
+                continue;
+            }
+            let Some((k, v)) = line.split_once('=') else {
+                continue;
+            };
+            let (k, v) = (k.trim(), v.trim().to_string());
+            if section == "DEFAULT" && k == "main-repo" {
+                main = v;
+            } else if k == "location" {
+                if let Some(r) = repos.iter_mut().find(|(n, _)| *n == section) {
+                    r.1 = Some(v);
+                }
+            }
+        }
+    }
+    (main, repos)
+}
+
+fn repos(
+    root: &Path,
+    bundle: &Bundle,
+    make_conf: &BTreeMap<String, String>,
+    skipped: &mut Vec<Skipped>,
+) -> Vec<Repo> {
+    let (main, mut list) = parse_repos_conf(bundle);
+    if !list.iter().any(|(n, l)| *n == main && l.is_some()) {
+        // Portage's built-in default, or the legacy PORTDIR.
+        let loc = make_conf
+            .get("PORTDIR")
+            .filter(|p| !p.is_empty())
+            .cloned()
+            .unwrap_or_else(|| {
+                if !root.join("var/db/repos/gentoo").exists()
+                    && root.join("usr/portage/metadata").exists()
+                {
+                    "/usr/portage".to_string()
+                } else {
+                    "/var/db/repos/gentoo".to_string()
+                }
+            });
+        list.retain(|(n, _)| *n != main);
+        list.insert(0, (main.clone(), Some(loc)));
+    }
+    let mut out = Vec::new();
+    for (name, loc) in list {
+        let Some(loc) = loc else {
+            skipped.push(Skipped {
+                path: format!("repository {name}"),
+                reason: "no location in repos.conf".to_string(),
+            });
+            continue;
+        };
+        let tree = root.join(loc.trim_start_matches('/'));
+        let identity = match crate::fetch::read_tree_identity(&tree) {
+            Ok(id) => id,
+            Err(e) => {
+                skipped.push(Skipped {
+                    path: format!("repository {name}"),
+                    reason: e.to_string(),
+                });
+                Default::default()
+            }
+        };
+        out.push(Repo {
+            main: name == main,
+            name,
+            location: loc,
+            identity,
+        });
+    }
+    out.sort_by(|a, b| b.main.cmp(&a.main).then(a.name.cmp(&b.name)));
+    out
+}
+
+/// Lexically normalize an absolute path (no filesystem access).
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::from("/");
+    for c in p.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(n) => out.push(n),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The profile a `make.profile` target names: the repository whose location holds it and the
+/// path below that repository's `profiles/`.
+pub(crate) fn profile_of(target: &str, repos: &[Repo]) -> Profile {
+    let abs = normalize(&Path::new("/etc/portage").join(target));
+    let abs_s = abs.to_string_lossy().into_owned();
+    for r in repos {
+        let prefix = format!("{}/profiles/", r.location.trim_end_matches('/'));
+        if let Some(rest) = abs_s.strip_prefix(&prefix) {
+            return Profile {
+                link: target.to_string(),
+                repo: Some(r.name.clone()),
+                path: Some(rest.to_string()),
+            };
+        }
+    }
+    Profile {
+        link: target.to_string(),
+        repo: None,
+        path: abs_s
+            .rfind("/profiles/")
+            .map(|i| abs_s[i + "/profiles/".len()..].to_string()),
+    }
+}
+
+/// Variables asked of `portageq envvar` when `emerge --info` is unavailable.
+const PORTAGEQ_VARS: &[&str] = &[
+    "USE",
+    "CFLAGS",
+    "CXXFLAGS",
+    "LDFLAGS",
+    "FCFLAGS",
+    "FFLAGS",
+    "RUSTFLAGS",
+    "CHOST",
+    "CBUILD",
+    "FEATURES",
+    "ACCEPT_KEYWORDS",
+    "ACCEPT_LICENSE",
+    "ACCEPT_PROPERTIES",
+    "ACCEPT_RESTRICT",
+    "CPU_FLAGS_X86",
+    "CPU_FLAGS_ARM",
+    "CPU_FLAGS_PPC",
+    "L10N",
+    "LINGUAS",
+    "VIDEO_CARDS",
+    "INPUT_DEVICES",
+    "PYTHON_TARGETS",
+    "PYTHON_SINGLE_TARGET",
+    "RUBY_TARGETS",
+    "LUA_TARGETS",
+    "LUA_SINGLE_TARGET",
+    "LLVM_TARGETS",
+    "ADA_TARGET",
+    "PHP_TARGETS",
+    "POSTGRES_TARGETS",
+    "ABI_X86",
+    "GRUB_PLATFORMS",
+    "MAKEOPTS",
+    "EMERGE_DEFAULT_OPTS",
+    "BINPKG_FORMAT",
+    "BINPKG_COMPRESS",
+];
+
+/// Portage's effective values: `emerge --info`, else `portageq envvar -v`.
+fn effective_vars() -> Result<BTreeMap<String, String>, String> {
+    let run = |cmd: &mut Command| -> Option<String> {
+        let o = cmd
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    if let Some(out) = run(Command::new("emerge").args(["--info", "--ignore-default-opts"])) {
+        let v = parse_info(&out);
+        if v.contains_key("CHOST") || v.contains_key("USE") {
+            return Ok(v);
+        }
+    }
+    if let Some(out) = run(Command::new("portageq")
+        .args(["envvar", "-v"])
+        .args(PORTAGEQ_VARS))
+    {
+        let v = parse_info(&out);
+        if !v.is_empty() {
+            return Ok(v);
+        }
+    }
+    Err("neither emerge --info nor portageq envvar answered".to_string())
+}
+
+/// Every `KEY="value"` pair at the start of a line of `emerge --info` output, including the
+/// USE_EXPAND pairs that follow `USE="..."` on the same line.
+pub(crate) fn parse_info(text: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let mut rest = line;
+        while let Some(eq) = rest.find("=\"") {
+            let key = &rest[..eq];
+            if key.is_empty()
+                || !key
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            {
+                break;
+            }
+            let after = &rest[eq + 2..];
+            let Some(end) = after.find('"') else { break };
+            out.insert(key.to_string(), after[..end].to_string());
+            rest = after[end + 1..].trim_start();
+        }
+    }
+    out
+}
+
+/// `-march=native` resolved by gcc: the target options of the cc1 line of `gcc -###`.
+fn march_native() -> Option<Cpu> {
+    let o = Command::new("gcc")
+        .args([
+            "-###",
+            "-march=native",
+            "-x",
+            "c",
+            "-c",
+            "-",
+            "-o",
+            "/dev/null",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&o.stderr);
+    let flags = parse_cc1_flags(&text);
+    if !flags.is_empty() {
+        let march = flags
+            .iter()
+            .find_map(|f| f.strip_prefix("-march="))
+            .map(str::to_string);
+        return Some(Cpu {
+            march,
+            flags,
+            source: "gcc -### -march=native".to_string(),
+        });
+    }
+    let o = Command::new("gcc")
+        .args(["-march=native", "-Q", "--help=target"])
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&o.stdout);
+    let march = text.lines().find_map(|l| {
+        let l = l.trim();
+        let v = l.strip_prefix("-march=")?.trim();
+        (!v.is_empty()).then(|| v.to_string())
+    })?;
+    Some(Cpu {
+        flags: vec![format!("-march={march}")],
+        march: Some(march),
+        source: "gcc -march=native -Q --help=target".to_string(),
+    })
+}
+
+/// Target options (`-m...`, `--param=...`) of the cc1 command line in `gcc -###` output.
+pub(crate) fn parse_cc1_flags(text: &str) -> Vec<String> {
+    let Some(line) = text
+        .lines()
+        .find(|l| l.contains("/cc1\"") || l.contains("/cc1 ") || l.starts_with(" \"cc1\""))
+    else {
+        return Vec::new();
+    };
+    let toks: Vec<String> = line
+        .split_whitespace()
+        .map(|t| t.trim_matches('"').to_string())
+        .collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < toks.len() {
+        let t = &toks[i];
+        if t.starts_with("-m") && t != "-mtune=generic" {
+            out.push(t.clone());
+        } else if t == "--param" && i + 1 < toks.len() {
+            out.push(format!("--param={}", toks[i + 1]));
+            i += 1;
+        } else if t.starts_with("--param=") {
+            out.push(t.clone());
+        }
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emerge_info_pairs() {
+        let v = parse_info(
+            "Portage 3.0.63 (python 3.12.3-final-0, default/linux/amd64/23.0, gcc-13)\n\
+             ACCEPT_KEYWORDS=\"amd64\"\n\
+             CFLAGS=\"-O2 -pipe\"\n\
+             USE=\"acl amd64 ssl\" ABI_X86=\"64\" CPU_FLAGS_X86=\"mmx sse sse2\" L10N=\"en de\"\n\
+             Unset:  ADDR2LINE, AR\n",
+        );
+        assert_eq!(v["ACCEPT_KEYWORDS"], "amd64");
+        assert_eq!(v["USE"], "acl amd64 ssl");
+        assert_eq!(v["CPU_FLAGS_X86"], "mmx sse sse2");
+        assert_eq!(v["L10N"], "en de");
+        assert!(!v.contains_key("Unset"));
+    }
+
+    #[test]
+    fn cc1_line() {
+        let f = parse_cc1_flags(
+            "Target: x86_64-linux-gnu\n \"/usr/lib/gcc/x86_64-linux-gnu/12/cc1\" \"-quiet\" \"-\" \"-march=skylake\" \"-mmmx\" \"-mavx2\" \"--param=l1-cache-size=32\" \"-mtune=skylake\" \"-quiet\"\n",
+        );
+        assert_eq!(
+            f,
+            [
+                "-march=skylake",
+                "-mmmx",
+                "-mavx2",
+                "--param=l1-cache-size=32",
+                "-mtune=skylake"
+            ]
+        );
+    }
+
+    #[test]
+    fn profile_paths() {
+        let repos = vec![Repo {
+            name: "gentoo".into(),
+            location: "/var/db/repos/gentoo".into(),
+            main: true,
+            identity: Default::default(),
+        }];
+        let p = profile_of(
+            "../../var/db/repos/gentoo/profiles/default/linux/amd64/23.0",
+            &repos,
+        );
+        assert_eq!(p.repo.as_deref(), Some("gentoo"));
+        assert_eq!(p.path.as_deref(), Some("default/linux/amd64/23.0"));
+        let p = profile_of("/usr/portage/profiles/default/linux/amd64/17.1", &repos);
+        assert_eq!(p.repo, None);
+        assert_eq!(p.path.as_deref(), Some("default/linux/amd64/17.1"));
+    }
+}

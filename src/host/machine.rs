@@ -1,0 +1,241 @@
+//! Machines from host bundles (store contract: `machines/M/config/`): importing a bundle as a
+//! machine's configuration, atomically and with the previous one kept as `config.prev/`, marking
+//! the builder for `update` when a re-import changed something (`machines/M/needs-update`, the
+//! reason inside, consumed by the builder), and listing machines.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{diff, Bundle, Diff, HostError};
+use crate::fsutil::{FsError, IoContext};
+use crate::store::Store;
+
+/// Name of the file that tells the builder to run `update`; it holds the reason.
+pub const NEEDS_UPDATE: &str = "needs-update";
+/// What the last import was: `machines/M/import.json`.
+pub const IMPORT_RECORD: &str = "import.json";
+
+/// `machines/M/import.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportRecord {
+    /// Unix time of the import.
+    pub imported: u64,
+    /// The bundle file as given to `machine import`.
+    pub source: String,
+    /// The host named in the bundle's manifest.
+    pub host: String,
+    /// The bundle's creation time.
+    pub created: u64,
+}
+
+/// What an import did.
+#[derive(Debug)]
+pub struct ImportReport {
+    pub machine: String,
+    pub config: PathBuf,
+    /// The differences to the previous configuration (None on the first import).
+    pub changes: Option<Diff>,
+    /// Host name of the previous configuration when it differs from the new one.
+    pub previous_host: Option<String>,
+    /// Whether `needs-update` was written.
+    pub needs_update: bool,
+}
+
+/// One machine as `machine list` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct MachineInfo {
+    pub name: String,
+    pub host: Option<String>,
+    pub imported: Option<u64>,
+    pub kernel: Option<String>,
+    pub snapshot: Option<String>,
+    /// The reason in `needs-update`, when an update is pending.
+    pub update_pending: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MachineError {
+    #[error("invalid machine name {0:?}: use letters, digits, '-', '_', '.'")]
+    Name(String),
+    #[error("machine {0:?} has no configuration (import a bundle first)")]
+    NoConfig(String),
+    #[error(transparent)]
+    Host(#[from] HostError),
+    #[error(transparent)]
+    Fs(#[from] FsError),
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn check_name(name: &str) -> Result<(), MachineError> {
+    if crate::store::valid_name(name) {
+        Ok(())
+    } else {
+        Err(MachineError::Name(name.to_string()))
+    }
+}
+
+/// The configuration directory of machine `name` (`machines/M/config`).
+pub fn config_dir(store: &Store, name: &str) -> PathBuf {
+    store.machine(name).join("config")
+}
+
+/// The machine's current configuration as a bundle.
+pub fn config_bundle(store: &Store, name: &str) -> Result<Bundle, MachineError> {
+    check_name(name)?;
+    let dir = config_dir(store, name);
+    if !dir.is_dir() {
+        return Err(MachineError::NoConfig(name.to_string()));
+    }
+    Ok(Bundle::load(&dir)?)
+}
+
+fn remove_tree(p: &Path) -> Result<(), FsError> {
+    match std::fs::remove_dir_all(p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).at("remove", p),
+        _ => Ok(()),
+    }
+}
+
+/// Swap the completed `tmp` directory in as `dest`; the old `dest` (if any) becomes `prev`.
+fn swap_in(tmp: &Path, dest: &Path, prev: &Path) -> Result<(), FsError> {
+    if !dest.exists() {
+        return crate::fsutil::rename_dir_into_place(tmp, dest);
+    }
+    use nix::fcntl::{renameat2, RenameFlags};
+    match renameat2(None, tmp, None, dest, RenameFlags::RENAME_EXCHANGE) {
+        Ok(()) => {
+            // `tmp` now holds the old configuration.
+            remove_tree(prev)?;
+            crate::fsutil::rename_dir_into_place(tmp, prev)
+        }
+        Err(_) => {
+            // No RENAME_EXCHANGE on this filesystem: two renames (a crash in between leaves
+            // config.prev and the new tree under its temporary name; import again).
+            remove_tree(prev)?;
+            std::fs::rename(dest, prev).at("rename", dest)?;
+            crate::fsutil::rename_dir_into_place(tmp, dest)
+        }
+    }
+}
+
+/// Import the bundle at `bundle` as machine `name`'s configuration (see the module
+/// documentation). The bundle is fully validated before anything in the store changes.
+pub fn import(store: &Store, name: &str, bundle: &Path) -> Result<ImportReport, MachineError> {
+    check_name(name)?;
+    let new = Bundle::load(bundle)?;
+    let mdir = store.machine(name);
+    std::fs::create_dir_all(&mdir).at("create directory", &mdir)?;
+    let config = config_dir(store, name);
+    let prev = mdir.join("config.prev");
+    // A previous configuration that no longer loads is replaced all the same (kept as
+    // config.prev/); the report then has no list of changes but the builder is marked.
+    let (old, old_broken) = if config.is_dir() {
+        match Bundle::load(&config) {
+            Ok(b) => (Some(b), None),
+            Err(e) => (None, Some(e.to_string())),
+        }
+    } else {
+        (None, None)
+    };
+    let tmp = mdir.join(format!(".config.tmp.{}", std::process::id()));
+    remove_tree(&tmp)?;
+    if let Err(e) = new.unpack(&tmp) {
+        let _ = remove_tree(&tmp);
+        return Err(e.into());
+    }
+    swap_in(&tmp, &config, &prev)?;
+
+    let changes = old.as_ref().map(|o| diff(o, &new));
+    let previous_host = old
+        .as_ref()
+        .map(|o| o.manifest.host.clone())
+        .filter(|h| *h != new.manifest.host);
+    let mut needs_update = false;
+    let broken_note = old_broken.map(|e| format!("previous configuration unreadable: {e}\n"));
+    if broken_note.is_some() || changes.as_ref().is_some_and(|d| !d.is_empty()) {
+        let path = mdir.join(NEEDS_UPDATE);
+        let mut reason = std::fs::read_to_string(&path).unwrap_or_default();
+        reason.push_str(&format!(
+            "configuration changed by import of {} (host {}) at {}:\n",
+            bundle.display(),
+            new.manifest.host,
+            super::bundle::utc(now())
+        ));
+        reason.push_str(broken_note.as_deref().unwrap_or(""));
+        for x in changes.iter().flat_map(|d| &d.differences) {
+            reason.push_str(&format!("{x}\n"));
+        }
+        crate::fsutil::atomic_write(&path, reason.as_bytes())?;
+        needs_update = true;
+    }
+    let record = ImportRecord {
+        imported: now(),
+        source: bundle.display().to_string(),
+        host: new.manifest.host.clone(),
+        created: new.manifest.created,
+    };
+    let mut json = serde_json::to_vec_pretty(&record).expect("record serializes");
+    json.write_all(b"\n").expect("vec write");
+    crate::fsutil::atomic_write(&mdir.join(IMPORT_RECORD), &json)?;
+    Ok(ImportReport {
+        machine: name.to_string(),
+        config,
+        changes,
+        previous_host,
+        needs_update,
+    })
+}
+
+/// Every machine in the store with a configuration, by name.
+pub fn list(store: &Store) -> Result<Vec<MachineInfo>, MachineError> {
+    let dir = store.machines();
+    let mut names: Vec<String> = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| crate::store::valid_name(n))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(FsError::new("read directory", &dir, e).into()),
+    };
+    names.sort();
+    let mut out = Vec::new();
+    for name in names {
+        let mdir = store.machine(&name);
+        let record: Option<ImportRecord> = std::fs::read(mdir.join(IMPORT_RECORD))
+            .ok()
+            .and_then(|d| serde_json::from_slice(&d).ok());
+        let manifest: Option<super::Manifest> =
+            std::fs::read(mdir.join("config").join(super::MANIFEST_NAME))
+                .ok()
+                .and_then(|d| serde_json::from_slice(&d).ok());
+        let snapshot = manifest.as_ref().and_then(|m| {
+            let b = Bundle::from_parts(m.clone(), Default::default());
+            b.snapshot_date()
+        });
+        let update_pending = std::fs::read_to_string(mdir.join(NEEDS_UPDATE))
+            .ok()
+            .map(|s| s.lines().next().unwrap_or("").to_string());
+        out.push(MachineInfo {
+            name,
+            host: manifest
+                .as_ref()
+                .map(|m| m.host.clone())
+                .or(record.as_ref().map(|r| r.host.clone())),
+            imported: record.map(|r| r.imported),
+            kernel: manifest.and_then(|m| m.kernel),
+            snapshot,
+            update_pending,
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,752 @@
+//! `gbuild host export`, `machine import|list` and `diff` on a host-like root the tests build:
+//! a clean round trip, every single injected change reported with both values and cleared by a
+//! re-import, ignored build-side values, unsafe bundles refused; and the kernel ABI scan of a
+//! gpkg holding an ELF with a `.note.ABI-tag`.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use crate::util::{self, Scratch};
+
+/// A stand-in Gentoo root with a full /etc/portage.
+struct HostRoot {
+    root: PathBuf,
+}
+
+fn write(p: &Path, s: &str) {
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, s).unwrap();
+}
+
+const PROFILE: &str = "../../var/db/repos/gentoo/profiles/default/linux/amd64/23.0";
+
+impl HostRoot {
+    fn build(root: &Path) -> HostRoot {
+        let ep = root.join("etc/portage");
+        write(
+            &ep.join("make.conf"),
+            "# host make.conf\n\
+             COMMON_FLAGS=\"-O2 -pipe\"\n\
+             CFLAGS=\"${COMMON_FLAGS}\"\n\
+             CXXFLAGS=\"${COMMON_FLAGS}\"\n\
+             CHOST=\"x86_64-pc-linux-gnu\"\n\
+             USE=\"X -systemd ssl\"\n\
+             FEATURES=\"splitdebug userpriv\"\n\
+             MAKEOPTS=\"-j4\"\n\
+             L10N=\"en de\"\n\
+             PYTHON_TARGETS=\"python3_12\"\n",
+        );
+        write(
+            &ep.join("make.conf.d/video.conf"),
+            "VIDEO_CARDS=\"amdgpu radeonsi\"\n",
+        );
+        write(
+            &ep.join("package.use/foo"),
+            "# foo's flags\napp-misc/foo -bar baz\n",
+        );
+        write(&ep.join("package.use/python"), "dev-lang/python sqlite\n");
+        write(
+            &ep.join("package.accept_keywords"),
+            "app-misc/foo ~amd64\n=dev-libs/libbar-2.0 ~amd64\n",
+        );
+        write(&ep.join("package.mask"), ">=sys-libs/glibc-3\n");
+        write(&ep.join("package.env"), "app-misc/foo nolto.conf\n");
+        write(
+            &ep.join("env/nolto.conf"),
+            "CFLAGS=\"${CFLAGS} -fno-lto\"\n",
+        );
+        write(&ep.join("env/debug.conf"), "CFLAGS=\"${CFLAGS} -ggdb\"\n");
+        write(
+            &ep.join("patches/app-misc/foo/fix.patch"),
+            "--- a/x\n+++ b/x\n@@ -1 +1 @@\n-a\n+b\n",
+        );
+        write(&ep.join("sets/desktop"), "app-misc/foo\n");
+        write(
+            &ep.join("repos.conf/gentoo.conf"),
+            "[DEFAULT]\nmain-repo = gentoo\n\n[gentoo]\nlocation = /var/db/repos/gentoo\nsync-type = rsync\nsync-uri = rsync://rsync.gentoo.org/gentoo-portage\n",
+        );
+        write(
+            &ep.join("repos.conf/local.conf"),
+            "[local]\nlocation = /var/db/repos/local\n",
+        );
+        write(
+            &ep.join("binrepos.conf"),
+            "[binhost]\nsync-uri = https://example.org/binpkgs\n",
+        );
+        std::os::unix::fs::symlink(PROFILE, ep.join("make.profile")).unwrap();
+        let repo = root.join("var/db/repos/gentoo");
+        std::fs::create_dir_all(repo.join("profiles/default/linux/amd64/23.0")).unwrap();
+        write(&repo.join("profiles/repo_name"), "gentoo\n");
+        write(
+            &repo.join("metadata/timestamp.chk"),
+            "Wed, 16 Jun 2021 02:15:01 +0000\n",
+        );
+        write(
+            &repo.join("metadata/timestamp.x"),
+            "1623809701 Wed 16 Jun 2021 02:15:01 AM UTC\n",
+        );
+        write(
+            &repo.join("metadata/timestamp.commit"),
+            "9fc7a49ad6496faebea1c1d1848199fb6278bcec 1623809701 2021-06-16T02:15:01+00:00\n",
+        );
+        write(
+            &root.join("var/db/repos/local/profiles/repo_name"),
+            "local\n",
+        );
+        write(
+            &root.join("var/lib/portage/world"),
+            "app-misc/foo\ndev-lang/python\n",
+        );
+        write(&root.join("var/lib/portage/world_sets"), "@desktop\n");
+        write(&root.join("etc/hostname"), "testhost\n");
+        HostRoot {
+            root: root.to_path_buf(),
+        }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    fn edit(&self, rel: &str, from: &str, to: &str) {
+        let p = self.path(rel);
+        let s = std::fs::read_to_string(&p).unwrap();
+        assert!(s.contains(from), "{rel} lacks {from:?}");
+        std::fs::write(&p, s.replace(from, to)).unwrap();
+    }
+}
+
+struct World {
+    scratch: Scratch,
+    host: HostRoot,
+    store: PathBuf,
+    n: usize,
+}
+
+impl World {
+    fn new() -> World {
+        let scratch = Scratch::new();
+        let host = HostRoot::build(&scratch.path().join("root"));
+        let store = scratch.path().join("store");
+        World {
+            scratch,
+            host,
+            store,
+            n: 0,
+        }
+    }
+
+    /// Export the host root into a new bundle file.
+    fn export(&mut self, kernel: &str) -> PathBuf {
+        self.n += 1;
+        let out = self.scratch.path().join(format!("bundle-{}.tar", self.n));
+        let o = util::output(
+            util::gbuild(&self.store)
+                .args(["host", "export", "--root"])
+                .arg(&self.host.root)
+                .arg("-o")
+                .arg(&out)
+                .args(["--kernel", kernel]),
+        );
+        assert!(o.status.success(), "export failed: {}", util::stderr(&o));
+        out
+    }
+
+    fn import(&self, bundle: &Path, name: &str) -> Output {
+        util::output(
+            util::gbuild(&self.store)
+                .args(["machine", "import"])
+                .arg(bundle)
+                .args(["--name", name]),
+        )
+    }
+
+    fn diff(&self, bundle: &Path) -> Output {
+        util::gbuild(&self.store)
+            .args(["diff", "--machine", "laptop"])
+            .arg(bundle)
+            .output()
+            .unwrap()
+    }
+
+    fn machine(&self, name: &str) -> PathBuf {
+        self.store.join("machines").join(name)
+    }
+}
+
+/// The difference lines of `gbuild diff` output (before `ignored:`).
+fn differences(out: &str) -> Vec<&str> {
+    out.lines().take_while(|l| *l != "ignored:").collect()
+}
+
+fn ignored(out: &str) -> Vec<&str> {
+    out.lines()
+        .skip_while(|l| *l != "ignored:")
+        .skip(1)
+        .collect()
+}
+
+fn tar_names(bundle: &Path) -> Vec<String> {
+    let mut ar = tar::Archive::new(std::fs::File::open(bundle).unwrap());
+    ar.entries()
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let h = e.header();
+            assert_eq!(h.uid().unwrap(), 0);
+            assert_eq!(h.gid().unwrap(), 0);
+            assert!(h.username().unwrap().unwrap_or("").is_empty());
+            String::from_utf8_lossy(&e.path_bytes()).into_owned()
+        })
+        .collect()
+}
+
+fn manifest(bundle: &Path) -> serde_json::Value {
+    let mut ar = tar::Archive::new(std::fs::File::open(bundle).unwrap());
+    let mut e = ar.entries().unwrap().next().unwrap().unwrap();
+    assert_eq!(&*e.path_bytes(), b"gbuild-bundle.json");
+    let mut s = String::new();
+    std::io::Read::read_to_string(&mut e, &mut s).unwrap();
+    serde_json::from_str(&s).unwrap()
+}
+
+#[test]
+fn export_captures_the_host() {
+    let mut w = World::new();
+    let b = w.export("6.1.0-13-amd64");
+    let names = tar_names(&b);
+    assert_eq!(names[0], "gbuild-bundle.json");
+    let mut sorted = names[1..].to_vec();
+    sorted.sort();
+    assert_eq!(names[1..], sorted[..], "entries sorted");
+    for want in [
+        "etc/portage/make.conf",
+        "etc/portage/make.conf.d/video.conf",
+        "etc/portage/package.use/foo",
+        "etc/portage/package.accept_keywords",
+        "etc/portage/package.env",
+        "etc/portage/env/nolto.conf",
+        "etc/portage/patches/app-misc/foo/fix.patch",
+        "etc/portage/sets/desktop",
+        "etc/portage/repos.conf/gentoo.conf",
+        "etc/portage/binrepos.conf",
+        "etc/portage/make.profile",
+        "var/lib/portage/world",
+        "var/lib/portage/world_sets",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
+    }
+    let m = manifest(&b);
+    assert_eq!(m["format"], 1);
+    assert_eq!(m["host"], "testhost");
+    assert_eq!(m["kernel"], "6.1.0-13-amd64");
+    assert_eq!(m["profile"]["path"], "default/linux/amd64/23.0");
+    assert_eq!(m["profile"]["repo"], "gentoo");
+    assert_eq!(m["profile"]["link"], PROFILE);
+    assert_eq!(m["variables_source"], "make.conf");
+    assert_eq!(m["variables"]["CFLAGS"], "-O2 -pipe");
+    assert_eq!(m["variables"]["VIDEO_CARDS"], "amdgpu radeonsi");
+    let repos = m["repos"].as_array().unwrap();
+    assert_eq!(repos[0]["name"], "gentoo");
+    assert_eq!(repos[0]["main"], true);
+    assert_eq!(repos[0]["identity"]["timestamp_x"], 1623809701);
+    assert_eq!(
+        repos[0]["identity"]["commit"],
+        "9fc7a49ad6496faebea1c1d1848199fb6278bcec"
+    );
+    assert!(repos
+        .iter()
+        .any(|r| r["name"] == "local" && r["location"] == "/var/db/repos/local"));
+    let files = m["files"].as_array().unwrap();
+    let f = files
+        .iter()
+        .find(|f| f["path"] == "etc/portage/package.use/foo")
+        .unwrap();
+    assert_eq!(f["size"], 36);
+    assert_eq!(f["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(f["mode"], 0o644);
+    // Same host state, same bytes (apart from the creation time, fixed here).
+    let again = |w: &mut World| {
+        w.n += 1;
+        let out = w.scratch.path().join(format!("fixed-{}.tar", w.n));
+        let o = util::output(
+            util::gbuild(&w.store)
+                .env("SOURCE_DATE_EPOCH", "1700000000")
+                .args(["host", "export", "--no-cpu", "--root"])
+                .arg(&w.host.root)
+                .arg("-o")
+                .arg(&out)
+                .args(["--kernel", "6.1.0"]),
+        );
+        assert!(o.status.success());
+        std::fs::read(out).unwrap()
+    };
+    assert_eq!(again(&mut w), again(&mut w), "export is deterministic");
+}
+
+#[test]
+fn every_change_is_reported_and_cleared_by_reimport() {
+    let mut w = World::new();
+    let b0 = w.export("6.1.0");
+    let o = w.import(&b0, "laptop");
+    assert!(o.status.success());
+    assert!(w
+        .machine("laptop")
+        .join("config/etc/portage/make.conf")
+        .is_file());
+    assert!(w
+        .machine("laptop")
+        .join("config/gbuild-bundle.json")
+        .is_file());
+    assert_eq!(
+        std::fs::read_link(w.machine("laptop").join("config/etc/portage/make.profile")).unwrap(),
+        Path::new(PROFILE)
+    );
+    let o = w.diff(&b0);
+    assert_eq!(o.status.code(), Some(0), "{}", util::stdout(&o));
+    assert!(differences(&util::stdout(&o)).is_empty());
+    assert!(!w.machine("laptop").join("needs-update").exists());
+
+    type Change = (&'static str, fn(&HostRoot), &'static str, [&'static str; 2]);
+    let changes: Vec<Change> = vec![
+        (
+            "USE flag in package.use",
+            |h| h.edit("etc/portage/package.use/foo", "-bar baz", "bar baz"),
+            "6.1.0",
+            ["\"-bar baz\"", "\"bar baz\""],
+        ),
+        (
+            "CFLAGS",
+            |h| {
+                h.edit(
+                    "etc/portage/make.conf",
+                    "CFLAGS=\"${COMMON_FLAGS}\"",
+                    "CFLAGS=\"${COMMON_FLAGS} -ggdb\"",
+                )
+            },
+            "6.1.0",
+            ["\"-O2 -pipe\"", "\"-O2 -pipe -ggdb\""],
+        ),
+        (
+            "accept_keywords line",
+            |h| {
+                h.edit(
+                    "etc/portage/package.accept_keywords",
+                    "app-misc/foo ~amd64",
+                    "app-misc/foo **",
+                )
+            },
+            "6.1.0",
+            ["\"~amd64\"", "\"**\""],
+        ),
+        (
+            "profile link",
+            |h| {
+                let l = h.path("etc/portage/make.profile");
+                std::fs::remove_file(&l).unwrap();
+                std::os::unix::fs::symlink(format!("{PROFILE}/systemd"), &l).unwrap();
+            },
+            "6.1.0",
+            [
+                "default/linux/amd64/23.0 ",
+                "default/linux/amd64/23.0/systemd",
+            ],
+        ),
+        (
+            "world entry",
+            |h| {
+                h.edit(
+                    "var/lib/portage/world",
+                    "dev-lang/python\n",
+                    "dev-lang/python\napp-editors/vim\n",
+                )
+            },
+            "6.1.0",
+            ["(none)", "\"app-editors/vim\""],
+        ),
+        (
+            "tree snapshot date",
+            |h| {
+                h.edit(
+                    "var/db/repos/gentoo/metadata/timestamp.x",
+                    "1623809701",
+                    "1704067200",
+                );
+                h.edit(
+                    "var/db/repos/gentoo/metadata/timestamp.chk",
+                    "Wed, 16 Jun 2021",
+                    "Mon, 01 Jan 2024",
+                );
+            },
+            "6.1.0",
+            ["2021-06-16", "2024-01-01"],
+        ),
+        (
+            "package.env entry",
+            |h| {
+                h.edit(
+                    "etc/portage/package.env",
+                    "app-misc/foo nolto.conf",
+                    "app-misc/foo debug.conf",
+                )
+            },
+            "6.1.0",
+            ["\"nolto.conf\"", "\"debug.conf\""],
+        ),
+        ("kernel version", |_| {}, "6.6.1", ["6.1.0", "6.6.1"]),
+    ];
+    for (what, change, kernel, [old, new]) in changes {
+        change(&w.host);
+        let b = w.export(kernel);
+        let o = w.diff(&b);
+        let out = util::stdout(&o);
+        assert_eq!(o.status.code(), Some(1), "{what}: diff exit\n{out}");
+        let lines = differences(&out);
+        assert_eq!(lines.len(), 1, "{what}: one difference expected:\n{out}");
+        assert!(
+            lines[0].contains(old) && lines[0].contains(new),
+            "{what}: line lacks {old:?} or {new:?}: {}",
+            lines[0]
+        );
+        // A clean re-import clears it, and marks the builder for update.
+        let _ = std::fs::remove_file(w.machine("laptop").join("needs-update"));
+        let o = w.import(&b, "laptop");
+        assert!(o.status.success(), "{what}: import");
+        assert!(
+            util::stdout(&o).contains(lines[0]),
+            "{what}: import shows the change: {}",
+            util::stdout(&o)
+        );
+        let reason = std::fs::read_to_string(w.machine("laptop").join("needs-update")).unwrap();
+        assert!(reason.contains(lines[0]), "{what}: needs-update: {reason}");
+        assert!(w.machine("laptop").join("config.prev").is_dir());
+        let o = w.diff(&b);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{what}: after re-import: {}",
+            util::stdout(&o)
+        );
+    }
+    let o = util::output(util::gbuild(&w.store).args(["machine", "list"]));
+    let out = util::stdout(&o);
+    let row = out.lines().find(|l| l.starts_with("laptop ")).unwrap();
+    for want in ["testhost", "6.6.1", "20240101", "pending"] {
+        assert!(row.contains(want), "machine list lacks {want}: {out}");
+    }
+}
+
+#[test]
+fn build_side_values_are_ignored_not_hidden() {
+    let mut w = World::new();
+    let b0 = w.export("6.1.0");
+    assert!(w.import(&b0, "laptop").status.success());
+    w.host.edit(
+        "etc/portage/make.conf",
+        "MAKEOPTS=\"-j4\"",
+        "MAKEOPTS=\"-j64\"",
+    );
+    w.host.edit(
+        "etc/portage/make.conf",
+        "FEATURES=\"splitdebug userpriv\"",
+        "FEATURES=\"splitdebug userpriv buildpkg\"",
+    );
+    w.host.edit(
+        "etc/portage/binrepos.conf",
+        "example.org",
+        "binhost.example.net",
+    );
+    let b = w.export("6.1.0");
+    let o = w.diff(&b);
+    let out = util::stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(differences(&out).is_empty(), "{out}");
+    let ig = ignored(&out);
+    assert!(
+        ig.iter()
+            .any(|l| l.contains("MAKEOPTS") && l.contains("-j4") && l.contains("-j64")),
+        "{out}"
+    );
+    assert!(
+        ig.iter()
+            .any(|l| l.contains("FEATURES") && l.contains("buildpkg")),
+        "{out}"
+    );
+    assert!(ig.iter().any(|l| l.contains("binrepos.conf")), "{out}");
+    // A FEATURES change that alters binpkgs is not ignored.
+    w.host.edit("etc/portage/make.conf", "splitdebug ", "");
+    let b = w.export("6.1.0");
+    let o = w.diff(&b);
+    let out = util::stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(differences(&out)[0].contains("splitdebug"), "{out}");
+}
+
+/// A tar from `entries` (name bytes written raw, so unsafe names survive).
+fn raw_tar(entries: &[RawEntry]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, kind, data, link) in entries {
+        let mut h = tar::Header::new_gnu();
+        {
+            let g = h.as_gnu_mut().unwrap();
+            g.name[..name.len()].copy_from_slice(name);
+            g.linkname[..link.len()].copy_from_slice(link);
+        }
+        h.set_entry_type(*kind);
+        h.set_mode(if kind.is_dir() { 0o755 } else { 0o644 });
+        h.set_size(data.len() as u64);
+        h.set_mtime(1);
+        h.set_cksum();
+        b.append(&h, data.as_slice()).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+type RawEntry = (Vec<u8>, tar::EntryType, Vec<u8>, Vec<u8>);
+
+fn read_entries(bundle: &Path) -> Vec<RawEntry> {
+    let mut ar = tar::Archive::new(std::fs::File::open(bundle).unwrap());
+    ar.entries()
+        .unwrap()
+        .map(|e| {
+            let mut e = e.unwrap();
+            let name = e.path_bytes().into_owned();
+            let kind = e.header().entry_type();
+            let link = e
+                .link_name_bytes()
+                .map(|l| l.into_owned())
+                .unwrap_or_default();
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+            (name, kind, data, link)
+        })
+        .collect()
+}
+
+#[test]
+fn import_refuses_unsafe_bundles() {
+    let mut w = World::new();
+    let good = w.export("6.1.0");
+    assert!(w.import(&good, "laptop").status.success());
+    let config_manifest = w.machine("laptop").join("config/gbuild-bundle.json");
+    let before = std::fs::read(&config_manifest).unwrap();
+    let entries = read_entries(&good);
+    let file = |n: &str, d: &str| {
+        (
+            n.as_bytes().to_vec(),
+            tar::EntryType::Regular,
+            d.as_bytes().to_vec(),
+            Vec::new(),
+        )
+    };
+    let cases: Vec<(&str, Vec<RawEntry>, &str)> = vec![
+        ("dotdot", vec![file("../x", "evil\n")], "\"../x\""),
+        (
+            "nested dotdot",
+            vec![file("etc/portage/../../x", "evil\n")],
+            "\"etc/portage/../../x\"",
+        ),
+        (
+            "absolute",
+            vec![file("/etc/portage/evil", "x\n")],
+            "\"/etc/portage/evil\"",
+        ),
+        ("outside", vec![file("etc/shadow", "x\n")], "\"etc/shadow\""),
+        (
+            "symlink",
+            vec![(
+                b"etc/portage/package.use/link".to_vec(),
+                tar::EntryType::Symlink,
+                Vec::new(),
+                b"/etc/shadow".to_vec(),
+            )],
+            "\"etc/portage/package.use/link\"",
+        ),
+        (
+            "hardlink",
+            vec![(
+                b"etc/portage/package.mask.hl".to_vec(),
+                tar::EntryType::Link,
+                Vec::new(),
+                b"etc/portage/package.mask".to_vec(),
+            )],
+            "\"etc/portage/package.mask.hl\"",
+        ),
+    ];
+    let mut bad_bundles: Vec<(String, Vec<RawEntry>, String)> = cases
+        .into_iter()
+        .map(|(n, extra, want)| {
+            let mut e = entries.clone();
+            e.extend(extra);
+            (n.to_string(), e, want.to_string())
+        })
+        .collect();
+    // A file whose content no longer matches the manifest's hash.
+    let mut tampered = entries.clone();
+    for e in &mut tampered {
+        if e.0 == b"etc/portage/package.use/foo" {
+            e.2 = b"app-misc/foo -bar bAz\n".to_vec();
+        }
+    }
+    bad_bundles.push((
+        "hash".into(),
+        tampered,
+        "\"etc/portage/package.use/foo\"".into(),
+    ));
+    // A file not listed in the manifest.
+    let mut unlisted = entries.clone();
+    unlisted.push(file("etc/portage/package.use/extra", "x/y z\n"));
+    bad_bundles.push((
+        "unlisted".into(),
+        unlisted,
+        "\"etc/portage/package.use/extra\"".into(),
+    ));
+    for (name, e, want) in bad_bundles {
+        let p = w
+            .scratch
+            .path()
+            .join(format!("bad-{}.tar", name.replace(' ', "-")));
+        std::fs::write(&p, raw_tar(&e)).unwrap();
+        for machine in ["laptop", "fresh"] {
+            let o = w.import(&p, machine);
+            let err = util::stderr(&o);
+            assert_eq!(
+                o.status.code(),
+                Some(1),
+                "{name}: import into {machine} must fail"
+            );
+            assert!(err.contains(&want), "{name}: error names {want}: {err}");
+            assert_eq!(err.lines().count(), 1, "{name}: one line: {err}");
+        }
+        assert!(!w.machine("fresh").exists(), "{name}: nothing imported");
+        assert_eq!(std::fs::read(&config_manifest).unwrap(), before, "{name}");
+        assert!(!w.machine("laptop").join("needs-update").exists());
+        assert!(!w.machine("laptop").join("config.prev").exists());
+        let leftovers: Vec<_> = std::fs::read_dir(w.machine("laptop"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        // diff refuses it too, with exit 2.
+        let o = w.diff(&p);
+        assert_eq!(o.status.code(), Some(2), "{name}: diff exit");
+    }
+}
+
+const ABI_NOTE_C: &str = r#"
+struct abi_note { unsigned namesz, descsz, type; char name[4]; unsigned desc[4]; };
+__attribute__((section(".note.ABI-tag"), aligned(4), used))
+static const struct abi_note note = { 4, 16, 1, "GNU", { 0, 9, 0, 0 } };
+int main(void) { return 0; }
+"#;
+
+/// Compile the note program with gcc (`extra` e.g. `-c`), None when gcc is missing.
+fn compile_note(dir: &Path, out: &str, extra: &[&str]) -> Option<Vec<u8>> {
+    if !util::require(util::which("gcc"), "gcc not installed") {
+        return None;
+    }
+    let src = dir.join("note.c");
+    std::fs::write(&src, ABI_NOTE_C).unwrap();
+    let exe = dir.join(out);
+    let o = util::output(
+        std::process::Command::new("gcc")
+            .args(extra)
+            .arg("-o")
+            .arg(&exe)
+            .arg(&src),
+    );
+    assert!(o.status.success(), "gcc failed: {}", util::stderr(&o));
+    Some(std::fs::read(exe).unwrap())
+}
+
+fn tar_of(files: &[(&str, &[u8], u32)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data, mode) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(*mode);
+        h.set_mtime(1);
+        b.append_data(&mut h, name, *data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn abi_scan_finds_the_kernel_note_in_a_gpkg() {
+    let s = Scratch::new();
+    let Some(exe) = compile_note(s.path(), "x", &[]) else {
+        return;
+    };
+    let image = tar_of(&[
+        ("image/usr/bin/x", &exe, 0o755),
+        ("image/usr/share/doc/x/README", b"not an elf\n", 0o644),
+    ]);
+    for comp in ["zst", "xz", "gz"] {
+        let packed = match comp {
+            "zst" => zstd::encode_all(image.as_slice(), 3).unwrap(),
+            "xz" => {
+                let mut out = Vec::new();
+                let mut e = liblzma::write::XzEncoder::new(&mut out, 6);
+                std::io::Write::write_all(&mut e, &image).unwrap();
+                e.finish().unwrap();
+                out
+            }
+            _ => {
+                let mut e = flate2::write::GzEncoder::new(Vec::new(), Default::default());
+                std::io::Write::write_all(&mut e, &image).unwrap();
+                e.finish().unwrap()
+            }
+        };
+        let gpkg = tar_of(&[
+            ("x-1/gpkg-1", b"", 0o644),
+            (&format!("x-1/image.tar.{comp}"), &packed, 0o644),
+        ]);
+        let p = s.path().join(format!("x-1-1-{comp}.gpkg.tar"));
+        std::fs::write(&p, gpkg).unwrap();
+        let notes = gbuild::abi::scan_binpkg(&p).unwrap();
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.file == "/usr/bin/x" && n.os == 0 && n.version == (9, 0, 0)),
+            "{comp}: {notes:?}"
+        );
+        assert!(notes.iter().all(|n| n.file == "/usr/bin/x"), "{notes:?}");
+        let held: Vec<_> = notes
+            .iter()
+            .filter(|n| gbuild::abi::kernel_too_old(n.version, "6.1.0-13-amd64"))
+            .collect();
+        assert_eq!(held.len(), 1, "{notes:?}");
+        assert_eq!(held[0].to_string(), "/usr/bin/x: Linux 9.0.0");
+    }
+    assert!(gbuild::abi::kernel_too_old((9, 0, 0), "6.1.0-13-amd64"));
+    // Legacy xpak: a bzip2 tarball of the image (no image/ prefix) followed by the xpak block.
+    let mut tbz2 = Vec::new();
+    {
+        let mut e = bzip2::write::BzEncoder::new(&mut tbz2, bzip2::Compression::fast());
+        let t = tar_of(&[("./usr/bin/x", &exe, 0o755)]);
+        std::io::Write::write_all(&mut e, &t).unwrap();
+        e.finish().unwrap();
+    }
+    let xpak = b"XPAKPACK\0\0\0\0\0\0\0\0XPAKSTOP";
+    tbz2.extend(xpak);
+    tbz2.extend((xpak.len() as u32).to_be_bytes());
+    tbz2.extend(b"STOP");
+    let p = s.path().join("x-1.tbz2");
+    std::fs::write(&p, tbz2).unwrap();
+    let notes = gbuild::abi::scan_binpkg(&p).unwrap();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.file == "/usr/bin/x" && n.version == (9, 0, 0)),
+        "tbz2: {notes:?}"
+    );
+    // A relocatable object has no program headers: the section is found instead.
+    let obj = compile_note(s.path(), "x.o", &["-c"]).unwrap();
+    assert!(gbuild::abi::elf_abi_tags(&obj).contains(&(0, (9, 0, 0))));
+    // Not a binpkg: an error naming the file.
+    let bad = s.path().join("bad.gpkg.tar");
+    std::fs::write(&bad, tar_of(&[("x-1/other", b"x", 0o644)])).unwrap();
+    let e = gbuild::abi::scan_binpkg(&bad).unwrap_err().to_string();
+    assert!(e.contains("bad.gpkg.tar"), "{e}");
+}
