@@ -21,7 +21,7 @@ pub fn bootstrap(env: &BuildEnv, m: &Machine, recipe: &str) -> Result<String> {
     let mode = m.ensure_config()?;
     let stage3 = crate::fetch::latest_verified_stage3(store, &env.config.arch, &env.config.variant)
         .ok_or(BuilderError::NoStage3)?;
-    let (snapshot, _) = super::newest_snapshot(store)?;
+    let snapshot = super::pinned_snapshot(env, m)?;
     let helper = env.helper();
 
     let stem = stage3

@@ -7,8 +7,10 @@
 //! `machine.json` (what the builder was made from), `lock`.
 
 pub mod bootstrap;
+pub mod drift;
 pub mod emerge;
 pub mod pass;
+pub mod publish;
 pub mod state;
 
 use std::path::{Path, PathBuf};
@@ -286,7 +288,7 @@ impl BuildEnv {
         spec.binds = vec![
             Bind {
                 src: self.store.repos().join(snapshot),
-                dst: "/var/db/repos/gentoo".into(),
+                dst: repo_location(self, machine).into(),
                 readonly: true,
             },
             Bind {
@@ -311,4 +313,32 @@ pub fn newest_snapshot(store: &Store) -> Result<(String, PathBuf)> {
     let date = a.manifest.date.clone();
     layer::unpack::unpack_repo(store, &a.path, &date)?;
     Ok((date, a.path))
+}
+
+/// Where the machine's configuration puts the main ebuild tree (its repos.conf), default
+/// `/var/db/repos/gentoo`; the snapshot is bind-mounted there.
+pub fn repo_location(env: &BuildEnv, m: &Machine) -> String {
+    crate::host::machine::config_bundle(&env.store, &m.name)
+        .ok()
+        .and_then(|b| b.main_repo().map(|r| r.location.clone()))
+        .filter(|l| l.starts_with('/') && !l.contains(".."))
+        .unwrap_or_else(|| "/var/db/repos/gentoo".to_string())
+}
+
+/// The snapshot date the machine must use: the one its host uses when the imported bundle
+/// says, else the newest verified one. Unpacked under `repos/`.
+pub fn pinned_snapshot(env: &BuildEnv, m: &Machine) -> Result<String> {
+    if let Ok(b) = crate::host::machine::config_bundle(&env.store, &m.name) {
+        if let Some(date) = b.snapshot_date() {
+            let a = crate::fetch::verified_snapshot(&env.store, &date).ok_or_else(|| {
+                BuilderError::Other(format!(
+                    "the host of {} uses the ebuild tree of {date}: run `gbuild fetch --snapshot-date {date}`",
+                    m.name
+                ))
+            })?;
+            layer::unpack::unpack_repo(&env.store, &a.path, &date)?;
+            return Ok(date);
+        }
+    }
+    Ok(newest_snapshot(&env.store)?.0)
 }

@@ -29,6 +29,8 @@ pub struct Session<'a> {
     pub progress: Progress,
     /// State to update as packages go by (the build loop's).
     pub state: Option<State>,
+    /// Bind mounts beyond the usual ones.
+    pub extra_binds: Vec<crate::runtime::Bind>,
 }
 
 impl<'a> Session<'a> {
@@ -58,6 +60,7 @@ impl<'a> Session<'a> {
             log_path,
             progress: Progress::default(),
             state: None,
+            extra_binds: Vec::new(),
         })
     }
 
@@ -67,7 +70,7 @@ impl<'a> Session<'a> {
 
     /// Run `argv` in the container; output goes to the log (and stderr when echoing).
     pub fn run(&mut self, argv: Vec<String>) -> Result<(i32, String)> {
-        let spec = self.env.spec(
+        let mut spec = self.env.spec(
             self.machine,
             &self.image,
             &self.upper,
@@ -75,6 +78,7 @@ impl<'a> Session<'a> {
             &self.snapshot,
             argv.clone(),
         )?;
+        spec.binds.extend(self.extra_binds.iter().cloned());
         let _ = writeln!(self.log, ">>> gbuild: {}", argv.join(" "));
         let mut captured = Vec::new();
         let echo = self.env.echo;
@@ -144,6 +148,13 @@ for cpv in bindb.cpv_all():
             os.unlink(path)
             removed += 1
             print("gbuild: pruned %s" % os.path.relpath(path, bintree.pkgdir))
+# Empty files left by interrupted builds (they only reserve a BUILD_ID).
+for d, _, files in os.walk(bintree.pkgdir):
+    for f in files:
+        p = os.path.join(d, f)
+        if f.endswith((".gpkg.tar", ".tbz2", ".xpak")) and os.path.getsize(p) == 0:
+            os.unlink(p)
+            removed += 1
 print("gbuild: pruned %d binpkgs" % removed)
 "#;
 
@@ -238,6 +249,28 @@ pub fn pass(env: &BuildEnv, m: &Machine, state: &mut State) -> Result<PassResult
     state.save(m)?;
     s.state = Some(state.clone());
 
+    // Zero drift: the builder must equal the host configuration it serves.
+    if let Some(diff) = super::drift::check(env, m, &mut s)? {
+        let lines: Vec<String> = diff.differences.iter().map(|d| d.to_string()).collect();
+        let log = s.log_path();
+        *state = s.state.take().unwrap_or_else(|| state.clone());
+        state.drift = lines.clone();
+        if !lines.is_empty() && !opts_allow_drift() {
+            let lp = state.last_pass.get_or_insert_with(LastPass::default);
+            lp.finished = Some(now());
+            lp.result = "failed".into();
+            lp.failed_package = None;
+            state.state = "failed".into();
+            state.save(m)?;
+            for l in &lines {
+                eprintln!("gbuild: drift: {l}");
+            }
+            return Ok(PassResult::Failed { package: None, log });
+        }
+        state.save(m)?;
+        s.state = Some(state.clone());
+    }
+
     let mut failed = None;
     let (code, _) = s.run(emerge::world_update_args())?;
     if code != 0 {
@@ -285,8 +318,9 @@ pub fn pass(env: &BuildEnv, m: &Machine, state: &mut State) -> Result<PassResult
             lp.result = "success".into();
             lp.failed_package = None;
             state.state = "idle".into();
-            let counts = publish(env, m, &snapshot)?;
+            let (counts, held) = super::publish::publish(env, m, &snapshot)?;
             state.counts = counts;
+            state.abi_warnings = held;
             PassResult::Success
         }
         Some(_) => {
@@ -303,76 +337,9 @@ pub fn pass(env: &BuildEnv, m: &Machine, state: &mut State) -> Result<PassResult
     Ok(result)
 }
 
-/// Publish the binpkgs of a completed pass: `published/Packages` (Portage's index as it is
-/// now) and `published/info.json`, replaced in one rename.
-pub fn publish(env: &BuildEnv, m: &Machine, snapshot: &str) -> Result<super::state::Counts> {
-    let index = m.binpkgs().join("Packages");
-    let text = std::fs::read_to_string(&index).unwrap_or_default();
-    let (count, bytes) = index_totals(&text);
-    let tmp = m
-        .dir()
-        .join(format!("published.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).at("create directory", &tmp)?;
-    std::fs::write(tmp.join("Packages"), &text).at("write", &tmp)?;
-    let tarball = crate::fetch::verified_snapshot(&env.store, snapshot)
-        .and_then(|a| {
-            a.path
-                .strip_prefix(env.store.root())
-                .ok()
-                .map(|p| p.display().to_string())
-        })
-        .unwrap_or_default();
-    let ident = crate::fetch::read_tree_identity(&env.store.repos().join(snapshot)).ok();
-    let info = serde_json::json!({
-        "machine": m.name,
-        "published_at": now(),
-        "snapshot": {
-            "date": snapshot,
-            "tarball": tarball,
-            "timestamp_chk": ident.as_ref().and_then(|i| i.timestamp_chk.clone()),
-            "timestamp_commit": ident.as_ref().and_then(|i| i.commit.clone()),
-        },
-        "packages": count,
-        "bytes": bytes,
-        "held_back": [],
-    });
-    std::fs::write(
-        tmp.join("info.json"),
-        serde_json::to_vec_pretty(&info).expect("json"),
-    )
-    .at("write", &tmp)?;
-    crate::fsutil::fsync_dir(&tmp)?;
-    let dest = m.published();
-    let old = m
-        .dir()
-        .join(format!("published.old-{}", std::process::id()));
-    if dest.exists() {
-        std::fs::rename(&dest, &old).at("rename", &dest)?;
-    }
-    crate::fsutil::rename_dir_into_place(&tmp, &dest)?;
-    let _ = std::fs::remove_dir_all(&old);
-    Ok(super::state::Counts {
-        binpkgs: count,
-        bytes,
-    })
-}
-
-/// Number of packages and total SIZE in a Packages index.
-pub fn index_totals(text: &str) -> (usize, u64) {
-    let mut count = 0;
-    let mut bytes = 0;
-    for stanza in text.split("\n\n").skip(1) {
-        if stanza.lines().any(|l| l.starts_with("CPV: ")) {
-            count += 1;
-            bytes += stanza
-                .lines()
-                .find_map(|l| l.strip_prefix("SIZE: "))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-    }
-    (count, bytes)
+/// `GBUILD_ALLOW_DRIFT=1` builds even when the builder differs from its host configuration.
+fn opts_allow_drift() -> bool {
+    std::env::var("GBUILD_ALLOW_DRIFT").as_deref() == Ok("1")
 }
 
 /// Options of the loop.
@@ -439,7 +406,7 @@ pub fn update(env: &BuildEnv, m: &Machine) -> Result<Option<String>> {
     if !meta.builder {
         return Err(BuilderError::NoBuilder(m.name.clone()));
     }
-    let (newest, _) = super::newest_snapshot(&env.store)?;
+    let newest = super::pinned_snapshot(env, m)?;
     let changed = meta.snapshot.as_deref() != Some(newest.as_str());
     if changed {
         meta.snapshot = Some(newest.clone());

@@ -27,6 +27,9 @@ pub struct ExportOptions {
     pub created: Option<u64>,
     /// Ask Portage for effective values (`emerge --info`) when the root is `/`.
     pub effective: bool,
+    /// The output of `emerge --info` taken elsewhere (inside a builder), parsed for the
+    /// effective values instead of running emerge.
+    pub emerge_info: Option<String>,
     /// Resolve `-march=native` with gcc when gcc exists.
     pub cpu: bool,
     /// Detect the kernel release (`<root>/proc/sys/kernel/osrelease`, else `uname -r`).
@@ -239,7 +242,10 @@ pub fn export_root(root: &Path, opts: &ExportOptions) -> Result<Bundle, HostErro
         .map(|t| profile_of(&t, &manifest.repos));
 
     manifest.variables = make_conf.clone();
-    if opts.effective && is_live {
+    if let Some(info) = &opts.emerge_info {
+        manifest.variables = parse_info(info);
+        manifest.variables_source = VarSource::Effective;
+    } else if opts.effective && is_live {
         match effective_vars() {
             Ok(v) => {
                 manifest.variables = v;

@@ -277,13 +277,11 @@ fn builder_scenario_with_real_emerge() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    // Kill it as soon as the new plang has a binpkg (the binding is next).
+    // Kill it as soon as the new plang has a complete binpkg (in Portage's index); the
+    // binding is next.
     wait_until("plang-5.40.0's binpkg", Duration::from_secs(300), || {
-        std::fs::read_dir(env.machine().join("binpkgs/dev-lang/plang"))
-            .map(|d| {
-                d.flatten()
-                    .any(|e| e.file_name().to_string_lossy().starts_with("plang-5.40.0-"))
-            })
+        std::fs::read_to_string(env.machine().join("binpkgs/Packages"))
+            .map(|t| t.contains("CPV: dev-lang/plang-5.40.0\n"))
             .unwrap_or(false)
             || lp.try_wait().unwrap().is_some()
     });

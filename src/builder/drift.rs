@@ -1,0 +1,78 @@
+//! Drift between a machine's imported host configuration and its builder, checked before every
+//! pass: the builder's /etc/portage, world set and `emerge --info` are taken from inside the
+//! container and compared with the host bundle by the same engine as `gbuild diff`.
+
+use super::pass::Session;
+use super::{BuildEnv, Machine, Result};
+use crate::fsutil::IoContext;
+use crate::host::{Bundle, Diff, ExportOptions};
+
+/// The builder's side as a bundle (what `host export` would capture inside it).
+pub fn builder_bundle(env: &BuildEnv, m: &Machine, s: &mut Session) -> Result<Bundle> {
+    let tmp = m.dir().join("drift.tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    let out = tmp.join("out");
+    std::fs::create_dir_all(&out).at("create directory", &out)?;
+    s.extra_binds.push(crate::runtime::Bind {
+        src: out.clone(),
+        dst: "/run/gbuild-out".into(),
+        readonly: false,
+    });
+    let script = "cd / && tar -cf /run/gbuild-out/cfg.tar etc/portage \
+                  $(ls -d var/lib/portage/world var/lib/portage/world_sets 2>/dev/null) \
+                  && emerge --info > /run/gbuild-out/info.txt 2>/dev/null";
+    let r = s.run(vec!["/bin/sh".into(), "-c".into(), script.into()]);
+    s.extra_binds.pop();
+    let (code, _) = r?;
+    if code != 0 {
+        return Err(super::BuilderError::Other(format!(
+            "capturing the builder's configuration of {} failed (exit {code}); log: {}",
+            m.name,
+            s.log_path().display()
+        )));
+    }
+    let root = tmp.join("root");
+    std::fs::create_dir_all(&root).at("create directory", &root)?;
+    let tar = out.join("cfg.tar");
+    let f = std::fs::File::open(&tar).at("open", &tar)?;
+    let mut a = tar::Archive::new(f);
+    a.set_preserve_ownerships(false);
+    a.unpack(&root).at("unpack", &tar)?;
+    let info = std::fs::read_to_string(out.join("info.txt")).unwrap_or_default();
+    Ok(export_with_tree(env, m, &root, info)?)
+}
+
+fn export_with_tree(
+    env: &BuildEnv,
+    m: &Machine,
+    root: &std::path::Path,
+    info: String,
+) -> Result<Bundle> {
+    // The ebuild tree the builder uses, where its repos.conf says it is.
+    let snapshot = m.meta().snapshot.unwrap_or_default();
+    let loc = super::repo_location(env, m);
+    let link = root.join(loc.trim_start_matches('/'));
+    if let Some(parent) = link.parent() {
+        std::fs::create_dir_all(parent).at("create directory", parent)?;
+    }
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(env.store.repos().join(&snapshot), &link)
+        .at("symlink", &link)?;
+    let opts = ExportOptions {
+        emerge_info: (!info.trim().is_empty()).then_some(info),
+        ..ExportOptions::config_dir()
+    };
+    crate::host::export_root(root, &opts)
+        .map_err(|e| super::BuilderError::Other(format!("capture the builder of {}: {e}", m.name)))
+}
+
+/// For a machine with an imported host bundle: the differences between host and builder.
+/// `None` for machines without one (the built-in `default`).
+pub fn check(env: &BuildEnv, m: &Machine, s: &mut Session) -> Result<Option<Diff>> {
+    let Ok(host) = crate::host::machine::config_bundle(&env.store, &m.name) else {
+        return Ok(None);
+    };
+    let builder = builder_bundle(env, m, s)?;
+    let _ = std::fs::remove_dir_all(m.dir().join("drift.tmp"));
+    Ok(Some(crate::host::diff(&host, &builder)))
+}
