@@ -8,7 +8,7 @@
 //!
 //! One scenario in one store, because bootstrapping is the expensive part.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -316,5 +316,85 @@ fn builder_scenario_with_real_emerge() {
         "{binary:?}"
     );
     assert!(!host.contains("slot conflict"));
-    let _ = Path::new("");
+
+    // 4. The machine takes an imported host configuration (the builder's own, exported from a
+    //    host-like root, plus a package whose binary needs Linux 9.0 while the host runs 6.1).
+    let hostroot = s.path().join("hostroot");
+    std::fs::create_dir_all(&hostroot).unwrap();
+    let tar = util::output(env.gbuild().args([
+        "shell",
+        "--",
+        "tar",
+        "-C",
+        "/",
+        "-cf",
+        "-",
+        "etc/portage",
+        "var/lib/portage/world",
+    ]));
+    assert!(tar.status.success());
+    tar::Archive::new(&tar.stdout[..]).unpack(&hostroot).unwrap();
+    let repo = hostroot.join("var/db/repos/gentoo");
+    std::fs::create_dir_all(repo.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(env.store.join("repos/20260201"), &repo).unwrap();
+    let world = hostroot.join("var/lib/portage/world");
+    let mut w = std::fs::read_to_string(&world).unwrap();
+    w.push_str("app-misc/abinote\n");
+    std::fs::write(&world, w).unwrap();
+    let export = |name: &str| -> PathBuf {
+        let b = s.path().join(name);
+        let out = util::output(
+            env.gbuild()
+                .args(["host", "export", "--root"])
+                .arg(&hostroot)
+                .args(["--kernel", "6.1.0-13-amd64", "--hostname", "laptop", "--no-emerge"])
+                .args(["--no-cpu", "-o"])
+                .arg(&b),
+        );
+        assert!(out.status.success(), "{}", util::stderr(&out));
+        b
+    };
+    let b1 = export("laptop1.tar");
+    let out = util::output(
+        env.gbuild()
+            .args(["machine", "import", "--name", "default"])
+            .arg(&b1),
+    );
+    assert!(out.status.success(), "{}", util::stderr(&out));
+    let out = util::output(env.gbuild().args(["build", "--once"]));
+    assert!(out.status.success(), "{}\n{}", util::stderr(&out), env.newest_log());
+    let st = env.status();
+    assert_eq!(st["drift"], serde_json::json!([]), "{st}");
+    let warnings = st["abi_warnings"].as_array().unwrap();
+    assert!(
+        warnings.iter().any(|w| w["cpv"] == "app-misc/abinote-1.0"
+            && w["requires"] == "9.0.0"
+            && w["file"] == "/usr/bin/abinote"),
+        "{st}"
+    );
+    // Built, but not published to the host.
+    let index = std::fs::read_to_string(env.machine().join("binpkgs/Packages")).unwrap();
+    assert!(index.contains("CPV: app-misc/abinote-1.0\n"));
+    let published = std::fs::read_to_string(env.machine().join("published/Packages")).unwrap();
+    assert!(!published.contains("app-misc/abinote"));
+    assert!(published.contains("CPV: app-misc/hello-1.0\n"));
+
+    // A change made in the builder behind the configuration's back is drift: the pass refuses.
+    let out = util::output(env.gbuild().args([
+        "shell",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo 'app-misc/hello -*' > /etc/portage/package.use/zz-local",
+    ]));
+    assert!(out.status.success());
+    let out = util::output(env.gbuild().args(["build", "--once"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(util::stderr(&out).contains("zz-local"), "{}", util::stderr(&out));
+    let st = env.status();
+    assert_eq!(st["state"], "failed");
+    assert!(
+        st["drift"].as_array().unwrap().iter().any(|d| d.as_str().unwrap().contains("zz-local")),
+        "{st}"
+    );
 }
