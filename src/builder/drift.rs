@@ -69,7 +69,7 @@ fn export_with_tree(
 /// For a machine with an imported host bundle: the differences between host and builder.
 /// `None` for machines without one (the built-in `default`).
 pub fn check(env: &BuildEnv, m: &Machine, s: &mut Session) -> Result<Option<Diff>> {
-    let Ok(host) = crate::host::machine::config_bundle(&env.store, &m.name) else {
+    let Some(host) = m.host_bundle() else {
         return Ok(None);
     };
     let builder = builder_bundle(env, m, s)?;

@@ -207,6 +207,18 @@ impl Machine {
         Ok(ConfigMode::Overlay)
     }
 
+    /// The imported host bundle of this machine (none for a built-in overlay machine).
+    pub fn host_bundle(&self) -> Option<crate::host::Bundle> {
+        if !self
+            .config_dir()
+            .join(crate::host::bundle::MANIFEST_NAME)
+            .is_file()
+        {
+            return None;
+        }
+        crate::host::machine::config_bundle(&self.store, &self.name).ok()
+    }
+
     /// A hash of the configuration files (what `update` and the loop compare).
     pub fn config_hash(&self) -> Result<String> {
         use sha2::Digest;
@@ -318,8 +330,8 @@ pub fn newest_snapshot(store: &Store) -> Result<(String, PathBuf)> {
 /// Where the machine's configuration puts the main ebuild tree (its repos.conf), default
 /// `/var/db/repos/gentoo`; the snapshot is bind-mounted there.
 pub fn repo_location(env: &BuildEnv, m: &Machine) -> String {
-    crate::host::machine::config_bundle(&env.store, &m.name)
-        .ok()
+    let _ = env;
+    m.host_bundle()
         .and_then(|b| b.main_repo().map(|r| r.location.clone()))
         .filter(|l| l.starts_with('/') && !l.contains(".."))
         .unwrap_or_else(|| "/var/db/repos/gentoo".to_string())
@@ -328,7 +340,7 @@ pub fn repo_location(env: &BuildEnv, m: &Machine) -> String {
 /// The snapshot date the machine must use: the one its host uses when the imported bundle
 /// says, else the newest verified one. Unpacked under `repos/`.
 pub fn pinned_snapshot(env: &BuildEnv, m: &Machine) -> Result<String> {
-    if let Ok(b) = crate::host::machine::config_bundle(&env.store, &m.name) {
+    if let Some(b) = m.host_bundle() {
         if let Some(date) = b.snapshot_date() {
             let a = crate::fetch::verified_snapshot(&env.store, &date).ok_or_else(|| {
                 BuilderError::Other(format!(

@@ -17,10 +17,9 @@ use crate::fsutil::IoContext;
 
 /// The kernel release the machine's hosts run, when known.
 pub fn host_kernel(env: &BuildEnv, m: &Machine) -> Option<String> {
-    if let Ok(b) = crate::host::machine::config_bundle(&env.store, &m.name) {
-        if let Some(k) = b.manifest.kernel.clone() {
-            return Some(k);
-        }
+    let _ = env;
+    if let Some(k) = m.host_bundle().and_then(|b| b.manifest.kernel.clone()) {
+        return Some(k);
     }
     std::fs::read_to_string(m.dir().join("kernel"))
         .ok()
