@@ -31,6 +31,8 @@ pub struct Session<'a> {
     pub state: Option<State>,
     /// Bind mounts beyond the usual ones.
     pub extra_binds: Vec<crate::runtime::Bind>,
+    /// Environment beyond the usual one.
+    pub extra_env: Vec<String>,
 }
 
 impl<'a> Session<'a> {
@@ -61,6 +63,7 @@ impl<'a> Session<'a> {
             progress: Progress::default(),
             state: None,
             extra_binds: Vec::new(),
+            extra_env: Vec::new(),
         })
     }
 
@@ -79,6 +82,7 @@ impl<'a> Session<'a> {
             argv.clone(),
         )?;
         spec.binds.extend(self.extra_binds.iter().cloned());
+        spec.env.extend(self.extra_env.iter().cloned());
         let _ = writeln!(self.log, ">>> gbuild: {}", argv.join(" "));
         let mut captured = Vec::new();
         let echo = self.env.echo;
@@ -227,7 +231,7 @@ pub fn pass(env: &BuildEnv, m: &Machine, state: &mut State) -> Result<PassResult
         .image
         .clone()
         .ok_or_else(|| BuilderError::NotBootstrapped(m.name.clone()))?;
-    apply_config_if_changed(env, m)?;
+    let config_applied = apply_config_if_changed(env, m)?;
     let snapshot = meta.snapshot.clone().unwrap_or_default();
     let mut s = Session::new(env, m, &image, &m.upper(), &m.work(), &snapshot, "pass")?;
     let log_rel = s
@@ -277,32 +281,28 @@ pub fn pass(env: &BuildEnv, m: &Machine, state: &mut State) -> Result<PassResult
         failed = Some(code);
     }
     if failed.is_none() {
-        let argv = [
-            "emerge",
-            "--buildpkg",
-            "--usepkg",
-            "--binpkg-respect-use=y",
-            "--color=n",
-            "@preserved-rebuild",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let (code, _) = s.run(argv)?;
+        // One more container run finishes the pass: @preserved-rebuild only when Portage kept
+        // old libraries, pruning and a fresh index only when something may have changed (a
+        // no-change pass costs little more than the bare emerge it wraps).
+        let changed = config_applied
+            || !s.progress.built.is_empty()
+            || !s.progress.binary.is_empty()
+            || state.snapshot.as_deref() != published_snapshot(m).as_deref();
+        let mut script = String::from(
+            "set -e\n\
+             if [ -s /var/lib/portage/preserved_libs_registry ] && \
+                grep -q '[[:alnum:]]' /var/lib/portage/preserved_libs_registry; then\n\
+               emerge --buildpkg --usepkg --binpkg-respect-use=y --color=n @preserved-rebuild\n\
+             fi\n",
+        );
+        if changed {
+            script.push_str("python3 -c \"$GBUILD_PRUNE\"\nemaint --fix binhost\n");
+        }
+        s.extra_env = vec![format!("GBUILD_PRUNE={PRUNE}")];
+        let (code, _) = s.run(vec!["/bin/sh".into(), "-c".into(), script])?;
+        s.extra_env.clear();
         if code != 0 {
             failed = Some(code);
-        }
-    }
-    if failed.is_none() {
-        let (code, _) = s.run(vec!["python3".into(), "-c".into(), PRUNE.into()])?;
-        let (code2, _) = s.run(
-            ["emaint", "--fix", "binhost"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-        )?;
-        if code != 0 || code2 != 0 {
-            failed = Some(if code != 0 { code } else { code2 });
         }
     }
     let progress = s.progress.clone();
@@ -335,6 +335,13 @@ pub fn pass(env: &BuildEnv, m: &Machine, state: &mut State) -> Result<PassResult
     };
     state.save(m)?;
     Ok(result)
+}
+
+/// The snapshot date of what is published now.
+fn published_snapshot(m: &Machine) -> Option<String> {
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(m.published().join("info.json")).ok()?).ok()?;
+    info["snapshot"]["date"].as_str().map(str::to_string)
 }
 
 /// `GBUILD_ALLOW_DRIFT=1` builds even when the builder differs from its host configuration.
