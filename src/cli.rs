@@ -34,6 +34,9 @@ pub struct Cli {
 pub enum Command {
     /// Download and verify the stage3 and the ebuild-tree snapshot into the store
     Fetch(cmd::fetch::FetchOpts),
+    /// Binhost over HTTP for every machine (Packages, binpkgs, tree snapshot, host config),
+    /// plus a status page
+    Serve(cmd::serve::ServeOpts),
     /// Run a command in a rootless container (debugging, tests)
     Exec(cmd::exec::ExecOpts),
     /// Run a command in a user namespace with the containers' id mapping (like `podman unshare`)
@@ -64,6 +67,7 @@ pub fn main() -> i32 {
     let ctx = cmd::Ctx::new(&cli);
     let result = match cli.command {
         Command::Fetch(o) => cmd::fetch::run(&ctx, o),
+        Command::Serve(o) => cmd::serve::run(&ctx, o),
         Command::Exec(o) => cmd::exec::run(&ctx, o),
         Command::Unshare(o) => cmd::unshare::run(&ctx, o),
         Command::SetupHost(o) => cmd::setup_host::run(&ctx, o),

@@ -10,6 +10,7 @@ pub mod idmap;
 pub mod lock;
 pub mod progress;
 pub mod runtime;
+pub mod serve;
 pub mod setup_host;
 pub mod store;
 pub mod sys;

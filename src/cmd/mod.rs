@@ -3,6 +3,7 @@
 
 pub mod exec;
 pub mod fetch;
+pub mod serve;
 pub mod setup_host;
 pub mod unshare;
 
