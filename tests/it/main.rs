@@ -5,4 +5,5 @@
 mod exec;
 mod fetch;
 mod mirror;
+mod serve;
 mod util;
