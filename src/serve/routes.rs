@@ -41,7 +41,7 @@ use super::status;
 use crate::store::{valid_name, Store};
 
 /// Files up to this size are read in one go; larger ones are streamed in chunks of this size.
-const CHUNK: usize = 256 * 1024;
+const CHUNK: usize = 128 * 1024;
 
 pub(crate) struct App {
     pub store: Store,
