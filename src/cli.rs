@@ -60,6 +60,9 @@ pub enum Command {
     Machine(cmd::machine::MachineOpts),
     /// Every difference between a machine's configuration and a host bundle; exit 1 if any
     Diff(cmd::diff::DiffOpts),
+    /// Binhost over HTTP for every machine (Packages, binpkgs, tree snapshot, host config),
+    /// plus a status page
+    Serve(cmd::serve::ServeOpts),
     /// Run a command in a rootless container (debugging, tests)
     Exec(cmd::exec::ExecOpts),
     /// Run a command in a user namespace with the containers' id mapping (like `podman unshare`)
@@ -115,6 +118,7 @@ pub fn main() -> i32 {
         Command::Host(o) => cmd::host::run(&ctx, o),
         Command::Machine(o) => cmd::machine::run(&ctx, o),
         Command::Diff(o) => cmd::diff::run(&ctx, o),
+        Command::Serve(o) => cmd::serve::run(&ctx, o),
         Command::Exec(o) => cmd::exec::run(&ctx, o),
         Command::Unshare(o) => cmd::unshare::run(&ctx, o),
         Command::SetupHost(o) => cmd::setup_host::run(&ctx, o),

@@ -14,6 +14,7 @@ pub mod layer;
 pub mod lock;
 pub mod progress;
 pub mod runtime;
+pub mod serve;
 pub mod setup_host;
 pub mod store;
 pub mod sys;

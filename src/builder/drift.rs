@@ -56,8 +56,7 @@ fn export_with_tree(
         std::fs::create_dir_all(parent).at("create directory", parent)?;
     }
     let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(env.store.repos().join(&snapshot), &link)
-        .at("symlink", &link)?;
+    std::os::unix::fs::symlink(env.store.repos().join(&snapshot), &link).at("symlink", &link)?;
     let opts = ExportOptions {
         emerge_info: (!info.trim().is_empty()).then_some(info),
         ..ExportOptions::config_dir()

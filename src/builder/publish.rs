@@ -57,11 +57,7 @@ fn stanza_path(stanza: &str) -> Option<String> {
 }
 
 /// Publish; returns the counts and the binpkgs held back.
-pub fn publish(
-    env: &BuildEnv,
-    m: &Machine,
-    snapshot: &str,
-) -> Result<(Counts, Vec<AbiWarning>)> {
+pub fn publish(env: &BuildEnv, m: &Machine, snapshot: &str) -> Result<(Counts, Vec<AbiWarning>)> {
     let index = m.binpkgs().join("Packages");
     let text = std::fs::read_to_string(&index).unwrap_or_default();
     let (header, all) = stanzas(&text);
@@ -70,8 +66,7 @@ pub fn publish(
         Some(k) => abi_check(m, &all, k)?,
         None => Vec::new(),
     };
-    let held_cpvs: std::collections::BTreeSet<&str> =
-        held.iter().map(|w| w.cpv.as_str()).collect();
+    let held_cpvs: std::collections::BTreeSet<&str> = held.iter().map(|w| w.cpv.as_str()).collect();
     let mut kept = Vec::new();
     let (mut count, mut bytes) = (0usize, 0u64);
     for st in &all {
@@ -103,7 +98,9 @@ pub fn publish(
         out.push_str("\n\n");
     }
 
-    let tmp = m.dir().join(format!("published.tmp-{}", std::process::id()));
+    let tmp = m
+        .dir()
+        .join(format!("published.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).at("create directory", &tmp)?;
     std::fs::write(tmp.join("Packages"), &out).at("write", &tmp)?;
@@ -143,7 +140,9 @@ pub fn publish(
     }
     crate::fsutil::fsync_dir(&tmp)?;
     let dest = m.published();
-    let old = m.dir().join(format!("published.old-{}", std::process::id()));
+    let old = m
+        .dir()
+        .join(format!("published.old-{}", std::process::id()));
     if dest.exists() {
         std::fs::rename(&dest, &old).at("rename", &dest)?;
     }
@@ -208,10 +207,7 @@ fn abi_check(m: &Machine, stanzas: &[String], kernel: &str) -> Result<Vec<AbiWar
         }
         fresh.files.insert(rel, (key.0, key.1, notes));
     }
-    crate::fsutil::atomic_write(
-        &cache_path,
-        &serde_json::to_vec(&fresh).expect("json"),
-    )?;
+    crate::fsutil::atomic_write(&cache_path, &serde_json::to_vec(&fresh).expect("json"))?;
     Ok(held)
 }
 

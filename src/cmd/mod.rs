@@ -17,6 +17,7 @@ pub mod machine;
 pub mod restore;
 pub mod resume;
 pub mod run;
+pub mod serve;
 pub mod setup_host;
 pub mod shell;
 pub mod snapshot;

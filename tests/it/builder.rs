@@ -333,7 +333,9 @@ fn builder_scenario_with_real_emerge() {
         "var/lib/portage/world",
     ]));
     assert!(tar.status.success());
-    tar::Archive::new(&tar.stdout[..]).unpack(&hostroot).unwrap();
+    tar::Archive::new(&tar.stdout[..])
+        .unpack(&hostroot)
+        .unwrap();
     let repo = hostroot.join("var/db/repos/gentoo");
     std::fs::create_dir_all(repo.parent().unwrap()).unwrap();
     std::os::unix::fs::symlink(env.store.join("repos/20260201"), &repo).unwrap();
@@ -347,7 +349,13 @@ fn builder_scenario_with_real_emerge() {
             env.gbuild()
                 .args(["host", "export", "--root"])
                 .arg(&hostroot)
-                .args(["--kernel", "6.1.0-13-amd64", "--hostname", "laptop", "--no-emerge"])
+                .args([
+                    "--kernel",
+                    "6.1.0-13-amd64",
+                    "--hostname",
+                    "laptop",
+                    "--no-emerge",
+                ])
                 .args(["--no-cpu", "-o"])
                 .arg(&b),
         );
@@ -362,7 +370,12 @@ fn builder_scenario_with_real_emerge() {
     );
     assert!(out.status.success(), "{}", util::stderr(&out));
     let out = util::output(env.gbuild().args(["build", "--once"]));
-    assert!(out.status.success(), "{}\n{}", util::stderr(&out), env.newest_log());
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        util::stderr(&out),
+        env.newest_log()
+    );
     let st = env.status();
     assert_eq!(st["drift"], serde_json::json!([]), "{st}");
     let warnings = st["abi_warnings"].as_array().unwrap();
@@ -390,11 +403,19 @@ fn builder_scenario_with_real_emerge() {
     assert!(out.status.success());
     let out = util::output(env.gbuild().args(["build", "--once"]));
     assert_eq!(out.status.code(), Some(1));
-    assert!(util::stderr(&out).contains("zz-local"), "{}", util::stderr(&out));
+    assert!(
+        util::stderr(&out).contains("zz-local"),
+        "{}",
+        util::stderr(&out)
+    );
     let st = env.status();
     assert_eq!(st["state"], "failed");
     assert!(
-        st["drift"].as_array().unwrap().iter().any(|d| d.as_str().unwrap().contains("zz-local")),
+        st["drift"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d.as_str().unwrap().contains("zz-local")),
         "{st}"
     );
 }

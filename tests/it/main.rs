@@ -8,4 +8,5 @@ mod fetch;
 mod host;
 mod layer;
 mod mirror;
+mod serve;
 mod util;

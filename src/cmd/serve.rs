@@ -1,0 +1,42 @@
+//! `gbuild serve`: the binhost and status page over HTTP for every machine in the store
+//! (DESIGN.md section 7). Runs until SIGINT/SIGTERM; prints the bound address first so that
+//! `--listen 127.0.0.1:0` can be used by scripts.
+
+use std::io::Write;
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use gbuild::serve::{self, Limits, Shutdown};
+
+use super::Ctx;
+
+#[derive(clap::Args, Debug)]
+pub struct ServeOpts {
+    /// Address and port to listen on (port 0: any free port, printed on stdout)
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8788")]
+    pub listen: SocketAddr,
+    /// Connections served at once; more wait in the listen backlog
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections)]
+    pub max_connections: usize,
+}
+
+pub fn run(ctx: &Ctx, o: ServeOpts) -> anyhow::Result<i32> {
+    let store = ctx.store()?;
+    let listener = serve::bind(o.listen)?;
+    let addr = listener.local_addr();
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on http://{addr}").context("write to stdout")?;
+        out.flush().context("write to stdout")?;
+    }
+    ctx.note(&format!(
+        "gbuild: serving {} (status page http://{addr}/)",
+        store.machines().display()
+    ));
+    let limits = Limits {
+        max_connections: o.max_connections.max(1),
+        ..Limits::default()
+    };
+    listener.serve(store, limits, Shutdown::new().on_signals())?;
+    Ok(0)
+}

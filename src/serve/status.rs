@@ -1,0 +1,639 @@
+//! The status page (`/`) and its JSON twin (`/api/status`): for every machine in the store, the
+//! build loop's state, the package being built, the last pass and its failures, configuration
+//! drift, ABI warnings, what is published and the tail of the last pass's log. Rendered on the
+//! server as plain HTML with inline CSS, so it works without JavaScript (and under a strict CSP).
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+use std::time::SystemTime;
+
+use serde_json::Value;
+
+use super::index::{safe_rel, IndexCache};
+use super::model::{AbiWarning, LoopState, PublishedInfo};
+use crate::store::{valid_name, Store};
+
+/// Lines of the last pass's log shown.
+pub const LOG_LINES: usize = 30;
+/// Bytes read from the end of the log to find them.
+const LOG_WINDOW: u64 = 64 * 1024;
+
+/// What the server knows about one machine.
+#[derive(Debug, Default)]
+pub struct MachineStatus {
+    pub name: String,
+    /// `state.json` as written by the loop, and its lenient reading.
+    pub state_raw: Option<Value>,
+    pub state: Option<LoopState>,
+    /// `published/info.json` as written by the loop, and its lenient reading.
+    pub published_raw: Option<Value>,
+    pub published: Option<PublishedInfo>,
+    /// Binpkgs listed in the published index (what hosts can fetch now).
+    pub index_packages: Option<usize>,
+    /// Whether the loop's pid is alive (None without a pid).
+    pub loop_alive: Option<bool>,
+    pub log: Option<String>,
+    pub log_tail: Vec<String>,
+    /// Files that could not be read or parsed.
+    pub problems: Vec<String>,
+}
+
+/// Read the status of every machine under the store, sorted by name.
+pub fn collect(store: &Store, index: &IndexCache) -> Vec<MachineStatus> {
+    let mut names: Vec<String> = std::fs::read_dir(store.machines())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| valid_name(n))
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|n| machine(store, index, &n))
+        .collect()
+}
+
+fn machine(store: &Store, index: &IndexCache, name: &str) -> MachineStatus {
+    let dir = store.machine(name);
+    let mut st = MachineStatus {
+        name: name.to_string(),
+        ..Default::default()
+    };
+    st.state_raw = read_json(&dir.join("state.json"), &mut st.problems);
+    st.state = st.state_raw.as_ref().and_then(|v| {
+        serde_json::from_value(v.clone())
+            .map_err(|e| st.problems.push(format!("state.json: {e}")))
+            .ok()
+    });
+    st.published_raw = read_json(&dir.join("published/info.json"), &mut st.problems);
+    st.published = st.published_raw.as_ref().and_then(|v| {
+        serde_json::from_value(v.clone())
+            .map_err(|e| st.problems.push(format!("published/info.json: {e}")))
+            .ok()
+    });
+    match index.get(name, &dir.join("published/Packages")) {
+        Ok(ix) => st.index_packages = ix.map(|i| i.packages),
+        Err(e) => st.problems.push(e.to_string()),
+    }
+    if let Some(pid) = st.state.as_ref().and_then(|s| s.pid).filter(|p| *p > 0) {
+        st.loop_alive = Some(Path::new("/proc").join(pid.to_string()).exists());
+    }
+    let log = st
+        .state
+        .as_ref()
+        .and_then(|s| s.last_pass.as_ref())
+        .and_then(|p| p.log.clone())
+        .filter(|l| safe_rel(l) && l.starts_with("logs/"))
+        .or_else(|| newest_log(&dir.join("logs")));
+    if let Some(l) = log {
+        match tail(&dir.join(&l), LOG_LINES) {
+            Ok(lines) => st.log_tail = lines,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => st.problems.push(format!("{l}: {e}")),
+        }
+        st.log = Some(l);
+    }
+    st
+}
+
+fn read_json(path: &Path, problems: &mut Vec<String>) -> Option<Value> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            problems.push(format!("{}: {e}", path.display()));
+            return None;
+        }
+    };
+    serde_json::from_slice(&bytes)
+        .map_err(|e| problems.push(format!("{}: {e}", path.display())))
+        .ok()
+}
+
+/// `logs/pass-<unix>.log` with the largest number.
+fn newest_log(logs: &Path) -> Option<String> {
+    std::fs::read_dir(logs)
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter_map(|n| {
+            let ts: u64 = n
+                .strip_prefix("pass-")?
+                .strip_suffix(".log")?
+                .parse()
+                .ok()?;
+            Some((ts, n))
+        })
+        .max()
+        .map(|(_, n)| format!("logs/{n}"))
+}
+
+/// The last `n` lines of a text file, without terminal escape sequences.
+pub fn tail(path: &Path, n: usize) -> std::io::Result<Vec<String>> {
+    let mut f = File::open(path)?;
+    let len = f.metadata()?.len();
+    let start = len.saturating_sub(LOG_WINDOW);
+    f.seek(SeekFrom::Start(start))?;
+    let mut buf = Vec::new();
+    f.take(LOG_WINDOW).read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf);
+    let mut lines: Vec<&str> = text.lines().collect();
+    if start > 0 && !lines.is_empty() {
+        lines.remove(0); // probably cut
+    }
+    let from = lines.len().saturating_sub(n);
+    Ok(lines[from..]
+        .iter()
+        .map(|l| {
+            let clean = strip_ansi(l);
+            // Keep the last state of a line redrawn with carriage returns.
+            let clean = clean.rsplit('\r').find(|s| !s.is_empty()).unwrap_or("");
+            clean.chars().take(400).collect()
+        })
+        .collect())
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars().peekable();
+    while let Some(c) = it.next() {
+        if c == '\u{1b}' {
+            if it.peek() == Some(&'[') {
+                it.next();
+                for d in it.by_ref() {
+                    if ('@'..='~').contains(&d) {
+                        break;
+                    }
+                }
+            } else {
+                it.next();
+            }
+        } else if c == '\t' || c == '\r' || !c.is_control() {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `/api/status`: the files as the loop wrote them, plus what the server derived.
+pub fn to_json(machines: &[MachineStatus]) -> Value {
+    let list: Vec<Value> = machines
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "name": m.name,
+                "state": m.state_raw,
+                "published": m.published_raw,
+                "published_packages": m.index_packages,
+                "loop_alive": m.loop_alive,
+                "log": m.log,
+                "log_tail": m.log_tail,
+                "problems": m.problems,
+                "urls": {
+                    "packages": format!("/{}/Packages", m.name),
+                    "binrepos_conf": format!("/{}/binrepos.conf", m.name),
+                    "repos_conf": format!("/{}/repos.conf", m.name),
+                    "snapshot": format!("/{}/snapshot", m.name),
+                    "snapshot_info": format!("/{}/snapshot.info", m.name),
+                },
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "generated": now(),
+        "machines": list,
+    })
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Escape text for HTML content and attribute values.
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `2026-01-01 12:00 UTC`.
+pub fn utc(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        rem / 3600,
+        (rem % 3600) / 60
+    )
+}
+
+fn ago(secs: i64) -> String {
+    let d = now() - secs;
+    let s = if d < 0 {
+        "in the future".to_string()
+    } else if d < 120 {
+        format!("{d} s ago")
+    } else if d < 7200 {
+        format!("{} min ago", d / 60)
+    } else if d < 172_800 {
+        format!("{} h ago", d / 3600)
+    } else {
+        format!("{} days ago", d / 86_400)
+    };
+    format!("{} ({s})", utc(secs))
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn state_class(s: &str) -> &'static str {
+    match s {
+        "idle" => "ok",
+        "building" => "busy",
+        "waiting" => "wait",
+        "failed" => "bad",
+        _ => "off",
+    }
+}
+
+fn warning_line(w: &AbiWarning) -> String {
+    let mut s = esc(w.cpv.as_deref().unwrap_or("?"));
+    if let Some(f) = &w.file {
+        let _ = write!(s, ": <code>{}</code>", esc(f));
+    }
+    if let Some(r) = &w.requires {
+        let _ = write!(s, " needs {}", esc(r));
+    }
+    if let Some(k) = &w.kernel {
+        let _ = write!(s, " (host kernel {})", esc(k));
+    }
+    s
+}
+
+const CSS: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#1d1d1f;background:#fafafa}\
+h1{font-size:1.5em;margin:0 0 .2em}h2{font-size:1.2em;margin:1.6em 0 .4em}\
+.sub{color:#666;margin-bottom:1em}\
+table{border-collapse:collapse;background:#fff;margin:.3em 0}\
+th,td{border:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:top}\
+th{background:#f0f0f3}\
+.badge{display:inline-block;padding:.05em .5em;border-radius:.6em;font-weight:600;color:#fff}\
+.ok{background:#2e7d32}.busy{background:#1565c0}.wait{background:#6d6d6d}.bad{background:#c62828}.off{background:#999}\
+.warn{color:#b26a00}.err{color:#c62828}\
+pre{background:#1e1e1e;color:#ddd;padding:.6em;overflow-x:auto;max-width:100%;font-size:12px}\
+section{border-top:1px solid #ddd;margin-top:1.5em}ul{margin:.2em 0;padding-left:1.4em}";
+
+/// The whole status page.
+pub fn render_html(machines: &[MachineStatus], host: Option<&str>) -> String {
+    let mut h = String::with_capacity(16 * 1024);
+    h.push_str("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">");
+    h.push_str("<meta http-equiv=\"refresh\" content=\"30\">");
+    h.push_str("<meta name=\"viewport\" content=\"width=device-width\">");
+    h.push_str("<title>gbuild binhost</title><style>");
+    h.push_str(CSS);
+    h.push_str("</style></head><body>\n<h1>gbuild binhost</h1>");
+    let _ = writeln!(
+        h,
+        "<div class=\"sub\">{} machine(s) &middot; {}{}</div>",
+        machines.len(),
+        esc(&utc(now())),
+        host.map(|x| format!(" &middot; http://{}/", esc(x)))
+            .unwrap_or_default()
+    );
+    if machines.is_empty() {
+        h.push_str("<p>No machines in the store yet.</p>");
+    } else {
+        summary(&mut h, machines);
+        for m in machines {
+            details(&mut h, m);
+        }
+    }
+    h.push_str("</body></html>\n");
+    h
+}
+
+fn summary(h: &mut String, machines: &[MachineStatus]) {
+    h.push_str(
+        "<table id=\"machines\"><thead><tr><th>machine</th><th>state</th><th>current</th>\
+        <th>last pass</th><th>published</th><th>PKGDIR</th><th>warnings</th></tr></thead><tbody>\n",
+    );
+    for m in machines {
+        let s = m.state.clone().unwrap_or_default();
+        let state = s.state.as_deref().unwrap_or("unknown");
+        let _ = write!(
+            h,
+            "<tr class=\"machine\" id=\"m-{n}\"><td><a href=\"#d-{n}\">{n}</a></td>\
+             <td><span class=\"badge {c}\">{st}</span>{dead}</td>",
+            n = esc(&m.name),
+            c = state_class(state),
+            st = esc(state),
+            dead = if m.loop_alive == Some(false) && state != "stopped" {
+                " <span class=\"warn\">(loop not running)</span>"
+            } else {
+                ""
+            }
+        );
+        let _ = write!(h, "<td>{}</td>", current_text(&s));
+        let _ = write!(
+            h,
+            "<td>{}</td>",
+            s.last_pass
+                .as_ref()
+                .map(|p| {
+                    let r = p.result.as_deref().unwrap_or("?");
+                    let cls = match r {
+                        "success" => "",
+                        "failed" => " class=\"err\"",
+                        _ => "",
+                    };
+                    let mut t = format!("<span{cls}>{}</span>", esc(r));
+                    if let Some(f) = &p.failed_package {
+                        let _ = write!(t, ": {}", esc(f));
+                    }
+                    t
+                })
+                .unwrap_or_else(|| "none".into())
+        );
+        let p = m.published.clone().unwrap_or_default();
+        let _ = write!(
+            h,
+            "<td>{}</td>",
+            match (m.index_packages, p.bytes) {
+                (Some(n), Some(b)) => format!("{n} binpkgs, {}", human_bytes(b)),
+                (Some(n), None) => format!("{n} binpkgs"),
+                (None, _) => "nothing yet".into(),
+            }
+        );
+        let _ = write!(
+            h,
+            "<td>{}</td>",
+            s.counts
+                .as_ref()
+                .map(|c| format!(
+                    "{} binpkgs, {}",
+                    c.binpkgs.map_or("?".into(), |n| n.to_string()),
+                    c.bytes.map_or("?".into(), human_bytes)
+                ))
+                .unwrap_or_default()
+        );
+        let nwarn = s.drift.len() + s.abi_warnings.len() + p.held_back.len() + m.problems.len();
+        let _ = writeln!(
+            h,
+            "<td>{}</td></tr>",
+            if nwarn == 0 {
+                "&ndash;".to_string()
+            } else {
+                format!("<span class=\"warn\">{nwarn}</span>")
+            }
+        );
+    }
+    h.push_str("</tbody></table>\n");
+}
+
+fn current_text(s: &LoopState) -> String {
+    let Some(c) = &s.current else {
+        return "&ndash;".into();
+    };
+    let mut t = esc(c.package.as_deref().unwrap_or("?"));
+    if let Some(p) = &c.phase {
+        let _ = write!(t, " ({})", esc(p));
+    }
+    if let (Some(i), Some(n)) = (c.index, c.total) {
+        let _ = write!(t, " {i}/{n}");
+    }
+    t
+}
+
+fn details(h: &mut String, m: &MachineStatus) {
+    let n = esc(&m.name);
+    let s = m.state.clone().unwrap_or_default();
+    let p = m.published.clone().unwrap_or_default();
+    let _ = write!(h, "<section id=\"d-{n}\"><h2>{n}</h2><table>");
+    let row = |h: &mut String, k: &str, v: String| {
+        let _ = write!(h, "<tr><th>{k}</th><td>{v}</td></tr>");
+    };
+    let mut state = esc(s.state.as_deref().unwrap_or("unknown (no state.json)"));
+    if let Some(pid) = s.pid {
+        let _ = write!(state, ", pid {pid}");
+        if m.loop_alive == Some(false) {
+            state.push_str(" <span class=\"warn\">(not running)</span>");
+        }
+    }
+    if let Some(u) = s.updated {
+        let _ = write!(state, ", updated {}", esc(&ago(u)));
+    }
+    row(h, "loop", state);
+    row(h, "current", current_text(&s));
+    if let Some(lp) = &s.last_pass {
+        let mut t = esc(lp.result.as_deref().unwrap_or("?"));
+        if let Some(st) = lp.started {
+            let _ = write!(t, ", started {}", esc(&ago(st)));
+        }
+        if let (Some(a), Some(b)) = (lp.started, lp.finished) {
+            let _ = write!(t, ", took {} min", (b - a).max(0) / 60);
+        }
+        let _ = write!(
+            t,
+            ", built {}, reused {}",
+            lp.built.len(),
+            lp.reused.unwrap_or(0)
+        );
+        if let Some(f) = &lp.failed_package {
+            let _ = write!(t, "<br><span class=\"err\">failed: {}</span>", esc(f));
+        }
+        if !lp.built.is_empty() {
+            let shown: Vec<String> = lp.built.iter().take(20).map(|b| esc(b)).collect();
+            let more = lp.built.len().saturating_sub(20);
+            let _ = write!(
+                t,
+                "<br>built: {}{}",
+                shown.join(", "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
+            );
+        }
+        row(h, "last pass", t);
+    } else {
+        row(h, "last pass", "none".into());
+    }
+    let mut pubt = match m.index_packages {
+        Some(k) => format!("{k} binpkgs"),
+        None => "nothing published yet".into(),
+    };
+    if let Some(b) = p.bytes {
+        let _ = write!(pubt, ", {}", human_bytes(b));
+    }
+    if let Some(at) = p.published_at {
+        let _ = write!(pubt, ", {}", esc(&ago(at)));
+    }
+    if let Some(d) = p.snapshot.as_ref().and_then(|s| s.valid_date()) {
+        let _ = write!(pubt, ", tree snapshot {d}");
+    }
+    row(h, "published", pubt);
+    if let Some(c) = &s.counts {
+        row(
+            h,
+            "PKGDIR",
+            format!(
+                "{} binpkgs, {}",
+                c.binpkgs.map_or("?".into(), |n| n.to_string()),
+                c.bytes.map_or("?".into(), human_bytes)
+            ),
+        );
+    }
+    let list = |items: Vec<String>| -> String {
+        if items.is_empty() {
+            "none".into()
+        } else {
+            format!(
+                "<ul class=\"warn\"><li>{}</li></ul>",
+                items.join("</li><li>")
+            )
+        }
+    };
+    row(h, "drift", list(s.drift.iter().map(|d| esc(d)).collect()));
+    row(
+        h,
+        "ABI warnings",
+        list(s.abi_warnings.iter().map(warning_line).collect()),
+    );
+    row(
+        h,
+        "held back",
+        list(p.held_back.iter().map(warning_line).collect()),
+    );
+    if !m.problems.is_empty() {
+        row(
+            h,
+            "problems",
+            format!(
+                "<ul class=\"err\"><li>{}</li></ul>",
+                m.problems
+                    .iter()
+                    .map(|x| esc(x))
+                    .collect::<Vec<_>>()
+                    .join("</li><li>")
+            ),
+        );
+    }
+    row(
+        h,
+        "for the host",
+        format!(
+            "<a href=\"/{n}/binrepos.conf\">binrepos.conf</a> &middot; \
+             <a href=\"/{n}/repos.conf\">repos.conf</a> &middot; \
+             <a href=\"/{n}/Packages\">Packages</a> &middot; \
+             <a href=\"/{n}/snapshot.info\">snapshot</a>"
+        ),
+    );
+    h.push_str("</table>");
+    if let Some(l) = &m.log {
+        let _ = write!(
+            h,
+            "<div>last lines of <code>{}</code>:</div><pre class=\"log\">{}</pre>",
+            esc(l),
+            m.log_tail
+                .iter()
+                .map(|x| esc(x))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    h.push_str("</section>\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00 UTC");
+        assert_eq!(utc(1_767_225_600), "2026-01-01 00:00 UTC");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00 UTC");
+    }
+
+    #[test]
+    fn escaping_and_sizes() {
+        assert_eq!(
+            esc("<a href='x'>&\""),
+            "&lt;a href=&#39;x&#39;&gt;&amp;&quot;"
+        );
+        assert_eq!(human_bytes(10), "10 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+    }
+
+    #[test]
+    fn tail_strips_escapes() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("l");
+        let mut text = String::new();
+        for i in 0..100 {
+            text.push_str(&format!("\u{1b}[32;01m*\u{1b}[0m line {i}\n"));
+        }
+        std::fs::write(&p, text).unwrap();
+        let t = tail(&p, 30).unwrap();
+        assert_eq!(t.len(), 30);
+        assert_eq!(t[0], "* line 70");
+        assert_eq!(t[29], "* line 99");
+    }
+
+    #[test]
+    fn page_escapes_machine_data() {
+        let m = MachineStatus {
+            name: "m1".into(),
+            state: Some(LoopState {
+                state: Some("failed".into()),
+                drift: vec!["<script>".into()],
+                ..Default::default()
+            }),
+            log: Some("logs/pass-1.log".into()),
+            log_tail: vec!["</pre><b>".into()],
+            ..Default::default()
+        };
+        let html = render_html(&[m], Some("h:1"));
+        assert!(html.contains("id=\"m-m1\""));
+        assert!(html.contains("&lt;script&gt;"));
+        assert!(!html.contains("<script>"));
+        assert!(html.contains("&lt;/pre&gt;&lt;b&gt;"));
+    }
+}
