@@ -4,7 +4,8 @@
 //! package from the binaries; a failing package idles the loop until the configuration is fixed
 //! and `resume`; a second loop is refused; a newer snapshot with a new slot of the language
 //! package rebuilds the binding, a pass killed with SIGKILL compiles nothing twice on restart, and
-//! the host installs both from binaries with no slot conflict.
+//! the host installs both from binaries with no slot conflict. Hosts install over HTTP from
+//! `gbuild serve` with `emerge --getbinpkgonly`.
 //!
 //! One scenario in one store, because bootstrapping is the expensive part.
 
@@ -96,31 +97,71 @@ fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// `gbuild serve` on an ephemeral port of 127.0.0.1, stopped when dropped.
+struct Serve {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Serve {
+    fn start(env: &Env) -> Serve {
+        use std::io::BufRead;
+        let mut child = env
+            .gbuild()
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("serve said {line:?}"))
+            .to_string();
+        Serve { child, url }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP GET of `url` (http://127.0.0.1:PORT/path): the body.
+fn http_get(url: &str) -> String {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut c = std::net::TcpStream::connect(host).unwrap();
+    write!(c, "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    c.read_to_end(&mut buf).unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "GET {url}: {head}");
+    body.to_string()
+}
+
 /// A host-like root (the stage3 plus the machine's configuration) that installs the world set
-/// from the builder's binpkgs with `--usepkgonly`; returns emerge's output.
-fn host_install(env: &Env, s: &Scratch, name: &str, snapshot: &str) -> String {
+/// with `emerge --getbinpkgonly` from `gbuild serve`, using the binrepos.conf it serves; returns
+/// emerge's output.
+fn host_install(env: &Env, s: &Scratch, name: &str, snapshot: &str, serve: &Serve) -> String {
     let store = &env.store;
     let images = store.join("images/stage3");
-    let img = std::fs::read_dir(&images)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let img = std::fs::read_dir(&images).unwrap().next().unwrap().unwrap().path();
     let img: serde_json::Value = serde_json::from_slice(&std::fs::read(img).unwrap()).unwrap();
-    let stage3 = store
-        .join("layers")
-        .join(img["layers"][0].as_str().unwrap());
+    let stage3 = store.join("layers").join(img["layers"][0].as_str().unwrap());
     let host = s.path().join(name);
-    let pkgdir = host.join("binpkgs");
-    std::fs::create_dir_all(&pkgdir).unwrap();
-    let cp = Command::new("cp")
-        .arg("-a")
-        .arg(env.machine().join("binpkgs/."))
-        .arg(&pkgdir)
-        .status()
-        .unwrap();
-    assert!(cp.success());
+    let binrepos = host.join("binrepos");
+    std::fs::create_dir_all(&binrepos).unwrap();
+    let conf = http_get(&format!("{}/default/binrepos.conf", serve.url));
+    assert!(conf.contains(&format!("{}/default", serve.url)), "{conf}");
+    std::fs::write(binrepos.join("gbuild.conf"), conf).unwrap();
     let out = util::output(
         env.gbuild()
             .args(["exec", "-T", "--layer"])
@@ -133,12 +174,9 @@ fn host_install(env: &Env, s: &Scratch, name: &str, snapshot: &str) -> String {
                 store.join("repos").join(snapshot).display()
             ))
             .arg("--bind")
-            .arg(format!("{}:/var/cache/binpkgs", pkgdir.display()))
+            .arg(format!("{}:/run/cfg:ro", env.machine().join("config").display()))
             .arg("--bind")
-            .arg(format!(
-                "{}:/run/cfg:ro",
-                env.machine().join("config").display()
-            ))
+            .arg(format!("{}:/run/binrepos:ro", binrepos.display()))
             .args([
                 "-e",
                 "FEATURES=-userpriv -usersandbox -userfetch",
@@ -147,8 +185,10 @@ fn host_install(env: &Env, s: &Scratch, name: &str, snapshot: &str) -> String {
                 "--",
                 "/bin/sh",
                 "-c",
-                "cp -a /run/cfg/etc /run/cfg/var / && \
-                 emerge --usepkgonly --update --deep --newuse --with-bdeps=y --color=n @world 2>&1",
+                "cp -a /run/cfg/etc /run/cfg/var / && mkdir -p /etc/portage/binrepos.conf && \
+                 cp /run/binrepos/gbuild.conf /etc/portage/binrepos.conf/ && \
+                 emerge --getbinpkgonly --update --deep --newuse --with-bdeps=y --color=n \
+                 @world 2>&1",
             ]),
     );
     let text = util::stdout(&out);
@@ -222,7 +262,8 @@ fn builder_scenario_with_real_emerge() {
     assert_eq!(published, index);
 
     // A host-like root installs its world set from binaries only.
-    let host = host_install(&env, &s, "host1", "20260101");
+    let serve = Serve::start(&env);
+    let host = host_install(&env, &s, "host1", "20260101", &serve);
     let (built, binary) = counts(&host);
     assert!(built.is_empty(), "host compiled {built:?}");
     assert!(binary.len() >= 7, "{binary:?}");
@@ -303,7 +344,7 @@ fn builder_scenario_with_real_emerge() {
     let index = std::fs::read_to_string(env.machine().join("published/Packages")).unwrap();
     assert!(index.contains("CPV: dev-lang/plang-5.40.0\n"));
     // The binding was rebuilt against the new slot (two instances, or one newer).
-    let host = host_install(&env, &s, "host2", "20260201");
+    let host = host_install(&env, &s, "host2", "20260201", &serve);
     let (built, binary) = counts(&host);
     assert!(built.is_empty(), "host compiled {built:?}");
     assert!(
