@@ -1,13 +1,37 @@
 #!/usr/bin/env bash
 # The test command: builds gbuild and runs every test.
 #
-# Run as an ordinary user with subordinate id ranges, it simply runs the suite. Run as root (CI),
-# it runs the suite as an unprivileged user (GBUILD_TEST_USER, default gbuild-test) through
-# runuser, because the product is rootless, then runs the root-only tests (`as_root::`) as root.
-# Binaries are copied to a directory that user can read. Extra arguments go to the test binary
-# (e.g. a name filter).
+# Run as root (CI, or `sudo scripts/test.sh` on a fresh machine), it first prepares the machine:
+# Debian packages, an unprivileged test user (GBUILD_TEST_USER, default gbuild-test) with
+# subordinate ids and cgroup delegation (`gbuild setup-host`), and the fixture mirror
+# (scripts/fixture/build.sh, cached in .fixture-cache/); then it runs the suite as that user
+# through runuser, because the product is rootless, and the root-only tests (`as_root::`) as root.
+# Binaries are copied to a directory that user can read. Run as an ordinary user with
+# subordinate ranges, it simply runs the suite (set GBUILD_FIXTURE to a built fixture for the
+# builder tests). Extra arguments go to the test binary (e.g. a name filter).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+user=${GBUILD_TEST_USER:-gbuild-test}
+if [ "$(id -u)" = 0 ] && [ "${GBUILD_TEST_NO_SETUP:-}" != 1 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  need=(uidmap busybox-static skopeo gnupg xz-utils zstd python3 debootstrap curl time chromium)
+  missing=()
+  for p in "${need[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -qq
+    apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  id "$user" >/dev/null 2>&1 || useradd -m -s /bin/bash "$user"
+  cargo build --quiet --bins
+  ./target/debug/gbuild setup-host --user "$user"
+  if [ -z "${GBUILD_FIXTURE:-}" ]; then
+    GBUILD_FIXTURE=${GBUILD_FIXTURE_OUT:-/tmp/gbuild-fixture}
+    scripts/fixture/build.sh "$GBUILD_FIXTURE"
+    chmod -R a+rX "$GBUILD_FIXTURE"
+  fi
+  export GBUILD_FIXTURE
+fi
 
 cargo build --quiet --bins --tests
 # Unit tests (no namespaces needed).
@@ -25,7 +49,6 @@ if [ "$(id -u)" != 0 ]; then
   GBUILD_BIN=$gbuild_bin exec "$it_bin" "$@"
 fi
 
-user=${GBUILD_TEST_USER:-gbuild-test}
 id "$user" >/dev/null 2>&1 || { echo "test user $user missing: run .ci/run or create it" >&2; exit 1; }
 stage=$(mktemp -d /tmp/gbuild-test.XXXXXX)
 trap 'rm -rf "$stage"' EXIT

@@ -184,6 +184,9 @@ pub fn default_state_root() -> PathBuf {
     }
 }
 
+/// Where a container's output goes when it is captured.
+pub type Sink<'a> = &'a mut dyn FnMut(&[u8]);
+
 /// The container runtime bound to a state directory.
 pub struct Runtime {
     state_root: PathBuf,
@@ -209,7 +212,7 @@ impl Runtime {
     pub fn run_with_output(
         &self,
         spec: &ContainerSpec,
-        sink: Option<&mut dyn FnMut(&[u8])>,
+        sink: Option<Sink<'_>>,
     ) -> Result<i32, RuntimeError> {
         self.prepare_state_root()?;
         self.reap_stale();
@@ -558,7 +561,7 @@ fn supervise(
     pid: Pid,
     mask: &SigSet,
     master: Option<OwnedFd>,
-    mut output: Option<(OwnedFd, &mut dyn FnMut(&[u8]))>,
+    mut output: Option<(OwnedFd, Sink<'_>)>,
 ) -> Result<i32, RuntimeError> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let sfd = SignalFd::with_flags(mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;

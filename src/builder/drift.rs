@@ -39,7 +39,7 @@ pub fn builder_bundle(env: &BuildEnv, m: &Machine, s: &mut Session) -> Result<Bu
     a.set_preserve_ownerships(false);
     a.unpack(&root).at("unpack", &tar)?;
     let info = std::fs::read_to_string(out.join("info.txt")).unwrap_or_default();
-    Ok(export_with_tree(env, m, &root, info)?)
+    export_with_tree(env, m, &root, info)
 }
 
 fn export_with_tree(

@@ -27,11 +27,14 @@ pub fn host_kernel(env: &BuildEnv, m: &Machine) -> Option<String> {
         .filter(|k| !k.is_empty())
 }
 
+/// One scanned binpkg: (size, mtime, its ABI notes as (file, "x.y.z")).
+type Scanned = (u64, i64, Vec<(String, String)>);
+
 /// Scan results per binpkg file, so a pass only scans new files.
 #[derive(Default, Serialize, Deserialize)]
 struct AbiCache {
-    /// path relative to PKGDIR -> (size, mtime, notes as (file, "x.y.z"))
-    files: BTreeMap<String, (u64, i64, Vec<(String, String)>)>,
+    /// path relative to PKGDIR -> what its scan found
+    files: BTreeMap<String, Scanned>,
 }
 
 /// Split a Packages index into its header and package stanzas.

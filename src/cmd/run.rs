@@ -30,6 +30,31 @@ pub struct RunOpts {
     /// Use the ebuild-tree snapshot of this date instead of the newest
     #[arg(long, value_name = "YYYYMMDD")]
     pub snapshot_date: Option<String>,
+    /// Also serve the binhost (a `gbuild serve` process beside the loop) on this address
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:8788")]
+    pub serve: Option<String>,
+}
+
+/// A `gbuild serve` child process that dies with us.
+struct ServeChild(std::process::Child);
+
+impl Drop for ServeChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_serve(ctx: &Ctx, addr: &str) -> anyhow::Result<ServeChild> {
+    let mut cmd = gbuild::userns::self_command(["serve", "--listen", addr]);
+    if let Some(s) = &ctx.store_opt {
+        cmd.arg("--store").arg(s);
+    }
+    gbuild::sys::kill_child_with_parent(&mut cmd, nix::sys::signal::Signal::SIGTERM);
+    let child = cmd
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("start gbuild serve on {addr}: {e}"))?;
+    Ok(ServeChild(child))
 }
 
 pub fn run(ctx: &Ctx, o: RunOpts) -> anyhow::Result<i32> {
@@ -51,6 +76,10 @@ pub fn run(ctx: &Ctx, o: RunOpts) -> anyhow::Result<i32> {
         },
     )?;
     let (env, m) = build_env(ctx, &o.m)?;
+    let _serve = match &o.serve {
+        Some(addr) => Some(start_serve(ctx, addr)?),
+        None => None,
+    };
     let meta = m.meta();
     let have_image = meta
         .image

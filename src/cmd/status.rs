@@ -19,10 +19,10 @@ pub fn run(ctx: &Ctx, o: StatusOpts) -> anyhow::Result<i32> {
     let mut st = State::load(&m);
     // A loop that died leaves "building": say so instead of pretending.
     if let Some(pid) = st.pid {
-        if st.state == "building" || st.state == "waiting" {
-            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                st.state = "stopped".into();
-            }
+        if (st.state == "building" || st.state == "waiting")
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        {
+            st.state = "stopped".into();
         }
     }
     if o.json {

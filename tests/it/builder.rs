@@ -138,7 +138,11 @@ fn http_get(url: &str) -> String {
     let rest = url.strip_prefix("http://").unwrap();
     let (host, path) = rest.split_once('/').unwrap();
     let mut c = std::net::TcpStream::connect(host).unwrap();
-    write!(c, "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        c,
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut buf = Vec::new();
     c.read_to_end(&mut buf).unwrap();
     let text = String::from_utf8_lossy(&buf).into_owned();
@@ -153,9 +157,16 @@ fn http_get(url: &str) -> String {
 fn host_install(env: &Env, s: &Scratch, name: &str, snapshot: &str, serve: &Serve) -> String {
     let store = &env.store;
     let images = store.join("images/stage3");
-    let img = std::fs::read_dir(&images).unwrap().next().unwrap().unwrap().path();
+    let img = std::fs::read_dir(&images)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let img: serde_json::Value = serde_json::from_slice(&std::fs::read(img).unwrap()).unwrap();
-    let stage3 = store.join("layers").join(img["layers"][0].as_str().unwrap());
+    let stage3 = store
+        .join("layers")
+        .join(img["layers"][0].as_str().unwrap());
     let host = s.path().join(name);
     let binrepos = host.join("binrepos");
     std::fs::create_dir_all(&binrepos).unwrap();
@@ -174,7 +185,10 @@ fn host_install(env: &Env, s: &Scratch, name: &str, snapshot: &str, serve: &Serv
                 store.join("repos").join(snapshot).display()
             ))
             .arg("--bind")
-            .arg(format!("{}:/run/cfg:ro", env.machine().join("config").display()))
+            .arg(format!(
+                "{}:/run/cfg:ro",
+                env.machine().join("config").display()
+            ))
             .arg("--bind")
             .arg(format!("{}:/run/binrepos:ro", binrepos.display()))
             .args([
