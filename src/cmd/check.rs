@@ -1,5 +1,6 @@
 //! `gbuild check [--machine M]`: the bootstrap image is sane: its world set resolves with nothing
-//! left to do and no slot conflict, in a throwaway container.
+//! left to do and no slot conflict, and (for an imported host configuration) it does not differ
+//! from the host, checked in a throwaway container.
 
 use gbuild::builder::pass::Session;
 use gbuild::builder::BuilderError;
@@ -62,8 +63,13 @@ pub fn check(
     .map(|s| s.to_string())
     .collect();
     let (code, out) = s.run(argv)?;
+    // The same comparison as every build pass: the image against the host configuration.
+    let drift = gbuild::builder::drift::check(env, m, &mut s)?;
     helper.remove_trees(std::slice::from_ref(&tmp))?;
     let mut problems = Vec::new();
+    if let Some(d) = drift {
+        problems.extend(d.differences.iter().map(|x| format!("drift: {x}")));
+    }
     if code != 0 {
         problems.push(format!(
             "emerge --pretend @world fails (exit {code}); log: {}",
