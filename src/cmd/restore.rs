@@ -14,6 +14,9 @@ pub struct RestoreOpts {
     /// Image to restore (the manifest's ref name) and name to give it [default: the ref name]
     #[arg(long, value_name = "NAME")]
     pub image: Option<String>,
+    /// Make the restored image this machine's builder image (a fresh builder on it)
+    #[arg(long, value_name = "M")]
+    pub machine: Option<String>,
 }
 
 pub fn run(ctx: &Ctx, o: RestoreOpts) -> anyhow::Result<i32> {
@@ -24,6 +27,18 @@ pub fn run(ctx: &Ctx, o: RestoreOpts) -> anyhow::Result<i32> {
         img.name,
         img.layers.len()
     ));
+    if let Some(name) = &o.machine {
+        let m = gbuild::builder::Machine::open(&store, name)?;
+        let _lock = gbuild::lock::Lock::try_acquire(&m.lock_path())?;
+        h.remove_trees(&[m.container()])?;
+        std::fs::create_dir_all(m.upper())?;
+        std::fs::create_dir_all(m.work())?;
+        let mut meta = m.meta();
+        meta.image = Some(img.name.clone());
+        meta.builder = true;
+        m.save_meta(&meta)?;
+        ctx.note(&format!("builder of {name} re-created on {}", img.name));
+    }
     println!("{}", img.name);
     Ok(0)
 }

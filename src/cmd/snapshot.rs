@@ -1,5 +1,7 @@
-//! `gbuild snapshot --image NAME [-o DIR]`: export an image as an OCI image layout (one
-//! compressed blob per layer, config, manifest), byte-identical for the same content.
+//! `gbuild snapshot --machine M [-o DIR]` (our `docker commit`): the builder's upper dir becomes a
+//! new sealed layer of a new image the builder then runs on, and that image is exported as an OCI
+//! image layout. `gbuild snapshot --image NAME [-o DIR]` exports an existing image. Same content
+//! gives byte-identical blobs.
 
 use std::path::PathBuf;
 
@@ -10,8 +12,11 @@ use super::Ctx;
 #[derive(clap::Args, Debug)]
 pub struct SnapshotOpts {
     /// Image to export
-    #[arg(long, value_name = "NAME")]
-    pub image: String,
+    #[arg(long, value_name = "NAME", required_unless_present = "machine", conflicts_with = "machine")]
+    pub image: Option<String>,
+    /// Commit this machine's builder into a new image and export that
+    #[arg(long, value_name = "M")]
+    pub machine: Option<String>,
     /// Output directory (must not exist or be empty) [default: <store>/exports/<image>]
     #[arg(short, long, value_name = "DIR")]
     pub output: Option<PathBuf>,
@@ -22,16 +27,45 @@ pub struct SnapshotOpts {
 
 pub fn run(ctx: &Ctx, o: SnapshotOpts) -> anyhow::Result<i32> {
     let (store, h) = super::layer::helper(ctx)?;
+    let image = match (&o.image, &o.machine) {
+        (Some(i), _) => i.clone(),
+        (None, Some(m)) => commit_builder(&store, &h, m)?,
+        (None, None) => unreachable!("clap requires one"),
+    };
     let out = o
         .output
-        .unwrap_or_else(|| oci::default_export_dir(&store, &o.image));
-    let r = oci::export(&store, &h, &o.image, &out, o.compression)?;
+        .unwrap_or_else(|| oci::default_export_dir(&store, &image));
+    let r = oci::export(&store, &h, &image, &out, o.compression)?;
     ctx.note(&format!(
         "snapshot of {} in {} ({} layer(s))",
-        o.image,
+        image,
         r.dir.display(),
         r.blobs.len()
     ));
     println!("{}", r.manifest_digest);
     Ok(0)
+}
+
+/// Commit the builder of machine `name` (its loop must not run) into image `<name>/snap-<unix>`,
+/// which the builder then runs on with an empty upper dir.
+fn commit_builder(
+    store: &gbuild::store::Store,
+    h: &gbuild::layer::ns::Helper,
+    name: &str,
+) -> anyhow::Result<String> {
+    let m = gbuild::builder::Machine::open(store, name)?;
+    let _lock = gbuild::lock::Lock::try_acquire(&m.lock_path())?;
+    let mut meta = m.meta();
+    let base = meta
+        .image
+        .clone()
+        .ok_or_else(|| gbuild::builder::BuilderError::NotBootstrapped(name.to_string()))?;
+    if !meta.builder {
+        return Err(gbuild::builder::BuilderError::NoBuilder(name.to_string()).into());
+    }
+    let new = format!("{name}/snap-{}", gbuild::builder::state::now());
+    gbuild::layer::image::commit(store, h, &base, &m.upper(), Some(&new))?;
+    meta.image = Some(new.clone());
+    m.save_meta(&meta)?;
+    Ok(new)
 }
