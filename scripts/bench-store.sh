@@ -7,9 +7,12 @@
 # The plain tools run inside `gbuild unshare` where they touch files owned by subordinate ids,
 # like gbuild does. gbuild's unpack also hashes the layer and syncs it to disk before sealing.
 # Data: GBUILD_BENCH_STAGE3 (a stage3 tarball), else a generated xz tarball of part of /usr.
-# Usage: scripts/bench-store.sh   (as root it runs as GBUILD_TEST_USER, default gbuild-test)
+# Each step runs RUNS times (default 3) on fresh targets; the fastest time and the largest peak RSS
+# are reported, which filters out noise from other load on the machine.
+# Usage: scripts/bench-store.sh [RUNS]   (as root it runs as GBUILD_TEST_USER, default gbuild-test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+runs=${1:-3}
 
 cargo build --quiet --release --bins
 work=$(mktemp -d /tmp/gbuild-bench-store.XXXXXX)
@@ -34,39 +37,47 @@ if [ -n "${GBUILD_BENCH_STAGE3:-}" ]; then
 else
   data="$work/usr.tar.xz"
   echo "generating $data (part of /usr, xz -T0) ..." >&2
-  tar -C / -cf - usr/include usr/share/perl usr/lib/python3 usr/lib/python3.* 2>/dev/null |
+  { tar -C / -cf - usr/include usr/share/perl usr/lib/python3 usr/lib/python3.* 2>/dev/null || true; } |
     xz -T0 -6 > "$data"
 fi
 chmod 644 "$data"
-u mkdir -p "$work/s1" "$work/s2" "$work/x1" "$work/x2" "$work/x3" "$work/x4"
 
-# measure LABEL CMD...: elapsed seconds and peak RSS (KiB) into $secs and $rss
+# measure LABEL PREP CMD...: run PREP (a reset, not timed) then CMD, $runs times; the best elapsed
+# seconds and the largest peak RSS (KiB) go into $secs and $rss
 measure() {
-  local label=$1; shift
-  "${as_user[@]}" /usr/bin/time -f '%e %M' -o "$work/time" "$@" >/dev/null
-  read -r secs rss < "$work/time"
+  local label=$1 prep=$2; shift 2
+  local best="" worst_rss=0 s r
+  for _ in $(seq "$runs"); do
+    eval "$prep"
+    "${as_user[@]}" /usr/bin/time -f '%e %M' -o "$work/time" "$@" >/dev/null
+    read -r s r < "$work/time"
+    if [ -z "$best" ] || python3 -c "import sys; sys.exit(not $s < $best)"; then best=$s; fi
+    [ "$r" -gt "$worst_rss" ] && worst_rss=$r
+  done
+  secs=$best rss=$worst_rss
   printf '%-40s %8.2f s %9d KiB\n' "$label" "$secs" "$rss" >&2
 }
+fresh() { g unshare -- rm -rf "$@"; u mkdir -p "$@"; }
 
 compressed=$(stat -c %s "$data")
 echo "data: $(basename "$data"), $((compressed / 1048576)) MiB compressed" >&2
 
-measure "gbuild layer unpack" env GBUILD_STORE="$work/s1" GBUILD_SELF_EXE="$gb" "$gb" -q layer unpack "$data" --image bench
+measure "gbuild layer unpack" "fresh $work/s1" env GBUILD_STORE="$work/s1" GBUILD_SELF_EXE="$gb" "$gb" -q layer unpack "$data" --image bench
 gb_unpack=$secs gb_unpack_rss=$rss
-measure "tar -xJf" tar -xJf "$data" -C "$work/x1"
+measure "tar -xJf" "fresh $work/x1" tar -xJf "$data" -C "$work/x1"
 tar_unpack=$secs tar_unpack_rss=$rss
-measure "xz -T0 -dc | tar -x" sh -c "xz -T0 -dc '$data' | tar -x -C '$work/x2'"
+measure "xz -T0 -dc | tar -x" "fresh $work/x2" sh -c "xz -T0 -dc '$data' | tar -x -C '$work/x2'"
 xz_unpack=$secs xz_unpack_rss=$rss
 
 layer=$(GBUILD_STORE="$work/s1" g image lowerdir bench)
-measure "gbuild snapshot (zstd -3, all cores)" env GBUILD_STORE="$work/s1" GBUILD_SELF_EXE="$gb" "$gb" -q snapshot --image bench -o "$work/oci"
+measure "gbuild snapshot (zstd -3, all cores)" "g unshare -- rm -rf $work/oci" env GBUILD_STORE="$work/s1" GBUILD_SELF_EXE="$gb" "$gb" -q snapshot --image bench -o "$work/oci"
 gb_snap=$secs gb_snap_rss=$rss
-measure "tar -c | zstd -3 -T0" env GBUILD_SELF_EXE="$gb" "$gb" -q unshare -- sh -c "tar -C '$layer' -cf - . | zstd -3 -T0 -q > '$work/plain.tar.zst'"
+measure "tar -c | zstd -3 -T0" "" env GBUILD_SELF_EXE="$gb" "$gb" -q unshare -- sh -c "tar -C '$layer' -cf - . | zstd -3 -T0 -q > '$work/plain.tar.zst'"
 tar_snap=$secs tar_snap_rss=$rss
 
-measure "gbuild restore" env GBUILD_STORE="$work/s2" GBUILD_SELF_EXE="$gb" "$gb" -q restore "$work/oci"
+measure "gbuild restore" "fresh $work/s2" env GBUILD_STORE="$work/s2" GBUILD_SELF_EXE="$gb" "$gb" -q restore "$work/oci"
 gb_restore=$secs gb_restore_rss=$rss
-measure "zstd -dc | tar -x" env GBUILD_SELF_EXE="$gb" "$gb" -q unshare -- sh -c "zstd -dc '$work/plain.tar.zst' | tar -x -C '$work/x3'"
+measure "zstd -dc | tar -x" "fresh $work/x3" env GBUILD_SELF_EXE="$gb" "$gb" -q unshare -- sh -c "zstd -dc '$work/plain.tar.zst' | tar -x -C '$work/x3'"
 tar_restore=$secs tar_restore_rss=$rss
 
 blob=$(du -b "$work"/oci/blobs/sha256/* | sort -n | tail -1 | cut -f1)

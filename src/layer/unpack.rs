@@ -144,6 +144,12 @@ impl ChanWriter {
 
 impl Write for ChanWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.buf.is_empty() && data.len() >= CHUNK {
+            self.tx
+                .send(data.to_vec())
+                .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "unpacker stopped"))?;
+            return Ok(data.len());
+        }
         let n = data.len().min(CHUNK - self.buf.len());
         self.buf.extend_from_slice(&data[..n]);
         if self.buf.len() >= CHUNK {
@@ -257,10 +263,21 @@ pub fn unpack_file(
             source,
         };
         let mut d = decoder(r).map_err(arch)?;
-        match io::copy(&mut d, w) {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-            Err(e) => Err(arch(e)),
+        // Large reads: each one is a round trip through the (multithreaded) decoder.
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = match d.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(arch(e)),
+            };
+            match w.write_all(&buf[..n]) {
+                Ok(()) => {}
+                // The unpacker stopped (its error is the one reported).
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
+                Err(e) => return Err(arch(e)),
+            }
         }
     };
     let r = pipeline(producer, dest, opts);
