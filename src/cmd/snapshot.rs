@@ -12,7 +12,12 @@ use super::Ctx;
 #[derive(clap::Args, Debug)]
 pub struct SnapshotOpts {
     /// Image to export
-    #[arg(long, value_name = "NAME", required_unless_present = "machine", conflicts_with = "machine")]
+    #[arg(
+        long,
+        value_name = "NAME",
+        required_unless_present = "machine",
+        conflicts_with = "machine"
+    )]
     pub image: Option<String>,
     /// Commit this machine's builder into a new image and export that
     #[arg(long, value_name = "M")]
