@@ -27,7 +27,8 @@ pass=(); bare=()
 for _ in $(seq "$runs"); do
   pass+=("$(timeit "${as_user[@]}" "$gbuild" -q build --once)")
   bare+=("$(timeit "${as_user[@]}" "$gbuild" -q shell -- env FEATURES="-userpriv -usersandbox -userfetch" \
-      emerge --update --deep --newuse --with-bdeps=y --changed-deps --buildpkg --usepkg @world)")
+      emerge --update --deep --newuse --with-bdeps=y --changed-deps --buildpkg --usepkg \
+      --binpkg-respect-use=y --verbose --color=n @world)")
 done
 p=$(median "${pass[@]}"); b=$(median "${bare[@]}")
 printf 'bare emerge -uDN @world (in the builder)  %6.2f s\n' "$b"

@@ -281,6 +281,7 @@ pub fn pass(env: &BuildEnv, m: &Machine, state: &mut State) -> Result<PassResult
     }
 
     let mut failed = None;
+    let mut changed = true;
     let (code, _) = s.run(emerge::world_update_args())?;
     if code != 0 {
         failed = Some(code);
@@ -289,10 +290,12 @@ pub fn pass(env: &BuildEnv, m: &Machine, state: &mut State) -> Result<PassResult
         // One more container run finishes the pass: @preserved-rebuild only when Portage kept
         // old libraries, pruning and a fresh index only when something may have changed (a
         // no-change pass costs little more than the bare emerge it wraps).
-        let changed = config_applied
+        changed = config_applied
             || !s.progress.built.is_empty()
             || !s.progress.binary.is_empty()
             || state.snapshot.as_deref() != published_snapshot(m).as_deref();
+        let preserved = overlay_read(env, m, &image, "var/lib/portage/preserved_libs_registry")
+            .is_some_and(|r| r.iter().any(u8::is_ascii_alphanumeric));
         let mut script = String::from(
             "set -e\n\
              if [ -s /var/lib/portage/preserved_libs_registry ] && \
@@ -303,11 +306,13 @@ pub fn pass(env: &BuildEnv, m: &Machine, state: &mut State) -> Result<PassResult
         if changed {
             script.push_str("python3 -c \"$GBUILD_PRUNE\"\nemaint --fix binhost\n");
         }
-        s.extra_env = vec![format!("GBUILD_PRUNE={PRUNE}")];
-        let (code, _) = s.run(vec!["/bin/sh".into(), "-c".into(), script])?;
-        s.extra_env.clear();
-        if code != 0 {
-            failed = Some(code);
+        if changed || preserved {
+            s.extra_env = vec![format!("GBUILD_PRUNE={PRUNE}")];
+            let (code, _) = s.run(vec!["/bin/sh".into(), "-c".into(), script])?;
+            s.extra_env.clear();
+            if code != 0 {
+                failed = Some(code);
+            }
         }
     }
     let progress = s.progress.clone();
@@ -323,9 +328,11 @@ pub fn pass(env: &BuildEnv, m: &Machine, state: &mut State) -> Result<PassResult
             lp.result = "success".into();
             lp.failed_package = None;
             state.state = "idle".into();
-            let (counts, held) = super::publish::publish(env, m, &snapshot)?;
-            state.counts = counts;
-            state.abi_warnings = held;
+            if changed || index_newer_than_published(m) {
+                let (counts, held) = super::publish::publish(env, m, &snapshot)?;
+                state.counts = counts;
+                state.abi_warnings = held;
+            }
             PassResult::Success
         }
         Some(_) => {
@@ -340,6 +347,38 @@ pub fn pass(env: &BuildEnv, m: &Machine, state: &mut State) -> Result<PassResult
     };
     state.save(m)?;
     Ok(result)
+}
+
+/// A file of the builder's root as overlayfs would show it, read from outside: the upper dir
+/// first, then the image's layers from the top. `None` when it is absent (or whited out), or
+/// when it cannot be read.
+fn overlay_read(env: &BuildEnv, m: &Machine, image: &str, rel: &str) -> Option<Vec<u8>> {
+    use std::os::unix::fs::FileTypeExt;
+    let img = crate::layer::image::load(&env.store, image).ok()?;
+    let mut dirs = vec![m.upper()];
+    dirs.extend(crate::layer::image::lowerdirs(&env.store, &img));
+    for d in dirs {
+        let p = d.join(rel);
+        match std::fs::symlink_metadata(&p) {
+            Ok(md) if md.file_type().is_char_device() => return None,
+            Ok(md) if md.is_file() => return std::fs::read(&p).ok(),
+            Ok(_) => return None,
+            Err(_) => continue,
+        }
+    }
+    None
+}
+
+/// Whether Portage's index changed since the last publication (or nothing is published).
+fn index_newer_than_published(m: &Machine) -> bool {
+    let mtime = |p: PathBuf| std::fs::metadata(p).and_then(|md| md.modified()).ok();
+    match (
+        mtime(m.binpkgs().join("Packages")),
+        mtime(m.published().join("Packages")),
+    ) {
+        (Some(a), Some(b)) => a > b,
+        _ => true,
+    }
 }
 
 /// The snapshot date of what is published now.
