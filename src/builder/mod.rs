@@ -86,6 +86,11 @@ pub struct MachineMeta {
     /// Distfiles mirror given when the machine was last built (GENTOO_MIRRORS for emerge).
     #[serde(default)]
     pub mirror: Option<String>,
+    /// Key bundle and extra trusted fingerprints the loop's snapshot fetches use.
+    #[serde(default)]
+    pub keyring: Option<PathBuf>,
+    #[serde(default)]
+    pub trust: Vec<String>,
 }
 
 /// A machine of the store.

@@ -261,10 +261,16 @@ pub fn pass(env: &BuildEnv, m: &Machine, state: &mut State) -> Result<PassResult
     // Zero drift: the builder must equal the host configuration it serves.
     if let Some(diff) = super::drift::check(env, m, &mut s)? {
         let lines: Vec<String> = diff.differences.iter().map(|d| d.to_string()).collect();
+        // The host follows the builder's tree (it is served and named by `status`): a host on
+        // another snapshot is reported, not a reason to stop building.
+        let blocking = diff
+            .differences
+            .iter()
+            .any(|d| d.kind != crate::host::Kind::Snapshot);
         let log = s.log_path();
         *state = s.state.take().unwrap_or_else(|| state.clone());
         state.drift = lines.clone();
-        if !lines.is_empty() && !opts_allow_drift() {
+        if blocking && !opts_allow_drift() {
             let lp = state.last_pass.get_or_insert_with(LastPass::default);
             lp.finished = Some(now());
             lp.result = "failed".into();
@@ -417,6 +423,7 @@ pub fn run_loop(env: &BuildEnv, m: &Machine, opts: &LoopOptions) -> Result<i32> 
                 state.state = "waiting".into();
                 state.save(m)?;
                 wait_for(m, Some(opts.interval), false)?;
+                fetch_latest_snapshot(env, m);
                 update(env, m)?;
             }
             PassResult::Failed { package, log } => {
@@ -457,7 +464,7 @@ pub fn update(env: &BuildEnv, m: &Machine) -> Result<Option<String>> {
     if !meta.builder {
         return Err(BuilderError::NoBuilder(m.name.clone()));
     }
-    let newest = super::pinned_snapshot(env, m)?;
+    let (newest, _) = super::newest_snapshot(&env.store)?;
     let changed = meta.snapshot.as_deref() != Some(newest.as_str());
     if changed {
         meta.snapshot = Some(newest.clone());
@@ -466,6 +473,36 @@ pub fn update(env: &BuildEnv, m: &Machine) -> Result<Option<String>> {
     apply_config_if_changed(env, m)?;
     let _ = std::fs::remove_file(m.dir().join("needs-update"));
     Ok(changed.then_some(newest))
+}
+
+/// Re-sync: download and verify the mirror's newest ebuild-tree snapshot (the loop's equivalent
+/// of `emerge --sync`). Failures are reported and the loop goes on with the tree it has.
+pub fn fetch_latest_snapshot(env: &BuildEnv, m: &Machine) {
+    use crate::fetch::{self, Fetcher, RetryPolicy, Source, Trust};
+    let meta = m.meta();
+    let mirror = meta
+        .mirror
+        .clone()
+        .unwrap_or_else(|| env.config.mirror.clone());
+    let keyring = meta.keyring.clone().or_else(|| env.config.keyring.clone());
+    let mut trusted = env.config.trusted_fingerprints.clone();
+    trusted.extend(meta.trust.iter().cloned());
+    let r = (|| -> std::result::Result<String, String> {
+        let src = Source::new(&mirror, &env.config.arch, &env.config.variant, None)
+            .map_err(|e| e.to_string())?;
+        let trust = Trust::new(keyring.as_deref(), &trusted).map_err(|e| e.to_string())?;
+        let fetcher = Fetcher::new(RetryPolicy::from_env()).map_err(|e| e.to_string())?;
+        let _lock = fetch::lock(&env.store).map_err(|e| e.to_string())?;
+        let got =
+            fetch::fetch_snapshot(&env.store, &src, &trust, &fetcher).map_err(|e| e.to_string())?;
+        Ok(got.artifact.manifest.date)
+    })();
+    match r {
+        Ok(d) => eprintln!("gbuild: newest verified snapshot: {d}"),
+        Err(e) => {
+            eprintln!("gbuild: warning: snapshot not re-synced ({e}); keeping the current tree")
+        }
+    }
 }
 
 /// Ask a waiting or idle loop to go on.

@@ -63,6 +63,15 @@ pub fn run(ctx: &Ctx, o: RunOpts) -> anyhow::Result<i32> {
             "--rootless: run gbuild as the unprivileged user who owns the store (root was asked for rootless)"
         );
     }
+    let (env, m) = build_env(ctx, &o.m)?;
+    // A machine made from a host bundle starts on the host's own ebuild tree.
+    let snapshot_date = o.snapshot_date.clone().or_else(|| {
+        m.meta()
+            .image
+            .is_none()
+            .then(|| m.host_bundle().and_then(|b| b.snapshot_date()))
+            .flatten()
+    });
     super::fetch::run(
         ctx,
         super::fetch::FetchOpts {
@@ -71,11 +80,17 @@ pub fn run(ctx: &Ctx, o: RunOpts) -> anyhow::Result<i32> {
             variant: None,
             keyring: o.keyring.clone(),
             trust: o.trust.clone(),
-            snapshot_date: o.snapshot_date.clone(),
+            snapshot_date,
             offline: o.offline,
         },
     )?;
-    let (env, m) = build_env(ctx, &o.m)?;
+    // The loop re-syncs snapshots later with the same trust.
+    let mut meta = m.meta();
+    if o.keyring.is_some() || !o.trust.is_empty() {
+        meta.keyring = o.keyring.clone().map(|k| k.canonicalize().unwrap_or(k));
+        meta.trust = o.trust.clone();
+        m.save_meta(&meta)?;
+    }
     let _serve = match &o.serve {
         Some(addr) => Some(start_serve(ctx, addr)?),
         None => None,
