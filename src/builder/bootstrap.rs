@@ -78,19 +78,7 @@ pub fn bootstrap(env: &BuildEnv, m: &Machine, recipe: &str) -> Result<String> {
 /// Resolve the world set; while emerge reports a cycle with a USE hint, build the hinted
 /// package once with that change.
 fn break_cycles(s: &mut Session, m: &Machine) -> Result<()> {
-    let pretend: Vec<String> = [
-        "emerge",
-        "--pretend",
-        "--update",
-        "--deep",
-        "--newuse",
-        "--with-bdeps=y",
-        "--color=n",
-        "@world",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let pretend = emerge::pretend_world_args();
     for _ in 0..MAX_CYCLE_ROUNDS {
         let (code, out) = s.run(pretend.clone())?;
         if code == 0 {

@@ -58,6 +58,23 @@ pub fn world_update_args() -> Vec<String> {
     .collect()
 }
 
+/// What the world update would do, without doing it (cycle detection, `check`).
+pub fn pretend_world_args() -> Vec<String> {
+    [
+        "emerge",
+        "--pretend",
+        "--update",
+        "--deep",
+        "--newuse",
+        "--with-bdeps=y",
+        "--color=n",
+        "@world",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 /// A USE change emerge proposes to break a dependency cycle.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CycleHint {

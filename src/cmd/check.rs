@@ -49,19 +49,7 @@ pub fn check(
         &snapshot,
         "check",
     )?;
-    let argv = [
-        "emerge",
-        "--pretend",
-        "--update",
-        "--deep",
-        "--newuse",
-        "--with-bdeps=y",
-        "--color=n",
-        "@world",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let argv = gbuild::builder::emerge::pretend_world_args();
     let (code, out) = s.run(argv)?;
     // The same comparison as every build pass: the image against the host configuration.
     let drift = gbuild::builder::drift::check(env, m, &mut s)?;
