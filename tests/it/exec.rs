@@ -203,6 +203,32 @@ fn find_process(needle: &str) -> Option<u32> {
 }
 
 #[test]
+fn terminal_is_allocated_when_stdin_is_one() {
+    if !ready() || !util::require(util::which("script"), "script(1) from util-linux") {
+        return;
+    }
+    let s = Scratch::new();
+    let root = s.path().join("root");
+    busybox_rootfs(&root);
+    // script(1) gives gbuild a terminal; the command inside must get one of its own.
+    let inner = format!(
+        "GBUILD_STORE={} GBUILD_SELF_EXE={} {} exec --rootfs {} -- /bin/sh -c 'tty; exit 5'",
+        s.path().join("store").display(),
+        util::bin().display(),
+        util::bin().display(),
+        root.display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &inner, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = util::stdout(&out);
+    assert!(text.contains("/dev/pts/"), "{text}");
+    assert_eq!(out.status.code(), Some(5), "{text}");
+}
+
+#[test]
 fn sigterm_ends_container_and_leaves_nothing() {
     if !ready() {
         return;
