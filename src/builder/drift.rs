@@ -68,9 +68,14 @@ fn export_with_tree(
 /// For a machine with an imported host bundle: the differences between host and builder.
 /// `None` for machines without one (the built-in `default`).
 pub fn check(env: &BuildEnv, m: &Machine, s: &mut Session) -> Result<Option<Diff>> {
-    let Some(host) = m.host_bundle() else {
+    let Some(mut host) = m.host_bundle() else {
         return Ok(None);
     };
+    // The builder compiles with the host's resolved -march=native (super::native_flags): that is
+    // the host's configuration, not drift.
+    for (k, v) in super::native_flags_of(&host) {
+        host.manifest.variables.insert(k, v);
+    }
     let builder = builder_bundle(env, m, s)?;
     let _ = std::fs::remove_dir_all(m.dir().join("drift.tmp"));
     Ok(Some(crate::host::diff(&host, &builder)))

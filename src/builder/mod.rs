@@ -320,6 +320,11 @@ impl BuildEnv {
             },
         ];
         spec.env = emerge::environment(self);
+        spec.env.extend(
+            native_flags(machine)
+                .into_iter()
+                .map(|(k, v)| format!("{k}={v}")),
+        );
         Ok(spec)
     }
 }
@@ -358,4 +363,49 @@ pub fn pinned_snapshot(env: &BuildEnv, m: &Machine) -> Result<String> {
         }
     }
     Ok(newest_snapshot(&env.store)?.0)
+}
+
+/// Compiler flags that must not mean the builder's CPU: a host whose CFLAGS (or CXXFLAGS,
+/// FCFLAGS, FFLAGS) say `-march=native` gets the flags gcc resolved `-march=native` to on that
+/// host (recorded by `host export`), given to emerge in its environment, which overrides
+/// make.conf. Empty when nothing needs rewriting.
+pub fn native_flags(m: &Machine) -> Vec<(String, String)> {
+    let Some(b) = m.host_bundle() else {
+        return Vec::new();
+    };
+    native_flags_of(&b)
+}
+
+/// As `native_flags`, for a bundle.
+pub fn native_flags_of(b: &crate::host::Bundle) -> Vec<(String, String)> {
+    let Some(cpu) = b.manifest.cpu.as_ref().filter(|c| !c.flags.is_empty()) else {
+        return Vec::new();
+    };
+    let resolved = cpu.flags.join(" ");
+    let mut out = Vec::new();
+    for k in ["CFLAGS", "CXXFLAGS", "FCFLAGS", "FFLAGS"] {
+        let v = b
+            .manifest
+            .variables
+            .get(k)
+            .or_else(|| b.manifest.make_conf.get(k));
+        if let Some(v) = v {
+            if v.split_whitespace().any(|t| t == "-march=native") {
+                let new: Vec<&str> = v
+                    .split_whitespace()
+                    .flat_map(|t| {
+                        if t == "-march=native" {
+                            resolved.split_whitespace().collect::<Vec<_>>()
+                        } else if t == "-mtune=native" {
+                            Vec::new()
+                        } else {
+                            vec![t]
+                        }
+                    })
+                    .collect();
+                out.push((k.to_string(), new.join(" ")));
+            }
+        }
+    }
+    out
 }
