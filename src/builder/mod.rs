@@ -409,3 +409,46 @@ pub fn native_flags_of(b: &crate::host::Bundle) -> Vec<(String, String)> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::bundle::{Cpu, Manifest, VarSource};
+
+    #[test]
+    fn native_is_replaced_by_the_hosts_resolution() {
+        let mut vars = std::collections::BTreeMap::new();
+        vars.insert(
+            "CFLAGS".to_string(),
+            "-O2 -march=native -mtune=native -pipe".to_string(),
+        );
+        vars.insert("LDFLAGS".to_string(), "-Wl,-O1".to_string());
+        let manifest = Manifest {
+            format: 1,
+            host: "laptop".into(),
+            created: 0,
+            kernel: None,
+            kernel_source: String::new(),
+            profile: None,
+            repos: Vec::new(),
+            variables_source: VarSource::MakeConf,
+            variables: vars.clone(),
+            make_conf: vars,
+            cpu: Some(Cpu {
+                march: Some("skylake".into()),
+                flags: vec!["-march=skylake".into(), "-mavx2".into()],
+                source: "gcc".into(),
+            }),
+            files: Vec::new(),
+            skipped: Vec::new(),
+        };
+        let b = crate::host::Bundle::from_parts(manifest, Default::default());
+        assert_eq!(
+            native_flags_of(&b),
+            vec![(
+                "CFLAGS".to_string(),
+                "-O2 -march=skylake -mavx2 -pipe".to_string()
+            )]
+        );
+    }
+}
