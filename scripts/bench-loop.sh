@@ -26,7 +26,7 @@ timeit() { local s e; s=$(date +%s.%N); "$@" >/dev/null 2>&1 || true; e=$(date +
 pass=(); bare=()
 for _ in $(seq "$runs"); do
   pass+=("$(timeit "${as_user[@]}" "$gbuild" -q build --once)")
-  bare+=("$(timeit "${as_user[@]}" "$gbuild" -q shell -- env FEATURES="-userpriv -usersandbox -userfetch" \
+  bare+=("$(timeit "${as_user[@]}" "$gbuild" -q shell -- \
       emerge --update --deep --newuse --with-bdeps=y --changed-deps --buildpkg --usepkg \
       --binpkg-respect-use=y --verbose --color=n @world)")
 done

@@ -4,9 +4,10 @@
 
 use super::BuildEnv;
 
-/// FEATURES the rootless namespace needs: libcontainer denies setgroups(), which Portage's
-/// userpriv, usersandbox and userfetch call (runtime-notes item 4). Build-side only.
-pub const ROOTLESS_FEATURES: &str = "-userpriv -usersandbox -userfetch";
+/// Build-side FEATURES: the rootless namespace denies setgroups(), which Portage's userpriv,
+/// usersandbox and userfetch call (runtime-notes item 4); and the builder compiles, it does not
+/// download binaries (a host's getbinpkg would point it at a binhost, maybe itself).
+pub const ROOTLESS_FEATURES: &str = "-userpriv -usersandbox -userfetch -getbinpkg";
 
 /// The process environment of every emerge run.
 pub fn environment(env: &BuildEnv) -> Vec<String> {
@@ -17,6 +18,9 @@ pub fn environment(env: &BuildEnv) -> Vec<String> {
         "TERM=dumb".to_string(),
         "NOCOLOR=true".to_string(),
         format!("FEATURES={ROOTLESS_FEATURES}"),
+        // Where gbuild binds PKGDIR and DISTDIR, whatever the host's make.conf says.
+        "PKGDIR=/var/cache/binpkgs".to_string(),
+        "DISTDIR=/var/cache/distfiles".to_string(),
     ];
     if !env.map.is_full() {
         // Only our own id exists inside: no portage user to switch to.
