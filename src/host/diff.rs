@@ -766,28 +766,10 @@ fn file_lines(path: &str, x: &[u8], y: &[u8], d: &mut Diff) {
 
 fn repos_conf(a: &Bundle, b: &Bundle, d: &mut Diff) {
     let parse = |bn: &Bundle| -> BTreeMap<(String, String), String> {
-        let mut out = BTreeMap::new();
-        for (path, data) in bn.files_under("etc/portage/repos.conf") {
-            if !path.rsplit('/').next().is_some_and(is_config_name) {
-                continue;
-            }
-            let mut section = String::new();
-            for line in String::from_utf8_lossy(data).lines() {
-                let line = line.trim();
-                if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
-                    continue;
-                }
-                if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-                    section = s.trim().to_string();
-                } else if let Some((k, v)) = line.split_once('=') {
-                    out.insert(
-                        (section.clone(), k.trim().to_string()),
-                        v.trim().to_string(),
-                    );
-                }
-            }
-        }
-        out
+        super::export::repos_conf_entries(bn)
+            .into_iter()
+            .filter_map(|(section, kv)| kv.map(|(k, v)| ((section, k), v)))
+            .collect()
     };
     let (ra, rb) = (parse(a), parse(b));
     for key in ra.keys().chain(rb.keys()).collect::<BTreeSet<_>>() {

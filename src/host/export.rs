@@ -329,11 +329,10 @@ fn uname_r() -> Option<String> {
     (o.status.success() && !s.is_empty()).then_some(s)
 }
 
-/// Parse repos.conf (INI: `[name]` sections with `location = ...`, `[DEFAULT] main-repo`).
-/// Returns (main repo name, name -> location) in file order.
-pub(crate) fn parse_repos_conf(bundle: &Bundle) -> (String, Vec<(String, Option<String>)>) {
-    let mut main = "gentoo".to_string();
-    let mut repos: Vec<(String, Option<String>)> = Vec::new();
+/// The entries of repos.conf (a file or a directory of files), in file order: each `[section]`
+/// as (section, None) where it starts, and each `key = value` as (section, Some((key, value))).
+pub(crate) fn repos_conf_entries(bundle: &Bundle) -> Vec<(String, Option<(String, String)>)> {
+    let mut out = Vec::new();
     for (path, data) in bundle.files_under("etc/portage/repos.conf") {
         if !path.rsplit('/').next().is_some_and(is_config_name) {
             continue;
@@ -346,20 +345,37 @@ pub(crate) fn parse_repos_conf(bundle: &Bundle) -> (String, Vec<(String, Option<
             }
             if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
                 section = s.trim().to_string();
-                if section != "DEFAULT" && !repos.iter().any(|(n, _)| *n == section) {
-                    repos.push((section.clone(), None));
-                }
-                continue;
+                out.push((section.clone(), None));
+            } else if let Some((k, v)) = line.split_once('=') {
+                out.push((
+                    section.clone(),
+                    Some((k.trim().to_string(), v.trim().to_string())),
+                ));
             }
-            let Some((k, v)) = line.split_once('=') else {
-                continue;
-            };
-            let (k, v) = (k.trim(), v.trim().to_string());
-            if section == "DEFAULT" && k == "main-repo" {
-                main = v;
-            } else if k == "location" {
-                if let Some(r) = repos.iter_mut().find(|(n, _)| *n == section) {
-                    r.1 = Some(v);
+        }
+    }
+    out
+}
+
+/// Parse repos.conf (INI: `[name]` sections with `location = ...`, `[DEFAULT] main-repo`).
+/// Returns (main repo name, name -> location) in file order.
+pub(crate) fn parse_repos_conf(bundle: &Bundle) -> (String, Vec<(String, Option<String>)>) {
+    let mut main = "gentoo".to_string();
+    let mut repos: Vec<(String, Option<String>)> = Vec::new();
+    for (section, kv) in repos_conf_entries(bundle) {
+        match kv {
+            None => {
+                if section != "DEFAULT" && !repos.iter().any(|(n, _)| *n == section) {
+                    repos.push((section, None));
+                }
+            }
+            Some((k, v)) => {
+                if section == "DEFAULT" && k == "main-repo" {
+                    main = v;
+                } else if k == "location" {
+                    if let Some(r) = repos.iter_mut().find(|(n, _)| *n == section) {
+                        r.1 = Some(v);
+                    }
                 }
             }
         }

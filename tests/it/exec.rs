@@ -228,24 +228,30 @@ fn terminal_is_allocated_when_stdin_is_one() {
     assert_eq!(out.status.code(), Some(5), "{text}");
 }
 
-#[test]
-fn sigterm_ends_container_and_leaves_nothing() {
-    if !ready() {
-        return;
-    }
+/// `gbuild exec -- /bin/sleep MARKER` with its own state dir: (scratch, state dir, gbuild, the
+/// pid of the container's sleep).
+fn sleeping_container(marker: &str) -> (Scratch, std::path::PathBuf, std::process::Child, u32) {
     let s = Scratch::new();
     let root = s.path().join("root");
     busybox_rootfs(&root);
     let state = s.path().join("run");
     std::fs::create_dir_all(&state).unwrap();
-    let marker = "434343";
-    let mut child = exec(&s, &root)
+    let child = exec(&s, &root)
         .env("XDG_RUNTIME_DIR", &state)
         .args(["--", "/bin/sleep", marker])
         .spawn()
         .unwrap();
     let inner = wait_for_process(&format!("/bin/sleep\0{marker}"), Duration::from_secs(10))
         .expect("container process");
+    (s, state, child, inner)
+}
+
+#[test]
+fn sigterm_ends_container_and_leaves_nothing() {
+    if !ready() {
+        return;
+    }
+    let (s, state, mut child, inner) = sleeping_container("434343");
     let t = Instant::now();
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -281,19 +287,7 @@ fn sigkill_of_gbuild_takes_the_container_down() {
     if !ready() {
         return;
     }
-    let s = Scratch::new();
-    let root = s.path().join("root");
-    busybox_rootfs(&root);
-    let state = s.path().join("run");
-    std::fs::create_dir_all(&state).unwrap();
-    let marker = "454545";
-    let mut child = exec(&s, &root)
-        .env("XDG_RUNTIME_DIR", &state)
-        .args(["--", "/bin/sleep", marker])
-        .spawn()
-        .unwrap();
-    let inner = wait_for_process(&format!("/bin/sleep\0{marker}"), Duration::from_secs(10))
-        .expect("container process");
+    let (_scratch, state, mut child, inner) = sleeping_container("454545");
     child.kill().unwrap();
     child.wait().unwrap();
     let t = Instant::now();
