@@ -36,24 +36,6 @@ pub fn pidfd_open(pid: i32) -> std::io::Result<std::os::fd::OwnedFd> {
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// Send `sig` to the process behind `pidfd`.
-pub fn pidfd_send_signal(pidfd: RawFd, sig: nix::sys::signal::Signal) -> std::io::Result<()> {
-    // SAFETY: plain integer arguments; a null siginfo is allowed.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd,
-            sig as libc::c_int,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// Set the terminal window size of `fd`.
 pub fn set_winsize(fd: RawFd, ws: &nix::pty::Winsize) -> std::io::Result<()> {
     // SAFETY: TIOCSWINSZ reads a winsize struct that outlives the call.

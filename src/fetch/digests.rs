@@ -117,6 +117,7 @@ pub fn expected_for(body: &str, file: &str) -> Result<(String, String), String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fetch::test_util::body_of;
 
     #[test]
     fn bsd_style() {
@@ -150,16 +151,6 @@ mod tests {
         assert!(expected_for(&body, "x")
             .unwrap_err()
             .contains("conflicting"));
-    }
-
-    /// The body of a clearsigned sample, cut by hand (the samples' signatures are truncated).
-    fn body_of(armored: &str) -> String {
-        let after = armored.split_once("\n\n").unwrap().1;
-        after
-            .split("-----BEGIN PGP SIGNATURE-----")
-            .next()
-            .unwrap()
-            .to_string()
     }
 
     #[test]

@@ -66,15 +66,7 @@ pub fn parse(body: &str, arch: &str, variant: &str) -> Result<Latest, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn body_of(armored: &str) -> String {
-        let after = armored.split_once("\n\n").unwrap().1;
-        after
-            .split("-----BEGIN PGP SIGNATURE-----")
-            .next()
-            .unwrap()
-            .to_string()
-    }
+    use crate::fetch::test_util::body_of;
 
     #[test]
     fn real_openrc_sample() {

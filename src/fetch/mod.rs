@@ -576,3 +576,16 @@ mod tests {
         assert_eq!(a.manifest.date, "20260101");
     }
 }
+
+#[cfg(test)]
+pub(crate) mod test_util {
+    /// The body of a clearsigned sample, cut by hand (the samples' signatures are truncated).
+    pub fn body_of(armored: &str) -> String {
+        let after = armored.split_once("\n\n").unwrap().1;
+        after
+            .split("-----BEGIN PGP SIGNATURE-----")
+            .next()
+            .unwrap()
+            .to_string()
+    }
+}
