@@ -50,7 +50,7 @@ fn export_with_tree(
 ) -> Result<Bundle> {
     // The ebuild tree the builder uses, where its repos.conf says it is.
     let snapshot = m.meta().snapshot.unwrap_or_default();
-    let loc = super::repo_location(env, m);
+    let loc = super::repo_location(m);
     let link = root.join(loc.trim_start_matches('/'));
     if let Some(parent) = link.parent() {
         std::fs::create_dir_all(parent).at("create directory", parent)?;
@@ -71,7 +71,7 @@ pub fn check(env: &BuildEnv, m: &Machine, s: &mut Session) -> Result<Option<Diff
     let Some(mut host) = m.host_bundle() else {
         return Ok(None);
     };
-    // The builder compiles with the host's resolved -march=native (super::native_flags): that is
+    // The builder compiles with the host's resolved -march=native (super::native_flags_of): that is
     // the host's configuration, not drift.
     for (k, v) in super::native_flags_of(&host) {
         host.manifest.variables.insert(k, v);

@@ -300,12 +300,14 @@ impl BuildEnv {
             self.map.clone(),
         );
         spec.hostname = format!("gbuild-{}", machine.name);
+        // The host bundle is read (and validated) once per container.
+        let host = machine.host_bundle();
         std::fs::create_dir_all(self.store.distfiles())
             .at("create directory", &self.store.distfiles())?;
         spec.binds = vec![
             Bind {
                 src: self.store.repos().join(snapshot),
-                dst: repo_location(self, machine).into(),
+                dst: repo_location_of(host.as_ref()).into(),
                 readonly: true,
             },
             Bind {
@@ -320,11 +322,13 @@ impl BuildEnv {
             },
         ];
         spec.env = emerge::environment(self);
-        spec.env.extend(
-            native_flags(machine)
-                .into_iter()
-                .map(|(k, v)| format!("{k}={v}")),
-        );
+        if let Some(b) = &host {
+            spec.env.extend(
+                native_flags_of(b)
+                    .into_iter()
+                    .map(|(k, v)| format!("{k}={v}")),
+            );
+        }
         Ok(spec)
     }
 }
@@ -339,10 +343,13 @@ pub fn newest_snapshot(store: &Store) -> Result<(String, PathBuf)> {
 
 /// Where the machine's configuration puts the main ebuild tree (its repos.conf), default
 /// `/var/db/repos/gentoo`; the snapshot is bind-mounted there.
-pub fn repo_location(env: &BuildEnv, m: &Machine) -> String {
-    let _ = env;
-    m.host_bundle()
-        .and_then(|b| b.main_repo().map(|r| r.location.clone()))
+pub fn repo_location(m: &Machine) -> String {
+    repo_location_of(m.host_bundle().as_ref())
+}
+
+/// As `repo_location`, from the machine's host bundle (if any).
+pub fn repo_location_of(host: Option<&crate::host::Bundle>) -> String {
+    host.and_then(|b| b.main_repo().map(|r| r.location.clone()))
         .filter(|l| l.starts_with('/') && !l.contains(".."))
         .unwrap_or_else(|| "/var/db/repos/gentoo".to_string())
 }
@@ -369,14 +376,6 @@ pub fn pinned_snapshot(env: &BuildEnv, m: &Machine) -> Result<String> {
 /// FCFLAGS, FFLAGS) say `-march=native` gets the flags gcc resolved `-march=native` to on that
 /// host (recorded by `host export`), given to emerge in its environment, which overrides
 /// make.conf. Empty when nothing needs rewriting.
-pub fn native_flags(m: &Machine) -> Vec<(String, String)> {
-    let Some(b) = m.host_bundle() else {
-        return Vec::new();
-    };
-    native_flags_of(&b)
-}
-
-/// As `native_flags`, for a bundle.
 pub fn native_flags_of(b: &crate::host::Bundle) -> Vec<(String, String)> {
     let Some(cpu) = b.manifest.cpu.as_ref().filter(|c| !c.flags.is_empty()) else {
         return Vec::new();
