@@ -79,6 +79,10 @@ pub enum Command {
     Restore(cmd::restore::RestoreOpts),
     /// Remove unreferenced layers and leftovers of interrupted runs
     Gc(cmd::gc::GcOpts),
+    /// Shell completions generated from this command line: bash, zsh, fish, elvish, powershell
+    Completions(cmd::completions::CompletionsOpts),
+    /// The man page generated from this command line (gbuild.1 on standard output)
+    Man(cmd::completions::ManOpts),
     #[command(hide = true, name = "__layer-helper")]
     LayerHelper { request: String },
     #[command(hide = true, name = "__watchdog")]
@@ -100,6 +104,7 @@ pub fn main() -> i32 {
             return code;
         }
     };
+    quiet_broken_pipe();
     gbuild::progress::set_quiet(cli.quiet);
     init_tracing(cli.verbose);
     let ctx = cmd::Ctx::new(&cli);
@@ -128,16 +133,45 @@ pub fn main() -> i32 {
         Command::Snapshot(o) => cmd::snapshot::run(&ctx, o),
         Command::Restore(o) => cmd::restore::run(&ctx, o),
         Command::Gc(o) => cmd::gc::run(&ctx, o),
+        Command::Completions(o) => cmd::completions::completions(&ctx, o),
+        Command::Man(o) => cmd::completions::man(&ctx, o),
         Command::LayerHelper { request } => Ok(cmd::layer::serve(&request)),
         Command::RunArgv { argv } => cmd::unshare::exec_argv(&argv),
     };
     match result {
         Ok(code) => code,
+        // A reader that went away (`gbuild logs | head`) is not a failure.
+        Err(e) if is_broken_pipe(&e) => 0,
         Err(e) => {
             eprintln!("gbuild: {}", cmd::one_line(&e));
             1
         }
     }
+}
+
+/// `println!` panics when standard output is a closed pipe; that reader going away ends gbuild
+/// with status 0 and no message, like a write error of kind BrokenPipe does.
+fn quiet_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Diagnostics from gbuild and libcontainer on stderr: warnings by default, debug with `-v`,

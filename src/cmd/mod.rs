@@ -5,6 +5,7 @@ pub mod bootstrap;
 pub mod build;
 pub mod builder;
 pub mod check;
+pub mod completions;
 pub mod diff;
 pub mod exec;
 pub mod fetch;

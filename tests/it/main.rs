@@ -3,6 +3,7 @@
 //! machine without them, and fail instead when `GBUILD_MUST_WORK=1` (CI).
 
 mod builder;
+mod cli;
 mod exec;
 mod fetch;
 mod host;
