@@ -1,4 +1,4 @@
-//! Command-line definition (DESIGN.md section 2) and dispatch to one module per verb in `cmd/`.
+//! Command-line definition (docs/design.md) and dispatch to one module per verb in `cmd/`.
 //! Exit status: 0 success, 1 failure, 2 usage error; a command's own status passes through.
 
 use std::path::PathBuf;

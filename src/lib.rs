@@ -3,6 +3,8 @@
 //! The library holds every mechanism (store, runtime, fetch, layers); the binary (`src/main.rs`,
 //! `src/cli.rs`, `src/cmd/`) only parses the command line and reports errors. See ARCHITECTURE.md.
 
+#![deny(unsafe_code)]
+
 pub mod abi;
 pub mod builder;
 pub mod config;
@@ -17,5 +19,8 @@ pub mod runtime;
 pub mod serve;
 pub mod setup_host;
 pub mod store;
+#[allow(unsafe_code)]
 pub mod sys;
+#[cfg(test)]
+mod tidy;
 pub mod userns;

@@ -4,8 +4,8 @@
 //! libcontainer create and start it, then supervises it from one loop: it reaps the init process,
 //! forwards signals, proxies the terminal when there is one, and removes every trace (state
 //! directory, bundle, cgroup) on any exit. A watchdog process kills and removes the container if
-//! gbuild itself dies. See `../shared/reference/runtime-notes.md` for the library's behaviour that
-//! shaped this module (numbers in comments refer to its pitfalls).
+//! gbuild itself dies. `docs/runtime.md` has the library's behaviour that shaped
+//! this module ("pitfall N" in comments refers to its numbered list).
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};

@@ -1,5 +1,5 @@
 //! Where gbuild keeps everything: one directory (the store) whose layout is a contract
-//! (DESIGN.md section 3). This module resolves it and names its parts; nothing else builds store
+//! (docs/design.md). This module resolves it and names its parts; nothing else builds store
 //! paths by hand.
 
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! The builder: a machine's container (stage3 layer + config layer + bootstrap layer + a writable
 //! upper dir) in which the real `emerge` builds the machine's world set into its PKGDIR.
 //!
-//! Files per machine follow the store contract (DESIGN.md section 3): `machines/<M>/config/` (the
+//! Files per machine follow the store contract (docs/design.md): `machines/<M>/config/` (the
 //! configuration applied to the builder), `binpkgs/` (PKGDIR, outlives builders), `container/`
 //! (upper, work), `logs/`, `state.json` (the loop's state, read by `status` and `serve`),
 //! `machine.json` (what the builder was made from), `lock`.

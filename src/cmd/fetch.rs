@@ -1,5 +1,5 @@
 //! `gbuild fetch`: download and verify the stage3 and the ebuild-tree snapshot into the store
-//! (DESIGN.md sections 2, 3, 5), or with `--offline` only report what the store already holds.
+//! (docs/design.md), or with `--offline` only report what the store already holds.
 
 use std::path::PathBuf;
 

@@ -1,5 +1,5 @@
-//! `gbuild host export`: run on a Gentoo host, capture its configuration bundle (DESIGN.md
-//! section 2): /etc/portage, world, profile, tree snapshot identities, kernel, CPU flags and the
+//! `gbuild host export`: run on a Gentoo host, capture its configuration bundle
+//! (docs/design.md): /etc/portage, world, profile, tree snapshot identities, kernel, CPU flags and the
 //! variables Portage uses.
 
 use std::io::Write;

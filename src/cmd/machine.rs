@@ -1,5 +1,5 @@
 //! `gbuild machine import BUNDLE --name M` and `gbuild machine list`: register host
-//! configurations as machines (DESIGN.md section 2, store contract `machines/M/config/`).
+//! configurations as machines (docs/design.md, store contract `machines/M/config/`).
 
 use std::path::PathBuf;
 

@@ -1,5 +1,5 @@
 //! `gbuild serve`: the binhost and status page over HTTP for every machine in the store
-//! (DESIGN.md section 7). Runs until SIGINT/SIGTERM; prints the bound address first so that
+//! (docs/serve.md). Runs until SIGINT/SIGTERM; prints the bound address first so that
 //! `--listen 127.0.0.1:0` can be used by scripts.
 
 use std::io::Write;

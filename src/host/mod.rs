@@ -1,4 +1,4 @@
-//! Host configuration bundles (DESIGN.md sections 1, 2): what `gbuild host export` captures on a
+//! Host configuration bundles (docs/design.md): what `gbuild host export` captures on a
 //! Gentoo host (its /etc/portage, world, profile, tree snapshot identities, kernel, CPU flags and
 //! the variables Portage uses), how a bundle is stored and validated (`bundle`), and the
 //! comparison of two bundles that tells whether a builder still mirrors its host (`diff`).

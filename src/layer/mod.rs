@@ -1,5 +1,5 @@
-//! Sealed, content-addressed filesystem layers and the images built from them (DESIGN.md sections
-//! 3 and 6). A layer is a directory `layers/<sha256>/` whose name is the sha256 of its canonical
+//! Sealed, content-addressed filesystem layers and the images built from them
+//! (docs/layers.md). A layer is a directory `layers/<sha256>/` whose name is the sha256 of its canonical
 //! tarball (`pack`), with `layers/<sha256>.json` beside it. Layers are built under a temporary
 //! name, synced, renamed into place, and never written again.
 //!

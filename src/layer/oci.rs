@@ -1,4 +1,4 @@
-//! Snapshots as OCI image layouts (DESIGN.md section 6): `oci-layout`, `index.json` and
+//! Snapshots as OCI image layouts (docs/layers.md): `oci-layout`, `index.json` and
 //! `blobs/sha256/`, with one compressed blob per layer, a config whose `rootfs.diff_ids` are the
 //! layer ids, and a manifest. Other tools (skopeo, podman) read the same directory.
 //!

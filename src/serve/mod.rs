@@ -1,4 +1,4 @@
-//! The binhost (DESIGN.md section 7): a read-only HTTP server over the store that hands hosts
+//! The binhost (docs/serve.md): a read-only HTTP server over the store that hands hosts
 //! exactly what a completed build pass published — the `Packages` index, the binpkgs it lists,
 //! the ebuild-tree snapshot they were built on, ready-to-use `binrepos.conf` / `repos.conf` — and
 //! a status page of every machine's build loop.

@@ -1,0 +1,287 @@
+//! Tidy checks (run with the unit tests): the rules ARCHITECTURE.md states about the code, checked
+//! on the source tree itself, so that a change breaking one fails the suite instead of making the
+//! page quietly false.
+
+use std::path::{Path, PathBuf};
+
+fn top() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Every `.rs` file under `dir`, as (path relative to the checkout, content).
+fn rust_files(dir: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut todo = vec![top().join(dir)];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("read {}: {e}", d.display())) {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                let rel = p
+                    .strip_prefix(top())
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                out.push((rel, std::fs::read_to_string(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The code of a file without comments and string literals' content, line by line (good
+/// enough for the keyword checks below: a keyword in a comment or a message does not count).
+fn code_lines(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut in_block = false;
+    for line in text.lines() {
+        let mut code = String::new();
+        let mut chars = line.chars().peekable();
+        let mut in_str = false;
+        while let Some(c) = chars.next() {
+            if in_block {
+                if c == '*' && chars.peek() == Some(&'/') {
+                    chars.next();
+                    in_block = false;
+                }
+                continue;
+            }
+            if in_str {
+                match c {
+                    '\\' => {
+                        chars.next();
+                    }
+                    '"' => {
+                        in_str = false;
+                        code.push('"');
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            match c {
+                '/' if chars.peek() == Some(&'/') => break,
+                '/' if chars.peek() == Some(&'*') => {
+                    chars.next();
+                    in_block = true;
+                }
+                '"' => {
+                    in_str = true;
+                    code.push('"');
+                }
+                _ => code.push(c),
+            }
+        }
+        out.push(code);
+    }
+    out
+}
+
+fn under(path: &str, allowed: &[&str]) -> bool {
+    allowed
+        .iter()
+        .any(|a| path == *a || path.starts_with(&format!("{a}/")))
+}
+
+/// Files outside `allowed` whose code uses one of `needles`, with the line.
+fn offenders(files: &[(String, String)], needles: &[&str], allowed: &[&str]) -> Vec<String> {
+    let mut bad = Vec::new();
+    for (path, text) in files {
+        if under(path, allowed) || path.ends_with("src/tidy.rs") {
+            continue;
+        }
+        for (n, line) in code_lines(text).iter().enumerate() {
+            if needles.iter().any(|k| line.contains(k)) {
+                bad.push(format!("{path}:{}: {}", n + 1, line.trim()));
+            }
+        }
+    }
+    bad
+}
+
+#[test]
+fn libcontainer_only_in_the_runtime() {
+    let bad = offenders(
+        &rust_files("src"),
+        &["libcontainer::", "use libcontainer"],
+        &["src/runtime.rs", "src/runtime"],
+    );
+    assert!(
+        bad.is_empty(),
+        "libcontainer outside src/runtime:\n{}",
+        bad.join("\n")
+    );
+}
+
+#[test]
+fn unsafe_only_in_sys() {
+    let bad = offenders(
+        &rust_files("src"),
+        &["unsafe {", "unsafe fn", "unsafe impl", "unsafe extern"],
+        &["src/sys.rs"],
+    );
+    assert!(
+        bad.is_empty(),
+        "unsafe outside src/sys.rs:\n{}",
+        bad.join("\n")
+    );
+    let lib = std::fs::read_to_string(top().join("src/lib.rs")).unwrap();
+    assert!(
+        lib.contains("#![deny(unsafe_code)]"),
+        "src/lib.rs must deny unsafe_code outside sys"
+    );
+}
+
+#[test]
+fn network_only_in_fetch_and_serve() {
+    let files = rust_files("src");
+    let out = offenders(
+        &files,
+        &[
+            "reqwest::",
+            "TcpStream::connect",
+            "UdpSocket",
+            "UnixStream::connect",
+        ],
+        &[
+            "src/fetch",
+            "src/runtime.rs",
+            "src/runtime",
+            "src/userns.rs",
+        ],
+    );
+    assert!(
+        out.is_empty(),
+        "outgoing connections outside src/fetch:\n{}",
+        out.join("\n")
+    );
+    let listen = offenders(
+        &files,
+        &["TcpListener", "UdpSocket::bind", "axum::serve"],
+        &["src/serve"],
+    );
+    assert!(
+        listen.is_empty(),
+        "listening outside src/serve:\n{}",
+        listen.join("\n")
+    );
+}
+
+#[test]
+fn every_module_says_why_it_exists() {
+    let missing: Vec<String> = rust_files("src")
+        .into_iter()
+        .filter(|(_, text)| !text.trim_start().starts_with("//!"))
+        .map(|(p, _)| p)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "modules without a //! header:\n{}",
+        missing.join("\n")
+    );
+}
+
+#[test]
+fn nothing_points_outside_the_repository() {
+    let mut bad = Vec::new();
+    let mut files = rust_files("src");
+    files.extend(rust_files("tests"));
+    for name in ["README.md", "ARCHITECTURE.md", "build.rs"] {
+        files.push((
+            name.into(),
+            std::fs::read_to_string(top().join(name)).unwrap(),
+        ));
+    }
+    for dir in ["docs", "scripts"] {
+        let mut todo = vec![top().join(dir)];
+        while let Some(d) = todo.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    todo.push(p);
+                } else if let Ok(t) = std::fs::read_to_string(&p) {
+                    let rel = p
+                        .strip_prefix(top())
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned();
+                    files.push((rel, t));
+                }
+            }
+        }
+    }
+    for (path, text) in &files {
+        if path.ends_with("src/tidy.rs") {
+            continue;
+        }
+        for (n, line) in text.lines().enumerate() {
+            if line.contains("../shared") || line.contains("DESIGN.md") {
+                bad.push(format!("{path}:{}: {}", n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "references to files outside the repository:\n{}",
+        bad.join("\n")
+    );
+}
+
+#[test]
+fn architecture_code_map_names_what_exists() {
+    let arch = std::fs::read_to_string(top().join("ARCHITECTURE.md")).unwrap();
+    let mut missing = Vec::new();
+    let mut mapped = Vec::new();
+    for line in arch.lines().filter(|l| l.starts_with("| `")) {
+        let path = line[3..].split('`').next().unwrap_or("");
+        if path.contains('<') || path.contains('*') {
+            continue;
+        }
+        mapped.push(path.trim_end_matches('/').to_string());
+        if !top().join(path).exists() {
+            missing.push(path.to_string());
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "ARCHITECTURE.md maps paths that do not exist: {missing:?}"
+    );
+    // Every top-level module of the library is on the map.
+    let mut unmapped = Vec::new();
+    for e in std::fs::read_dir(top().join("src")).unwrap() {
+        let p = e.unwrap().path();
+        let rel = p
+            .strip_prefix(top())
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let rel = rel.trim_end_matches(".rs").to_string();
+        if rel == "src/tidy" || rel == "src/cmd" {
+            continue;
+        }
+        let known = mapped
+            .iter()
+            .any(|m| m.trim_end_matches(".rs") == rel || m.starts_with(&format!("{rel}/")));
+        if !known {
+            unmapped.push(rel);
+        }
+    }
+    assert!(
+        unmapped.is_empty(),
+        "modules missing from ARCHITECTURE.md's code map: {unmapped:?}"
+    );
+}
+
+#[test]
+fn the_scanner_sees_code_not_comments() {
+    let lines =
+        code_lines("let a = 1; // unsafe {\n/* unsafe fn */ let b = \"unsafe {\";\nunsafe { x }");
+    assert!(!lines[0].contains("unsafe"));
+    assert!(!lines[1].contains("unsafe"));
+    assert!(lines[2].contains("unsafe {"));
+    assert!(under("src/fetch/http.rs", &["src/fetch"]));
+    assert!(!under("src/fetchy.rs", &["src/fetch"]));
+    let _ = Path::new("");
+}
