@@ -7,7 +7,7 @@
 //! `PT_NOTE` segments and from `SHT_NOTE` / `.note.ABI-tag` sections.
 
 use std::fmt;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
 /// One ABI tag found in a binpkg.
@@ -94,43 +94,6 @@ pub fn parse_kernel(kernel: &str) -> Option<(u32, u32, u32)> {
     Some((parts[0], parts[1], parts[2]))
 }
 
-/// Compression of a stream, from its first bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Comp {
-    Zstd,
-    Xz,
-    Gzip,
-    Bzip2,
-    None,
-}
-
-fn sniff(head: &[u8]) -> Comp {
-    if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Comp::Zstd
-    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-        Comp::Xz
-    } else if head.starts_with(&[0x1f, 0x8b]) {
-        Comp::Gzip
-    } else if head.starts_with(b"BZh") {
-        Comp::Bzip2
-    } else {
-        Comp::None
-    }
-}
-
-/// A decompressing reader chosen by the stream's magic.
-fn decompress<'a, R: Read + 'a>(r: R) -> std::io::Result<Box<dyn Read + 'a>> {
-    let mut r = BufReader::with_capacity(1 << 16, r);
-    let comp = sniff(r.fill_buf()?);
-    Ok(match comp {
-        Comp::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(r)?),
-        Comp::Xz => Box::new(liblzma::read::XzDecoder::new_multi_decoder(r)),
-        Comp::Gzip => Box::new(flate2::read::MultiGzDecoder::new(r)),
-        Comp::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(r)),
-        Comp::None => Box::new(r),
-    })
-}
-
 /// Scan every ELF file of a binpkg (gpkg or xpak) for ABI tags.
 pub fn scan_binpkg(path: &Path) -> Result<Vec<AbiNote>, AbiError> {
     let io = |source| AbiError::Io {
@@ -145,7 +108,7 @@ pub fn scan_binpkg(path: &Path) -> Result<Vec<AbiNote>, AbiError> {
             path: path.to_path_buf(),
             reason: "no xpak trailer (XPAKSTOP...STOP)".into(),
         })?;
-        let r = decompress(&data[..end]).map_err(io)?;
+        let r = crate::compress::decoder(&data[..end]).map_err(io)?;
         return scan_image_tar(r, "").map_err(io);
     }
     let f = std::fs::File::open(path).map_err(io)?;
@@ -163,7 +126,7 @@ pub fn scan_binpkg(path: &Path) -> Result<Vec<AbiNote>, AbiError> {
             continue;
         }
         found = true;
-        let r = decompress(entry).map_err(io)?;
+        let r = crate::compress::decoder(entry).map_err(io)?;
         notes.extend(scan_image_tar(r, "image/").map_err(io)?);
     }
     if !found {

@@ -7,6 +7,7 @@
 
 pub mod abi;
 pub mod builder;
+pub mod compress;
 pub mod config;
 pub mod fetch;
 pub mod fsutil;

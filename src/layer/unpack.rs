@@ -16,7 +16,7 @@
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -63,53 +63,7 @@ pub struct UnpackStats {
     pub other_skipped: u64,
 }
 
-/// Compression of an archive, from its first bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Codec {
-    Xz,
-    Gzip,
-    Bzip2,
-    Zstd,
-    None,
-}
-
-pub fn sniff(head: &[u8]) -> Codec {
-    if head.starts_with(&[0xFD, b'7', b'z', b'X', b'Z', 0]) {
-        Codec::Xz
-    } else if head.starts_with(&[0x1F, 0x8B]) {
-        Codec::Gzip
-    } else if head.starts_with(b"BZh") {
-        Codec::Bzip2
-    } else if head.starts_with(&[0x28, 0xB5, 0x2F, 0xFD]) {
-        Codec::Zstd
-    } else {
-        Codec::None
-    }
-}
-
-/// A reader of the decompressed content of `r`, codec chosen by magic bytes.
-pub fn decoder<R: Read + Send + 'static>(r: R) -> io::Result<Box<dyn Read + Send>> {
-    let mut br = BufReader::with_capacity(CHUNK, r);
-    let codec = sniff(br.fill_buf()?);
-    Ok(match codec {
-        Codec::Xz => {
-            let threads = std::thread::available_parallelism()
-                .map(|n| n.get() as u32)
-                .unwrap_or(1);
-            let stream = liblzma::stream::MtStreamBuilder::new()
-                .threads(threads)
-                .memlimit_threading(1 << 30)
-                .memlimit_stop(u64::MAX)
-                .decoder()
-                .map_err(io::Error::other)?;
-            Box::new(liblzma::bufread::XzDecoder::new_stream(br, stream))
-        }
-        Codec::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(br)),
-        Codec::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(br)),
-        Codec::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(br)?),
-        Codec::None => Box::new(br),
-    })
-}
+pub use crate::compress::{decoder, sniff, Codec};
 
 /// Counts bytes read into a progress bar.
 pub struct ProgressReader<R> {
@@ -975,14 +929,5 @@ mod tests {
         assert_eq!((dm.mode() & 0o7777, dm.mtime()), (0o555, 77));
         std::fs::set_permissions(d.path().join("d"), std::fs::Permissions::from_mode(0o755))
             .unwrap();
-    }
-
-    #[test]
-    fn codecs_sniffed() {
-        assert_eq!(sniff(&[0xFD, b'7', b'z', b'X', b'Z', 0, 1]), Codec::Xz);
-        assert_eq!(sniff(&[0x1F, 0x8B, 8]), Codec::Gzip);
-        assert_eq!(sniff(b"BZh91AY"), Codec::Bzip2);
-        assert_eq!(sniff(&[0x28, 0xB5, 0x2F, 0xFD]), Codec::Zstd);
-        assert_eq!(sniff(b"usr/"), Codec::None);
     }
 }
