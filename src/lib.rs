@@ -4,6 +4,7 @@
 //! `src/cli.rs`, `src/cmd/`) only parses the command line and reports errors. See ARCHITECTURE.md.
 
 pub mod abi;
+pub mod beneath;
 pub mod builder;
 pub mod config;
 pub mod fetch;
