@@ -9,7 +9,7 @@
 //!
 //! One scenario in one store, because bootstrapping is the expensive part.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -380,22 +380,7 @@ fn builder_scenario_with_real_emerge() {
     // 4. The machine takes an imported host configuration (the builder's own, exported from a
     //    host-like root, plus a package whose binary needs Linux 9.0 while the host runs 6.1).
     let hostroot = s.path().join("hostroot");
-    std::fs::create_dir_all(&hostroot).unwrap();
-    let tar = util::output(env.gbuild().args([
-        "shell",
-        "--",
-        "tar",
-        "-C",
-        "/",
-        "-cf",
-        "-",
-        "etc/portage",
-        "var/lib/portage/world",
-    ]));
-    assert!(tar.status.success());
-    tar::Archive::new(&tar.stdout[..])
-        .unpack(&hostroot)
-        .unwrap();
+    builder_config(&env, "default", &hostroot);
     let repo = hostroot.join("var/db/repos/gentoo");
     std::fs::create_dir_all(repo.parent().unwrap()).unwrap();
     std::os::unix::fs::symlink(env.store.join("repos/20260201"), &repo).unwrap();
@@ -403,32 +388,8 @@ fn builder_scenario_with_real_emerge() {
     let mut w = std::fs::read_to_string(&world).unwrap();
     w.push_str("app-misc/abinote\n");
     std::fs::write(&world, w).unwrap();
-    let export = |name: &str| -> PathBuf {
-        let b = s.path().join(name);
-        let out = util::output(
-            env.gbuild()
-                .args(["host", "export", "--root"])
-                .arg(&hostroot)
-                .args([
-                    "--kernel",
-                    "6.1.0-13-amd64",
-                    "--hostname",
-                    "laptop",
-                    "--no-emerge",
-                ])
-                .args(["--no-cpu", "-o"])
-                .arg(&b),
-        );
-        assert!(out.status.success(), "{}", util::stderr(&out));
-        b
-    };
-    let b1 = export("laptop1.tar");
-    let out = util::output(
-        env.gbuild()
-            .args(["machine", "import", "--name", "default"])
-            .arg(&b1),
-    );
-    assert!(out.status.success(), "{}", util::stderr(&out));
+    let b1 = export_root(&env, &hostroot, &s.path().join("laptop1.tar"));
+    import(&env, "default", &b1);
     let out = util::output(env.gbuild().args(["build", "--once"]));
     assert!(
         out.status.success(),
@@ -497,26 +458,8 @@ fn builder_scenario_with_real_emerge() {
     let world = laptop.join("var/lib/portage/world");
     std::fs::create_dir_all(world.parent().unwrap()).unwrap();
     std::fs::write(&world, "app-misc/hello\n").unwrap();
-    let export_laptop = |name: &str| -> PathBuf {
-        let b = s.path().join(name);
-        let out = util::output(
-            env.gbuild()
-                .args(["host", "export", "--root"])
-                .arg(&laptop)
-                .args(["--kernel", "6.1.0-13-amd64", "--hostname", "laptop"])
-                .args(["--no-emerge", "--no-cpu", "-o"])
-                .arg(&b),
-        );
-        assert!(out.status.success(), "{}", util::stderr(&out));
-        b
-    };
-    let bl = export_laptop("laptop-on-20260201.tar");
-    let out = util::output(
-        env.gbuild()
-            .args(["machine", "import", "--name", "laptop"])
-            .arg(&bl),
-    );
-    assert!(out.status.success(), "{}", util::stderr(&out));
+    let bl = export_root(&env, &laptop, &s.path().join("laptop-on-20260201.tar"));
+    import(&env, "laptop", &bl);
     let list = util::stdout(&util::output(env.gbuild().args(["machine", "list"])));
     let row = list.lines().find(|l| l.starts_with("laptop ")).unwrap();
     assert!(row.contains("20260201"), "{list}");
@@ -553,37 +496,14 @@ fn builder_scenario_with_real_emerge() {
     // `gbuild diff` of the builder (its configuration and the tree it builds on) against the
     // imported host: no snapshot line, nothing at all.
     let bview = s.path().join("laptop-builder");
-    let tar = util::output(env.gbuild().args([
-        "shell",
-        "--machine",
-        "laptop",
-        "--",
-        "tar",
-        "-C",
-        "/",
-        "-cf",
-        "-",
-        "etc/portage",
-        "var/lib/portage/world",
-    ]));
-    assert!(tar.status.success(), "{}", util::stderr(&tar));
-    tar::Archive::new(&tar.stdout[..]).unpack(&bview).unwrap();
+    builder_config(&env, "laptop", &bview);
     std::fs::create_dir_all(bview.join("var/db/repos")).unwrap();
     std::os::unix::fs::symlink(
         env.store.join("repos/20260201"),
         bview.join("var/db/repos/gentoo"),
     )
     .unwrap();
-    let bb = s.path().join("laptop-builder.tar");
-    let out = util::output(
-        env.gbuild()
-            .args(["host", "export", "--root"])
-            .arg(&bview)
-            .args(["--kernel", "6.1.0-13-amd64", "--hostname", "laptop"])
-            .args(["--no-emerge", "--no-cpu", "-o"])
-            .arg(&bb),
-    );
-    assert!(out.status.success(), "{}", util::stderr(&out));
+    let bb = export_root(&env, &bview, &s.path().join("laptop-builder.tar"));
     let out = util::output(env.gbuild().args(["diff", "--machine", "laptop"]).arg(&bb));
     let text = util::stdout(&out);
     assert!(!text.contains("tree snapshot"), "{text}");
@@ -627,13 +547,8 @@ fn builder_scenario_with_real_emerge() {
         "5d0a6c1e0f3b2a4c6e8d0f1a3b5c7d9e1f2a4b6c 1769998501 2026-02-02T02:15:01+00:00\n",
     )
     .unwrap();
-    let br = export_laptop("laptop-rsync.tar");
-    let out = util::output(
-        env.gbuild()
-            .args(["machine", "import", "--name", "rsynced"])
-            .arg(&br),
-    );
-    assert!(out.status.success(), "{}", util::stderr(&out));
+    let br = export_root(&env, &laptop, &s.path().join("laptop-rsync.tar"));
+    import(&env, "rsynced", &br);
     let out = run_machine("rsynced");
     assert_eq!(out.status.code(), Some(1), "{}", util::stderr(&out));
     let err = util::stderr(&out);
@@ -653,8 +568,53 @@ fn builder_scenario_with_real_emerge() {
     assert!(!err.contains("bootstrapping"), "{err}");
 }
 
+/// The builder's /etc/portage and world set of `machine`, unpacked under `dest` (what a host
+/// with that configuration has).
+fn builder_config(env: &Env, machine: &str, dest: &Path) {
+    std::fs::create_dir_all(dest).unwrap();
+    let tar = util::output(env.gbuild().args([
+        "shell",
+        "--machine",
+        machine,
+        "--",
+        "tar",
+        "-C",
+        "/",
+        "-cf",
+        "-",
+        "etc/portage",
+        "var/lib/portage/world",
+    ]));
+    assert!(tar.status.success(), "{}", util::stderr(&tar));
+    tar::Archive::new(&tar.stdout[..]).unpack(dest).unwrap();
+}
+
+/// `gbuild host export` of a host-like root (host laptop, Linux 6.1) into `out`.
+fn export_root(env: &Env, root: &Path, out: &Path) -> PathBuf {
+    let o = util::output(
+        env.gbuild()
+            .args(["host", "export", "--root"])
+            .arg(root)
+            .args(["--kernel", "6.1.0-13-amd64", "--hostname", "laptop"])
+            .args(["--no-emerge", "--no-cpu", "-o"])
+            .arg(out),
+    );
+    assert!(o.status.success(), "{}", util::stderr(&o));
+    out.to_path_buf()
+}
+
+/// `gbuild machine import --name NAME BUNDLE`.
+fn import(env: &Env, name: &str, bundle: &Path) {
+    let o = util::output(
+        env.gbuild()
+            .args(["machine", "import", "--name", name])
+            .arg(bundle),
+    );
+    assert!(o.status.success(), "{}", util::stderr(&o));
+}
+
 /// Unpack a snapshot tarball as emerge-webrsync does (without its top directory).
-fn untar_snapshot(tarball: &std::path::Path, dest: &std::path::Path) {
+fn untar_snapshot(tarball: &Path, dest: &Path) {
     let out = util::output(
         Command::new("tar")
             .arg("--strip-components=1")
@@ -675,8 +635,8 @@ fn untar_snapshot(tarball: &std::path::Path, dest: &std::path::Path) {
 fn webrsync_host(
     env: &Env,
     s: &Scratch,
-    snapshots: &std::path::Path,
-    host_tree: &std::path::Path,
+    snapshots: &Path,
+    host_tree: &Path,
     repos_conf: &str,
     cmd: &str,
 ) -> String {
