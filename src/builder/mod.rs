@@ -354,22 +354,35 @@ pub fn repo_location_of(host: Option<&crate::host::Bundle>) -> String {
         .unwrap_or_else(|| "/var/db/repos/gentoo".to_string())
 }
 
-/// The snapshot date the machine must use: the one its host uses when the imported bundle
-/// says, else the newest verified one. Unpacked under `repos/`.
+/// The snapshot date the machine must use: the verified snapshot holding its host's tree
+/// (matched by timestamp) when the imported bundle has one, else the newest verified one.
+/// Unpacked under `repos/`.
 pub fn pinned_snapshot(env: &BuildEnv, m: &Machine) -> Result<String> {
     if let Some(b) = m.host_bundle() {
-        if let Some(date) = b.snapshot_date() {
-            let a = crate::fetch::verified_snapshot(&env.store, &date).ok_or_else(|| {
+        if let Some(tree) = host_tree(&b) {
+            let a = crate::fetch::verified_snapshot_of_tree(&env.store, tree).ok_or_else(|| {
                 BuilderError::Other(format!(
-                    "the host of {} uses the ebuild tree of {date}: run `gbuild fetch --snapshot-date {date}`",
-                    m.name
+                    "the host of {} uses the ebuild tree of {} (Gentoo's snapshot {}), not verified in the store: run `gbuild run --machine {}` or `gbuild fetch --snapshot-date {}`",
+                    m.name,
+                    tree.describe(),
+                    tree.snapshot_name_date().unwrap_or_default(),
+                    m.name,
+                    tree.snapshot_name_date().unwrap_or_default(),
                 ))
             })?;
+            let date = a.manifest.date.clone();
             layer::unpack::unpack_repo(&env.store, &a.path, &date)?;
             return Ok(date);
         }
     }
     Ok(newest_snapshot(&env.store)?.0)
+}
+
+/// The identity of a host bundle's main tree, when it has a timestamp to find it by.
+pub fn host_tree(b: &crate::host::Bundle) -> Option<&crate::fetch::TreeIdentity> {
+    b.main_repo()
+        .map(|r| &r.identity)
+        .filter(|id| id.unix_time().is_some())
 }
 
 /// Compiler flags that must not mean the builder's CPU: a host whose CFLAGS (or CXXFLAGS,

@@ -34,6 +34,10 @@ pub struct FetchOpts {
     /// No network: use only artifacts already verified in the store
     #[arg(long)]
     pub offline: bool,
+    /// The snapshot holding this ebuild tree (a host's), found by its timestamp, instead of
+    /// `snapshot_date` (for `run`)
+    #[arg(skip)]
+    pub tree: Option<fetch::TreeIdentity>,
 }
 
 pub fn run(ctx: &Ctx, o: FetchOpts) -> anyhow::Result<i32> {
@@ -49,7 +53,10 @@ pub fn run(ctx: &Ctx, o: FetchOpts) -> anyhow::Result<i32> {
     let (stage3, snapshot) = if o.offline {
         (
             fetch::offline_stage3(&store, &src)?,
-            fetch::offline_snapshot(&store, &src)?,
+            match &o.tree {
+                Some(t) => fetch::offline_snapshot_of_tree(&store, t)?,
+                None => fetch::offline_snapshot(&store, &src)?,
+            },
         )
     } else {
         let keyring = o.keyring.as_deref().or(config.keyring.as_deref());
@@ -58,11 +65,13 @@ pub fn run(ctx: &Ctx, o: FetchOpts) -> anyhow::Result<i32> {
         let trust = Trust::new(keyring, &extra)?;
         let fetcher = Fetcher::new(RetryPolicy::from_env())?;
         let mut got = Vec::new();
-        for (what, f) in [
-            ("stage3", fetch::fetch_stage3 as fn(&_, &_, &_, &_) -> _),
-            ("snapshot", fetch::fetch_snapshot),
-        ] {
-            let r = f(&store, &src, &trust, &fetcher).with_context(|| format!("fetch {what}"))?;
+        for what in ["stage3", "snapshot"] {
+            let r = match (what, &o.tree) {
+                ("stage3", _) => fetch::fetch_stage3(&store, &src, &trust, &fetcher),
+                (_, Some(t)) => fetch::fetch_snapshot_of_tree(&store, &src, t, &trust, &fetcher),
+                (_, None) => fetch::fetch_snapshot(&store, &src, &trust, &fetcher),
+            }
+            .with_context(|| format!("fetch {what}"))?;
             for w in &r.warnings {
                 eprintln!("gbuild: {w}");
             }

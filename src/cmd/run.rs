@@ -64,14 +64,14 @@ pub fn run(ctx: &Ctx, o: RunOpts) -> anyhow::Result<i32> {
         );
     }
     let (env, m) = build_env(ctx, &o.m)?;
-    // A machine made from a host bundle starts on the host's own ebuild tree.
-    let snapshot_date = o.snapshot_date.clone().or_else(|| {
-        m.meta()
-            .image
-            .is_none()
-            .then(|| m.host_bundle().and_then(|b| b.snapshot_date()))
-            .flatten()
-    });
+    // A machine made from a host bundle starts on the host's own ebuild tree, found on the
+    // mirror by its timestamp.
+    let tree = match (&o.snapshot_date, m.meta().image.is_none()) {
+        (None, true) => m
+            .host_bundle()
+            .and_then(|b| gbuild::builder::host_tree(&b).cloned()),
+        _ => None,
+    };
     super::fetch::run(
         ctx,
         super::fetch::FetchOpts {
@@ -80,7 +80,8 @@ pub fn run(ctx: &Ctx, o: RunOpts) -> anyhow::Result<i32> {
             variant: None,
             keyring: o.keyring.clone(),
             trust: o.trust.clone(),
-            snapshot_date,
+            snapshot_date: o.snapshot_date.clone(),
+            tree,
             offline: o.offline,
         },
     )?;

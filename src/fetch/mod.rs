@@ -9,6 +9,10 @@
 //! pointer files (the latest-stage3 text; for `gentoo-latest` the snapshot's `.gpgsig`) and
 //! downloads nothing more when they name what the store already holds; a dated snapshot that is
 //! already verified needs no request at all. `--offline` only reads manifests.
+//!
+//! A host's tree is found by its timestamp (`fetch_snapshot_of_tree`): the snapshot dates that
+//! Gentoo's naming rule allows for it (identity.rs), each verified, then compared by the
+//! timestamps inside; the snapshot manifest records them.
 
 pub mod digests;
 pub mod hashing;
@@ -61,6 +65,12 @@ pub enum FetchError {
     Offline { what: String, dir: PathBuf },
     #[error("invalid {what} {value:?}")]
     Invalid { what: &'static str, value: String },
+    #[error("no snapshot on {mirror} holds the ebuild tree of timestamp {timestamp} (tried {tried}); sync the host with emerge-webrsync, then export and import it again")]
+    NoTreeSnapshot {
+        timestamp: String,
+        mirror: String,
+        tried: String,
+    },
 }
 
 /// What `fetch` records about a verified artifact (the JSON manifest beside it).
@@ -93,6 +103,10 @@ pub struct Manifest {
     /// For a snapshot fetched as `gentoo-latest.tar.xz`, that name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fetched_as: Option<String>,
+    /// For a snapshot, its tree's `metadata/timestamp.*`, read after verification (absent in
+    /// manifests written before it was recorded: then read from the tarball).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<TreeIdentity>,
 }
 
 /// A verified artifact in the store.
@@ -404,6 +418,7 @@ pub fn fetch_stage3(
         variant: Some(src.variant.clone()),
         date,
         fetched_as: None,
+        identity: None,
     };
     write_manifest(&stage3_manifest(store, &src.arch, &src.variant), &manifest)?;
     Ok(Fetched {
@@ -477,6 +492,10 @@ pub fn fetch_snapshot(
             }),
         )?,
     };
+    let identity = or_discard(
+        &partial,
+        identity::read_tarball_identity(&partial).map_err(FetchError::from),
+    )?;
     let file = format!("gentoo-{date}.tar.xz");
     let kept_sig = format!("{file}.gpgsig");
     atomic_write(&dl.join(&kept_sig), &sig)?;
@@ -497,6 +516,7 @@ pub fn fetch_snapshot(
         variant: None,
         date: date.clone(),
         fetched_as: src.snapshot_date.is_none().then_some(remote),
+        identity: Some(identity),
     };
     write_manifest(&snapshot_manifest(store, &date), &manifest)?;
     Ok(Fetched {
@@ -506,6 +526,73 @@ pub fn fetch_snapshot(
         },
         downloaded: true,
         warnings,
+    })
+}
+
+/// The tree identity of a verified snapshot: from its manifest, else from the tarball.
+pub fn snapshot_identity(a: &Artifact) -> Result<TreeIdentity, FetchError> {
+    match &a.manifest.identity {
+        Some(id) => Ok(id.clone()),
+        None => Ok(identity::read_tarball_identity(&a.path)?),
+    }
+}
+
+/// The verified snapshot in the store that holds exactly `tree`, if any (the dates Gentoo's
+/// convention allows for its timestamp, compared by the timestamps inside).
+pub fn verified_snapshot_of_tree(store: &Store, tree: &TreeIdentity) -> Option<Artifact> {
+    tree.candidate_snapshot_dates().iter().find_map(|d| {
+        let a = verified_snapshot(store, d)?;
+        snapshot_identity(&a).ok()?.same_tree(tree).then_some(a)
+    })
+}
+
+/// As `offline_snapshot`, for the snapshot holding `tree`.
+pub fn offline_snapshot_of_tree(
+    store: &Store,
+    tree: &TreeIdentity,
+) -> Result<Artifact, FetchError> {
+    verified_snapshot_of_tree(store, tree).ok_or_else(|| FetchError::Offline {
+        what: format!("snapshot of the ebuild tree of {}", tree.describe()),
+        dir: store.downloads(),
+    })
+}
+
+/// Fetch the one snapshot whose tree is `tree` (a host's): for each date Gentoo's convention
+/// allows for its timestamp (D, D+1, D-1), the verified `gentoo-<date>.tar.xz` (from the store,
+/// else downloaded and verified like `fetch_snapshot`), compared after verification. A date the
+/// mirror lacks is skipped; any other failure stops. None matching is an error naming the
+/// timestamp and what each date held.
+pub fn fetch_snapshot_of_tree(
+    store: &Store,
+    src: &Source,
+    tree: &TreeIdentity,
+    trust: &Trust,
+    fetcher: &Fetcher,
+) -> Result<Fetched, FetchError> {
+    let mut tried = Vec::new();
+    for date in tree.candidate_snapshot_dates() {
+        let dated = Source {
+            snapshot_date: Some(date.clone()),
+            ..src.clone()
+        };
+        match fetch_snapshot(store, &dated, trust, fetcher) {
+            Ok(got) => {
+                let id = snapshot_identity(&got.artifact)?;
+                if id.same_tree(tree) {
+                    return Ok(got);
+                }
+                tried.push(format!("gentoo-{date} of {}", id.describe()));
+            }
+            Err(FetchError::Http(HttpError::NotFound { .. })) => {
+                tried.push(format!("gentoo-{date}: not there"));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(FetchError::NoTreeSnapshot {
+        timestamp: tree.describe(),
+        mirror: src.mirror.clone(),
+        tried: tried.join(", "),
     })
 }
 
@@ -563,6 +650,7 @@ mod tests {
             variant: None,
             date: "20260101".into(),
             fetched_as: None,
+            identity: None,
         };
         write_manifest(&snapshot_manifest(&store, "20260101"), &m).unwrap();
         assert!(latest_verified_snapshot(&store).is_none());

@@ -400,11 +400,11 @@ impl Bundle {
             .or_else(|| r.iter().find(|r| r.name == "gentoo"))
     }
 
-    /// The main tree's snapshot date, `YYYYMMDD` (UTC), when known.
+    /// The file date `YYYYMMDD` of the Gentoo snapshot holding the main tree, by Gentoo's
+    /// convention (the day before its timestamp), when known. For showing; the snapshot itself
+    /// is found by the tree's timestamp (`fetch::fetch_snapshot_of_tree`).
     pub fn snapshot_date(&self) -> Option<String> {
-        let t = self.main_repo()?.identity.unix_time()?;
-        let (y, m, d) = civil_from_days((t / 86400) as i64);
-        Some(format!("{y:04}{m:02}{d:02}"))
+        self.main_repo()?.identity.snapshot_name_date()
     }
 
     /// make.conf (file or directory) then make.conf.d/, parsed from the captured files.

@@ -9,7 +9,7 @@
 //!
 //! One scenario in one store, because bootstrapping is the expensive part.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -151,12 +151,9 @@ fn http_get(url: &str) -> String {
     body.to_string()
 }
 
-/// A host-like root (the stage3 plus the machine's configuration) that installs the world set
-/// with `emerge --getbinpkgonly` from `gbuild serve`, using the binrepos.conf it serves; returns
-/// emerge's output.
-fn host_install(env: &Env, s: &Scratch, name: &str, snapshot: &str, serve: &Serve) -> String {
-    let store = &env.store;
-    let images = store.join("images/stage3");
+/// The stage3's layer in the store (hosts are made from it).
+fn stage3_layer(env: &Env) -> PathBuf {
+    let images = env.store.join("images/stage3");
     let img = std::fs::read_dir(&images)
         .unwrap()
         .next()
@@ -164,9 +161,17 @@ fn host_install(env: &Env, s: &Scratch, name: &str, snapshot: &str, serve: &Serv
         .unwrap()
         .path();
     let img: serde_json::Value = serde_json::from_slice(&std::fs::read(img).unwrap()).unwrap();
-    let stage3 = store
+    env.store
         .join("layers")
-        .join(img["layers"][0].as_str().unwrap());
+        .join(img["layers"][0].as_str().unwrap())
+}
+
+/// A host-like root (the stage3 plus the machine's configuration) that installs the world set
+/// with `emerge --getbinpkgonly` from `gbuild serve`, using the binrepos.conf it serves; returns
+/// emerge's output.
+fn host_install(env: &Env, s: &Scratch, name: &str, snapshot: &str, serve: &Serve) -> String {
+    let store = &env.store;
+    let stage3 = stage3_layer(env);
     let host = s.path().join(name);
     let binrepos = host.join("binrepos");
     std::fs::create_dir_all(&binrepos).unwrap();
@@ -375,22 +380,7 @@ fn builder_scenario_with_real_emerge() {
     // 4. The machine takes an imported host configuration (the builder's own, exported from a
     //    host-like root, plus a package whose binary needs Linux 9.0 while the host runs 6.1).
     let hostroot = s.path().join("hostroot");
-    std::fs::create_dir_all(&hostroot).unwrap();
-    let tar = util::output(env.gbuild().args([
-        "shell",
-        "--",
-        "tar",
-        "-C",
-        "/",
-        "-cf",
-        "-",
-        "etc/portage",
-        "var/lib/portage/world",
-    ]));
-    assert!(tar.status.success());
-    tar::Archive::new(&tar.stdout[..])
-        .unpack(&hostroot)
-        .unwrap();
+    builder_config(&env, "default", &hostroot);
     let repo = hostroot.join("var/db/repos/gentoo");
     std::fs::create_dir_all(repo.parent().unwrap()).unwrap();
     std::os::unix::fs::symlink(env.store.join("repos/20260201"), &repo).unwrap();
@@ -398,32 +388,8 @@ fn builder_scenario_with_real_emerge() {
     let mut w = std::fs::read_to_string(&world).unwrap();
     w.push_str("app-misc/abinote\n");
     std::fs::write(&world, w).unwrap();
-    let export = |name: &str| -> PathBuf {
-        let b = s.path().join(name);
-        let out = util::output(
-            env.gbuild()
-                .args(["host", "export", "--root"])
-                .arg(&hostroot)
-                .args([
-                    "--kernel",
-                    "6.1.0-13-amd64",
-                    "--hostname",
-                    "laptop",
-                    "--no-emerge",
-                ])
-                .args(["--no-cpu", "-o"])
-                .arg(&b),
-        );
-        assert!(out.status.success(), "{}", util::stderr(&out));
-        b
-    };
-    let b1 = export("laptop1.tar");
-    let out = util::output(
-        env.gbuild()
-            .args(["machine", "import", "--name", "default"])
-            .arg(&b1),
-    );
-    assert!(out.status.success(), "{}", util::stderr(&out));
+    let b1 = export_root(&env, &hostroot, &s.path().join("laptop1.tar"));
+    import(&env, "default", &b1);
     let out = util::output(env.gbuild().args(["build", "--once"]));
     assert!(
         out.status.success(),
@@ -473,4 +439,237 @@ fn builder_scenario_with_real_emerge() {
             .any(|d| d.as_str().unwrap().contains("zz-local")),
         "{st}"
     );
+
+    // 5. A new machine from a host that synced gentoo-20260201: Gentoo made that snapshot at
+    //    00:45 UTC on 2 February and stamped it so, while the mirror also holds gentoo-20260202.
+    //    `run` finds the host's own tree by its timestamp and everything names it 20260201.
+    let laptop = s.path().join("laptop-root");
+    let tree = laptop.join("var/db/repos/gentoo");
+    std::fs::create_dir_all(&tree).unwrap();
+    let cp = util::output(
+        Command::new("cp")
+            .arg("-a")
+            .arg(hostroot.join("etc"))
+            .arg(&laptop),
+    );
+    assert!(cp.status.success(), "{}", util::stderr(&cp));
+    let snapshots = fx.dir.join("mirror/snapshots");
+    untar_snapshot(&snapshots.join("gentoo-20260201.tar.xz"), &tree);
+    let world = laptop.join("var/lib/portage/world");
+    std::fs::create_dir_all(world.parent().unwrap()).unwrap();
+    std::fs::write(&world, "app-misc/hello\n").unwrap();
+    let bl = export_root(&env, &laptop, &s.path().join("laptop-on-20260201.tar"));
+    import(&env, "laptop", &bl);
+    let list = util::stdout(&util::output(env.gbuild().args(["machine", "list"])));
+    let row = list.lines().find(|l| l.starts_with("laptop ")).unwrap();
+    assert!(row.contains("20260201"), "{list}");
+    let run_machine = |name: &str| {
+        util::output(env.gbuild().args([
+            "run",
+            "--rootless",
+            "--once",
+            "--machine",
+            name,
+            "--mirror",
+            &env.url,
+            "--trust",
+            &fx.fingerprint,
+            "--keyring",
+            fx.dir.join("keyring.asc").to_str().unwrap(),
+        ]))
+    };
+    let out = run_machine("laptop");
+    assert!(out.status.success(), "run laptop: {}", util::stderr(&out));
+    assert!(
+        util::stdout(&out).contains("gentoo-20260201.tar.xz"),
+        "{}",
+        util::stdout(&out)
+    );
+    let st = util::output(
+        env.gbuild()
+            .args(["status", "--machine", "laptop", "--json"]),
+    );
+    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(st["last_pass"]["result"], "success", "{st}");
+    assert_eq!(st["snapshot"], "20260201", "{st}");
+    assert_eq!(st["drift"], serde_json::json!([]), "{st}");
+    // `gbuild diff` of the builder (its configuration and the tree it builds on) against the
+    // imported host: no snapshot line, nothing at all.
+    let bview = s.path().join("laptop-builder");
+    builder_config(&env, "laptop", &bview);
+    std::fs::create_dir_all(bview.join("var/db/repos")).unwrap();
+    std::os::unix::fs::symlink(
+        env.store.join("repos/20260201"),
+        bview.join("var/db/repos/gentoo"),
+    )
+    .unwrap();
+    let bb = export_root(&env, &bview, &s.path().join("laptop-builder.tar"));
+    let out = util::output(env.gbuild().args(["diff", "--machine", "laptop"]).arg(&bb));
+    let text = util::stdout(&out);
+    assert!(!text.contains("tree snapshot"), "{text}");
+    assert_eq!(out.status.code(), Some(0), "{text}{}", util::stderr(&out));
+
+    // What serve publishes names the snapshot by its file date, and the host's own
+    // emerge-webrsync, given that date as the repos.conf comment says, rebuilds the host's tree
+    // exactly (starting from the next day's tree).
+    let info: serde_json::Value =
+        serde_json::from_str(&http_get(&format!("{}/laptop/snapshot.info", serve.url))).unwrap();
+    assert_eq!(info["date"], "20260201", "{info}");
+    assert_eq!(info["file"], "gentoo-20260201.tar.xz", "{info}");
+    let repos_conf = http_get(&format!("{}/laptop/repos.conf", serve.url));
+    assert!(repos_conf.contains("snapshot 20260201."), "{repos_conf}");
+    let revert = repos_conf
+        .lines()
+        .find(|l| l.contains("emerge-webrsync --revert="))
+        .unwrap_or_else(|| panic!("no emerge-webrsync line in {repos_conf}"))
+        .trim_start_matches('#')
+        .trim()
+        .to_string();
+    assert!(revert.ends_with("--revert=20260201"), "{revert}");
+    let log = webrsync_host(&env, &s, &snapshots, &tree, &repos_conf, &revert);
+    assert!(log.contains("SAME TREE"), "{log}");
+
+    // 6. A host whose tree is no snapshot (rsync'd at 02:15): a one-line error naming its
+    //    timestamp, and nothing bootstrapped.
+    let meta = tree.join("metadata");
+    std::fs::write(
+        meta.join("timestamp.chk"),
+        "Mon, 02 Feb 2026 02:15:01 +0000\n",
+    )
+    .unwrap();
+    std::fs::write(
+        meta.join("timestamp.x"),
+        "1769998501 Mon 02 Feb 2026 02:15:01 AM UTC\n",
+    )
+    .unwrap();
+    std::fs::write(
+        meta.join("timestamp.commit"),
+        "5d0a6c1e0f3b2a4c6e8d0f1a3b5c7d9e1f2a4b6c 1769998501 2026-02-02T02:15:01+00:00\n",
+    )
+    .unwrap();
+    let br = export_root(&env, &laptop, &s.path().join("laptop-rsync.tar"));
+    import(&env, "rsynced", &br);
+    let out = run_machine("rsynced");
+    assert_eq!(out.status.code(), Some(1), "{}", util::stderr(&out));
+    let err = util::stderr(&out);
+    let last = err.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("gbuild: ")
+            && last.contains("timestamp 2026-02-02 02:15:01 UTC")
+            && last.contains("gentoo-20260201")
+            && last.contains("gentoo-20260202"),
+        "{err}"
+    );
+    assert_eq!(
+        err.lines().filter(|l| l.contains("02:15:01")).count(),
+        1,
+        "{err}"
+    );
+    assert!(!err.contains("bootstrapping"), "{err}");
+}
+
+/// The builder's /etc/portage and world set of `machine`, unpacked under `dest` (what a host
+/// with that configuration has).
+fn builder_config(env: &Env, machine: &str, dest: &Path) {
+    std::fs::create_dir_all(dest).unwrap();
+    let tar = util::output(env.gbuild().args([
+        "shell",
+        "--machine",
+        machine,
+        "--",
+        "tar",
+        "-C",
+        "/",
+        "-cf",
+        "-",
+        "etc/portage",
+        "var/lib/portage/world",
+    ]));
+    assert!(tar.status.success(), "{}", util::stderr(&tar));
+    tar::Archive::new(&tar.stdout[..]).unpack(dest).unwrap();
+}
+
+/// `gbuild host export` of a host-like root (host laptop, Linux 6.1) into `out`.
+fn export_root(env: &Env, root: &Path, out: &Path) -> PathBuf {
+    let o = util::output(
+        env.gbuild()
+            .args(["host", "export", "--root"])
+            .arg(root)
+            .args(["--kernel", "6.1.0-13-amd64", "--hostname", "laptop"])
+            .args(["--no-emerge", "--no-cpu", "-o"])
+            .arg(out),
+    );
+    assert!(o.status.success(), "{}", util::stderr(&o));
+    out.to_path_buf()
+}
+
+/// `gbuild machine import --name NAME BUNDLE`.
+fn import(env: &Env, name: &str, bundle: &Path) {
+    let o = util::output(
+        env.gbuild()
+            .args(["machine", "import", "--name", name])
+            .arg(bundle),
+    );
+    assert!(o.status.success(), "{}", util::stderr(&o));
+}
+
+/// Unpack a snapshot tarball as emerge-webrsync does (without its top directory).
+fn untar_snapshot(tarball: &Path, dest: &Path) {
+    let out = util::output(
+        Command::new("tar")
+            .arg("--strip-components=1")
+            .arg("-xJf")
+            .arg(tarball)
+            .arg("-C")
+            .arg(dest),
+    );
+    assert!(out.status.success(), "{}", util::stderr(&out));
+}
+
+/// A host-like root (the stage3) whose tree is `gentoo-20260202` runs Portage's own
+/// emerge-webrsync with `cmd` (from serve's repos.conf, saved as the host's gentoo.conf), then
+/// compares the tree it made with `host_tree` (`diff -r`, printing `SAME TREE` when equal).
+/// The fixture's stage3 has no gpg, so the signature check is off (`--no-pgp-verify`): gbuild
+/// verified Gentoo's signature at fetch time; emerge-webrsync still checks the `.md5sum` and
+/// that the timestamp fits the date.
+fn webrsync_host(
+    env: &Env,
+    s: &Scratch,
+    snapshots: &Path,
+    host_tree: &Path,
+    repos_conf: &str,
+    cmd: &str,
+) -> String {
+    let dir = s.path().join("webrsync-host");
+    let conf = dir.join("conf");
+    std::fs::create_dir_all(&conf).unwrap();
+    std::fs::write(conf.join("gentoo.conf"), repos_conf).unwrap();
+    let out = util::output(
+        env.gbuild()
+            .args(["exec", "-T", "--layer"])
+            .arg(stage3_layer(env))
+            .arg("--upper")
+            .arg(dir.join("upper"))
+            .arg("--bind")
+            .arg(format!("{}:/run/snapshots:ro", snapshots.display()))
+            .arg("--bind")
+            .arg(format!("{}:/run/host-tree:ro", host_tree.display()))
+            .arg("--bind")
+            .arg(format!("{}:/run/conf:ro", conf.display()))
+            .args(["-e", "TERM=dumb", "--", "/bin/sh", "-c"])
+            .arg(format!(
+                "set -e; tar --strip-components=1 -xJf /run/snapshots/gentoo-20260202.tar.xz \
+                 -C /var/db/repos/gentoo && \
+                 cp /run/conf/gentoo.conf /etc/portage/repos.conf/gentoo.conf && \
+                 {cmd} --no-pgp-verify 2>&1 && \
+                 diff -r /run/host-tree /var/db/repos/gentoo 2>&1 && echo 'SAME TREE'"
+            )),
+    );
+    let text = util::stdout(&out);
+    assert!(
+        out.status.success(),
+        "emerge-webrsync host failed:\n{text}{}",
+        util::stderr(&out)
+    );
+    text
 }

@@ -139,6 +139,12 @@ fn happy_path_rerun_downloads_nothing_and_offline_works() {
     let s = manifest(&w.downloads().join(format!("snapshot-{SNAP_DATE}.json")));
     assert_eq!(s["date"], SNAP_DATE);
     assert_eq!(s["fetched_as"], "gentoo-latest.tar.xz");
+    // The tree's timestamps, read after verification (Gentoo stamps gentoo-D on D+1).
+    assert_eq!(s["identity"]["timestamp_x"], 1767401101);
+    assert_eq!(
+        s["identity"]["timestamp_chk"],
+        "Sat, 03 Jan 2026 00:45:01 +0000"
+    );
     assert!(w.partials().is_empty());
 
     // Second run: only the small pointer files are asked for.

@@ -370,7 +370,7 @@ fn every_change_is_reported_and_cleared_by_reimport() {
                 h.edit(
                     "var/db/repos/gentoo/metadata/timestamp.x",
                     "1623809701",
-                    "1704067200",
+                    "1704075301",
                 );
                 h.edit(
                     "var/db/repos/gentoo/metadata/timestamp.chk",
@@ -431,7 +431,9 @@ fn every_change_is_reported_and_cleared_by_reimport() {
     let o = util::output(util::gbuild(&w.store).args(["machine", "list"]));
     let out = util::stdout(&o);
     let row = out.lines().find(|l| l.starts_with("laptop ")).unwrap();
-    for want in ["testhost", "6.6.1", "20240101", "pending"] {
+    // A tree stamped 2024-01-01 02:15 is Gentoo's snapshot of 2023-12-31 (made at 00:45 UTC
+    // the day after its date).
+    for want in ["testhost", "6.6.1", "20231231", "pending"] {
         assert!(row.contains(want), "machine list lacks {want}: {out}");
     }
 }

@@ -515,11 +515,11 @@ impl Mirror {
         let snapshot = tar_xz(&[
             (
                 &format!("gentoo-{SNAP_DATE}/metadata/timestamp.x"),
-                b"1767312000 Fri 02 Jan 2026 12:00:00 AM UTC\n",
+                b"1767401101 Sat 03 Jan 2026 12:45:01 AM UTC\n",
             ),
             (
                 &format!("gentoo-{SNAP_DATE}/metadata/timestamp.chk"),
-                b"Fri, 02 Jan 2026 00:00:00 +0000\n",
+                b"Sat, 03 Jan 2026 00:45:01 +0000\n",
             ),
         ]);
         let m = Mirror {
