@@ -1,10 +1,22 @@
 //! The only network access in gbuild: GET over http(s) (rustls) and reads of `file://` URLs,
-//! with retries on transient failures and resumable downloads into a `.partial` file.
+//! with retries on transient failures and resumable downloads into a `.partial` file. Every
+//! limit below is described for users in docs/fetch.md.
 //!
-//! Retry policy: connect errors, timeouts, 5xx, 408/429 and a body cut short are retried with
-//! exponential backoff (`GBUILD_RETRY_BASE_MS`, default 1000 ms, doubling, capped at 30 s;
-//! `GBUILD_RETRIES` attempts, default 5); the count starts again whenever an attempt made
-//! progress. Any other status (404 first of all) fails at once naming the URL.
+//! Retry policy: connect errors, timeouts, stalls, 5xx, 408/429 and a body cut short are retried
+//! with exponential backoff (`GBUILD_RETRY_BASE_MS`, default 1000 ms, doubling, capped at 30 s;
+//! the backoff starts again after an attempt that got further into the file than any before).
+//! `GBUILD_RETRIES` (default 5) bounds the attempts of one download whatever their progress, so
+//! a server that cuts every body short cannot keep a download going forever. Any other status
+//! (404 first of all) fails at once naming the URL.
+//!
+//! Stalls: an attempt that receives less than 1 KiB/s over a whole stall window
+//! (`GBUILD_STALL_SECS`, default 60 s; no byte at all for that long included) is aborted and
+//! counts as a failed attempt.
+//!
+//! Bounds: a download stops as soon as it would exceed its [`Bound`], the size the signed
+//! latest file gives for a stage3 or a cap (`GBUILD_DOWNLOAD_CAP_MB`, default 2048) where no
+//! size is signed. A body longer than that (or announced as such) fails at once and its
+//! `.partial` is removed; an existing `.partial` already longer than the bound is discarded.
 //!
 //! Resume: an existing `.partial` is continued with `Range: bytes=N-`; its bytes are fed to the
 //! hashing pipeline first so the digests cover the whole file. A server that answers 200 (or an
@@ -14,7 +26,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::blocking::Client;
 use reqwest::header::{CONTENT_RANGE, RANGE};
@@ -37,6 +49,12 @@ pub enum HttpError {
     },
     #[error("{url}: larger than {limit} bytes")]
     TooLarge { url: String, limit: u64 },
+    #[error("{url}: more than the {limit} bytes {why}; download stopped and discarded")]
+    Oversize {
+        url: String,
+        limit: u64,
+        why: String,
+    },
     #[error("{url}: unsupported URL (use http, https or file)")]
     BadUrl { url: String },
     #[error("{url}: {source}")]
@@ -47,15 +65,24 @@ pub enum HttpError {
     Fs(#[from] FsError),
 }
 
-/// Attempts and backoff for transient failures.
+/// Attempts, backoff, stall window and the cap for downloads without a signed size.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
+    /// Attempts of one request, whatever their progress.
     pub attempts: u32,
     pub base: Duration,
+    /// An attempt receiving less than [`MIN_RATE`] bytes per second over this long is aborted.
+    pub stall: Duration,
+    /// Largest download whose size nothing signed.
+    pub cap: u64,
 }
 
+/// The slowest transfer rate (bytes per second, averaged over the stall window) kept alive.
+pub const MIN_RATE: u64 = 1024;
+
 impl RetryPolicy {
-    /// From `GBUILD_RETRIES` and `GBUILD_RETRY_BASE_MS`, else 5 attempts from 1 s.
+    /// From `GBUILD_RETRIES`, `GBUILD_RETRY_BASE_MS`, `GBUILD_STALL_SECS` and
+    /// `GBUILD_DOWNLOAD_CAP_MB`, else 5 attempts from 1 s, a 60 s stall window and 2 GiB.
     pub fn from_env() -> RetryPolicy {
         let num = |k: &str| {
             std::env::var(k)
@@ -63,8 +90,13 @@ impl RetryPolicy {
                 .and_then(|v| v.trim().parse::<u64>().ok())
         };
         RetryPolicy {
-            attempts: num("GBUILD_RETRIES").unwrap_or(5).max(1) as u32,
+            attempts: num("GBUILD_RETRIES").unwrap_or(5).clamp(1, 1000) as u32,
             base: Duration::from_millis(num("GBUILD_RETRY_BASE_MS").unwrap_or(1000)),
+            stall: Duration::from_secs(num("GBUILD_STALL_SECS").unwrap_or(60).max(1)),
+            cap: num("GBUILD_DOWNLOAD_CAP_MB")
+                .unwrap_or(2048)
+                .max(1)
+                .saturating_mul(1 << 20),
         }
     }
 
@@ -76,6 +108,70 @@ impl RetryPolicy {
     }
 }
 
+/// The most bytes a download may have.
+#[derive(Debug, Clone)]
+pub enum Bound {
+    /// The size a signed file gives (`by` names it): any other size cannot be the file.
+    Signed { size: u64, by: String },
+    /// Nothing signed the size: the policy's cap applies.
+    Unsigned,
+}
+
+/// Aborts an attempt whose transfer rate stays below [`MIN_RATE`] for a whole window.
+struct Stall {
+    window: Duration,
+    min: u64,
+    mark: Instant,
+    since: u64,
+}
+
+impl Stall {
+    fn new(window: Duration) -> Stall {
+        Stall {
+            window,
+            min: MIN_RATE.saturating_mul(window.as_secs().max(1)),
+            mark: Instant::now(),
+            since: 0,
+        }
+    }
+
+    /// Count `n` more bytes; an error message when the window passed with too few.
+    fn progress(&mut self, n: usize) -> Result<(), String> {
+        self.since += n as u64;
+        if self.since >= self.min {
+            self.mark = Instant::now();
+            self.since = 0;
+        } else if self.mark.elapsed() >= self.window {
+            return Err(format!(
+                "stalled: {} bytes in {} s (less than {MIN_RATE} bytes/s)",
+                self.since,
+                self.window.as_secs()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Read into `buf` until it is full, the body ends, an error occurs or the stall check fails.
+/// Returns the bytes read and the error that stopped it, if any.
+fn fill(r: &mut impl Read, buf: &mut [u8], stall: &mut Stall) -> (usize, Option<String>) {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => {
+                filled += n;
+                if let Err(m) = stall.progress(n) {
+                    return (filled, Some(m));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return (filled, Some(e.to_string())),
+        }
+    }
+    (filled, None)
+}
+
 /// A GET-only client for mirror URLs.
 pub struct Fetcher {
     client: Client,
@@ -83,8 +179,8 @@ pub struct Fetcher {
 }
 
 enum Attempt {
-    /// Transient failure: retry (the bool: whether this attempt made progress).
-    Retry(String, bool),
+    /// Transient failure: retry.
+    Retry(String),
     Done,
 }
 
@@ -93,7 +189,8 @@ impl Fetcher {
         let client = Client::builder()
             .user_agent(concat!("gbuild/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(30))
-            .timeout(Duration::from_secs(120))
+            // Per read (and for the response head): a silent server is a stall.
+            .timeout(retry.stall)
             .build()
             .map_err(|e| HttpError::Client(e.to_string()))?;
         Ok(Fetcher { client, retry })
@@ -151,20 +248,24 @@ impl Fetcher {
             attempt += 1;
             let message = match self.send(url, 0) {
                 Err(e) => e.to_string(),
-                Ok(resp) => {
+                Ok(mut resp) => {
                     let status = resp.status();
                     check_status(url, status)?;
                     if status.is_success() {
-                        let mut buf = Vec::new();
-                        match resp.take(limit + 1).read_to_end(&mut buf) {
-                            Ok(_) if buf.len() as u64 > limit => {
+                        let mut buf = vec![0u8; (limit as usize).saturating_add(1)];
+                        let mut stall = Stall::new(self.retry.stall);
+                        match fill(&mut resp, &mut buf, &mut stall) {
+                            (n, _) if n as u64 > limit => {
                                 return Err(HttpError::TooLarge {
                                     url: url.into(),
                                     limit,
                                 })
                             }
-                            Ok(_) => return Ok(buf),
-                            Err(e) => format!("reading body: {e}"),
+                            (n, None) => {
+                                buf.truncate(n);
+                                return Ok(buf);
+                            }
+                            (_, Some(e)) => format!("reading body: {e}"),
                         }
                     } else {
                         format!("HTTP {}", status.as_u16())
@@ -184,15 +285,25 @@ impl Fetcher {
     }
 
     /// Download `url` into `partial` (created or resumed), feeding every byte of the file to
-    /// `pipe` exactly once in order. Returns the file's size. On failure the partial file is
-    /// kept for a later resume.
+    /// `pipe` exactly once in order, never more than `bound` bytes. Returns the file's size.
+    /// On a transient failure the partial file is kept for a later resume; on a body longer
+    /// than the bound it is removed.
     pub fn download(
         &self,
         url: &str,
         partial: &Path,
         pipe: &mut Pipeline,
         label: &str,
+        bound: &Bound,
     ) -> Result<u64, HttpError> {
+        let (max, why) = match bound {
+            Bound::Signed { size, by } => (*size, format!("{by} signs")),
+            Bound::Unsigned => (
+                self.retry.cap,
+                "allowed for a download without a signed size (GBUILD_DOWNLOAD_CAP_MB)".into(),
+            ),
+        };
+        let exact = matches!(bound, Bound::Signed { .. }).then_some(max);
         let mut file = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -200,19 +311,61 @@ impl Fetcher {
             .write(true)
             .open(partial)
             .at("open", partial)?;
-        if let Some(path) = Fetcher::local_path(url)? {
-            return copy_local(url, &path, &mut file, partial, pipe, label);
+        let r = match Fetcher::local_path(url)? {
+            Some(path) => copy_local(url, &path, &mut file, partial, pipe, label, max),
+            None => self.download_http(url, &mut file, partial, pipe, label, max, exact),
+        };
+        match r {
+            Err(HttpError::Oversize { url, .. }) => {
+                drop(file);
+                let _ = std::fs::remove_file(partial);
+                Err(HttpError::Oversize {
+                    url,
+                    limit: max,
+                    why,
+                })
+            }
+            r => r,
         }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn download_http(
+        &self,
+        url: &str,
+        file: &mut File,
+        partial: &Path,
+        pipe: &mut Pipeline,
+        label: &str,
+        max: u64,
+        exact: Option<u64>,
+    ) -> Result<u64, HttpError> {
         let mut have = file.metadata().at("stat", partial)?.len();
+        if have > max {
+            // Longer than the file can be: none of it is worth resuming.
+            log::info!(
+                "{}: longer than {max} bytes, starting over",
+                partial.display()
+            );
+            restart(file, partial, pipe, &mut have)?;
+        }
         let mut attempt = 0;
+        let mut failed_in_a_row = 0;
+        let mut furthest = have;
         let mut bar = None;
         loop {
             attempt += 1;
-            match self.attempt(url, &mut file, partial, pipe, &mut have, &mut bar, label)? {
+            let a = Limits { max, exact };
+            match self.attempt(url, file, partial, pipe, &mut have, &mut bar, label, a)? {
                 Attempt::Done => break,
-                Attempt::Retry(message, progressed) => {
-                    if progressed {
-                        attempt = 1;
+                Attempt::Retry(message) => {
+                    // Only bytes beyond any reached before are progress (a server that
+                    // ignores Range sends the same prefix again and again).
+                    if have > furthest {
+                        furthest = have;
+                        failed_in_a_row = 1;
+                    } else {
+                        failed_in_a_row += 1;
                     }
                     if attempt >= self.retry.attempts {
                         return Err(HttpError::GaveUp {
@@ -222,7 +375,7 @@ impl Fetcher {
                         });
                     }
                     log::info!("{url}: {message}; retrying from byte {have}");
-                    self.backoff(attempt);
+                    self.backoff(failed_in_a_row);
                 }
             }
         }
@@ -243,10 +396,16 @@ impl Fetcher {
         have: &mut u64,
         bar: &mut Option<crate::progress::Progress>,
         label: &str,
+        lim: Limits,
     ) -> Result<Attempt, HttpError> {
+        let oversize = || HttpError::Oversize {
+            url: url.into(),
+            limit: lim.max,
+            why: String::new(),
+        };
         let mut resp = match self.send(url, *have) {
             Ok(r) => r,
-            Err(e) => return Ok(Attempt::Retry(e.to_string(), false)),
+            Err(e) => return Ok(Attempt::Retry(e.to_string())),
         };
         let status = resp.status();
         if status == StatusCode::RANGE_NOT_SATISFIABLE && *have > 0 {
@@ -263,11 +422,11 @@ impl Fetcher {
             }
             // Our partial is longer than what the server has: start over.
             restart(file, partial, pipe, have)?;
-            return Ok(Attempt::Retry("range not satisfiable".into(), true));
+            return Ok(Attempt::Retry("range not satisfiable".into()));
         }
         check_status(url, status)?;
         if !status.is_success() {
-            return Ok(Attempt::Retry(format!("HTTP {}", status.as_u16()), false));
+            return Ok(Attempt::Retry(format!("HTTP {}", status.as_u16())));
         }
         let resumed = status == StatusCode::PARTIAL_CONTENT
             && *have > 0
@@ -280,7 +439,7 @@ impl Fetcher {
         if status == StatusCode::PARTIAL_CONTENT && !resumed {
             // Not the range we asked for: its body cannot continue our file.
             restart(file, partial, pipe, have)?;
-            return Ok(Attempt::Retry("unexpected Content-Range".into(), false));
+            return Ok(Attempt::Retry("unexpected Content-Range".into()));
         }
         if !resumed && *have > 0 {
             log::info!("{url}: server ignored the range request; starting over");
@@ -290,24 +449,19 @@ impl Fetcher {
             rehash(file, partial, pipe, *have)?;
         }
         file.seek(SeekFrom::Start(*have)).at("seek", partial)?;
-        let total = resp.content_length().map(|n| n + *have);
+        let announced = resp.content_length().map(|n| n.saturating_add(*have));
+        if announced.is_some_and(|t| t > lim.max) {
+            return Err(oversize());
+        }
+        let total = announced.or(lim.exact);
         let b = bar.get_or_insert_with(|| crate::progress::bytes(label, total));
         b.set_position(*have);
-        let start = *have;
+        let mut stall = Stall::new(self.retry.stall);
         let mut buf = vec![0u8; CHUNK];
         loop {
-            let mut filled = 0;
-            let mut err = None;
-            while filled < buf.len() {
-                match resp.read(&mut buf[filled..]) {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        err = Some(e);
-                        break;
-                    }
-                }
+            let (filled, err) = fill(&mut resp, &mut buf, &mut stall);
+            if *have + filled as u64 > lim.max {
+                return Err(oversize());
             }
             if filled > 0 {
                 file.write_all(&buf[..filled]).at("write", partial)?;
@@ -316,10 +470,10 @@ impl Fetcher {
                 b.inc(filled as u64);
             }
             if let Some(e) = err {
-                return Ok(Attempt::Retry(
-                    format!("connection lost after {} bytes: {e}", *have),
-                    *have > start,
-                ));
+                return Ok(Attempt::Retry(format!(
+                    "connection lost after {} bytes: {e}",
+                    *have
+                )));
             }
             if filled < buf.len() {
                 break;
@@ -327,14 +481,21 @@ impl Fetcher {
         }
         if let Some(t) = total {
             if *have < t {
-                return Ok(Attempt::Retry(
-                    format!("body ended at {} of {t} bytes", *have),
-                    *have > start,
-                ));
+                return Ok(Attempt::Retry(format!(
+                    "body ended at {} of {t} bytes",
+                    *have
+                )));
             }
         }
         Ok(Attempt::Done)
     }
+}
+
+/// The bound of one download: at most `max` bytes, exactly `exact` when a size is signed.
+#[derive(Clone, Copy)]
+struct Limits {
+    max: u64,
+    exact: Option<u64>,
 }
 
 /// 404 and other non-transient statuses fail at once; success and transient ones pass.
@@ -400,6 +561,7 @@ fn copy_local(
     partial: &Path,
     pipe: &mut Pipeline,
     label: &str,
+    max: u64,
 ) -> Result<u64, HttpError> {
     let local = |source: std::io::Error| match source.kind() {
         std::io::ErrorKind::NotFound => HttpError::NotFound {
@@ -413,6 +575,14 @@ fn copy_local(
     };
     let mut input = File::open(src).map_err(local)?;
     let len = input.metadata().map_err(local)?.len();
+    let oversize = || HttpError::Oversize {
+        url: url.into(),
+        limit: max,
+        why: String::new(),
+    };
+    if len > max {
+        return Err(oversize());
+    }
     file.set_len(0).at("truncate", partial)?;
     if pipe.fed() > 0 {
         pipe.reset();
@@ -424,6 +594,10 @@ fn copy_local(
         let n = input.read(&mut buf).map_err(local)?;
         if n == 0 {
             break;
+        }
+        if total + n as u64 > max {
+            // A file still growing (or a device) behind a file:// URL.
+            return Err(oversize());
         }
         file.write_all(&buf[..n]).at("write", partial)?;
         pipe.feed(Arc::from(&buf[..n]));
@@ -444,10 +618,27 @@ mod tests {
         let p = RetryPolicy {
             attempts: 5,
             base: Duration::from_millis(100),
+            stall: Duration::from_secs(60),
+            cap: 1 << 30,
         };
         assert_eq!(p.delay(1), Duration::from_millis(100));
         assert_eq!(p.delay(3), Duration::from_millis(400));
         assert_eq!(p.delay(30), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn stall_needs_the_minimum_rate_over_a_whole_window() {
+        let mut s = Stall::new(Duration::from_secs(1));
+        assert_eq!(s.min, MIN_RATE);
+        assert!(s.progress(10).is_ok(), "within the window");
+        s.mark -= Duration::from_secs(2);
+        let e = s.progress(10).unwrap_err();
+        assert!(e.contains("20 bytes in 1 s"), "{e}");
+        // Enough bytes open a new window.
+        let mut s = Stall::new(Duration::from_secs(1));
+        s.mark -= Duration::from_secs(2);
+        assert!(s.progress(MIN_RATE as usize).is_ok());
+        assert!(s.progress(1).is_ok());
     }
 
     #[test]

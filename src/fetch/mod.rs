@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::fsutil::{atomic_write, fsync_dir, FsError, IoContext};
 use crate::store::Store;
 pub use hashing::Digests;
-pub use http::{Fetcher, HttpError, RetryPolicy};
+pub use http::{Bound, Fetcher, HttpError, RetryPolicy};
 pub use identity::{read_tree_identity, TreeIdentity};
 pub use verify::{Signer, Trust, VerifyError, PINNED};
 
@@ -253,7 +253,8 @@ pub fn lock(store: &Store) -> Result<crate::lock::Lock, FetchError> {
     )?)
 }
 
-/// Download `url` to `<downloads>/<file>.partial` while hashing and checking `sig`. Returns the
+/// Download `url` (at most `bound` bytes) to `<downloads>/<file>.partial` while hashing and
+/// checking `sig`. Returns the
 /// digests and the signature verdict; the caller checks digests first (the more precise
 /// message), then the verdict, and removes the partial file when a check fails.
 fn download_checked(
@@ -262,9 +263,10 @@ fn download_checked(
     partial: &Path,
     sig: verify::Pending,
     label: &str,
+    bound: &Bound,
 ) -> Result<(Digests, Result<Signer, VerifyError>), FetchError> {
     let mut pipe = hashing::Pipeline::new(Some(sig));
-    fetcher.download(url, partial, &mut pipe, label)?;
+    fetcher.download(url, partial, &mut pipe, label, bound)?;
     let (digests, verdict) = pipe.finish();
     let verdict = verdict.expect("a signature was given");
     Ok((digests, verdict))
@@ -379,7 +381,11 @@ pub fn fetch_stage3(
 
     let dl = store.downloads();
     let partial = dl.join(format!("{file}.partial"));
-    let (got, verdict) = download_checked(fetcher, &url, &partial, pending, &file)?;
+    let bound = Bound::Signed {
+        size: latest.size,
+        by: latest_name.clone(),
+    };
+    let (got, verdict) = download_checked(fetcher, &url, &partial, pending, &file, &bound)?;
     let checks = (|| {
         if got.size != latest.size {
             return Err(FetchError::Size {
@@ -480,7 +486,9 @@ pub fn fetch_snapshot(
             dl.join(format!("{remote}.{id}.partial"))
         }
     };
-    let (got, verdict) = download_checked(fetcher, &url, &partial, pending, &remote)?;
+    // Nothing signs the snapshot's size: the fetcher's cap bounds it.
+    let (got, verdict) =
+        download_checked(fetcher, &url, &partial, pending, &remote, &Bound::Unsigned)?;
     let signer = or_discard(&partial, verdict.map_err(FetchError::from))?;
     let date = match &src.snapshot_date {
         Some(d) => d.clone(),

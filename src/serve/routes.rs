@@ -33,7 +33,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::index::{safe_rel, FileKey, IndexCache};
 use super::model::PublishedInfo;
@@ -48,14 +49,17 @@ pub(crate) struct App {
     pub index: IndexCache,
     /// MD5 of snapshot tarballs (emerge-webrsync's `.md5sum`), computed once per file version.
     md5: Mutex<HashMap<FileKey, String>>,
+    /// File bodies streamed at once (each holds an open file until sent).
+    streams: Arc<Semaphore>,
 }
 
 impl App {
-    pub fn new(store: Store) -> App {
+    pub fn new(store: Store, streams: Arc<Semaphore>) -> App {
         App {
             store,
             index: IndexCache::default(),
             md5: Mutex::new(HashMap::new()),
+            streams,
         }
     }
 }
@@ -276,7 +280,14 @@ fn binpkg(app: &App, machine: &str, dir: &Path, rel: &str, req: &Req) -> Respons
     } else {
         "application/octet-stream"
     };
-    serve_file(&dir.join("binpkgs"), rel, req, ctype, Vec::new())
+    serve_file(
+        &app.streams,
+        &dir.join("binpkgs"),
+        rel,
+        req,
+        ctype,
+        Vec::new(),
+    )
 }
 
 /// Open `root/rel` only if it resolves, symlinks followed, to a regular file inside `root`.
@@ -321,6 +332,7 @@ fn open_beneath(root: &Path, rel: &str) -> std::io::Result<Option<(File, std::fs
 }
 
 fn serve_file(
+    streams: &Arc<Semaphore>,
     root: &Path,
     rel: &str,
     req: &Req,
@@ -338,13 +350,37 @@ fn serve_file(
         size: meta.len(),
     };
     respond(req, &m, ctype, extra, move |start, end| {
-        file_body(file, start, end)
+        file_body(streams, file, start, end)
     })
-    .unwrap_or_else(|e| unavailable(&format!("{}/{rel}", root.display()), e))
+    .unwrap_or_else(|e| {
+        if e.kind() == std::io::ErrorKind::WouldBlock {
+            busy()
+        } else {
+            unavailable(&format!("{}/{rel}", root.display()), e)
+        }
+    })
 }
 
-/// The bytes `start..end` of `file`: read at once when small, else streamed.
-fn file_body(mut file: File, start: u64, end: u64) -> std::io::Result<Body> {
+/// Every stream slot is taken: come back shortly (Portage's fetchers retry).
+fn busy() -> Response {
+    let mut r = plain(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too many downloads at once, retry shortly\n",
+    );
+    let h = r.headers_mut();
+    h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+/// The bytes `start..end` of `file`: read at once when small, else streamed while holding one
+/// of `streams` (`WouldBlock` when none is free).
+fn file_body(
+    streams: &Arc<Semaphore>,
+    mut file: File,
+    start: u64,
+    end: u64,
+) -> std::io::Result<Body> {
     let len = end - start;
     if start > 0 {
         file.seek(SeekFrom::Start(start))?;
@@ -354,10 +390,32 @@ fn file_body(mut file: File, start: u64, end: u64) -> std::io::Result<Body> {
         file.take(len).read_to_end(&mut buf)?;
         return Ok(Body::from(buf));
     }
-    let f = tokio::fs::File::from_std(file).take(len);
+    let permit = Arc::clone(streams)
+        .try_acquire_owned()
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::WouldBlock, "no free stream slot"))?;
+    let f = Held {
+        inner: tokio::fs::File::from_std(file).take(len),
+        _permit: permit,
+    };
     Ok(Body::from_stream(
         tokio_util::io::ReaderStream::with_capacity(f, CHUNK),
     ))
+}
+
+/// A reader that holds a stream slot until the body is dropped.
+struct Held<R> {
+    inner: R,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Held<R> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
 }
 
 /// Validators and size of a representation.
@@ -645,7 +703,14 @@ fn snapshot(app: &App, dir: &Path, req: &Req) -> Response {
         return not_found();
     };
     let extra = snapshot_headers(&info);
-    serve_file(app.store.root(), &rel, req, "application/x-xz", extra)
+    serve_file(
+        &app.streams,
+        app.store.root(),
+        &rel,
+        req,
+        "application/x-xz",
+        extra,
+    )
 }
 
 fn snapshot_info(app: &App, machine: &str, dir: &Path) -> Response {
@@ -697,8 +762,16 @@ fn webrsync(app: &App, dir: &Path, name: &str, req: &Req) -> Response {
     }
     let extra = snapshot_headers(&info);
     match suffix {
-        "" => serve_file(app.store.root(), &rel, req, "application/x-xz", extra),
+        "" => serve_file(
+            &app.streams,
+            app.store.root(),
+            &rel,
+            req,
+            "application/x-xz",
+            extra,
+        ),
         ".gpgsig" => serve_file(
+            &app.streams,
             app.store.root(),
             &format!("{rel}.gpgsig"),
             req,

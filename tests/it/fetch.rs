@@ -2,7 +2,8 @@
 //! verification failure (nothing may be promoted into the store), network faults and resume.
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use crate::mirror::{self, keys, stage3_name, stage3_rel, Fault, Gpg, Mirror, Server, SNAP_DATE};
 use crate::util::{self, Scratch};
@@ -42,6 +43,10 @@ impl World {
     }
 
     fn fetch_from(&self, url: &str, extra: &[&str]) -> Output {
+        util::output(&mut self.fetch_cmd(url, extra))
+    }
+
+    fn fetch_cmd(&self, url: &str, extra: &[&str]) -> Command {
         let mut c = util::gbuild(&self.store);
         c.env("GBUILD_RETRY_BASE_MS", "5")
             .env("GBUILD_RETRIES", "3")
@@ -49,7 +54,29 @@ impl World {
             .arg(&self.mirror.keyring)
             .args(["--trust", &keys().main_fpr])
             .args(extra);
-        util::output(&mut c)
+        c
+    }
+
+    /// `gbuild fetch` with `env`, killed if still running after `limit` (a hang is a failure).
+    fn fetch_bounded(&self, env: &[(&str, &str)], limit: Duration) -> Output {
+        let mut c = self.fetch_cmd(&self.server.url, &[]);
+        c.envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().expect("spawn gbuild fetch");
+        let start = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if start.elapsed() > limit {
+                let _ = child.kill();
+                let out = child.wait_with_output().unwrap();
+                panic!(
+                    "gbuild fetch still running after {limit:?}: {}",
+                    util::stderr(&out)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child.wait_with_output().unwrap()
     }
 
     fn downloads(&self) -> PathBuf {
@@ -509,4 +536,99 @@ fn complete_partial_left_by_an_earlier_run_is_checked_not_downloaded_again() {
         std::fs::read(w.downloads().join(stage3_name())).unwrap(),
         w.mirror.stage3
     );
+}
+
+#[test]
+fn endless_body_after_a_valid_signature_stops_at_the_bound_and_keeps_nothing() {
+    let w = world();
+    let size = w.mirror.stage3.len() as u64;
+    w.server.fault(&stage3_rel(), Fault::Endless, None);
+    let out = w.fetch_bounded(&[], Duration::from_secs(120));
+    assert_fails(&w, &out, &format!("{}/{}", w.server.url, stage3_rel()));
+    let err = util::stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "more than the {size} bytes latest-stage3-amd64-openrc.txt signs"
+        )),
+        "{err}"
+    );
+    assert!(w.partials().is_empty(), "{:?}", w.partials());
+    // Stopped at the bound: only what socket buffers hold was sent beyond it.
+    let sent = w.server.endless_sent();
+    assert!(sent < size + (32 << 20), "{sent} bytes sent for {size}");
+    assert_eq!(w.stage3_requests().len(), 1, "not retried");
+
+    // A partial left longer than the signed size is not resumed but started over.
+    w.server.clear_faults();
+    let partial = w.downloads().join(format!("{}.partial", stage3_name()));
+    std::fs::write(&partial, mirror::noise(size as usize + 10, 3)).unwrap();
+    let out = w.fetch(&[]);
+    assert!(out.status.success(), "{}", util::stderr(&out));
+    let last = w.stage3_requests().pop().unwrap();
+    assert_eq!((last.range, last.status), (None, 200));
+    assert!(w.partials().is_empty());
+
+    // The snapshot has no signed size: the cap bounds it.
+    let w = world();
+    w.server
+        .fault("snapshots/gentoo-latest.tar.xz", Fault::Endless, None);
+    let out = w.fetch_bounded(&[("GBUILD_DOWNLOAD_CAP_MB", "1")], Duration::from_secs(120));
+    let err = util::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}/snapshots/gentoo-latest.tar.xz: more than the {} bytes allowed",
+            w.server.url,
+            1 << 20
+        )),
+        "{err}"
+    );
+    assert!(w.partials().is_empty(), "{:?}", w.partials());
+    assert!(!w.promoted().iter().any(|n| n.starts_with("gentoo-")));
+}
+
+#[test]
+fn trickled_body_is_aborted_after_the_stall_timeout() {
+    let w = world();
+    w.server.fault(&stage3_rel(), Fault::Trickle(50), None);
+    let env = [("GBUILD_STALL_SECS", "1")];
+    let out = w.fetch_bounded(&env, Duration::from_secs(60));
+    assert_fails(&w, &out, &format!("{}/{}", w.server.url, stage3_rel()));
+    let err = util::stderr(&out);
+    assert!(
+        err.contains("stalled") && err.contains("gave up after 3 attempts"),
+        "{err}"
+    );
+    assert_eq!(w.stage3_requests().len(), 3);
+    // A trickled small file too (the latest file is read into memory).
+    w.server.clear_faults();
+    w.server
+        .fault(&mirror::latest_rel(), Fault::Trickle(50), None);
+    let out = w.fetch_bounded(&env, Duration::from_secs(60));
+    assert_fails(
+        &w,
+        &out,
+        &format!("{}/{}", w.server.url, mirror::latest_rel()),
+    );
+    assert!(util::stderr(&out).contains("stalled"));
+}
+
+#[test]
+fn server_cutting_every_body_short_and_ignoring_range_is_given_up_on() {
+    let w = world();
+    let third = w.mirror.stage3.len() as u64 / 3;
+    w.server
+        .fault(&stage3_rel(), Fault::CutIgnoringRange(third), None);
+    let out = w.fetch_bounded(&[], Duration::from_secs(60));
+    assert_fails(&w, &out, &format!("{}/{}", w.server.url, stage3_rel()));
+    assert!(
+        util::stderr(&out).contains("gave up after 3 attempts"),
+        "{}",
+        util::stderr(&out)
+    );
+    let reqs = w.stage3_requests();
+    assert_eq!(reqs.len(), 3, "GBUILD_RETRIES=3 attempts: {reqs:?}");
+    assert!(reqs[1..]
+        .iter()
+        .all(|r| r.range.is_some() && r.status == 200));
 }

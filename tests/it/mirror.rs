@@ -1,6 +1,7 @@
 //! A local Gentoo mirror for the fetch tests: a directory with the real layout, signed with
 //! throwaway gpg keys, served by a small HTTP server on 127.0.0.1 that logs requests, honours
-//! `Range`, and injects faults (404, 5xx, connection cut mid-body, Range ignored).
+//! `Range`, and injects faults (404, 5xx, connection cut mid-body, Range ignored, endless and
+//! trickled bodies).
 
 #![allow(dead_code)]
 
@@ -39,6 +40,13 @@ pub enum Fault {
     CutAt(u64),
     /// Answer a Range request with the whole file (200).
     IgnoreRange,
+    /// Ignore Range and cut every body short at this offset (a broken server or proxy).
+    CutIgnoringRange(u64),
+    /// 200 without a length: the file, then noise until the client goes away (or, so that a
+    /// client without a bound cannot fill the disk, 256 MiB were sent).
+    Endless,
+    /// The whole file (200, with its length), one byte per this many milliseconds.
+    Trickle(u64),
 }
 
 #[derive(Debug, Clone)]
@@ -61,6 +69,8 @@ struct State {
     root: PathBuf,
     rules: Vec<Rule>,
     log: Vec<Seen>,
+    /// Bytes of endless bodies written to sockets.
+    endless_sent: u64,
 }
 
 pub struct Server {
@@ -77,6 +87,7 @@ impl Server {
             root: root.to_path_buf(),
             rules: Vec::new(),
             log: Vec::new(),
+            endless_sent: 0,
         }));
         let st = state.clone();
         std::thread::spawn(move || {
@@ -98,6 +109,11 @@ impl Server {
             fault,
             times,
         });
+    }
+
+    /// Bytes the `Endless` fault wrote to sockets so far.
+    pub fn endless_sent(&self) -> u64 {
+        self.state.lock().unwrap().endless_sent
     }
 
     pub fn clear_faults(&self) {
@@ -178,8 +194,40 @@ fn handle(mut conn: TcpStream, st: &Mutex<State>) -> std::io::Result<()> {
     }
     let data = std::fs::read(&file)?;
     let len = data.len() as u64;
-    let start = match (&range, &fault) {
-        (Some(r), f) if *f != Some(Fault::IgnoreRange) => r
+    let ignores_range = matches!(
+        fault,
+        Some(Fault::IgnoreRange | Fault::CutIgnoringRange(_) | Fault::Endless | Fault::Trickle(_))
+    );
+    match fault {
+        Some(Fault::Endless) => {
+            record(200);
+            write!(conn, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")?;
+            conn.write_all(&data)?;
+            st.lock().unwrap().endless_sent += len;
+            let junk = noise(1 << 16, len);
+            for _ in 0..(256 << 20) / junk.len() {
+                conn.write_all(&junk)?;
+                st.lock().unwrap().endless_sent += junk.len() as u64;
+            }
+            return Ok(());
+        }
+        Some(Fault::Trickle(ms)) => {
+            record(200);
+            write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+            )?;
+            for b in &data {
+                conn.write_all(std::slice::from_ref(b))?;
+                conn.flush()?;
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+            }
+            return Ok(());
+        }
+        _ => {}
+    }
+    let start = match &range {
+        Some(r) if !ignores_range => r
             .strip_prefix("bytes=")
             .and_then(|r| r.strip_suffix('-'))
             .and_then(|n| n.parse::<u64>().ok()),
@@ -214,7 +262,7 @@ fn handle(mut conn: TcpStream, st: &Mutex<State>) -> std::io::Result<()> {
         )?;
     }
     let end = match fault {
-        Some(Fault::CutAt(at)) => at.clamp(from, len),
+        Some(Fault::CutAt(at)) | Some(Fault::CutIgnoringRange(at)) => at.clamp(from, len),
         _ => len,
     };
     conn.write_all(&data[from as usize..end as usize])?;

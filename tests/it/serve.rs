@@ -5,6 +5,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -179,8 +180,25 @@ impl Drop for Server {
 }
 
 fn serve(store: &Store) -> Server {
-    let mut child = util::gbuild(&store.root)
+    serve_with(store, None, &[])
+}
+
+/// `gbuild serve` with extra arguments, under `ulimit` options (e.g. `-Sn 64`) when given.
+fn serve_with(store: &Store, ulimit: Option<&str>, args: &[&str]) -> Server {
+    let mut c = match ulimit {
+        None => util::gbuild(&store.root),
+        Some(u) => {
+            let mut c = Command::new("sh");
+            c.arg("-c")
+                .arg(format!("ulimit {u} && exec \"$0\" \"$@\""))
+                .arg(util::bin())
+                .env("GBUILD_STORE", &store.root);
+            c
+        }
+    };
+    let mut child = c
         .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -219,7 +237,41 @@ impl Resp {
 
 /// One HTTP/1.1 request with the target sent exactly as given.
 fn request(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)]) -> Resp {
-    let mut s = TcpStream::connect(addr).unwrap();
+    request_on(
+        TcpStream::connect(addr).unwrap(),
+        addr,
+        method,
+        target,
+        headers,
+    )
+}
+
+/// A connection to `addr` from the local address `from` (any 127.x.y.z is a loopback address).
+fn connect_from(from: [u8; 4], addr: SocketAddr) -> TcpStream {
+    use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    let [a, b, c, d] = from;
+    bind(fd.as_raw_fd(), &SockaddrIn::new(a, b, c, d, 0)).unwrap();
+    let SocketAddr::V4(v4) = addr else {
+        panic!("{addr}")
+    };
+    connect(fd.as_raw_fd(), &SockaddrIn::from(v4)).unwrap();
+    TcpStream::from(fd)
+}
+
+fn request_on(
+    mut s: TcpStream,
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> Resp {
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut req = format!("{method} {target} HTTP/1.1\r\n");
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
@@ -637,4 +689,182 @@ fn status_page_renders_in_headless_chromium() {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::copy(&shot, dir.join("serve-status-page.png")).unwrap();
     }
+}
+
+/// The soft and hard open-file limits of a process.
+fn nofile(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let mut f = line["Max open files".len()..].split_whitespace();
+    (f.next().unwrap().into(), f.next().unwrap().into())
+}
+
+/// A request whose answer is never read: the server's side stays busy writing.
+fn slow_download(addr: SocketAddr, target: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(s, "GET {target} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    s
+}
+
+#[test]
+fn fd_limit_is_raised_and_sized_so_the_index_answers_under_slow_downloads() {
+    let st = store();
+    // A large published binpkg (sparse: no disk used) that a slow client never finishes.
+    const BIG: &str = "app-misc/big/big-1-1.gpkg.tar";
+    let pk = st.machine("laptop").join("binpkgs");
+    std::fs::create_dir_all(pk.join("app-misc/big")).unwrap();
+    std::fs::File::create(pk.join(BIG))
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let published = st.machine("laptop").join("published/Packages");
+    let mut index = std::fs::read_to_string(&published).unwrap();
+    index.push_str(&stanza("app-misc/big-1", BIG, 64 << 20));
+    write(&published, index);
+
+    // A soft limit below the hard one is raised to it.
+    let srv = serve_with(&st, Some("-Sn 64"), &[]);
+    let (soft, hard) = nofile(srv.child.id());
+    assert_eq!(soft, hard, "soft limit raised to the hard limit");
+    drop(srv);
+
+    // A low hard limit: the caps shrink to fit and the small documents keep answering.
+    let srv = serve_with(&st, Some("-n 128"), &["--max-per-client", "1000"]);
+    assert_eq!(nofile(srv.child.id()), ("128".into(), "128".into()));
+    let a = srv.addr;
+    let target = format!("/laptop/{BIG}");
+    let slow: Vec<TcpStream> = (0..120).map(|_| slow_download(a, &target)).collect();
+    for _ in 0..2 {
+        let p = get(a, "/laptop/Packages");
+        assert_eq!(p.status, 200, "{}", p.text());
+        assert!(p.text().contains("CPV: app-misc/big-1"));
+        let page = get(a, "/");
+        assert_eq!(page.status, 200);
+        assert!(page.text().contains("id=\"m-laptop\""));
+    }
+    // Downloads beyond the cap were refused with 503, not left waiting for a descriptor.
+    let busy = slow
+        .into_iter()
+        .rev()
+        .take(20)
+        .filter(|s| {
+            let mut s = s.try_clone().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let mut head = [0u8; 12];
+            s.read_exact(&mut head).is_ok() && &head == b"HTTP/1.1 503"
+        })
+        .count();
+    assert!(busy > 0, "the last downloads should have been refused");
+}
+
+#[test]
+fn one_client_cannot_take_every_connection() {
+    let st = store();
+    let srv = serve_with(&st, None, &["--max-per-client", "8"]);
+    let a = srv.addr;
+    let idle: Vec<TcpStream> = (0..8).map(|_| TcpStream::connect(a).unwrap()).collect();
+    let r = request(a, "GET", "/laptop/Packages", &[]);
+    assert_eq!(r.status, 503);
+    assert!(
+        r.text().contains("too many connections from 127.0.0.1"),
+        "{}",
+        r.text()
+    );
+    assert!(r.header("retry-after").is_some());
+    // Another client address is served at once.
+    let r = request_on(
+        connect_from([127, 0, 0, 2], a),
+        a,
+        "GET",
+        "/laptop/Packages",
+        &[],
+    );
+    assert_eq!(r.status, 200);
+    // Closing its connections gives the first client its share back.
+    drop(idle);
+    let mut ok = false;
+    for _ in 0..50 {
+        if get(a, "/laptop/Packages").status == 200 {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        ok,
+        "the client's slots are freed when its connections close"
+    );
+}
+
+/// Read one response with a `Content-Length` from a kept-alive connection.
+fn read_response(r: &mut BufReader<TcpStream>) -> (u16, Vec<u8>) {
+    let mut status = String::new();
+    r.read_line(&mut status).unwrap();
+    let code = status.split(' ').nth(1).unwrap().parse().unwrap();
+    let mut len = 0;
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        if line.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).unwrap();
+    (code, body)
+}
+
+#[test]
+fn header_limit_and_keep_alive_timeout_are_as_documented() {
+    let st = store();
+    let srv = serve_with(&st, None, &["--header-timeout", "3"]);
+    let a = srv.addr;
+    // Headers up to 64 KiB in all are read; more get 431, even when sent in one write.
+    let under = "x".repeat(60 * 1024);
+    let r = request(a, "GET", "/laptop/binrepos.conf", &[("X-Pad", &under)]);
+    assert_eq!(r.status, 200);
+    let over = "x".repeat(100 * 1024);
+    let mut s = TcpStream::connect(a).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let req = format!("GET /laptop/binrepos.conf HTTP/1.1\r\nHost: {a}\r\nX-Pad: {over}\r\n\r\n");
+    // The server may close before reading it all: a reset after its answer is fine.
+    let _ = s.write_all(req.as_bytes());
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&got);
+    assert!(head.starts_with("HTTP/1.1 431"), "{head}");
+
+    // A kept-alive connection serves the next request while within the header timeout, and
+    // is closed once idle for longer (well before the 60 s transfer timeout).
+    let s = TcpStream::connect(a).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    let req = format!("GET /laptop/binrepos.conf HTTP/1.1\r\nHost: {a}\r\n\r\n");
+    for _ in 0..2 {
+        w.write_all(req.as_bytes()).unwrap();
+        let (code, body) = read_response(&mut r);
+        assert_eq!(code, 200);
+        assert!(String::from_utf8_lossy(&body).contains("[gbuild-laptop]"));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let mut rest = Vec::new();
+    let n = r
+        .read_to_end(&mut rest)
+        .expect("closed by the server, not timed out");
+    assert_eq!(n, 0);
 }
