@@ -279,7 +279,7 @@ impl Fetcher {
                     attempts: attempt,
                 });
             }
-            log::info!("{url}: {message}; retrying");
+            tracing::info!("{url}: {message}; retrying");
             self.backoff(attempt);
         }
     }
@@ -343,7 +343,7 @@ impl Fetcher {
         let mut have = file.metadata().at("stat", partial)?.len();
         if have > max {
             // Longer than the file can be: none of it is worth resuming.
-            log::info!(
+            tracing::info!(
                 "{}: longer than {max} bytes, starting over",
                 partial.display()
             );
@@ -374,7 +374,7 @@ impl Fetcher {
                             attempts: attempt,
                         });
                     }
-                    log::info!("{url}: {message}; retrying from byte {have}");
+                    tracing::info!("{url}: {message}; retrying from byte {have}");
                     self.backoff(failed_in_a_row);
                 }
             }
@@ -442,7 +442,7 @@ impl Fetcher {
             return Ok(Attempt::Retry("unexpected Content-Range".into()));
         }
         if !resumed && *have > 0 {
-            log::info!("{url}: server ignored the range request; starting over");
+            tracing::info!("{url}: server ignored the range request; starting over");
             restart(file, partial, pipe, have)?;
         }
         if pipe.fed() < *have {

@@ -120,7 +120,7 @@ pub fn raise_fd_limit() -> u64 {
         Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
             Ok(()) => hard,
             Err(e) => {
-                log::warn!("raise the open-file limit from {soft} to {hard}: {e}");
+                tracing::warn!("raise the open-file limit from {soft} to {hard}: {e}");
                 soft
             }
         },
@@ -307,7 +307,7 @@ async fn serve_on(
         limits.blocking_threads.max(1),
     );
     if cap.connections < limits.max_connections {
-        log::warn!(
+        tracing::warn!(
             "serving at most {} connections ({} file downloads at once): the open-file limit \
              allows no more",
             cap.connections,
@@ -336,7 +336,7 @@ async fn serve_on(
                 Ok(x) => x,
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
-                    log::warn!("accept on {addr}: {e}");
+                    tracing::warn!("accept on {addr}: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -362,7 +362,7 @@ async fn serve_on(
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
-                log::debug!("connection: {e}");
+                tracing::debug!("connection: {e}");
             }
             drop(client);
             drop(permit);

@@ -160,7 +160,7 @@ struct Req {
 /// Run file-system work off the async workers.
 async fn blocking(f: impl FnOnce() -> Response + Send + 'static) -> Response {
     tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
-        log::error!("request handler: {e}");
+        tracing::error!("request handler: {e}");
         plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
     })
 }
@@ -229,7 +229,7 @@ fn not_found() -> Response {
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> Response {
-    log::warn!("{what}: {e}");
+    tracing::warn!("{what}: {e}");
     plain(StatusCode::INTERNAL_SERVER_ERROR, "cannot read the store\n")
 }
 
