@@ -23,6 +23,7 @@ pub mod setup_host;
 pub mod store;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod term;
 #[cfg(test)]
 mod tidy;
 pub mod userns;

@@ -35,6 +35,16 @@ impl std::fmt::Debug for Lock {
 impl Lock {
     /// Take the lock without waiting; `Busy` names the holder when someone has it.
     pub fn try_acquire(path: &Path) -> Result<Lock, LockError> {
+        Self::take(path, false)
+    }
+
+    /// Take the lock, waiting for the holder to release it (for short operations that must not
+    /// run at once but need not fail, e.g. two imports of one machine).
+    pub fn acquire(path: &Path) -> Result<Lock, LockError> {
+        Self::take(path, true)
+    }
+
+    fn take(path: &Path, wait: bool) -> Result<Lock, LockError> {
         let io = |source| LockError::Io {
             path: path.to_path_buf(),
             source,
@@ -50,7 +60,12 @@ impl Lock {
             .open(path)
             .map_err(io)?;
         let _ = file.as_fd();
-        let mut flock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        let arg = if wait {
+            FlockArg::LockExclusive
+        } else {
+            FlockArg::LockExclusiveNonblock
+        };
+        let mut flock = match Flock::lock(file, arg) {
             Ok(l) => l,
             Err((mut file, _)) => {
                 let mut holder = String::new();

@@ -70,16 +70,31 @@ impl State {
         m.dir().join("state.json")
     }
 
-    /// The saved state, or an idle one.
+    fn idle(m: &Machine) -> State {
+        State {
+            machine: m.name.clone(),
+            state: "idle".into(),
+            ..State::default()
+        }
+    }
+
+    /// The saved state, or an idle one (also when it cannot be read: the loop, which calls this,
+    /// then writes a fresh one).
     pub fn load(m: &Machine) -> State {
-        std::fs::read(Self::path(m))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_else(|| State {
-                machine: m.name.clone(),
-                state: "idle".into(),
-                ..State::default()
-            })
+        Self::read(m).unwrap_or_else(|_| Self::idle(m))
+    }
+
+    /// The saved state, an idle one when there is none yet, or the error naming the file when it
+    /// exists but cannot be read or parsed (what `status` reports).
+    pub fn read(m: &Machine) -> super::Result<State> {
+        let path = Self::path(m);
+        match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+                super::BuilderError::Other(format!("{}: invalid state: {e}", path.display()))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::idle(m)),
+            Err(e) => Err(crate::fsutil::FsError::new("read", &path, e).into()),
+        }
     }
 
     pub fn save(&mut self, m: &Machine) -> super::Result<()> {

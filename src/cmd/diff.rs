@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use gbuild::host::{self, machine, Bundle};
+use gbuild::term::printable;
 
 use super::Ctx;
 
@@ -29,7 +30,7 @@ pub fn run(ctx: &Ctx, o: DiffOpts) -> anyhow::Result<i32> {
             if o.json {
                 println!("{}", serde_json::to_string_pretty(&d)?);
             } else {
-                print!("{d}");
+                print!("{}", printable(&d.to_string()));
             }
             Ok(if d.is_empty() { 0 } else { 1 })
         }

@@ -99,7 +99,6 @@ pub fn run(ctx: &Ctx, o: LayerOpts) -> anyhow::Result<i32> {
         LayerCommand::UnpackRepo { tarball, name } => {
             let store = ctx.store()?;
             let name = name.unwrap_or_else(|| layer::unpack::repo_name_of(&tarball));
-            let _lock = layer::StoreLock::shared(&store)?;
             let dest = layer::unpack::unpack_repo(&store, &tarball, &name)?;
             println!("{}", dest.display());
         }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use gbuild::host::machine;
+use gbuild::term::printable;
 
 use super::Ctx;
 
@@ -52,8 +53,9 @@ fn import(ctx: &Ctx, o: ImportOpts) -> anyhow::Result<i32> {
         .with_context(|| format!("import {}", o.bundle.display()))?;
     if let Some(h) = &r.previous_host {
         eprintln!(
-            "gbuild: warning: machine {} was configured from host {h}, now from another host",
-            r.machine
+            "gbuild: warning: machine {} was configured from host {}, now from another host",
+            r.machine,
+            printable(h)
         );
     }
     match &r.changes {
@@ -61,7 +63,7 @@ fn import(ctx: &Ctx, o: ImportOpts) -> anyhow::Result<i32> {
         Some(d) if d.is_empty() => println!("machine {}: no changes", r.machine),
         Some(d) => {
             println!("machine {}: changed:", r.machine);
-            print!("{d}");
+            print!("{}", printable(&d.to_string()));
         }
     }
     if r.needs_update {
@@ -91,9 +93,13 @@ fn list(ctx: &Ctx, o: ListOpts) -> anyhow::Result<i32> {
         .map(|m| {
             [
                 m.name.clone(),
-                m.host.clone().unwrap_or_else(|| "-".into()),
+                m.host
+                    .as_deref()
+                    .map_or("-".into(), |h| printable(h).into_owned()),
                 date(m.imported),
-                m.kernel.clone().unwrap_or_else(|| "-".into()),
+                m.kernel
+                    .as_deref()
+                    .map_or("-".into(), |k| printable(k).into_owned()),
                 m.snapshot.clone().unwrap_or_else(|| "-".into()),
                 if m.update_pending.is_some() {
                     "pending".into()

@@ -84,7 +84,8 @@ pub fn one_line(e: &anyhow::Error) -> String {
             parts.push(s);
         }
     }
-    parts.join(": ").replace('\n', " ")
+    // Causes quote what failed, which may be bytes from a bundle, an archive or a mirror.
+    gbuild::term::printable(&parts.join(": ").replace('\n', " ")).into_owned()
 }
 
 /// `--machine` (and the distfiles mirror) shared by the builder verbs.

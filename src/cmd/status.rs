@@ -16,7 +16,7 @@ pub struct StatusOpts {
 pub fn run(ctx: &Ctx, o: StatusOpts) -> anyhow::Result<i32> {
     let store = ctx.store()?;
     let m = gbuild::builder::Machine::open(&store, &o.m.machine)?;
-    let mut st = State::load(&m);
+    let mut st = State::read(&m)?;
     // A loop that died leaves "building": say so instead of pretending.
     if let Some(pid) = st.pid {
         if (st.state == "building" || st.state == "waiting")
@@ -60,7 +60,7 @@ pub fn run(ctx: &Ctx, o: StatusOpts) -> anyhow::Result<i32> {
         st.counts.binpkgs, st.counts.bytes
     );
     for d in &st.drift {
-        println!("drift:    {d}");
+        println!("drift:    {}", gbuild::term::printable(d));
     }
     for w in &st.abi_warnings {
         println!(

@@ -65,6 +65,10 @@ pub enum MachineError {
     Host(#[from] HostError),
     #[error(transparent)]
     Fs(#[from] FsError),
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
+    #[error(transparent)]
+    Layer(#[from] crate::layer::LayerError),
 }
 
 fn now() -> u64 {
@@ -126,13 +130,63 @@ fn swap_in(tmp: &Path, dest: &Path, prev: &Path) -> Result<(), FsError> {
     }
 }
 
+/// The lock that serializes imports of machine `name`: `machines/.M.import.lock`, beside the
+/// machine's directory (never one: machine names do not start with a dot) so that a failed first
+/// import can remove that directory. It is not the machine's build lock: importing while the
+/// build loop runs is allowed (the loop picks the change up through `needs-update`).
+pub fn import_lock_path(store: &Store, name: &str) -> PathBuf {
+    store.machines().join(format!(".{name}.import.lock"))
+}
+
+/// Prefix of the directory an import unpacks into before swapping it in.
+pub const CONFIG_TMP: &str = ".config.tmp.";
+
+/// Remove what crashed imports of the machine in `mdir` left behind (caller holds the import
+/// lock, or the store lock exclusively).
+pub fn remove_import_leftovers(mdir: &Path) -> Result<Vec<PathBuf>, FsError> {
+    let mut removed = Vec::new();
+    let rd = match std::fs::read_dir(mdir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
+        Err(e) => return Err(FsError::new("read directory", mdir, e)),
+    };
+    for e in rd {
+        let e = e.at("read directory", mdir)?;
+        if e.file_name().to_string_lossy().starts_with(CONFIG_TMP) {
+            remove_tree(&e.path())?;
+            removed.push(e.path());
+        }
+    }
+    Ok(removed)
+}
+
 /// Import the bundle at `bundle` as machine `name`'s configuration (see the module
-/// documentation). The bundle is fully validated before anything in the store changes.
+/// documentation). The bundle is fully validated before anything in the store changes; imports
+/// of one machine wait for each other; a failed first import leaves no machine behind.
 pub fn import(store: &Store, name: &str, bundle: &Path) -> Result<ImportReport, MachineError> {
     check_name(name)?;
     let new = Bundle::load(bundle)?;
+    let _import = crate::lock::Lock::acquire(&import_lock_path(store, name))?;
+    // `gc` removes unpack directories of imports only while no import runs.
+    let _store = crate::layer::StoreLock::shared(store)?;
     let mdir = store.machine(name);
+    let existed = mdir.is_dir();
     std::fs::create_dir_all(&mdir).at("create directory", &mdir)?;
+    let r = import_locked(store, name, bundle, new, &mdir);
+    if r.is_err() && !existed {
+        let _ = remove_tree(&mdir);
+    }
+    r
+}
+
+fn import_locked(
+    store: &Store,
+    name: &str,
+    bundle: &Path,
+    new: Bundle,
+    mdir: &Path,
+) -> Result<ImportReport, MachineError> {
+    remove_import_leftovers(mdir)?;
     let config = config_dir(store, name);
     let prev = mdir.join("config.prev");
     // A previous configuration that no longer loads is replaced all the same (kept as
@@ -145,13 +199,15 @@ pub fn import(store: &Store, name: &str, bundle: &Path) -> Result<ImportReport, 
     } else {
         (None, None)
     };
-    let tmp = mdir.join(format!(".config.tmp.{}", std::process::id()));
-    remove_tree(&tmp)?;
+    let tmp = mdir.join(format!("{CONFIG_TMP}{}", std::process::id()));
     if let Err(e) = new.unpack(&tmp) {
         let _ = remove_tree(&tmp);
         return Err(e.into());
     }
-    swap_in(&tmp, &config, &prev)?;
+    if let Err(e) = swap_in(&tmp, &config, &prev) {
+        let _ = remove_tree(&tmp);
+        return Err(e.into());
+    }
 
     let changes = old.as_ref().map(|o| diff(o, &new));
     let previous_host = old

@@ -1,6 +1,9 @@
 //! `gbuild gc`: remove layers that no image and no snapshot under `exports/` references, and the
-//! work directories that crashed or killed layer operations left behind. It holds the store's
-//! layer lock exclusively, so no layer operation runs meanwhile and every leftover is stale.
+//! work directories that crashed or killed operations left behind. It holds the store lock
+//! (`layers/.lock`) exclusively, and every operation that makes such a work directory (layer
+//! unpacks and commits, ebuild-tree unpacks, snapshot exports, restores, machine imports) holds it
+//! shared for as long as its work directory exists, so gc waits for live work and every leftover
+//! it sees is stale.
 //! Layer content (files owned by subordinate ids) is removed inside the user namespace.
 
 use std::collections::BTreeSet;
@@ -92,6 +95,15 @@ pub fn gc(store: &Store, helper: &Helper) -> Result<GcReport> {
         if name.starts_with(".tmp-") {
             trees.push(path.clone());
             report.temp_removed.push(path);
+        }
+    }
+    // Configurations of crashed `machine import`s (imports hold the store lock shared).
+    for (_, mdir) in entries(&store.machines())? {
+        for (name, path) in entries(&mdir).unwrap_or_default() {
+            if name.starts_with(crate::host::machine::CONFIG_TMP) {
+                trees.push(path.clone());
+                report.temp_removed.push(path);
+            }
         }
     }
     // Snapshots interrupted before their rename (`.NAME.tmp.PID.N`, see fsutil::temp_sibling).

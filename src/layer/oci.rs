@@ -246,6 +246,8 @@ pub fn export(
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).at("create directory", parent)?;
+    // Held while the work directory exists, so that `gc` leaves it alone.
+    let _lock = super::StoreLock::shared(store)?;
     let tmp = crate::fsutil::temp_sibling(out);
     let blob_dir = tmp.join("blobs/sha256");
     std::fs::create_dir_all(&blob_dir).at("create directory", &blob_dir)?;

@@ -329,6 +329,11 @@ pub fn unpack_repo(store: &Store, tarball: &Path, name: &str) -> Result<PathBuf>
         return Ok(dest);
     }
     std::fs::create_dir_all(store.repos()).at("create directory", &store.repos())?;
+    // Held while the work directory exists, so that `gc` leaves it alone.
+    let _lock = super::StoreLock::shared(store)?;
+    if dest.is_dir() {
+        return Ok(dest);
+    }
     let tmp = store
         .repos()
         .join(format!(".tmp-{name}-{}", std::process::id()));

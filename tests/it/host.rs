@@ -942,3 +942,280 @@ fn import_never_writes_through_the_profile_link() {
         assert_eq!(o.status.code(), Some(0), "{target}: {}", util::stderr(&o));
     }
 }
+
+/// Peak RSS in KiB of `cmd` run under `/usr/bin/time`, and its output.
+fn with_peak_rss(cmd: &mut std::process::Command, dir: &Path) -> (Output, u64) {
+    let f = dir.join("rss.txt");
+    let mut t = std::process::Command::new("/usr/bin/time");
+    t.arg("-f")
+        .arg("%M")
+        .arg("-o")
+        .arg(&f)
+        .arg(cmd.get_program());
+    t.args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            t.env(k, v);
+        }
+    }
+    let o = t.output().unwrap();
+    // GNU time writes "Command exited with non-zero status N" before the figure.
+    let text = std::fs::read_to_string(&f).unwrap();
+    let kib = text.lines().last().unwrap().trim().parse().unwrap();
+    (o, kib)
+}
+
+#[test]
+fn entries_are_checked_against_the_manifest_before_reading() {
+    if !util::require(
+        Path::new("/usr/bin/time").exists(),
+        "/usr/bin/time (GNU time) is installed",
+    ) {
+        return;
+    }
+    let mut w = World::new();
+    let good = w.export("6.1.0");
+    assert!(w.import(&good, "laptop").status.success());
+    let entries = read_entries(&good);
+    const HUGE: u64 = 1 << 30;
+    // A tar whose last entry claims HUGE bytes, as a sparse file (nothing big on disk).
+    let sparse = |name: &str, entries: &[RawEntry], path: &str| -> PathBuf {
+        let mut bytes = raw_tar(entries);
+        bytes.truncate(bytes.len() - 1024);
+        let mut h = tar::Header::new_gnu();
+        h.set_path(path).unwrap();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(HUGE);
+        h.set_mtime(1);
+        h.set_cksum();
+        bytes.extend_from_slice(h.as_bytes());
+        let p = w.scratch.path().join(name);
+        std::fs::write(&p, &bytes).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        f.set_len(bytes.len() as u64 + HUGE + 1024).unwrap();
+        p
+    };
+    let unlisted = sparse("unlisted.tar", &entries, "etc/portage/package.use/huge");
+    let too_big = {
+        let e = with_manifest(&entries, |m| {
+            let mut f = listed_file("etc/portage/patches/huge.patch", b"");
+            f["size"] = HUGE.into();
+            m["files"].as_array_mut().unwrap().push(f);
+        });
+        sparse("too-big.tar", &e, "etc/portage/patches/huge.patch")
+    };
+    let lying_header = {
+        let e: Vec<RawEntry> = entries
+            .iter()
+            .filter(|e| e.0 != b"var/lib/portage/world_sets")
+            .cloned()
+            .collect();
+        sparse("lying.tar", &e, "var/lib/portage/world_sets")
+    };
+    for (bundle, want) in [
+        (
+            &unlisted,
+            "\"etc/portage/package.use/huge\": not listed in the manifest",
+        ),
+        (
+            &too_big,
+            "\"etc/portage/patches/huge.patch\": 1073741824 bytes, more than",
+        ),
+        (
+            &lying_header,
+            "\"var/lib/portage/world_sets\": size 1073741824 in the tar header",
+        ),
+    ] {
+        for args in [
+            vec![
+                "machine",
+                "import",
+                bundle.to_str().unwrap(),
+                "--name",
+                "laptop",
+            ],
+            vec!["diff", "--machine", "laptop", bundle.to_str().unwrap()],
+        ] {
+            let (o, kib) = with_peak_rss(util::gbuild(&w.store).args(&args), w.scratch.path());
+            let err = util::stderr(&o);
+            assert!(!o.status.success(), "{args:?}");
+            assert!(err.contains(want), "{args:?}: {err}");
+            assert!(
+                kib < 100 * 1024,
+                "{args:?}: peak RSS {kib} KiB for a refused entry"
+            );
+        }
+    }
+}
+
+#[test]
+fn imports_of_one_machine_are_serialized_and_leave_nothing_behind() {
+    let mut w = World::new();
+    let a = w.export("6.1.0");
+    w.host.edit("etc/hostname", "testhost", "otherhost");
+    let b = w.export("6.1.0");
+    assert!(w.import(&a, "laptop").status.success());
+    // A crashed import's leftover goes at the next import.
+    let leftover = w.machine("laptop").join(".config.tmp.4194000");
+    std::fs::create_dir_all(leftover.join("etc/portage")).unwrap();
+    let mut children: Vec<_> = (0..8)
+        .map(|i| {
+            util::gbuild(&w.store)
+                .args(["machine", "import"])
+                .arg(if i % 2 == 0 { &a } else { &b })
+                .args(["--name", "laptop"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children.drain(..) {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", util::stderr(&o));
+    }
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(w.machine("laptop").join("import.json")).unwrap())
+            .unwrap();
+    let config: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(w.machine("laptop").join("config/gbuild-bundle.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        record["host"], config["host"],
+        "import.json names the bundle in config/"
+    );
+    let hidden: Vec<String> = std::fs::read_dir(w.machine("laptop"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(hidden.is_empty(), "{hidden:?}");
+}
+
+#[test]
+fn a_tree_that_cannot_be_unpacked_is_refused_and_leaves_no_machine() {
+    let mut w = World::new();
+    let good = w.export("6.1.0");
+    let entries = read_entries(&good);
+    // package.mask is a file; an entry below it cannot exist on disk.
+    let e = with_manifest(&entries, |m| {
+        m["files"]
+            .as_array_mut()
+            .unwrap()
+            .push(listed_file("etc/portage/package.mask/x", b"a/b\n"));
+    });
+    let mut e = e;
+    e.push((
+        b"etc/portage/package.mask/x".to_vec(),
+        tar::EntryType::Regular,
+        b"a/b\n".to_vec(),
+        Vec::new(),
+    ));
+    let p = w.scratch.path().join("file-and-below.tar");
+    std::fs::write(&p, raw_tar(&e)).unwrap();
+    let o = w.import(&p, "fresh");
+    let err = util::stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("\"etc/portage/package.mask/x\""), "{err}");
+    assert!(!w.machine("fresh").exists());
+    let o = util::output(util::gbuild(&w.store).args(["machine", "list"]));
+    assert!(!util::stdout(&o).contains("fresh"), "{}", util::stdout(&o));
+}
+
+#[test]
+fn bundle_text_is_escaped_on_the_terminal() {
+    let mut w = World::new();
+    let good = w.export("6.1.0");
+    assert!(w.import(&good, "laptop").status.success());
+    let entries = read_entries(&good);
+    let e = with_manifest(&entries, |m| {
+        m["host"] = "evil\u{1b}]0;owned\u{7}\u{1b}[2J".into();
+        m["kernel"] = "6.1.0\u{1b}[31m\u{9b}1m".into();
+    });
+    let p = w.scratch.path().join("escapes.tar");
+    std::fs::write(&p, raw_tar(&e)).unwrap();
+    let no_raw = |what: &str, s: &[u8]| {
+        assert!(
+            !s.iter().any(|&b| b == 0x1b || b == 0x07),
+            "{what}: raw control bytes: {}",
+            String::from_utf8_lossy(s)
+        );
+        assert!(!String::from_utf8_lossy(s).contains('\u{9b}'), "{what}");
+    };
+    let o = w.import(&p, "laptop");
+    assert!(o.status.success(), "{}", util::stderr(&o));
+    no_raw("import stdout", &o.stdout);
+    no_raw("import stderr", &o.stderr);
+    assert!(
+        util::stdout(&o).contains("\\x1b[31m"),
+        "{}",
+        util::stdout(&o)
+    );
+    let o = util::output(util::gbuild(&w.store).args(["machine", "list"]));
+    no_raw("list", &o.stdout);
+    assert!(
+        util::stdout(&o).contains("evil\\x1b"),
+        "{}",
+        util::stdout(&o)
+    );
+    let o = w.diff(&good);
+    no_raw("diff", &o.stdout);
+    assert!(
+        util::stdout(&o).contains("\\x1b[31m"),
+        "{}",
+        util::stdout(&o)
+    );
+    // A tar header whose size field holds escape bytes: the tar error quotes them.
+    let mut bytes = raw_tar(&entries);
+    let second = 512 + entries[0].2.len().div_ceil(512) * 512;
+    bytes[second + 124..second + 124 + 10].copy_from_slice(b"\x1b[2J\x1b]0;x\x07");
+    let p = w.scratch.path().join("bad-header.tar");
+    std::fs::write(&p, &bytes).unwrap();
+    let o = w.import(&p, "laptop");
+    assert_eq!(o.status.code(), Some(1));
+    no_raw("tar error", &o.stderr);
+}
+
+#[test]
+fn store_copies_are_never_group_or_other_writable() {
+    let mut w = World::new();
+    let good = w.export("6.1.0");
+    let e = with_manifest(&read_entries(&good), |m| {
+        for f in m["files"].as_array_mut().unwrap() {
+            if f["path"] == "etc/portage/package.use" || f["path"] == "etc/portage/package.use/foo"
+            {
+                f["mode"] = 0o7777.into();
+            }
+        }
+    });
+    let p = w.scratch.path().join("modes.tar");
+    std::fs::write(&p, raw_tar(&e)).unwrap();
+    assert!(w.import(&p, "laptop").status.success());
+    use std::os::unix::fs::PermissionsExt;
+    for rel in ["etc/portage/package.use", "etc/portage/package.use/foo"] {
+        let mode = std::fs::metadata(w.machine("laptop").join("config").join(rel))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777;
+        assert_eq!(mode & 0o7022, 0, "{rel}: {mode:o}");
+        assert_eq!(mode & 0o700, 0o700, "{rel}: {mode:o}");
+    }
+}
+
+#[test]
+fn status_reports_a_corrupt_state_file() {
+    let mut w = World::new();
+    let good = w.export("6.1.0");
+    assert!(w.import(&good, "laptop").status.success());
+    let state = w.machine("laptop").join("state.json");
+    std::fs::write(&state, "{\"state\": \"build").unwrap();
+    let o = util::output(util::gbuild(&w.store).args(["status", "--machine", "laptop"]));
+    let err = util::stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{}", util::stdout(&o));
+    assert!(err.contains(&state.display().to_string()), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(!util::stdout(&o).contains("idle"));
+}

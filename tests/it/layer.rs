@@ -714,3 +714,68 @@ fn killed_unpack_and_snapshot_leave_nothing_half_made() {
     assert_eq!(env.leftovers(&env.store()), Vec::<String>::new());
     assert_eq!(env.layers(&env.store()), vec![id]);
 }
+
+/// Stop `pid` (SIGSTOP) or let it go on (SIGCONT).
+fn signal(pid: u32, sig: &str) {
+    let s = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(s.success());
+}
+
+#[test]
+fn gc_waits_for_a_live_snapshot() {
+    if !require(
+        rootless_ready(),
+        "rootless user namespaces with subordinate ids",
+    ) {
+        return;
+    }
+    let env = Env::new();
+    let t = env.write("big.tar.zst", &big_tarball());
+    env.ok(&["layer", "unpack", t.to_str().unwrap(), "--image", "big"]);
+    let exports = env.store().join("exports");
+    std::fs::create_dir_all(&exports).unwrap();
+    // The default output is in the store (exports/big), where gc looks for leftovers.
+    let mut snap = gbuild(&env.store())
+        .args(["snapshot", "--image", "big", "-q"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let work = loop {
+        let found = std::fs::read_dir(&exports).unwrap().find_map(|e| {
+            let n = e.unwrap().file_name().to_string_lossy().into_owned();
+            n.starts_with(".big.tmp.").then_some(n)
+        });
+        if let Some(n) = found {
+            break exports.join(n);
+        }
+        assert!(
+            snap.try_wait().unwrap().is_none(),
+            "snapshot ended before it was seen"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    };
+    // Freeze the snapshot mid-way, its work directory in place, and collect.
+    signal(snap.id(), "-STOP");
+    let gc = gbuild(&env.store())
+        .args(["gc", "-q"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(
+        work.exists(),
+        "gc removed the work directory of a live snapshot"
+    );
+    signal(snap.id(), "-CONT");
+    let o = snap.wait_with_output().unwrap();
+    assert!(o.status.success(), "snapshot: {}", util::stderr(&o));
+    let g = gc.wait_with_output().unwrap();
+    assert!(g.status.success(), "gc: {}", util::stderr(&g));
+    assert!(exports.join("big/index.json").is_file());
+    assert!(!work.exists());
+}
