@@ -19,6 +19,7 @@ pub mod lock;
 pub mod progress;
 pub mod runtime;
 pub mod serve;
+pub mod sign;
 pub mod setup_host;
 pub mod store;
 #[allow(unsafe_code)]
