@@ -19,8 +19,8 @@ pub mod lock;
 pub mod progress;
 pub mod runtime;
 pub mod serve;
-pub mod sign;
 pub mod setup_host;
+pub mod sign;
 pub mod store;
 #[allow(unsafe_code)]
 pub mod sys;

@@ -439,7 +439,10 @@ mod tests {
     fn fields_and_header() {
         let st = "CPV: a/b-1\nMD5: 00\nSIZE: 10\nPATH: a/b/b-1-1.gpkg.tar";
         let new = set_fields(st, &[("SIZE", "20".into()), ("MTIME", "5".into())]);
-        assert_eq!(new, "CPV: a/b-1\nMD5: 00\nMTIME: 5\nPATH: a/b/b-1-1.gpkg.tar\nSIZE: 20");
+        assert_eq!(
+            new,
+            "CPV: a/b-1\nMD5: 00\nMTIME: 5\nPATH: a/b/b-1-1.gpkg.tar\nSIZE: 20"
+        );
         let h = header_with("ARCH: amd64\nPACKAGES: 9\nTIMESTAMP: 1\nVERSION: 0", 2, 77);
         assert_eq!(
             h,
@@ -448,6 +451,9 @@ mod tests {
         let a = format!("{h}\n\nCPV: a/b-1\n\n");
         let b = a.replace("TIMESTAMP: 77", "TIMESTAMP: 99");
         assert_eq!(without_timestamp(&a), without_timestamp(&b));
-        assert_ne!(without_timestamp(&a), without_timestamp(&a.replace("b-1", "b-2")));
+        assert_ne!(
+            without_timestamp(&a),
+            without_timestamp(&a.replace("b-1", "b-2"))
+        );
     }
 }

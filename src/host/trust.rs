@@ -245,7 +245,10 @@ fn create_keyring(root: &Path, gpg: &Gpg) -> Result<()> {
         let out = t.output(&["--list-secret-keys", "--with-colons"])?;
         let id = out
             .lines()
-            .find_map(|l| l.strip_prefix("fpr:").map(|r| r.trim_matches(':').to_string()))
+            .find_map(|l| {
+                l.strip_prefix("fpr:")
+                    .map(|r| r.trim_matches(':').to_string())
+            })
             .ok_or_else(|| TrustError::Gpg {
                 cmd: "gpg --list-secret-keys".into(),
                 home: tmp.clone(),
@@ -301,18 +304,14 @@ impl Gpg {
             home: self.home.clone(),
             reason,
         };
-        let mut child = c
-            .spawn()
-            .map_err(|e| err(format!("cannot run gpg: {e}")))?;
+        let mut child = c.spawn().map_err(|e| err(format!("cannot run gpg: {e}")))?;
         if let Some(data) = input {
             let mut stdin = child.stdin.take().expect("piped");
             stdin
                 .write_all(data)
                 .map_err(|e| err(format!("write to gpg: {e}")))?;
         }
-        let out = child
-            .wait_with_output()
-            .map_err(|e| err(e.to_string()))?;
+        let out = child.wait_with_output().map_err(|e| err(e.to_string()))?;
         if !out.status.success() {
             let text = String::from_utf8_lossy(&out.stderr);
             let last = text

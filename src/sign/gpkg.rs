@@ -130,9 +130,10 @@ fn members(path: &Path) -> Result<(Vec<Member>, Vec<u8>)> {
     let mut out: Vec<Member> = Vec::new();
     let mut manifest = None;
     let mut prefix: Option<String> = None;
-    for e in ar.entries_with_seek().at("read", path)? {
-        let mut e = e.at("read", path)?;
-        let p = e.path().at("read", path)?.to_string_lossy().into_owned();
+    let unreadable = |e: io::Error| bad(format!("cannot read it as tar: {e}"));
+    for e in ar.entries_with_seek().map_err(unreadable)? {
+        let mut e = e.map_err(unreadable)?;
+        let p = e.path().map_err(unreadable)?.to_string_lossy().into_owned();
         let Some((dir, name)) = p.split_once('/') else {
             return Err(bad(format!("member {p:?} is not inside a directory")));
         };
@@ -191,19 +192,14 @@ pub fn listed_signer(path: &Path, keys: &Keys) -> Result<Option<String>> {
                 continue;
             }
             let entries = parse_manifest(&msg.signed_text());
-            let sizes_match = members.iter().all(|m| {
-                entries
-                    .iter()
-                    .any(|e| e.name == m.name && e.size == m.size)
-            }) && entries.len() == members.len();
+            let sizes_match = members
+                .iter()
+                .all(|m| entries.iter().any(|e| e.name == m.name && e.size == m.size))
+                && entries.len() == members.len();
             let all_signed = members
                 .iter()
                 .filter(|m| m.name != "gpkg-1" && !m.name.ends_with(".sig"))
-                .all(|m| {
-                    members
-                        .iter()
-                        .any(|s| s.name == format!("{}.sig", m.name))
-                });
+                .all(|m| members.iter().any(|s| s.name == format!("{}.sig", m.name)));
             if sizes_match && all_signed {
                 return Ok(Some(fingerprint_hex(key)));
             }
@@ -285,7 +281,10 @@ fn sign(path: &Path, keys: &Keys) -> Result<FileFacts> {
     let err = |e: pgp::errors::Error| SignError::Sign(path.to_path_buf(), e.to_string());
 
     // Pass 1: digest (and sign) every member that is not an old signature.
-    let kept: Vec<&Member> = members.iter().filter(|m| !m.name.ends_with(".sig")).collect();
+    let kept: Vec<&Member> = members
+        .iter()
+        .filter(|m| !m.name.ends_with(".sig"))
+        .collect();
     let mut digested = Vec::new();
     {
         let f = File::open(path).at("open", path)?;
@@ -295,7 +294,9 @@ fn sign(path: &Path, keys: &Keys) -> Result<FileFacts> {
             let mut e = loop {
                 let e = it
                     .next()
-                    .ok_or_else(|| SignError::NotGpkg(path.to_path_buf(), "changed while read".into()))?
+                    .ok_or_else(|| {
+                        SignError::NotGpkg(path.to_path_buf(), "changed while read".into())
+                    })?
                     .at("read", path)?;
                 if e.path().at("read", path)?.to_string_lossy() == m.path {
                     break e;
@@ -321,10 +322,7 @@ fn sign(path: &Path, keys: &Keys) -> Result<FileFacts> {
                         tee,
                     )
                     .map_err(err)?;
-                    Some(
-                        s.to_armored_bytes(ArmorOptions::default())
-                            .map_err(err)?,
-                    )
+                    Some(s.to_armored_bytes(ArmorOptions::default()).map_err(err)?)
                 }
             };
             let d = Digested {
@@ -416,7 +414,9 @@ fn sign(path: &Path, keys: &Keys) -> Result<FileFacts> {
             let e = loop {
                 let e = it
                     .next()
-                    .ok_or_else(|| SignError::NotGpkg(path.to_path_buf(), "changed while read".into()))?
+                    .ok_or_else(|| {
+                        SignError::NotGpkg(path.to_path_buf(), "changed while read".into())
+                    })?
                     .at("read", path)?;
                 if e.path().at("read", path)?.to_string_lossy() == m.path {
                     break e;
@@ -454,7 +454,8 @@ fn sign(path: &Path, keys: &Keys) -> Result<FileFacts> {
 /// The Manifest text, clearsigned with SHA512 as Portage's `BINPKG_GPG_SIGNING_DIGEST` default.
 fn clearsign(text: &str, keys: &Keys) -> pgp::errors::Result<String> {
     let key = &keys.secret().primary_key;
-    let mut config = SignatureConfig::v4(SignatureType::Text, key.algorithm(), HashAlgorithm::Sha512);
+    let mut config =
+        SignatureConfig::v4(SignatureType::Text, key.algorithm(), HashAlgorithm::Sha512);
     config.hashed_subpackets = vec![
         Subpacket::regular(SubpacketData::SignatureCreationTime(Timestamp::now()))?,
         Subpacket::regular(SubpacketData::IssuerFingerprint(key.fingerprint()))?,
@@ -518,6 +519,7 @@ pub fn in_pkgdir(pkgdir: &Path, rel: &str) -> Option<PathBuf> {
 mod tests {
     use super::*;
     use crate::store::Store;
+    use std::collections::BTreeMap;
 
     /// A gpkg as Portage writes it without signing: ustar, gpkg-1, metadata, image, Manifest.
     pub(crate) fn unsigned_gpkg(path: &Path, image: &[u8]) {
@@ -606,6 +608,88 @@ mod tests {
         assert_eq!(members_of(&p), names);
     }
 
+    /// What Portage's verifier runs (BINPKG_GPG_VERIFY_BASE_COMMAND) accepts gbuild's
+    /// signatures: GOODSIG and a trusted key for the Manifest and each signed member.
+    #[test]
+    fn real_gpg_verifies_like_portage() {
+        if std::process::Command::new("gpg")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            eprintln!("skipped: no gpg");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::at(d.path().join("store"));
+        let (keys, _) = Keys::open(&store).unwrap();
+        let p = d.path().join("hello-1.0-1.gpkg.tar");
+        unsigned_gpkg(&p, &vec![7u8; 100_000]);
+        ensure_signed(&p, &keys).unwrap();
+        let home = d.path().join("gnupg");
+        std::fs::create_dir(&home).unwrap();
+        let gpg = |args: &[&str], input: &[u8]| -> (bool, String, Vec<u8>) {
+            use std::io::Write;
+            let mut c = std::process::Command::new("gpg")
+                .arg("--homedir")
+                .arg(&home)
+                .args(["--batch", "--no-tty", "--no-permission-warning"])
+                .args(args)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            c.stdin.take().unwrap().write_all(input).unwrap();
+            let o = c.wait_with_output().unwrap();
+            (
+                o.status.success(),
+                String::from_utf8_lossy(&o.stderr).into_owned(),
+                o.stdout,
+            )
+        };
+        assert!(gpg(&["--import"], keys.public_armored().as_bytes()).0);
+        let trust = format!("{}:6:\n", keys.fingerprint());
+        assert!(gpg(&["--import-ownertrust"], trust.as_bytes()).0);
+        assert!(gpg(&["--check-trustdb"], b"").0);
+        let verify = ["--verify", "--no-auto-check-trustdb", "--status-fd", "2"];
+        let accepted = |status: &str| {
+            status.contains("[GNUPG:] GOODSIG")
+                && (status.contains("[GNUPG:] TRUST_ULTIMATE")
+                    || status.contains("[GNUPG:] TRUST_FULLY"))
+        };
+        let data = std::fs::read(&p).unwrap();
+        let mut ar = tar::Archive::new(&data[..]);
+        let mut files = BTreeMap::new();
+        for e in ar.entries().unwrap() {
+            let mut e = e.unwrap();
+            let name = e.path().unwrap().to_string_lossy().into_owned();
+            let mut buf = Vec::new();
+            e.read_to_end(&mut buf).unwrap();
+            files.insert(name, buf);
+        }
+        let manifest = &files["hello-1.0-1/Manifest"];
+        let mut args = verify.to_vec();
+        args.extend(["--output", "-", "-"]);
+        let (ok, status, out) = gpg(&args, manifest);
+        assert!(ok && accepted(&status), "{status}");
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .contains("DATA image.tar.zst 100000 "));
+        for m in ["metadata.tar.zst", "image.tar.zst"] {
+            let sig = d.path().join("member.sig");
+            std::fs::write(&sig, &files[&format!("hello-1.0-1/{m}.sig")]).unwrap();
+            let mut args = verify.to_vec();
+            args.extend([sig.to_str().unwrap(), "-"]);
+            let (ok, status, _) = gpg(&args, &files[&format!("hello-1.0-1/{m}")]);
+            assert!(ok && accepted(&status), "{m}: {status}");
+            let mut bad = files[&format!("hello-1.0-1/{m}")].clone();
+            bad[0] ^= 1;
+            let (ok, status, _) = gpg(&args, &bad);
+            assert!(!ok && status.contains("BADSIG"), "{m}: {status}");
+        }
+    }
+
     fn members_of(p: &Path) -> Vec<String> {
         members(p).unwrap().0.into_iter().map(|m| m.name).collect()
     }
@@ -619,10 +703,7 @@ mod tests {
         unsigned_gpkg(&p, b"image bytes");
         // One byte of the image changed after Portage wrote its Manifest.
         let mut bytes = std::fs::read(&p).unwrap();
-        let at = bytes
-            .windows(11)
-            .position(|w| w == b"image bytes")
-            .unwrap();
+        let at = bytes.windows(11).position(|w| w == b"image bytes").unwrap();
         bytes[at] ^= 1;
         std::fs::write(&p, &bytes).unwrap();
         assert!(matches!(
@@ -630,13 +711,19 @@ mod tests {
             Err(SignError::Corrupt(_, ref m)) if m == "image.tar.zst"
         ));
         std::fs::write(&p, b"not a tar").unwrap();
-        assert!(matches!(ensure_signed(&p, &keys), Err(SignError::NotGpkg(..))));
+        assert!(matches!(
+            ensure_signed(&p, &keys),
+            Err(SignError::NotGpkg(..))
+        ));
     }
 
     #[test]
     fn pkgdir_paths() {
         let d = Path::new("/p");
-        assert_eq!(in_pkgdir(d, "a/b/c.gpkg.tar").unwrap(), Path::new("/p/a/b/c.gpkg.tar"));
+        assert_eq!(
+            in_pkgdir(d, "a/b/c.gpkg.tar").unwrap(),
+            Path::new("/p/a/b/c.gpkg.tar")
+        );
         assert!(in_pkgdir(d, "../x").is_none());
         assert!(in_pkgdir(d, "/etc/x").is_none());
         assert!(is_gpkg("a/b-1.gpkg.tar") && !is_gpkg("a/b-1.tbz2") && !is_gpkg("a/b-1.xpak"));

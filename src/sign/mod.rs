@@ -17,8 +17,8 @@ pub mod gpkg;
 use std::path::{Path, PathBuf};
 
 use pgp::composed::{
-    ArmorOptions, Deserializable, EncryptionCaps, KeyType, SecretKeyParamsBuilder,
-    SignedPublicKey, SignedSecretKey,
+    ArmorOptions, Deserializable, EncryptionCaps, KeyType, SecretKeyParamsBuilder, SignedPublicKey,
+    SignedSecretKey,
 };
 use pgp::types::KeyDetails;
 
@@ -147,7 +147,7 @@ impl Keys {
         secret
             .verify_bindings()
             .map_err(|e| SignError::BadKey(sp.clone(), e.to_string()))?;
-        let fpr = fingerprint_hex(&secret);
+        let fpr = fingerprint_hex(&secret.primary_key);
         let mut listed = vec![secret.to_public_key()];
         let pp = Self::public_path(dir);
         if pp.exists() {
@@ -192,7 +192,7 @@ impl Keys {
 
     /// The current key's fingerprint (upper-case hex).
     pub fn fingerprint(&self) -> String {
-        fingerprint_hex(&self.secret)
+        fingerprint_hex(&self.secret.primary_key)
     }
 
     /// Fingerprints of every listed key, the current one first.
@@ -300,7 +300,11 @@ fn generate() -> Result<SignedSecretKey> {
     let host = nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())
-        .filter(|h| !h.is_empty() && h.bytes().all(|c| c.is_ascii_alphanumeric() || b".-_".contains(&c)))
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b".-_".contains(&c))
+        })
         .unwrap_or_else(|| "localhost".into());
     let uid = format!("gbuild binpkg signing key ({host}) <gbuild@{host}>");
     let mut params = SecretKeyParamsBuilder::default();
@@ -325,7 +329,7 @@ mod tests {
 
     #[test]
     fn fingerprints_as_typed() {
-        let f = "0xabcd 1234ABCD1234abcd1234ABCD1234abcd1234abcd";
+        let f = "0xabcd 1234ABCD1234abcd1234ABCD1234abcd1234";
         assert_eq!(
             normalize_fingerprint(f).unwrap(),
             "ABCD1234ABCD1234ABCD1234ABCD1234ABCD1234"

@@ -279,7 +279,11 @@ fn refusals(env: &Env, s: &Scratch, serve: &Serve, fpr: &str) {
     let (_, rel) = signing::stanza_of(&published, cpv);
     let original = std::fs::read(env.machine().join("binpkgs").join(&rel)).unwrap();
     let cases: [(&str, Vec<u8>, &[&str]); 3] = [
-        ("one-byte", signing::one_byte_changed(&original), &["BADSIG"]),
+        (
+            "one-byte",
+            signing::one_byte_changed(&original),
+            &["BADSIG"],
+        ),
         (
             "other-key",
             signing::signed_by_other_key(&original, s.path()),
@@ -353,10 +357,18 @@ fn trust_checks(env: &Env, s: &Scratch, serve: &Serve, fpr: &str) {
         "{}",
         util::stderr(&out)
     );
-    assert_eq!(signing::tree_digest(&keyring), before, "second trust changed the keyring");
+    assert_eq!(
+        signing::tree_digest(&keyring),
+        before,
+        "second trust changed the keyring"
+    );
     let out = host_trust(env, serve, &upper, wrong);
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(signing::tree_digest(&keyring), before, "refused trust changed the keyring");
+    assert_eq!(
+        signing::tree_digest(&keyring),
+        before,
+        "refused trust changed the keyring"
+    );
 }
 
 /// `published/Packages` has a TTL and an mtime equal to its TIMESTAMP, so Portage's
@@ -422,10 +434,16 @@ fn secret_nowhere(env: &Env, s: &Scratch, serve: &Serve) {
             .arg(&export),
     );
     assert!(out.status.success(), "{}", util::stderr(&out));
-    for e in std::fs::read_dir(export.join("blobs/sha256")).unwrap().flatten() {
+    for e in std::fs::read_dir(export.join("blobs/sha256"))
+        .unwrap()
+        .flatten()
+    {
         let f = std::fs::File::open(e.path()).unwrap();
         let mut head = [0u8; 4];
-        std::fs::File::open(e.path()).unwrap().read_exact(&mut head).ok();
+        std::fs::File::open(e.path())
+            .unwrap()
+            .read_exact(&mut head)
+            .ok();
         let found = if head == [0x28, 0xb5, 0x2f, 0xfd] {
             signing::find_in(zstd::Decoder::new(f).unwrap(), &patterns)
         } else {
@@ -434,7 +452,13 @@ fn secret_nowhere(env: &Env, s: &Scratch, serve: &Serve) {
         assert_eq!(found, None, "secret key material in {}", e.path().display());
     }
     // Served: the documents, and every published gpkg inside and out.
-    for doc in ["Packages", "binrepos.conf", "repos.conf", "key.asc", "snapshot.info"] {
+    for doc in [
+        "Packages",
+        "binrepos.conf",
+        "repos.conf",
+        "key.asc",
+        "snapshot.info",
+    ] {
         let body = http_get(&format!("{}/default/{doc}", serve.url));
         assert_eq!(signing::find_in(body.as_bytes(), &patterns), None, "{doc}");
     }
@@ -517,7 +541,11 @@ fn builder_scenario_with_real_emerge() {
     for rel in published.lines().filter_map(|l| l.strip_prefix("PATH: ")) {
         assert!(rel.ends_with(".gpkg.tar"), "{rel}");
         let p = env.machine().join("binpkgs").join(rel);
-        assert_eq!(signing::signer(&env.store, &p).as_deref(), Some(&key1[..]), "{rel}");
+        assert_eq!(
+            signing::signer(&env.store, &p).as_deref(),
+            Some(&key1[..]),
+            "{rel}"
+        );
     }
 
     // A host-like root with Portage's defaults plus binpkg-request-signature, trusting the
@@ -615,10 +643,16 @@ fn builder_scenario_with_real_emerge() {
     assert!(index.contains("CPV: dev-lang/plang-5.40.0\n"));
     let (_, plang) = signing::stanza_of(&index, "dev-lang/plang-5.40.0");
     let plang = env.machine().join("binpkgs").join(plang);
-    assert_eq!(signing::signer(&env.store, &plang).as_deref(), Some(&key2[..]));
+    assert_eq!(
+        signing::signer(&env.store, &plang).as_deref(),
+        Some(&key2[..])
+    );
     let (_, hello) = signing::stanza_of(&index, "app-misc/hello-1.0");
     let hello = env.machine().join("binpkgs").join(hello);
-    assert_eq!(signing::signer(&env.store, &hello).as_deref(), Some(&key1[..]));
+    assert_eq!(
+        signing::signer(&env.store, &hello).as_deref(),
+        Some(&key1[..])
+    );
     // The binding was rebuilt against the new slot (two instances, or one newer). The host
     // trusted the old key and now the new one too.
     let host = host_install(&env, &s, "host2", "20260201", &serve, &[&key1, &key2]);
@@ -697,7 +731,10 @@ fn builder_scenario_with_real_emerge() {
         util::stderr(&out),
         env.newest_log()
     );
-    assert_eq!(signing::signer(&env.store, &hello).as_deref(), Some(&key2[..]));
+    assert_eq!(
+        signing::signer(&env.store, &hello).as_deref(),
+        Some(&key2[..])
+    );
     let key_asc = http_get(&format!("{}/default/key.asc", serve.url));
     assert_eq!(gbuild::sign::parse_public(&key_asc).unwrap().len(), 1);
     let st = env.status();

@@ -487,7 +487,10 @@ fn host_configuration_snapshot_and_status_json() {
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), Some("application/pgp-keys"));
     let key = r.text();
-    assert!(key.contains("-----BEGIN PGP PUBLIC KEY BLOCK-----"), "{key}");
+    assert!(
+        key.contains("-----BEGIN PGP PUBLIC KEY BLOCK-----"),
+        "{key}"
+    );
     assert!(!key.contains("PRIVATE"), "{key}");
     let out = util::output(util::gbuild(&st.root).args(["key", "--export"]));
     assert_eq!(util::stdout(&out), key);
