@@ -396,7 +396,7 @@ fn sign(path: &Path, keys: &Keys) -> Result<FileFacts> {
         let f = File::open(path).at("open", path)?;
         let mut ar = tar::Archive::new(f);
         let mut it = ar.entries_with_seek().at("read", path)?;
-        let new_header = |name: &str, size: u64| -> tar::Header {
+        let new_header = |size: u64| -> tar::Header {
             let mut h = match format {
                 Format::Ustar => tar::Header::new_ustar(),
                 Format::Gnu => tar::Header::new_gnu(),
@@ -407,7 +407,6 @@ fn sign(path: &Path, keys: &Keys) -> Result<FileFacts> {
             h.set_gid(0);
             h.set_mtime(now);
             h.set_size(size);
-            let _ = name;
             h
         };
         for (m, d) in kept.iter().zip(&digested) {
@@ -426,12 +425,12 @@ fn sign(path: &Path, keys: &Keys) -> Result<FileFacts> {
             b.append_data(&mut h, &m.path, e).at("write", &tmp)?;
             if let Some(sig) = &d.sig {
                 let name = format!("{}.sig", m.path);
-                let mut h = new_header(&name, sig.len() as u64);
+                let mut h = new_header(sig.len() as u64);
                 b.append_data(&mut h, &name, &sig[..]).at("write", &tmp)?;
             }
         }
         let name = format!("{prefix}/Manifest");
-        let mut h = new_header(&name, manifest.len() as u64);
+        let mut h = new_header(manifest.len() as u64);
         b.append_data(&mut h, &name, manifest.as_bytes())
             .at("write", &tmp)?;
         b.finish().at("write", &tmp)?;
@@ -442,7 +441,6 @@ fn sign(path: &Path, keys: &Keys) -> Result<FileFacts> {
         .write_all(&vec![0u8; pad as usize])
         .at("write", &tmp)?;
     let facts_without_mtime = hashing.facts(0);
-    drop(hashing);
     out.commit()?;
     let md = std::fs::metadata(path).at("stat", path)?;
     Ok(FileFacts {
