@@ -534,12 +534,14 @@ fn builder_scenario_with_real_emerge() {
         );
     }
     let published = std::fs::read_to_string(env.machine().join("published/Packages")).unwrap();
-    // The same index as PKGDIR's (which follows the signed files), plus a TTL for clients.
-    let without_ttl: String = published
-        .split_inclusive('\n')
-        .filter(|l| !l.starts_with("TTL: "))
-        .collect();
-    assert_eq!(without_ttl, index);
+    // The same index as PKGDIR's (which follows the signed files), with the publication's own
+    // TIMESTAMP and a TTL for clients.
+    let plain = |t: &str| -> String {
+        t.split_inclusive('\n')
+            .filter(|l| !l.starts_with("TTL: ") && !l.starts_with("TIMESTAMP: "))
+            .collect()
+    };
+    assert_eq!(plain(&published), plain(&index));
 
     // Every published binpkg is a gpkg signed with the store's key.
     let key1 = key_fingerprint(&env);
