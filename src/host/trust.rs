@@ -100,7 +100,7 @@ pub fn trust(o: &TrustOptions) -> Result<Trusted> {
     let armored = select_key(&url, &String::from_utf8_lossy(&body), &fpr)?;
 
     let home = keyring_dir(&o.root);
-    let gpg = Gpg { home: home.clone() };
+    let gpg = Gpg::new(home.clone());
     let created = if home.is_dir() {
         false
     } else {
@@ -207,7 +207,7 @@ fn create_keyring(root: &Path, gpg: &Gpg) -> Result<()> {
     let tmp = crate::fsutil::temp_sibling(home);
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir(&tmp).at("create directory", &tmp)?;
-    let t = Gpg { home: tmp.clone() };
+    let t = Gpg::new(tmp.clone());
     let made = (|| -> Result<()> {
         use std::os::unix::fs::PermissionsExt;
         let set = |p: &Path, mode: u32| {
@@ -271,13 +271,38 @@ fn create_keyring(root: &Path, gpg: &Gpg) -> Result<()> {
 /// gpg on one homedir, batch mode.
 struct Gpg {
     home: PathBuf,
+    /// A short symlink to `home` when its path is too long for gpg-agent's sockets (a Unix
+    /// socket path has at most 107 bytes; a `--root` deep in a file system exceeds that).
+    short: Option<tempfile::TempDir>,
 }
 
 impl Gpg {
+    fn new(home: PathBuf) -> Gpg {
+        let short = (home.as_os_str().len() > 60)
+            .then(|| {
+                let d = tempfile::Builder::new()
+                    .prefix("gbuild-gpg-")
+                    .tempdir()
+                    .ok()?;
+                std::os::unix::fs::symlink(&home, d.path().join("h")).ok()?;
+                Some(d)
+            })
+            .flatten();
+        Gpg { home, short }
+    }
+
+    /// The homedir as gpg is told it.
+    fn homedir(&self) -> PathBuf {
+        match &self.short {
+            Some(d) => d.path().join("h"),
+            None => self.home.clone(),
+        }
+    }
+
     fn command(&self) -> Command {
         let mut c = Command::new("gpg");
         c.arg("--homedir")
-            .arg(&self.home)
+            .arg(self.homedir())
             .args(["--batch", "--no-tty", "--no-permission-warning"])
             .env_remove("GNUPGHOME")
             .env("LC_ALL", "C");
@@ -314,11 +339,21 @@ impl Gpg {
         let out = child.wait_with_output().map_err(|e| err(e.to_string()))?;
         if !out.status.success() {
             let text = String::from_utf8_lossy(&out.stderr);
-            let last = text
+            let lines: Vec<&str> = text
                 .lines()
-                .rfind(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            let last = lines
+                .iter()
+                .rfind(|l| {
+                    ["error", "fail", "can't", "cannot", "invalid"]
+                        .iter()
+                        .any(|w| l.contains(w))
+                })
+                .or(lines.last())
+                .copied()
                 .unwrap_or("")
-                .trim()
                 .to_string();
             return Err(err(format!("{} ({last})", out.status)));
         }
@@ -363,7 +398,7 @@ impl Gpg {
     fn finish(&self) -> Result<()> {
         let _ = Command::new("gpgconf")
             .arg("--homedir")
-            .arg(&self.home)
+            .arg(self.homedir())
             .args(["--kill", "gpg-agent"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
