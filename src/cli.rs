@@ -63,6 +63,8 @@ pub enum Command {
     /// Binhost over HTTP for every machine (Packages, binpkgs, tree snapshot, host config),
     /// plus a status page
     Serve(cmd::serve::ServeOpts),
+    /// The store's binpkg signing key: fingerprint, public keys, rotation
+    Key(cmd::key::KeyOpts),
     /// Run a command in a rootless container (debugging, tests)
     Exec(cmd::exec::ExecOpts),
     /// Run a command in a user namespace with the containers' id mapping (like `podman unshare`)
@@ -124,6 +126,7 @@ pub fn main() -> i32 {
         Command::Machine(o) => cmd::machine::run(&ctx, o),
         Command::Diff(o) => cmd::diff::run(&ctx, o),
         Command::Serve(o) => cmd::serve::run(&ctx, o),
+        Command::Key(o) => cmd::key::run(&ctx, o),
         Command::Exec(o) => cmd::exec::run(&ctx, o),
         Command::Unshare(o) => cmd::unshare::run(&ctx, o),
         Command::SetupHost(o) => cmd::setup_host::run(&ctx, o),

@@ -99,6 +99,11 @@ impl Store {
     pub fn exports(&self) -> PathBuf {
         self.root.join("exports")
     }
+    /// The binpkg signing keys (mode 0700; the secret key 0600): never bound into a container,
+    /// never in a layer, an export or a served directory.
+    pub fn keys(&self) -> PathBuf {
+        self.root.join("keys")
+    }
     /// Scratch space on the store's filesystem (so renames into place are atomic); anything in it
     /// may be deleted when no gbuild process runs.
     pub fn tmp(&self) -> PathBuf {

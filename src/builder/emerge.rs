@@ -5,9 +5,13 @@
 use super::BuildEnv;
 
 /// Build-side FEATURES: the rootless namespace denies setgroups(), which Portage's userpriv,
-/// usersandbox and userfetch call (runtime-notes item 4); and the builder compiles, it does not
-/// download binaries (a host's getbinpkg would point it at a binhost, maybe itself).
-pub const ROOTLESS_FEATURES: &str = "-userpriv -usersandbox -userfetch -getbinpkg";
+/// usersandbox and userfetch call (runtime-notes item 4); the builder compiles, it does not
+/// download binaries (a host's getbinpkg would point it at a binhost, maybe itself); and it
+/// reuses its own PKGDIR, whose gpkgs gbuild signs after a pass with a key the builder has no
+/// keyring for (Portage verifies any signed local gpkg before using it, and with a host's
+/// `binpkg-request-signature` refuses unsigned ones too).
+pub const ROOTLESS_FEATURES: &str =
+    "-userpriv -usersandbox -userfetch -getbinpkg -binpkg-request-signature binpkg-ignore-signature";
 
 /// The process environment of every emerge run.
 pub fn environment(env: &BuildEnv) -> Vec<String> {

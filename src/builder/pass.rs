@@ -334,7 +334,7 @@ pub fn pass(env: &BuildEnv, m: &Machine, state: &mut State) -> Result<PassResult
             lp.result = "success".into();
             lp.failed_package = None;
             state.state = "idle".into();
-            if changed || index_newer_than_published(m) {
+            if changed || super::publish::stale(env, m) {
                 let (counts, held) = super::publish::publish(env, m, &snapshot)?;
                 state.counts = counts;
                 state.abi_warnings = held;
@@ -373,18 +373,6 @@ fn overlay_read(env: &BuildEnv, m: &Machine, image: &str, rel: &str) -> Option<V
         }
     }
     None
-}
-
-/// Whether Portage's index changed since the last publication (or nothing is published).
-fn index_newer_than_published(m: &Machine) -> bool {
-    let mtime = |p: PathBuf| std::fs::metadata(p).and_then(|md| md.modified()).ok();
-    match (
-        mtime(m.binpkgs().join("Packages")),
-        mtime(m.published().join("Packages")),
-    ) {
-        (Some(a), Some(b)) => a > b,
-        _ => true,
-    }
 }
 
 /// The snapshot date of what is published now.

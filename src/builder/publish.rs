@@ -3,6 +3,16 @@
 //! the binaries were built on), replaced together in one rename, so a host never reads an index
 //! that names a file still being written.
 //!
+//! Only gpkgs are published, each signed with the store's key (`crate::sign`) before the index
+//! naming it is written: a gpkg whose signature is not from a listed key is signed in place, and
+//! its entry in PKGDIR's own `Packages` (SIZE, MD5, SHA1, MTIME: what Portage matches a file by)
+//! is updated to the signed file, so the builder's emerge and the hosts see one consistent index.
+//! xpak binpkgs (`.tbz2`, `.xpak`) cannot carry signatures and are never published.
+//!
+//! `published/Packages` gets a `TIMESTAMP` that changes only when its content does, the file's
+//! mtime equal to it (Portage's client asks with `If-Modified-Since` = its cached TIMESTAMP + 5 s,
+//! so it gets 304 until a new publication), and a `TTL` within which clients do not ask at all.
+//!
 //! Held back: binpkgs with an ELF file whose ABI note (`readelf -n`: `OS: Linux, ABI: x.y.z`)
 //! asks for a newer kernel than the hosts of the machine run (the kernel recorded in the
 //! imported host bundle, or `machines/<M>/kernel`).
@@ -12,8 +22,13 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::state::{now, AbiWarning, Counts};
-use super::{BuildEnv, Machine, Result};
+use super::{BuildEnv, BuilderError, Machine, Result};
 use crate::fsutil::IoContext;
+use crate::sign::gpkg::{ensure_signed, in_pkgdir, is_gpkg, FileFacts};
+use crate::sign::Keys;
+
+/// Seconds within which a host reuses its cached copy of `Packages` without asking (`TTL:`).
+pub const INDEX_TTL_SECS: u64 = 300;
 
 /// The kernel release the machine's hosts run, when known.
 pub fn host_kernel(env: &BuildEnv, m: &Machine) -> Option<String> {
@@ -59,11 +74,188 @@ fn stanza_path(stanza: &str) -> Option<String> {
     Some(format!("{cpv}.tbz2"))
 }
 
+/// Signing results per binpkg file, so a pass only reads new or changed files.
+#[derive(Default, Serialize, Deserialize)]
+struct SignCache {
+    /// path relative to PKGDIR -> (the file's facts, the signer's fingerprint)
+    files: BTreeMap<String, (FileFacts, String)>,
+}
+
+fn sign_error(e: crate::sign::SignError) -> BuilderError {
+    BuilderError::Other(e.to_string())
+}
+
+/// Replace (or add) `KEY: value` lines of a stanza.
+fn set_fields(stanza: &str, fields: &[(&str, String)]) -> String {
+    let mut lines: Vec<String> = stanza
+        .trim_end_matches('\n')
+        .lines()
+        .map(str::to_string)
+        .collect();
+    for (k, v) in fields {
+        let line = format!("{k}: {v}");
+        match lines
+            .iter_mut()
+            .find(|l| l.split_once(": ").map(|(a, _)| a) == Some(k))
+        {
+            Some(l) => *l = line,
+            None => lines.push(line),
+        }
+    }
+    lines.sort_by(|a, b| a.split(": ").next().cmp(&b.split(": ").next()));
+    lines.join("\n")
+}
+
+/// A header with PACKAGES, TIMESTAMP and TTL set, keys in Portage's (sorted) order.
+fn header_with(header: &str, count: usize, timestamp: u64) -> String {
+    set_fields(
+        header,
+        &[
+            ("PACKAGES", count.to_string()),
+            ("TIMESTAMP", timestamp.to_string()),
+            ("TTL", INDEX_TTL_SECS.to_string()),
+        ],
+    )
+}
+
+/// The identity of PKGDIR's index as the last publication left it (size, mtime in ns).
+fn index_identity(m: &Machine) -> Option<(u64, i128)> {
+    let md = std::fs::metadata(m.binpkgs().join("Packages")).ok()?;
+    let t = md.modified().ok()?;
+    let ns = match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as i128,
+        Err(e) => -(e.duration().as_nanos() as i128),
+    };
+    Some((md.len(), ns))
+}
+
+/// Whether what is published is out of date: PKGDIR's index changed since, or the listed
+/// signing keys did (a rotation or withdrawal re-signs at the next publication).
+pub fn stale(env: &BuildEnv, m: &Machine) -> bool {
+    let Some(info) = std::fs::read(m.published().join("info.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+    else {
+        return true;
+    };
+    let index = index_identity(m).map(|(s, t)| serde_json::json!([s, t.to_string()]));
+    let listed = crate::sign::read_public(&Keys::public_file(&env.store))
+        .map(|ks| {
+            ks.iter()
+                .map(crate::sign::fingerprint_hex)
+                .collect::<Vec<_>>()
+        })
+        .ok();
+    index.as_ref() != info.get("index")
+        || listed.map(|l| serde_json::json!(l)).as_ref() != info.get("listed_keys")
+}
+
+/// Sign every gpkg stanza's file (cached by size and mtime), update the stanzas to the files as
+/// they are now, and rewrite PKGDIR's `Packages` when an entry changed. Returns the gpkg stanzas
+/// to publish; xpak and damaged binpkgs are left out with a warning.
+fn sign_all(m: &Machine, keys: &Keys, header: &str, all: &[String]) -> Result<Vec<String>> {
+    let cache_path = m.dir().join("sign-cache.json");
+    let mut cache: SignCache = std::fs::read(&cache_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let mut fresh = SignCache::default();
+    let listed = keys.listed();
+    let mut updated = Vec::with_capacity(all.len());
+    let mut publish = Vec::new();
+    let mut changed = false;
+    let mut xpak = 0usize;
+    for st in all {
+        let rel = stanza_path(st);
+        let path = rel.as_deref().and_then(|r| in_pkgdir(&m.binpkgs(), r));
+        let (Some(rel), Some(path)) = (rel, path) else {
+            updated.push(st.clone());
+            continue;
+        };
+        if !is_gpkg(&rel) {
+            xpak += 1;
+            updated.push(st.clone());
+            continue;
+        }
+        use std::os::unix::fs::MetadataExt;
+        let Ok(md) = std::fs::metadata(&path) else {
+            updated.push(st.clone());
+            continue;
+        };
+        let (facts, signer) = match cache.files.remove(&rel) {
+            Some((f, s)) if f.size == md.size() && f.mtime == md.mtime() && listed.contains(&s) => {
+                (f, s)
+            }
+            _ => match ensure_signed(&path, keys) {
+                Ok(s) => (s.facts, s.signer),
+                Err(e @ crate::sign::SignError::Corrupt(..))
+                | Err(e @ crate::sign::SignError::NotGpkg(..)) => {
+                    eprintln!("gbuild: warning: not published: {e}");
+                    updated.push(st.clone());
+                    continue;
+                }
+                Err(e) => return Err(sign_error(e)),
+            },
+        };
+        let new = set_fields(
+            st,
+            &[
+                ("MD5", facts.md5.clone()),
+                ("MTIME", facts.mtime.to_string()),
+                ("SHA1", facts.sha1.clone()),
+                ("SIZE", facts.size.to_string()),
+            ],
+        );
+        if new != st.trim_end_matches('\n') {
+            changed = true;
+        }
+        fresh.files.insert(rel, (facts, signer));
+        updated.push(new.clone());
+        publish.push(new);
+    }
+    if xpak > 0 {
+        eprintln!(
+            "gbuild: warning: {xpak} xpak binpkg(s) not published: hosts verify signatures, \
+             which only gpkg carries (set BINPKG_FORMAT=gpkg)"
+        );
+    }
+    if changed {
+        let mut text = header.trim_end_matches('\n').to_string();
+        text.push_str("\n\n");
+        for st in &updated {
+            text.push_str(st.trim_end_matches('\n'));
+            text.push_str("\n\n");
+        }
+        crate::fsutil::atomic_write(&m.binpkgs().join("Packages"), text.as_bytes())?;
+    }
+    crate::fsutil::atomic_write(&cache_path, &serde_json::to_vec(&fresh).expect("json"))?;
+    Ok(publish)
+}
+
+/// The published index text without its TIMESTAMP line (to tell whether the content changed).
+fn without_timestamp(text: &str) -> String {
+    let (header, rest) = text.split_once("\n\n").unwrap_or((text, ""));
+    let header: Vec<&str> = header
+        .lines()
+        .filter(|l| !l.starts_with("TIMESTAMP: "))
+        .collect();
+    format!("{}\n\n{rest}", header.join("\n"))
+}
+
 /// Publish; returns the counts and the binpkgs held back.
 pub fn publish(env: &BuildEnv, m: &Machine, snapshot: &str) -> Result<(Counts, Vec<AbiWarning>)> {
     let index = m.binpkgs().join("Packages");
     let text = std::fs::read_to_string(&index).unwrap_or_default();
     let (header, all) = stanzas(&text);
+    let (keys, opened) = Keys::open(&env.store).map_err(sign_error)?;
+    if opened == crate::sign::Opened::Created {
+        eprintln!(
+            "gbuild: created the binpkg signing key {} (hosts: gbuild host trust --fingerprint {})",
+            keys.fingerprint(),
+            keys.fingerprint()
+        );
+    }
+    let all = sign_all(m, &keys, &header, &all)?;
     let kernel = host_kernel(env, m);
     let held = match &kernel {
         Some(k) => abi_check(m, &all, k)?,
@@ -83,23 +275,32 @@ pub fn publish(env: &BuildEnv, m: &Machine, snapshot: &str) -> Result<(Counts, V
             .unwrap_or(0);
         kept.push(st.clone());
     }
-    let header: String = header
-        .lines()
-        .map(|l| {
-            if l.starts_with("PACKAGES: ") {
-                format!("PACKAGES: {count}")
-            } else {
-                l.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    let mut out = header;
-    out.push_str("\n\n");
-    for st in &kept {
-        out.push_str(st.trim_end_matches('\n'));
+    let render = |timestamp: u64| {
+        let mut out = header_with(&header, count, timestamp);
         out.push_str("\n\n");
-    }
+        for st in &kept {
+            out.push_str(st.trim_end_matches('\n'));
+            out.push_str("\n\n");
+        }
+        out
+    };
+    // A new TIMESTAMP only for new content, and always more than 5 s after the previous one:
+    // a client whose cached copy is older must never get a 304.
+    let previous = std::fs::read_to_string(m.published().join("Packages")).ok();
+    let prev_ts = previous
+        .as_deref()
+        .and_then(|t| field(t.split("\n\n").next().unwrap_or(""), "TIMESTAMP"))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let now_secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let timestamp = match (prev_ts, &previous) {
+        (Some(ts), Some(p)) if without_timestamp(p) == without_timestamp(&render(ts)) => ts,
+        (Some(ts), _) => now_secs.max(ts + 6),
+        _ => now_secs,
+    };
+    let out = render(timestamp);
 
     let tmp = m
         .dir()
@@ -129,6 +330,9 @@ pub fn publish(env: &BuildEnv, m: &Machine, snapshot: &str) -> Result<(Counts, V
         "packages": count,
         "bytes": bytes,
         "held_back": held,
+        "signing_key": keys.fingerprint(),
+        "listed_keys": keys.listed(),
+        "index": index_identity(m).map(|(s, t)| serde_json::json!([s, t.to_string()])),
     });
     std::fs::write(
         tmp.join("info.json"),
@@ -141,6 +345,9 @@ pub fn publish(env: &BuildEnv, m: &Machine, snapshot: &str) -> Result<(Counts, V
             .and_then(|f| f.sync_all())
             .at("fsync", &p)?;
     }
+    let pk = tmp.join("Packages");
+    filetime::set_file_mtime(&pk, filetime::FileTime::from_unix_time(timestamp as i64, 0))
+        .at("set mtime", &pk)?;
     crate::fsutil::fsync_dir(&tmp)?;
     let dest = m.published();
     let old = m
@@ -226,5 +433,27 @@ mod tests {
         assert_eq!(s.len(), 2);
         assert_eq!(stanza_path(&s[0]).unwrap(), "a/b/b-1-1.gpkg.tar");
         assert_eq!(stanza_path(&s[1]).unwrap(), "c/d-2.tbz2");
+    }
+
+    #[test]
+    fn fields_and_header() {
+        let st = "CPV: a/b-1\nMD5: 00\nSIZE: 10\nPATH: a/b/b-1-1.gpkg.tar";
+        let new = set_fields(st, &[("SIZE", "20".into()), ("MTIME", "5".into())]);
+        assert_eq!(
+            new,
+            "CPV: a/b-1\nMD5: 00\nMTIME: 5\nPATH: a/b/b-1-1.gpkg.tar\nSIZE: 20"
+        );
+        let h = header_with("ARCH: amd64\nPACKAGES: 9\nTIMESTAMP: 1\nVERSION: 0", 2, 77);
+        assert_eq!(
+            h,
+            format!("ARCH: amd64\nPACKAGES: 2\nTIMESTAMP: 77\nTTL: {INDEX_TTL_SECS}\nVERSION: 0")
+        );
+        let a = format!("{h}\n\nCPV: a/b-1\n\n");
+        let b = a.replace("TIMESTAMP: 77", "TIMESTAMP: 99");
+        assert_eq!(without_timestamp(&a), without_timestamp(&b));
+        assert_ne!(
+            without_timestamp(&a),
+            without_timestamp(&a.replace("b-1", "b-2"))
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! `gbuild host export`: run on a Gentoo host, capture its configuration bundle
 //! (docs/design.md): /etc/portage, world, profile, tree snapshot identities, kernel, CPU flags and the
-//! variables Portage uses.
+//! variables Portage uses. `gbuild host trust`: as root on the host, make Portage trust the
+//! builder's binpkg signing key.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -20,6 +21,22 @@ pub struct HostOpts {
 pub enum HostCommand {
     /// Capture this host's configuration into a bundle (a tar) for `machine import`
     Export(ExportOpts),
+    /// As root: import the builder's signing key into Portage's keyring, trusted, after
+    /// checking its fingerprint
+    Trust(TrustOpts),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TrustOpts {
+    /// The machine's binhost URL, as in its binrepos.conf (http://builder:8788/<machine>)
+    #[arg(long, value_name = "URL")]
+    pub binhost: String,
+    /// The key's fingerprint as `gbuild key --show` prints it on the builder
+    #[arg(long, value_name = "FPR")]
+    pub fingerprint: String,
+    /// Root of the system whose /etc/portage/gnupg to use
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub root: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -47,7 +64,35 @@ pub struct ExportOpts {
 pub fn run(ctx: &Ctx, o: HostOpts) -> anyhow::Result<i32> {
     match o.command {
         HostCommand::Export(e) => export(ctx, e),
+        HostCommand::Trust(t) => trust(ctx, t),
     }
+}
+
+fn trust(ctx: &Ctx, o: TrustOpts) -> anyhow::Result<i32> {
+    let opts = host::trust::TrustOptions {
+        root: o.root,
+        binhost: o.binhost,
+        fingerprint: o.fingerprint,
+    };
+    let home = host::trust::keyring_dir(&opts.root);
+    match host::trust::trust(&opts)? {
+        host::trust::Trusted::Already => ctx.note(&format!(
+            "{} already trusts {}: nothing changed",
+            home.display(),
+            opts.fingerprint
+        )),
+        host::trust::Trusted::Added { created, how } => {
+            if created {
+                ctx.note(&format!("created {}", home.display()));
+            }
+            ctx.note(&format!(
+                "{} now trusts {} ({how})",
+                home.display(),
+                opts.fingerprint
+            ));
+        }
+    }
+    Ok(0)
 }
 
 fn export(ctx: &Ctx, o: ExportOpts) -> anyhow::Result<i32> {

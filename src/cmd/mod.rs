@@ -12,6 +12,7 @@ pub mod fetch;
 pub mod gc;
 pub mod host;
 pub mod image;
+pub mod key;
 pub mod layer;
 pub mod logs;
 pub mod machine;

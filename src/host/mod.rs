@@ -11,6 +11,7 @@ pub mod diff;
 pub mod export;
 pub mod machine;
 pub mod makeconf;
+pub mod trust;
 
 pub use bundle::{
     Bundle, Cpu, EntryKind, FileEntry, Manifest, Profile, Repo, Skipped, VarSource, FORMAT_VERSION,

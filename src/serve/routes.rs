@@ -12,6 +12,7 @@
 //! /<M>/Packages                        published index (text/plain)
 //! /<M>/<PATH>                          a binpkg listed in it (application/x-tar)
 //! /<M>/binrepos.conf, /<M>/repos.conf  for the host's /etc/portage
+//! /<M>/key.asc                         the public keys the binpkgs are signed with
 //! /<M>/snapshot, /<M>/snapshot.info    the ebuild-tree snapshot tarball and its identity (JSON)
 //! /<M>/snapshots/gentoo-<date>.tar.xz  the same in emerge-webrsync's mirror layout, with
 //!   (.md5sum, .gpgsig; also as          `.md5sum` and Gentoo's own `.gpgsig`, and as
@@ -139,6 +140,14 @@ async fn machine_files(
         match rest.as_slice() {
             ["Packages"] => packages(&app, &machine, &dir, &req),
             ["binrepos.conf"] => conf(&req, binrepos_conf(&machine, host.as_deref())),
+            ["key.asc"] => serve_file(
+                &app.streams,
+                &app.store.keys(),
+                "public.asc",
+                &req,
+                "application/pgp-keys",
+                Vec::new(),
+            ),
             ["repos.conf"] => {
                 let info = read_info(&dir);
                 conf(&req, repos_conf(&machine, host.as_deref(), info.as_ref()))
@@ -608,13 +617,14 @@ pub(crate) fn binrepos_conf(machine: &str, host: Option<&str>) -> String {
         "# Binary packages built by gbuild for machine {machine}.\n\
          # Save as /etc/portage/binrepos.conf/gbuild-{machine}.conf, then use\n\
          # emerge --getbinpkg (or --getbinpkgonly).\n\
-         # This binhost does not sign its packages, and Portage verifies binpkg\n\
-         # signatures by default, hence verify-signature = false.\n\
+         # Every package is signed with the builder's key. Trust it once, as root, with the\n\
+         # fingerprint that `gbuild key --show` prints on the builder (not one read from here):\n\
+         #   gbuild host trust --binhost {base} --fingerprint <FINGERPRINT>\n\
          [gbuild-{machine}]\n\
          priority = 10\n\
-         sync-uri = {}\n\
-         verify-signature = false\n",
-        base_url(machine, host)
+         sync-uri = {base}\n\
+         verify-signature = true\n",
+        base = base_url(machine, host)
     )
 }
 

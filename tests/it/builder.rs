@@ -5,7 +5,11 @@
 //! and `resume`; a second loop is refused; a newer snapshot with a new slot of the language
 //! package rebuilds the binding, a pass killed with SIGKILL compiles nothing twice on restart, and
 //! the host installs both from binaries with no slot conflict. Hosts install over HTTP from
-//! `gbuild serve` with `emerge --getbinpkgonly`.
+//! `gbuild serve` with `emerge --getbinpkgonly`, Portage's defaults plus
+//! `FEATURES=binpkg-request-signature`, and the store's key trusted with `gbuild host trust`:
+//! every package verifies, substituted ones (a byte changed, another key, unsigned) are refused,
+//! a key rotation keeps both old and new packages verifiable, and the secret key is in no layer,
+//! export or served file.
 //!
 //! One scenario in one store, because bootstrapping is the expensive part.
 
@@ -14,6 +18,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::mirror;
+use crate::signing;
 use crate::util::{self, Scratch};
 
 struct Fixture {
@@ -166,18 +171,51 @@ fn stage3_layer(env: &Env) -> PathBuf {
         .join(img["layers"][0].as_str().unwrap())
 }
 
-/// A host-like root (the stage3 plus the machine's configuration) that installs the world set
-/// with `emerge --getbinpkgonly` from `gbuild serve`, using the binrepos.conf it serves; returns
-/// emerge's output.
-fn host_install(env: &Env, s: &Scratch, name: &str, snapshot: &str, serve: &Serve) -> String {
+/// The store's current signing key (`gbuild key --show`).
+fn key_fingerprint(env: &Env) -> String {
+    let out = util::output(env.gbuild().args(["key", "--show"]));
+    assert!(out.status.success(), "{}", util::stderr(&out));
+    util::stdout(&out).trim().to_string()
+}
+
+/// `gbuild host trust` for the host-like root whose upper dir is `upper`.
+fn host_trust(env: &Env, serve: &Serve, upper: &Path, fpr: &str) -> std::process::Output {
+    util::output(
+        env.gbuild()
+            .args(["host", "trust", "--root"])
+            .arg(upper)
+            .args(["--binhost", &format!("{}/default", serve.url)])
+            .args(["--fingerprint", fpr]),
+    )
+}
+
+/// A host-like root (the stage3 plus the machine's configuration, Portage's defaults plus
+/// `FEATURES=binpkg-request-signature`, the keys `fprs` trusted with `gbuild host trust`) that
+/// runs `emerge --getbinpkgonly ARGS` from `gbuild serve` with the binrepos.conf it serves;
+/// returns whether emerge succeeded, and its output.
+fn host_emerge(
+    env: &Env,
+    s: &Scratch,
+    name: &str,
+    snapshot: &str,
+    serve: &Serve,
+    fprs: &[&str],
+    args: &str,
+) -> (bool, String) {
     let store = &env.store;
     let stage3 = stage3_layer(env);
     let host = s.path().join(name);
     let binrepos = host.join("binrepos");
     std::fs::create_dir_all(&binrepos).unwrap();
+    std::fs::create_dir_all(host.join("upper")).unwrap();
     let conf = http_get(&format!("{}/default/binrepos.conf", serve.url));
     assert!(conf.contains(&format!("{}/default", serve.url)), "{conf}");
+    assert!(conf.contains("verify-signature = true"), "{conf}");
     std::fs::write(binrepos.join("gbuild.conf"), conf).unwrap();
+    for fpr in fprs {
+        let out = host_trust(env, serve, &host.join("upper"), fpr);
+        assert!(out.status.success(), "host trust: {}", util::stderr(&out));
+    }
     let out = util::output(
         env.gbuild()
             .args(["exec", "-T", "--layer"])
@@ -198,21 +236,252 @@ fn host_install(env: &Env, s: &Scratch, name: &str, snapshot: &str, serve: &Serv
             .arg(format!("{}:/run/binrepos:ro", binrepos.display()))
             .args([
                 "-e",
-                "FEATURES=-userpriv -usersandbox -userfetch",
+                "FEATURES=-userpriv -usersandbox -userfetch binpkg-request-signature",
                 "-e",
                 "TERM=dumb",
                 "--",
                 "/bin/sh",
                 "-c",
-                "cp -a /run/cfg/etc /run/cfg/var / && mkdir -p /etc/portage/binrepos.conf && \
-                 cp /run/binrepos/gbuild.conf /etc/portage/binrepos.conf/ && \
-                 emerge --getbinpkgonly --update --deep --newuse --with-bdeps=y --color=n \
-                 @world 2>&1",
+                &format!(
+                    "cp -a /run/cfg/etc /run/cfg/var / && mkdir -p /etc/portage/binrepos.conf && \
+                     cp /run/binrepos/gbuild.conf /etc/portage/binrepos.conf/ && \
+                     emerge --getbinpkgonly --color=n {args} 2>&1"
+                ),
             ]),
     );
-    let text = util::stdout(&out);
-    assert!(out.status.success(), "host install failed:\n{text}");
+    (out.status.success(), util::stdout(&out))
+}
+
+/// `host_emerge` of the world set, which must succeed.
+#[allow(clippy::too_many_arguments)]
+fn host_install(
+    env: &Env,
+    s: &Scratch,
+    name: &str,
+    snapshot: &str,
+    serve: &Serve,
+    fprs: &[&str],
+) -> String {
+    let (ok, text) = host_emerge(
+        env,
+        s,
+        name,
+        snapshot,
+        serve,
+        fprs,
+        "--update --deep --newuse --with-bdeps=y @world",
+    );
+    assert!(ok, "host install failed:\n{text}");
     text
+}
+
+/// What a host does with gpkgs someone on the path substituted (index entries made to match):
+/// each is refused with a signature error and nothing of it is installed.
+fn refusals(env: &Env, s: &Scratch, serve: &Serve, fpr: &str) {
+    let cpv = "app-misc/hello-1.0";
+    let published = std::fs::read_to_string(env.machine().join("published/Packages")).unwrap();
+    let (_, rel) = signing::stanza_of(&published, cpv);
+    let original = std::fs::read(env.machine().join("binpkgs").join(&rel)).unwrap();
+    let cases: [(&str, Vec<u8>, &[&str]); 3] = [
+        (
+            "one-byte",
+            signing::one_byte_changed(&original),
+            &["BADSIG"],
+        ),
+        (
+            "other-key",
+            signing::signed_by_other_key(&original, s.path()),
+            &["NO_PUBKEY", "unknown key"],
+        ),
+        (
+            "unsigned",
+            signing::unsigned(&original),
+            &["NODATA", "unsigned", "no signature"],
+        ),
+    ];
+    for (name, bytes, why) in cases {
+        let _restore = signing::substitute(&env.machine(), cpv, &bytes);
+        let root = format!("host-{name}");
+        let (ok, text) = host_emerge(
+            env,
+            s,
+            &root,
+            "20260101",
+            serve,
+            &[fpr],
+            "--oneshot app-misc/hello",
+        );
+        assert!(!ok, "{name}: emerge accepted it:\n{text}");
+        assert!(
+            text.contains("verification failed") || text.contains("signature"),
+            "{name}: not a signature error:\n{text}"
+        );
+        assert!(
+            why.iter().any(|w| text.contains(w)),
+            "{name}: expected one of {why:?}:\n{text}"
+        );
+        let vdb = s.path().join(&root).join("upper/var/db/pkg/app-misc");
+        let installed: Vec<String> = std::fs::read_dir(&vdb)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(
+            !installed.iter().any(|p| p.starts_with("hello-")),
+            "{name}: hello was installed: {installed:?}"
+        );
+    }
+}
+
+/// `host trust`: a wrong fingerprint is refused and leaves the keyring as it was; the right one
+/// twice changes nothing the second time.
+fn trust_checks(env: &Env, s: &Scratch, serve: &Serve, fpr: &str) {
+    let upper = s.path().join("host-trust/upper");
+    std::fs::create_dir_all(&upper).unwrap();
+    let keyring = upper.join("etc/portage/gnupg");
+    let wrong = "0123456789ABCDEF0123456789ABCDEF01234567";
+    let out = host_trust(env, serve, &upper, wrong);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        util::stderr(&out).contains(wrong) && util::stderr(&out).contains(fpr),
+        "{}",
+        util::stderr(&out)
+    );
+    assert!(!keyring.exists(), "a refused trust created the keyring");
+    let out = host_trust(env, serve, &upper, &fpr.to_lowercase());
+    assert!(out.status.success(), "{}", util::stderr(&out));
+    assert!(keyring.join("trustdb.gpg").is_file() && keyring.join("mykeyid").is_file());
+    let before = signing::tree_digest(&keyring);
+    let out = host_trust(env, serve, &upper, fpr);
+    assert!(out.status.success(), "{}", util::stderr(&out));
+    assert!(
+        util::stderr(&out).contains("nothing changed"),
+        "{}",
+        util::stderr(&out)
+    );
+    assert_eq!(
+        signing::tree_digest(&keyring),
+        before,
+        "second trust changed the keyring"
+    );
+    let out = host_trust(env, serve, &upper, wrong);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        signing::tree_digest(&keyring),
+        before,
+        "refused trust changed the keyring"
+    );
+}
+
+/// `published/Packages` has a TTL and an mtime equal to its TIMESTAMP, so Portage's
+/// `If-Modified-Since: TIMESTAMP + 5 s` gets a 304.
+fn index_caching(env: &Env, serve: &Serve) {
+    use std::io::{Read, Write};
+    let p = env.machine().join("published/Packages");
+    let text = std::fs::read_to_string(&p).unwrap();
+    let header = text.split("\n\n").next().unwrap();
+    assert!(header.lines().any(|l| l.starts_with("TTL: ")), "{header}");
+    let ts: u64 = header
+        .lines()
+        .find_map(|l| l.strip_prefix("TIMESTAMP: "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mtime = std::fs::metadata(&p)
+        .unwrap()
+        .modified()
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert_eq!(mtime, ts);
+    let ims = httpdate::fmt_http_date(std::time::UNIX_EPOCH + Duration::from_secs(ts + 5));
+    let host = serve.url.strip_prefix("http://").unwrap();
+    let mut c = std::net::TcpStream::connect(host).unwrap();
+    write!(
+        c,
+        "GET /default/Packages HTTP/1.1\r\nHost: {host}\r\nIf-Modified-Since: {ims}\r\n\
+         Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    c.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 304"), "{resp}");
+}
+
+/// The secret key is nowhere hosts or images can see: not in any layer, the builder's upper
+/// dir, an exported snapshot, or anything served.
+fn secret_nowhere(env: &Env, s: &Scratch, serve: &Serve) {
+    let patterns = signing::secret_patterns(&env.store);
+    let re = signing::pcre(&patterns);
+    // Layers and the upper dir hold files only the namespace's root may read: grep there (the
+    // secret key file itself is the positive control).
+    let out = util::output(
+        env.gbuild()
+            .args([
+                "unshare", "--", "env", "LC_ALL=C", "grep", "-rlaP", "-D", "skip",
+            ])
+            .arg(&re)
+            .arg(env.store.join("keys/secret.asc"))
+            .arg(env.store.join("layers"))
+            .arg(env.machine().join("container")),
+    );
+    let found = util::stdout(&out);
+    assert_eq!(
+        found.trim(),
+        env.store.join("keys/secret.asc").display().to_string(),
+        "secret key material in layers or the builder: {found}{}",
+        util::stderr(&out)
+    );
+    // An OCI export of the machine's image, every blob decompressed.
+    let export = s.path().join("export");
+    let out = util::output(
+        env.gbuild()
+            .args(["snapshot", "--image", "default/bootstrap", "-o"])
+            .arg(&export),
+    );
+    assert!(out.status.success(), "{}", util::stderr(&out));
+    let mut blobs = 0;
+    for e in std::fs::read_dir(export.join("blobs/sha256"))
+        .unwrap()
+        .flatten()
+    {
+        let out = util::output(
+            Command::new("sh")
+                .args(["-c", "zstd -dcf < \"$1\" | LC_ALL=C grep -caP \"$2\"", "sh"])
+                .arg(e.path())
+                .arg(&re),
+        );
+        assert_eq!(
+            util::stdout(&out).trim(),
+            "0",
+            "secret key material in {}",
+            e.path().display()
+        );
+        blobs += 1;
+    }
+    assert!(blobs >= 3, "{blobs} blobs");
+    // Served: the documents, and every published gpkg inside and out.
+    for doc in [
+        "Packages",
+        "binrepos.conf",
+        "repos.conf",
+        "key.asc",
+        "snapshot.info",
+    ] {
+        let body = http_get(&format!("{}/default/{doc}", serve.url));
+        assert_eq!(signing::find_in(body.as_bytes(), &patterns), None, "{doc}");
+    }
+    let published = std::fs::read_to_string(env.machine().join("published/Packages")).unwrap();
+    let mut n = 0;
+    for rel in published.lines().filter_map(|l| l.strip_prefix("PATH: ")) {
+        let p = env.machine().join("binpkgs").join(rel);
+        assert_eq!(signing::find_in_gpkg(&p, &patterns), None, "{rel}");
+        n += 1;
+    }
+    assert!(n >= 7, "{n} gpkgs searched");
 }
 
 #[test]
@@ -278,14 +547,38 @@ fn builder_scenario_with_real_emerge() {
         );
     }
     let published = std::fs::read_to_string(env.machine().join("published/Packages")).unwrap();
-    assert_eq!(published, index);
+    // The same index as PKGDIR's (which follows the signed files), with the publication's own
+    // TIMESTAMP and a TTL for clients.
+    let plain = |t: &str| -> String {
+        t.split_inclusive('\n')
+            .filter(|l| !l.starts_with("TTL: ") && !l.starts_with("TIMESTAMP: "))
+            .collect()
+    };
+    assert_eq!(plain(&published), plain(&index));
 
-    // A host-like root installs its world set from binaries only.
+    // Every published binpkg is a gpkg signed with the store's key.
+    let key1 = key_fingerprint(&env);
+    for rel in published.lines().filter_map(|l| l.strip_prefix("PATH: ")) {
+        assert!(rel.ends_with(".gpkg.tar"), "{rel}");
+        let p = env.machine().join("binpkgs").join(rel);
+        assert_eq!(
+            signing::signer(&env.store, &p).as_deref(),
+            Some(&key1[..]),
+            "{rel}"
+        );
+    }
+
+    // A host-like root with Portage's defaults plus binpkg-request-signature, trusting the
+    // store's key, installs its world set from binaries only, every one verified.
     let serve = Serve::start(&env);
-    let host = host_install(&env, &s, "host1", "20260101", &serve);
+    index_caching(&env, &serve);
+    trust_checks(&env, &s, &serve, &key1);
+    let host = host_install(&env, &s, "host1", "20260101", &serve, &[&key1]);
     let (built, binary) = counts(&host);
     assert!(built.is_empty(), "host compiled {built:?}");
     assert!(binary.len() >= 7, "{binary:?}");
+    // Substituted gpkgs are refused.
+    refusals(&env, &s, &serve, &key1);
 
     // 2. A failing package: the loop idles as `failed`; fixing the config and resume finish it.
     let cfg = env.machine().join("config");
@@ -327,6 +620,12 @@ fn builder_scenario_with_real_emerge() {
     assert!(env.newest_log().contains("app-misc/failer-1.0"));
 
     // 3. A newer snapshot brings plang 5.40 (new slot): update, a pass killed mid-way, restart.
+    //    The store's key was rotated before: the new packages carry the new key.
+    let out = util::output(env.gbuild().args(["key", "--rotate"]));
+    assert!(out.status.success(), "{}", util::stderr(&out));
+    let key2 = util::stdout(&out).trim().to_string();
+    assert_ne!(key2, key1);
+    assert_eq!(key_fingerprint(&env), key2);
     env.fetch(Some("20260201"));
     let out = util::output(env.gbuild().args(["update"]));
     assert!(out.status.success(), "{}", util::stderr(&out));
@@ -362,8 +661,21 @@ fn builder_scenario_with_real_emerge() {
     );
     let index = std::fs::read_to_string(env.machine().join("published/Packages")).unwrap();
     assert!(index.contains("CPV: dev-lang/plang-5.40.0\n"));
-    // The binding was rebuilt against the new slot (two instances, or one newer).
-    let host = host_install(&env, &s, "host2", "20260201", &serve);
+    let (_, plang) = signing::stanza_of(&index, "dev-lang/plang-5.40.0");
+    let plang = env.machine().join("binpkgs").join(plang);
+    assert_eq!(
+        signing::signer(&env.store, &plang).as_deref(),
+        Some(&key2[..])
+    );
+    let (_, hello) = signing::stanza_of(&index, "app-misc/hello-1.0");
+    let hello = env.machine().join("binpkgs").join(hello);
+    assert_eq!(
+        signing::signer(&env.store, &hello).as_deref(),
+        Some(&key1[..])
+    );
+    // The binding was rebuilt against the new slot (two instances, or one newer). The host
+    // trusted the old key and now the new one too.
+    let host = host_install(&env, &s, "host2", "20260201", &serve, &[&key1, &key2]);
     let (built, binary) = counts(&host);
     assert!(built.is_empty(), "host compiled {built:?}");
     assert!(
@@ -390,6 +702,9 @@ fn builder_scenario_with_real_emerge() {
     std::fs::write(&world, w).unwrap();
     let b1 = export_root(&env, &hostroot, &s.path().join("laptop1.tar"));
     import(&env, "default", &b1);
+    // The old key is withdrawn: the next publication signs its packages again.
+    let out = util::output(env.gbuild().args(["key", "--withdraw", &key1]));
+    assert!(out.status.success(), "{}", util::stderr(&out));
     let out = util::output(env.gbuild().args(["build", "--once"]));
     assert!(
         out.status.success(),
@@ -397,6 +712,12 @@ fn builder_scenario_with_real_emerge() {
         util::stderr(&out),
         env.newest_log()
     );
+    assert_eq!(
+        signing::signer(&env.store, &hello).as_deref(),
+        Some(&key2[..])
+    );
+    let key_asc = http_get(&format!("{}/default/key.asc", serve.url));
+    assert_eq!(gbuild::sign::parse_public(&key_asc).unwrap().len(), 1);
     let st = env.status();
     assert_eq!(st["drift"], serde_json::json!([]), "{st}");
     let warnings = st["abi_warnings"].as_array().unwrap();
@@ -439,6 +760,8 @@ fn builder_scenario_with_real_emerge() {
             .any(|d| d.as_str().unwrap().contains("zz-local")),
         "{st}"
     );
+
+    secret_nowhere(&env, &s, &serve);
 
     // 5. A new machine from a host that synced gentoo-20260201: Gentoo made that snapshot at
     //    00:45 UTC on 2 February and stamped it so, while the mirror also holds gentoo-20260202.

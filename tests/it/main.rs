@@ -10,4 +10,5 @@ mod host;
 mod layer;
 mod mirror;
 mod serve;
+mod signing;
 mod util;

@@ -526,8 +526,27 @@ fn host_configuration_snapshot_and_status_json() {
         conf.contains(&format!("sync-uri = http://{a}/laptop\n")),
         "{conf}"
     );
-    assert!(conf.contains("verify-signature = false"));
+    assert!(conf.contains("verify-signature = true"), "{conf}");
+    assert!(conf.contains("gbuild host trust --binhost"), "{conf}");
     assert!(conf.contains("priority = "));
+    // The signing key: none before the store has one, then its public part only.
+    assert_eq!(get(a, "/laptop/key.asc").status, 404);
+    let out = util::output(util::gbuild(&st.root).args(["key", "--show"]));
+    assert!(out.status.success());
+    let fpr = util::stdout(&out).trim().to_string();
+    assert_eq!(fpr.len(), 40, "{fpr}");
+    let r = get(a, "/laptop/key.asc");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/pgp-keys"));
+    let key = r.text();
+    assert!(
+        key.contains("-----BEGIN PGP PUBLIC KEY BLOCK-----"),
+        "{key}"
+    );
+    assert!(!key.contains("PRIVATE"), "{key}");
+    let out = util::output(util::gbuild(&st.root).args(["key", "--export"]));
+    assert_eq!(util::stdout(&out), key);
+    assert_eq!(get(a, "/nosuchmachine/key.asc").status, 404);
     let r = request(
         a,
         "GET",
