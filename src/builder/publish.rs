@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::state::{now, AbiWarning, Counts};
-use super::{BuildEnv, Machine, Result};
+use super::{BuildEnv, Machine, MachineLock, Result};
 use crate::fsutil::IoContext;
 
 /// The kernel release the machine's hosts run, when known.
@@ -60,7 +60,7 @@ fn stanza_path(stanza: &str) -> Option<String> {
 }
 
 /// Publish; returns the counts and the binpkgs held back.
-pub fn publish(env: &BuildEnv, m: &Machine, snapshot: &str) -> Result<(Counts, Vec<AbiWarning>)> {
+pub fn publish(env: &BuildEnv, m: &MachineLock, snapshot: &str) -> Result<(Counts, Vec<AbiWarning>)> {
     let index = m.binpkgs().join("Packages");
     let text = std::fs::read_to_string(&index).unwrap_or_default();
     let (header, all) = stanzas(&text);
