@@ -326,7 +326,11 @@ mod tests {
     #[test]
     fn lines_split_across_reads_and_steps() {
         let mut p = Progress::default();
-        for chunk in [&b"- media-libs/ftype-2.13 (Change"[..], b" USE: -shaping)\n", b"gbuild: st"] {
+        for chunk in [
+            &b"- media-libs/ftype-2.13 (Change"[..],
+            b" USE: -shaping)\n",
+            b"gbuild: st",
+        ] {
             p.feed(chunk);
         }
         p.feed(b"ep depclean\n>>> Unmerging (1 of 1) app-misc/failer-1.0...\n");

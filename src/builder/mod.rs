@@ -332,7 +332,6 @@ impl MachineLock {
         crate::fsutil::rename_dir_into_place(&tmp, &dir)?;
         Ok(ConfigMode::Overlay)
     }
-
 }
 
 fn collect_files(base: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {

@@ -60,7 +60,11 @@ fn stanza_path(stanza: &str) -> Option<String> {
 }
 
 /// Publish; returns the counts and the binpkgs held back.
-pub fn publish(env: &BuildEnv, m: &MachineLock, snapshot: &str) -> Result<(Counts, Vec<AbiWarning>)> {
+pub fn publish(
+    env: &BuildEnv,
+    m: &MachineLock,
+    snapshot: &str,
+) -> Result<(Counts, Vec<AbiWarning>)> {
     let index = m.binpkgs().join("Packages");
     let text = std::fs::read_to_string(&index).unwrap_or_default();
     let (header, all) = stanzas(&text);

@@ -45,7 +45,11 @@ pub fn run(ctx: &Ctx, o: StatusOpts) -> anyhow::Result<i32> {
     if let Some(lp) = &st.last_pass {
         println!(
             "last pass: {}{} (built {}, from binpkgs {}){}",
-            if lp.kind == "bootstrap" { "first build " } else { "" },
+            if lp.kind == "bootstrap" {
+                "first build "
+            } else {
+                ""
+            },
             lp.result,
             lp.built.len(),
             lp.reused,

@@ -99,7 +99,8 @@ fn counts(log: &str) -> (Vec<String>, Vec<String>) {
 
 /// The machine's lock file names this pid as its holder.
 fn lock_holder(env: &Env, machine: &str) -> Option<u32> {
-    let text = std::fs::read_to_string(env.store.join("machines").join(machine).join("lock")).ok()?;
+    let text =
+        std::fs::read_to_string(env.store.join("machines").join(machine).join("lock")).ok()?;
     text.lines().next()?.trim().parse().ok()
 }
 
@@ -117,7 +118,10 @@ fn output_within(cmd: &mut Command, limit: Duration) -> std::process::Output {
         if t.elapsed() > limit {
             let _ = child.kill();
             let out = child.wait_with_output().unwrap();
-            panic!("{cmd:?} still running after {limit:?}: {}", util::stderr(&out));
+            panic!(
+                "{cmd:?} still running after {limit:?}: {}",
+                util::stderr(&out)
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -304,7 +308,11 @@ fn builder_scenario_with_real_emerge() {
     env.fetch(Some("20260101"));
     let out = util::output(env.gbuild().args(["status", "--machine", "nosuch"]));
     assert_eq!(out.status.code(), Some(1));
-    assert!(util::stderr(&out).contains("nosuch"), "{}", util::stderr(&out));
+    assert!(
+        util::stderr(&out).contains("nosuch"),
+        "{}",
+        util::stderr(&out)
+    );
     assert!(!env.store.join("machines/nosuch").exists());
 
     // 1. The whole chain on the older snapshot; while it runs, every other writer is refused.
@@ -343,7 +351,9 @@ fn builder_scenario_with_real_emerge() {
         let err = util::stderr(&out);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
         assert!(
-            err.contains(&format!("locked by pid {pid} (gbuild run --rootless --once")),
+            err.contains(&format!(
+                "locked by pid {pid} (gbuild run --rootless --once"
+            )),
             "{args:?}: {err}"
         );
     }
@@ -412,19 +422,23 @@ fn builder_scenario_with_real_emerge() {
     wait_until("the failed first build", Duration::from_secs(300), || {
         status_of("laptop")["state"] == "failed" || lp.try_wait().unwrap().is_some()
     });
-    assert!(lp.try_wait().unwrap().is_none(), "run exited after the failure");
+    assert!(
+        lp.try_wait().unwrap().is_none(),
+        "run exited after the failure"
+    );
     let st = status_of("laptop");
-    assert_eq!(st["last_pass"]["failed_package"], "app-misc/greetd-1.0", "{st}");
+    assert_eq!(
+        st["last_pass"]["failed_package"], "app-misc/greetd-1.0",
+        "{st}"
+    );
     assert_eq!(st["last_pass"]["kind"], "bootstrap", "{st}");
     let log = st["last_pass"]["log"].as_str().unwrap();
-    assert!(env
-        .store
-        .join("machines/laptop")
-        .join(log)
-        .is_file());
+    assert!(env.store.join("machines/laptop").join(log).is_file());
     let before = counts(&logs_named(&env, "laptop", "bootstrap-").concat()).0;
     assert!(
-        before.iter().any(|p| p.starts_with("dev-libs/libgreet-1.0")),
+        before
+            .iter()
+            .any(|p| p.starts_with("dev-libs/libgreet-1.0")),
         "{before:?}"
     );
     let saved = laptop.join("etc/portage/savedconfig/app-misc");
@@ -444,11 +458,15 @@ fn builder_scenario_with_real_emerge() {
     );
     let out = util::output(env.gbuild().args(["resume", "--machine", "laptop"]));
     assert!(out.status.success());
-    wait_until("the completed first build", Duration::from_secs(400), || {
-        let st = status_of("laptop");
-        (st["state"] == "waiting" && st["last_pass"]["result"] == "success")
-            || lp.try_wait().unwrap().is_some()
-    });
+    wait_until(
+        "the completed first build",
+        Duration::from_secs(400),
+        || {
+            let st = status_of("laptop");
+            (st["state"] == "waiting" && st["last_pass"]["result"] == "success")
+                || lp.try_wait().unwrap().is_some()
+        },
+    );
     assert!(lp.try_wait().unwrap().is_none(), "run exited");
     lp.kill().unwrap();
     lp.wait().unwrap();
@@ -461,7 +479,9 @@ fn builder_scenario_with_real_emerge() {
             "{p} compiled again: {again:?}"
         );
     }
-    assert!(reused.iter().any(|p| p.starts_with("dev-libs/libgreet-1.0")));
+    assert!(reused
+        .iter()
+        .any(|p| p.starts_with("dev-libs/libgreet-1.0")));
 
     // 2. A failing package: the loop idles as `failed`; fixing the config and resume finish it.
     //    The world also gains a module installed per language version without a slot operator
@@ -595,7 +615,10 @@ fn builder_scenario_with_real_emerge() {
         "-c",
         "test -f /usr/lib64/plang/5.40/vendor/yaml.pl && ! test -e /usr/lib64/plang/5.38",
     ]));
-    assert!(out.status.success(), "plang-yaml left under 5.38 in the builder");
+    assert!(
+        out.status.success(),
+        "plang-yaml left under 5.38 in the builder"
+    );
     // The soname bump: nothing links the preserved old library, on the builder or the host.
     let out = util::output(env.gbuild().args([
         "shell",
@@ -609,8 +632,14 @@ fn builder_scenario_with_real_emerge() {
     assert!(out.status.success(), "preserved libraries left: {linked}");
     assert!(!linked.contains("libquote.so.1"), "{linked}");
     assert!(linked.contains("libquote.so.2"), "{linked}");
-    assert!(file_contains(&hostup.join("usr/bin/quoter"), "libquote.so.2"));
-    assert!(!file_contains(&hostup.join("usr/bin/quoter"), "libquote.so.1"));
+    assert!(file_contains(
+        &hostup.join("usr/bin/quoter"),
+        "libquote.so.2"
+    ));
+    assert!(!file_contains(
+        &hostup.join("usr/bin/quoter"),
+        "libquote.so.1"
+    ));
     assert!(!hostup.join("usr/lib64/libquote.so.1").exists());
 
     // 4. The machine takes an imported host configuration (the builder's own, exported from a
