@@ -1,23 +1,55 @@
 //! One lock per machine (and one for store-wide maintenance): an exclusive `flock` on a file, so a
-//! crashed holder never leaves a stale lock behind. The holder's pid is written into the file to
-//! make the refusal message useful.
+//! crashed holder never leaves a stale lock behind. The holder writes its pid and command line
+//! into the file to make the refusal message useful; `holder` tells who has a lock without
+//! touching it (from /proc/locks), so asking never makes someone else's attempt fail.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    #[error("{path} is locked by pid {holder}: another gbuild is working on it")]
-    Busy { path: PathBuf, holder: String },
+    #[error("{path} is locked by {holder}: another gbuild is working on it")]
+    Busy { path: PathBuf, holder: Holder },
     #[error("lock {path}: {source}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+/// Who holds a lock, as its lock file says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub pid: Option<u32>,
+    /// The holder's command line (`gbuild run --once`), when it wrote one.
+    pub command: String,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.pid {
+            Some(p) => write!(f, "pid {p}")?,
+            None => write!(f, "pid ?")?,
+        }
+        if !self.command.is_empty() {
+            write!(f, " ({})", self.command)?;
+        }
+        Ok(())
+    }
+}
+
+impl Holder {
+    /// Parse a lock file: the pid on the first line, the command on the second.
+    fn parse(text: &str) -> Holder {
+        let mut lines = text.lines();
+        Holder {
+            pid: lines.next().and_then(|l| l.trim().parse().ok()),
+            command: lines.next().unwrap_or("").trim().to_string(),
+        }
+    }
 }
 
 /// Held lock; released on drop (or when the process dies).
@@ -30,6 +62,22 @@ impl std::fmt::Debug for Lock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Lock({})", self.path.display())
     }
+}
+
+/// This process's command line as a user would type it: `gbuild run --once`.
+fn own_command() -> String {
+    let raw = std::fs::read("/proc/self/cmdline").unwrap_or_default();
+    let mut args: Vec<String> = raw
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    if let Some(a0) = args.first_mut() {
+        if let Some(base) = Path::new(a0.as_str()).file_name() {
+            *a0 = base.to_string_lossy().into_owned();
+        }
+    }
+    args.join(" ").replace('\n', " ")
 }
 
 impl Lock {
@@ -59,7 +107,6 @@ impl Lock {
             .truncate(false)
             .open(path)
             .map_err(io)?;
-        let _ = file.as_fd();
         let arg = if wait {
             FlockArg::LockExclusive
         } else {
@@ -68,26 +115,38 @@ impl Lock {
         let mut flock = match Flock::lock(file, arg) {
             Ok(l) => l,
             Err((mut file, _)) => {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                let holder = holder.trim();
+                let mut text = String::new();
+                let _ = file.read_to_string(&mut text);
                 return Err(LockError::Busy {
                     path: path.to_path_buf(),
-                    holder: if holder.is_empty() {
-                        "?".into()
-                    } else {
-                        holder.into()
-                    },
+                    holder: Holder::parse(&text),
                 });
             }
         };
         flock.set_len(0).map_err(io)?;
         flock.rewind().map_err(io)?;
-        write!(flock, "{}", std::process::id()).map_err(io)?;
+        write!(flock, "{}\n{}\n", std::process::id(), own_command()).map_err(io)?;
         Ok(Lock {
             _flock: flock,
             path: path.to_path_buf(),
         })
+    }
+
+    /// Who holds the lock at `path` now, if anyone; reads /proc/locks and the file only.
+    pub fn holder(path: &Path) -> Option<Holder> {
+        use std::os::unix::fs::MetadataExt;
+        let md = std::fs::metadata(path).ok()?;
+        let dev = md.dev();
+        let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+        let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+        let key = format!("{major:02x}:{minor:02x}:{}", md.ino());
+        let locks = std::fs::read_to_string("/proc/locks").ok()?;
+        let held = locks.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF" (blocked waiters have "->").
+            f.len() >= 6 && f[1] == "FLOCK" && f[3] == "WRITE" && f[5] == key
+        });
+        held.then(|| Holder::parse(&std::fs::read_to_string(path).unwrap_or_default()))
     }
 }
 
@@ -99,13 +158,19 @@ mod tests {
     fn second_lock_is_refused_until_release() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("lock");
+        assert_eq!(Lock::holder(&p), None);
         let l = Lock::try_acquire(&p).unwrap();
         let e = Lock::try_acquire(&p).unwrap_err();
+        let msg = e.to_string();
         assert!(
-            e.to_string().contains(&std::process::id().to_string()),
-            "{e}"
+            msg.contains(&format!("pid {} (", std::process::id())),
+            "{msg}"
         );
+        let h = Lock::holder(&p).expect("held");
+        assert_eq!(h.pid, Some(std::process::id()));
+        assert!(!h.command.is_empty());
         drop(l);
+        assert_eq!(Lock::holder(&p), None);
         Lock::try_acquire(&p).unwrap();
     }
 }

@@ -4,19 +4,26 @@
 //! its `(Change USE: ...)` hint for a first, one-shot build of that package, after which the world
 //! update rebuilds it with the final USE (as Gentoo's tinderbox does). Extra ordered steps come
 //! from the bootstrap recipe (`stage3/bootstrap.recipe`).
+//!
+//! The first build is a pass: its progress is in `state.json` like any pass's, and an emerge
+//! that fails (a package, a cycle emerge offers no way out of) leaves the machine `failed` with
+//! the package and the log instead of an error; PKGDIR keeps every binpkg built before the
+//! failure, so the next attempt installs those from binaries (`--usepkg`).
 
 use std::path::Path;
 
-use super::emerge::{self, cycle_hints};
-use super::pass::Session;
-use super::{BuildEnv, BuilderError, ConfigMode, Machine, Result};
+use super::emerge;
+use super::pass::{PassResult, Session};
+use super::state::{now, LastPass, State};
+use super::{BuildEnv, BuilderError, ConfigMode, MachineLock, Result};
 use crate::fsutil::IoContext;
 use crate::layer;
 
 /// How many cycle-breaking rounds before giving up.
 const MAX_CYCLE_ROUNDS: usize = 8;
 
-pub fn bootstrap(env: &BuildEnv, m: &Machine, recipe: &str) -> Result<String> {
+/// Bootstrap the machine; `Failed` (state `failed`) when an emerge failed.
+pub fn bootstrap(env: &BuildEnv, m: &MachineLock, recipe: &str) -> Result<PassResult> {
     let store = &env.store;
     let mode = m.ensure_config()?;
     let stage3 = crate::fetch::latest_verified_stage3(store, &env.config.arch, &env.config.variant)
@@ -54,13 +61,60 @@ pub fn bootstrap(env: &BuildEnv, m: &Machine, recipe: &str) -> Result<String> {
     let work = bdir.join("work");
     let mut s = Session::new(env, m, &cfg_img, &upper, &work, &snapshot, "bootstrap")?;
     note(env, &format!("bootstrap log: {}", s.log_path().display()));
-    break_cycles(&mut s, m)?;
-    for (i, step) in recipe_steps(recipe).into_iter().enumerate() {
-        let mut argv = vec!["emerge".to_string(), "--buildpkg".into(), "--usepkg".into()];
-        argv.extend(step);
-        s.run_ok(&format!("bootstrap recipe step {}", i + 1), argv)?;
+    let mut state = State::load(m);
+    state.state = "building".into();
+    state.pid = Some(std::process::id());
+    state.snapshot = Some(snapshot.clone());
+    state.current = None;
+    state.last_pass = Some(LastPass {
+        started: now(),
+        result: "running".into(),
+        log: s
+            .log_path()
+            .strip_prefix(m.dir())
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        kind: "bootstrap".into(),
+        ..LastPass::default()
+    });
+    state.save(m)?;
+    s.state = Some(state);
+
+    let built = (|| -> Result<()> {
+        break_cycles(&mut s, m)?;
+        for (i, step) in recipe_steps(recipe).into_iter().enumerate() {
+            let mut argv = vec!["emerge".to_string(), "--buildpkg".into(), "--usepkg".into()];
+            argv.extend(step);
+            s.run_ok(&format!("bootstrap recipe step {}", i + 1), argv)?;
+        }
+        s.run_ok("emerge @world", emerge::world_update_args())
+    })();
+    let mut state = s.state.take().unwrap_or_else(|| State::load(m));
+    state.current = None;
+    let lp = state.last_pass.get_or_insert_with(LastPass::default);
+    lp.finished = Some(now());
+    lp.built = s.progress.built.clone();
+    lp.reused = s.progress.binary.len();
+    match built {
+        Ok(()) => {}
+        Err(e @ (BuilderError::Emerge { .. } | BuilderError::Cycle { .. })) => {
+            lp.result = "failed".into();
+            lp.failed_package = s.progress.failed.clone();
+            state.state = "failed".into();
+            state.save(m)?;
+            eprintln!("gbuild: {e}");
+            return Ok(PassResult::Failed {
+                package: s.progress.failed.clone(),
+                log: s.log_path(),
+            });
+        }
+        Err(e) => {
+            lp.result = "failed".into();
+            state.state = "failed".into();
+            state.save(m)?;
+            return Err(e);
+        }
     }
-    s.run_ok("emerge @world", emerge::world_update_args())?;
     let boot_img = m.image_name("bootstrap");
     layer::image::commit(store, &helper, &cfg_img, &upper, Some(&boot_img))?;
     helper.remove_trees(std::slice::from_ref(&bdir))?;
@@ -72,21 +126,26 @@ pub fn bootstrap(env: &BuildEnv, m: &Machine, recipe: &str) -> Result<String> {
     meta.stage3 = Some(stage3.manifest.file.clone());
     meta.builder = false;
     m.save_meta(&meta)?;
-    Ok(boot_img)
+    let lp = state.last_pass.get_or_insert_with(LastPass::default);
+    lp.result = "success".into();
+    lp.failed_package = None;
+    state.state = "idle".into();
+    state.save(m)?;
+    Ok(PassResult::Success)
 }
 
 /// Resolve the world set; while emerge reports a cycle with a USE hint, build the hinted
 /// package once with that change.
-fn break_cycles(s: &mut Session, m: &Machine) -> Result<()> {
+fn break_cycles(s: &mut Session, m: &MachineLock) -> Result<()> {
     let pretend = emerge::pretend_world_args();
     for _ in 0..MAX_CYCLE_ROUNDS {
-        let (code, out) = s.run(pretend.clone())?;
+        let code = s.run(pretend.clone())?;
         if code == 0 {
             return Ok(());
         }
-        let hints = cycle_hints(&out);
+        let hints = s.progress.facts.hints.clone();
         if hints.is_empty() {
-            if out.contains("circular dependencies") {
+            if s.progress.facts.circular {
                 return Err(BuilderError::Cycle {
                     machine: m.name.clone(),
                     log: s.log_path(),

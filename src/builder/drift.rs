@@ -23,7 +23,7 @@ pub fn builder_bundle(env: &BuildEnv, m: &Machine, s: &mut Session) -> Result<Bu
                   && emerge --info > /run/gbuild-out/info.txt 2>/dev/null";
     let r = s.run(vec!["/bin/sh".into(), "-c".into(), script.into()]);
     s.extra_binds.pop();
-    let (code, _) = r?;
+    let code = r?;
     if code != 0 {
         return Err(super::BuilderError::Other(format!(
             "capturing the builder's configuration of {} failed (exit {code}); log: {}",

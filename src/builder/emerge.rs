@@ -95,27 +95,49 @@ pub struct CycleHint {
 pub fn cycle_hints(output: &str) -> Vec<CycleHint> {
     let mut hints: Vec<CycleHint> = Vec::new();
     for line in output.lines() {
-        let line = line.trim();
-        let Some(rest) = line.strip_prefix("- ") else {
-            continue;
-        };
-        let Some((cpv, change)) = rest.split_once(" (Change USE: ") else {
-            continue;
-        };
-        let flags: Vec<String> = change
-            .trim_end_matches(')')
-            .split_whitespace()
-            .map(str::to_string)
-            .collect();
-        let cpv = cpv.trim().to_string();
-        if !flags.is_empty() && !hints.iter().any(|h| h.cpv == cpv) {
-            hints.push(CycleHint { cpv, flags });
+        if let Some(h) = cycle_hint(line) {
+            if !hints.iter().any(|x| x.cpv == h.cpv) {
+                hints.push(h);
+            }
         }
     }
     hints
 }
 
-/// Follows emerge's output line by line.
+/// One line of emerge's cycle report as a hint, if it is one.
+fn cycle_hint(line: &str) -> Option<CycleHint> {
+    let rest = line.trim().strip_prefix("- ")?;
+    let (cpv, change) = rest.split_once(" (Change USE: ")?;
+    let flags: Vec<String> = change
+        .trim_end_matches(')')
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    (!flags.is_empty()).then(|| CycleHint {
+        cpv: cpv.trim().to_string(),
+        flags,
+    })
+}
+
+/// A line longer than this is cut before parsing (emerge prints none; a build may).
+const MAX_LINE: usize = 64 * 1024;
+/// At most this many planned `[ebuild ...]` lines are kept from one run.
+const MAX_PLANNED: usize = 10_000;
+
+/// What one container run's output said, beyond the packages (reset by `start_run`).
+#[derive(Debug, Default, Clone)]
+pub struct RunFacts {
+    /// `(Change USE: ...)` hints of a cycle report.
+    pub hints: Vec<CycleHint>,
+    /// emerge reported circular dependencies.
+    pub circular: bool,
+    /// emerge reported a slot conflict.
+    pub slot_conflict: bool,
+    /// `[ebuild ...]` and `[binary ...]` lines of a pretend run (at most `MAX_PLANNED`).
+    pub planned: Vec<String>,
+}
+
+/// Follows emerge's output line by line as it streams by; keeps what it found, never the output.
 #[derive(Debug, Default, Clone)]
 pub struct Progress {
     /// Package being merged now, with its position.
@@ -127,26 +149,76 @@ pub struct Progress {
     pub binary: Vec<String>,
     /// The package whose build failed.
     pub failed: Option<String>,
-    partial: String,
+    /// Cleanup steps announced with `gbuild: step NAME` lines, with what each did.
+    pub steps: Vec<super::state::CleanupStep>,
+    /// What the current container run said.
+    pub facts: RunFacts,
+    partial: Vec<u8>,
 }
 
 impl Progress {
+    /// A new container run begins: forget its predecessor's facts and any partial line.
+    pub fn start_run(&mut self) {
+        self.facts = RunFacts::default();
+        self.partial.clear();
+    }
+
     /// Feed raw output bytes; returns true when the current package or phase changed.
     pub fn feed(&mut self, bytes: &[u8]) -> bool {
-        self.partial.push_str(&String::from_utf8_lossy(bytes));
         let mut changed = false;
-        while let Some(i) = self.partial.find('\n') {
-            let line: String = self.partial.drain(..=i).collect();
-            changed |= self.line(line.trim_end());
+        let mut rest = bytes;
+        while let Some(i) = rest.iter().position(|b| *b == b'\n') {
+            let (head, tail) = rest.split_at(i);
+            rest = &tail[1..];
+            changed |= if self.partial.is_empty() {
+                self.line_bytes(head)
+            } else {
+                self.push_partial(head);
+                let line = std::mem::take(&mut self.partial);
+                self.line_bytes(&line)
+            };
         }
+        self.push_partial(rest);
         changed
     }
 
+    fn push_partial(&mut self, b: &[u8]) {
+        let room = MAX_LINE.saturating_sub(self.partial.len());
+        self.partial.extend_from_slice(&b[..b.len().min(room)]);
+    }
+
+    fn line_bytes(&mut self, b: &[u8]) -> bool {
+        let b = &b[..b.len().min(MAX_LINE)];
+        let line = String::from_utf8_lossy(b);
+        self.line(line.trim_end())
+    }
+
+    fn step_item(&mut self, item: String) {
+        if let Some(st) = self.steps.last_mut() {
+            st.items.push(item);
+        }
+    }
+
     fn line(&mut self, line: &str) -> bool {
-        if let Some(rest) = line.strip_prefix(">>> Emerging binary (") {
+        self.facts_of(line);
+        if let Some(name) = line.strip_prefix("gbuild: step ") {
+            self.steps.push(super::state::CleanupStep {
+                name: name.trim().to_string(),
+                items: Vec::new(),
+            });
+            self.phase = name.trim().to_string();
+            return true;
+        } else if let Some(rest) = line.strip_prefix("gbuild: pruned ") {
+            self.step_item(rest.trim().to_string());
+        } else if let Some(rest) = line.strip_prefix(">>> Unmerging (") {
+            if let Some((_, cpv)) = parse_pos(rest) {
+                self.step_item(cpv.trim_end_matches('.').to_string());
+            }
+        } else if let Some(rest) = line.strip_prefix(">>> Emerging binary (") {
             if let Some((pos, cpv)) = parse_pos(rest) {
                 self.current = Some((cpv.clone(), pos.0, pos.1));
                 self.phase = "binary".into();
+                self.step_item(cpv.clone());
                 self.binary.push(cpv);
                 return true;
             }
@@ -154,6 +226,7 @@ impl Progress {
             if let Some((pos, cpv)) = parse_pos(rest) {
                 self.current = Some((cpv.clone(), pos.0, pos.1));
                 self.phase = "build".into();
+                self.step_item(cpv.clone());
                 self.built.push(cpv);
                 return true;
             }
@@ -162,8 +235,7 @@ impl Progress {
                 self.phase = "install".into();
                 return true;
             }
-        } else if let Some(rest) = line.strip_prefix(">>> Unpacking source") {
-            let _ = rest;
+        } else if line.starts_with(">>> Unpacking source") {
             self.phase = "unpack".into();
             return true;
         } else if line.starts_with(">>> Compiling source") {
@@ -185,6 +257,27 @@ impl Progress {
             }
         }
         false
+    }
+
+    /// Cycle hints, conflicts and planned merges of a pretend run.
+    fn facts_of(&mut self, line: &str) {
+        let f = &mut self.facts;
+        if let Some(h) = cycle_hint(line) {
+            if !f.hints.iter().any(|x| x.cpv == h.cpv) {
+                f.hints.push(h);
+            }
+        }
+        if line.contains("circular dependencies") {
+            f.circular = true;
+        }
+        if line.contains("slot conflict") {
+            f.slot_conflict = true;
+        }
+        if (line.starts_with("[ebuild") || line.starts_with("[binary"))
+            && f.planned.len() < MAX_PLANNED
+        {
+            f.planned.push(line.trim().to_string());
+        }
     }
 }
 
@@ -232,5 +325,38 @@ mod tests {
         assert_eq!(p.binary, vec!["app-misc/hello-1.0"]);
         assert_eq!(p.failed.as_deref(), Some("app-misc/failer-1.0"));
         assert_eq!(p.current.as_ref().unwrap().1, 3);
+    }
+
+    #[test]
+    fn lines_split_across_reads_and_steps() {
+        let mut p = Progress::default();
+        for chunk in [
+            &b"- media-libs/ftype-2.13 (Change"[..],
+            b" USE: -shaping)\n",
+            b"gbuild: st",
+        ] {
+            p.feed(chunk);
+        }
+        p.feed(b"ep depclean\n>>> Unmerging (1 of 1) app-misc/failer-1.0...\n");
+        p.feed(b"gbuild: step prune\ngbuild: pruned app-misc/x/x-1-1.gpkg.tar (superseded)\n");
+        assert_eq!(p.facts.hints[0].flags, vec!["-shaping"]);
+        assert_eq!(p.steps.len(), 2);
+        assert_eq!(p.steps[0].name, "depclean");
+        assert_eq!(p.steps[0].items, vec!["app-misc/failer-1.0"]);
+        assert_eq!(p.steps[1].items.len(), 1);
+        p.start_run();
+        assert!(p.facts.hints.is_empty());
+    }
+
+    #[test]
+    fn a_huge_line_is_cut_not_kept() {
+        let mut p = Progress::default();
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..8 {
+            p.feed(&chunk);
+        }
+        assert!(p.partial.len() <= MAX_LINE);
+        p.feed(b"\n>>> Emerging (1 of 1) a/b-1::gentoo\n");
+        assert_eq!(p.built, vec!["a/b-1"]);
     }
 }

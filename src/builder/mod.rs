@@ -5,6 +5,11 @@
 //! configuration applied to the builder), `binpkgs/` (PKGDIR, outlives builders), `container/`
 //! (upper, work), `logs/`, `state.json` (the loop's state, read by `status` and `serve`),
 //! `machine.json` (what the builder was made from), `lock`.
+//!
+//! One writer per machine: everything that changes a machine takes a `&MachineLock`, which only
+//! `MachineLock::acquire` makes (holding `machines/<M>/lock` until dropped), so code that would
+//! change a machine without its lock does not compile. `Machine::open` only finds an existing
+//! machine; reading never creates one.
 
 pub mod bootstrap;
 pub mod drift;
@@ -39,6 +44,8 @@ pub enum BuilderError {
     BadName(String),
     #[error("machine {0} has no configuration: import a host bundle with `gbuild machine import BUNDLE --name {0}`")]
     NoConfig(String),
+    #[error("no machine {0} in the store (`gbuild machine list` shows the machines)")]
+    NoMachine(String),
     #[error("no verified stage3 in the store: run `gbuild fetch` first")]
     NoStage3,
     #[error("no verified ebuild-tree snapshot in the store: run `gbuild fetch` first")]
@@ -64,6 +71,11 @@ pub enum BuilderError {
     Runtime(#[from] crate::runtime::RuntimeError),
     #[error(transparent)]
     Lock(#[from] crate::lock::LockError),
+    #[error("machine {machine} is locked by {holder}: one gbuild at a time changes a machine")]
+    Busy {
+        machine: String,
+        holder: crate::lock::Holder,
+    },
     #[error("{0}")]
     Other(String),
 }
@@ -109,18 +121,34 @@ pub enum ConfigMode {
 }
 
 impl Machine {
+    /// An existing machine of the store; never creates one.
     pub fn open(store: &Store, name: &str) -> Result<Machine> {
+        let m = Machine::named(store, name)?;
+        if !m.dir().is_dir() {
+            return Err(BuilderError::NoMachine(name.to_string()));
+        }
+        Ok(m)
+    }
+
+    fn named(store: &Store, name: &str) -> Result<Machine> {
         if !crate::store::valid_name(name) {
             return Err(BuilderError::BadName(name.to_string()));
         }
-        let m = Machine {
+        Ok(Machine {
             name: name.to_string(),
             store: store.clone(),
-        };
-        for d in [m.dir(), m.binpkgs(), m.logs()] {
-            std::fs::create_dir_all(&d).at("create directory", &d)?;
-        }
-        Ok(m)
+        })
+    }
+
+    /// Whether a configuration exists for the machine: imported, or a built-in overlay.
+    fn has_config(&self) -> bool {
+        let dir = self.config_dir();
+        let prefix = format!("{}/", self.name);
+        dir.join("etc/portage").is_dir()
+            || dir.join("var").is_dir()
+            || embedded::OVERLAY_FILES
+                .iter()
+                .any(|(p, _, _)| p.starts_with(&prefix))
     }
 
     pub fn dir(&self) -> PathBuf {
@@ -162,6 +190,99 @@ impl Machine {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default()
+    }
+
+    /// The imported host bundle of this machine (none for a built-in overlay machine).
+    pub fn host_bundle(&self) -> Option<crate::host::Bundle> {
+        if !self
+            .config_dir()
+            .join(crate::host::bundle::MANIFEST_NAME)
+            .is_file()
+        {
+            return None;
+        }
+        crate::host::machine::config_bundle(&self.store, &self.name).ok()
+    }
+
+    /// A hash of the configuration files (what `update` and the loop compare).
+    pub fn config_hash(&self) -> Result<String> {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        let mut files = Vec::new();
+        collect_files(&self.config_dir(), &self.config_dir(), &mut files)?;
+        files.sort();
+        for rel in files {
+            let p = self.config_dir().join(&rel);
+            h.update(rel.as_bytes());
+            h.update([0]);
+            match std::fs::read_link(&p) {
+                Ok(t) => h.update(t.to_string_lossy().as_bytes()),
+                Err(_) => h.update(std::fs::read(&p).at("read", &p)?),
+            }
+            h.update([0]);
+        }
+        Ok(hex::encode(h.finalize()))
+    }
+}
+
+/// A machine whose lock this process holds, for its whole life: the only way to the functions
+/// that change a machine. Dereferences to the machine.
+pub struct MachineLock {
+    machine: Machine,
+    _lock: crate::lock::Lock,
+}
+
+impl std::fmt::Debug for MachineLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MachineLock({})", self.machine.name)
+    }
+}
+
+impl std::ops::Deref for MachineLock {
+    type Target = Machine;
+    fn deref(&self) -> &Machine {
+        &self.machine
+    }
+}
+
+impl MachineLock {
+    /// Lock machine `name`, creating its directories when it has a configuration (imported or
+    /// built in) but no directory yet. Refuses at once, naming the holder's pid and command, when
+    /// another process has the lock.
+    pub fn acquire(store: &Store, name: &str) -> Result<MachineLock> {
+        let machine = Machine::named(store, name)?;
+        if !machine.dir().is_dir() && !machine.has_config() {
+            return Err(BuilderError::NoConfig(name.to_string()));
+        }
+        Self::lock(machine)
+    }
+
+    /// Lock machine `name`, creating it even without a configuration (a builder restored from
+    /// an exported image, whose configuration is imported afterwards).
+    pub fn create(store: &Store, name: &str) -> Result<MachineLock> {
+        Self::lock(Machine::named(store, name)?)
+    }
+
+    fn lock(machine: Machine) -> Result<MachineLock> {
+        let name = machine.name.clone();
+        let lock = crate::lock::Lock::try_acquire(&machine.lock_path()).map_err(|e| match e {
+            crate::lock::LockError::Busy { holder, .. } => BuilderError::Busy {
+                machine: name.to_string(),
+                holder,
+            },
+            e => e.into(),
+        })?;
+        for d in [machine.dir(), machine.binpkgs(), machine.logs()] {
+            std::fs::create_dir_all(&d).at("create directory", &d)?;
+        }
+        Ok(MachineLock {
+            machine,
+            _lock: lock,
+        })
+    }
+
+    pub fn machine(&self) -> &Machine {
+        &self.machine
     }
 
     pub fn save_meta(&self, meta: &MachineMeta) -> Result<()> {
@@ -210,38 +331,6 @@ impl Machine {
         }
         crate::fsutil::rename_dir_into_place(&tmp, &dir)?;
         Ok(ConfigMode::Overlay)
-    }
-
-    /// The imported host bundle of this machine (none for a built-in overlay machine).
-    pub fn host_bundle(&self) -> Option<crate::host::Bundle> {
-        if !self
-            .config_dir()
-            .join(crate::host::bundle::MANIFEST_NAME)
-            .is_file()
-        {
-            return None;
-        }
-        crate::host::machine::config_bundle(&self.store, &self.name).ok()
-    }
-
-    /// A hash of the configuration files (what `update` and the loop compare).
-    pub fn config_hash(&self) -> Result<String> {
-        use sha2::Digest;
-        let mut h = sha2::Sha256::new();
-        let mut files = Vec::new();
-        collect_files(&self.config_dir(), &self.config_dir(), &mut files)?;
-        files.sort();
-        for rel in files {
-            let p = self.config_dir().join(&rel);
-            h.update(rel.as_bytes());
-            h.update([0]);
-            match std::fs::read_link(&p) {
-                Ok(t) => h.update(t.to_string_lossy().as_bytes()),
-                Err(_) => h.update(std::fs::read(&p).at("read", &p)?),
-            }
-            h.update([0]);
-        }
-        Ok(hex::encode(h.finalize()))
     }
 }
 

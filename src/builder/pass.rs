@@ -2,10 +2,13 @@
 //!
 //! One pass: apply the machine's configuration when it changed, `emerge -uDN --changed-deps
 //! --buildpkg --usepkg @world` (every binpkg already built is reused, so a pass killed at any
-//! point and restarted compiles nothing twice), `@preserved-rebuild`, prune binpkgs that no longer
-//! match what is installed, refresh Portage's index, then publish: the index hosts see only lists
-//! complete binpkgs. The loop idles after a failure until `resume` or a configuration change, and
-//! after a success until the interval ends or `resume`.
+//! point and restarted compiles nothing twice), then the cleanup half: `@preserved-rebuild`
+//! compiled (`--usepkg=n`: a binpkg would still link the old library), `emerge --depclean`, a
+//! perl-cleaner-style rebuild of packages left under an old language version's directories,
+//! pruning binpkgs that no longer match what is installed (and superseded builds), a fresh index;
+//! then publish: the index hosts see only lists complete binpkgs. The loop idles after a failure
+//! until `resume` or a configuration change, and after a success until the interval ends or
+//! `resume`. Emerge's output streams to the log and is parsed as it goes, never kept.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,13 +16,13 @@ use std::time::{Duration, Instant};
 
 use super::emerge::{self, Progress};
 use super::state::{now, Current, LastPass, State};
-use super::{BuildEnv, BuilderError, Machine, Result};
+use super::{BuildEnv, BuilderError, Machine, MachineLock, Result};
 use crate::fsutil::IoContext;
 
 /// One container configuration (image + upper + tree) in which commands run, with a log.
 pub struct Session<'a> {
     env: &'a BuildEnv,
-    machine: &'a Machine,
+    machine: &'a MachineLock,
     image: String,
     upper: PathBuf,
     work: PathBuf,
@@ -38,7 +41,7 @@ pub struct Session<'a> {
 impl<'a> Session<'a> {
     pub fn new(
         env: &'a BuildEnv,
-        machine: &'a Machine,
+        machine: &'a MachineLock,
         image: &str,
         upper: &Path,
         work: &Path,
@@ -71,8 +74,10 @@ impl<'a> Session<'a> {
         self.log_path.clone()
     }
 
-    /// Run `argv` in the container; output goes to the log (and stderr when echoing).
-    pub fn run(&mut self, argv: Vec<String>) -> Result<(i32, String)> {
+    /// Run `argv` in the container; output goes to the log (and stderr when echoing) and through
+    /// `progress` as it comes, never into memory whole. What the run said is in
+    /// `progress.facts`.
+    pub fn run(&mut self, argv: Vec<String>) -> Result<i32> {
         let mut spec = self.env.spec(
             self.machine,
             &self.image,
@@ -84,10 +89,10 @@ impl<'a> Session<'a> {
         spec.binds.extend(self.extra_binds.iter().cloned());
         spec.env.extend(self.extra_env.iter().cloned());
         let _ = writeln!(self.log, ">>> gbuild: {}", argv.join(" "));
-        let mut captured = Vec::new();
         let echo = self.env.echo;
         let log = &mut self.log;
         let progress = &mut self.progress;
+        progress.start_run();
         let state = &mut self.state;
         let machine = self.machine;
         let mut sink = |b: &[u8]| {
@@ -95,7 +100,6 @@ impl<'a> Session<'a> {
             if echo {
                 let _ = std::io::stderr().write_all(b);
             }
-            captured.extend_from_slice(b);
             if progress.feed(b) {
                 if let (false, Some((pkg, i, n))) = (echo, progress.current.as_ref()) {
                     if !crate::progress::quiet() && progress.phase != "install" {
@@ -109,18 +113,21 @@ impl<'a> Session<'a> {
                         index: *i,
                         total: *n,
                     });
+                    if let Some(lp) = st.last_pass.as_mut() {
+                        lp.cleanup = progress.steps.clone();
+                    }
                     let _ = st.save(machine);
                 }
             }
         };
         let code = self.env.runtime.run_with_output(&spec, Some(&mut sink))?;
         let _ = writeln!(self.log, ">>> gbuild: exit status {code}");
-        Ok((code, String::from_utf8_lossy(&captured).into_owned()))
+        Ok(code)
     }
 
     /// Run `argv`; a non-zero exit is an error naming `what` and the log.
-    pub fn run_ok(&mut self, what: &str, argv: Vec<String>) -> Result<String> {
-        let (code, out) = self.run(argv)?;
+    pub fn run_ok(&mut self, what: &str, argv: Vec<String>) -> Result<()> {
+        let code = self.run(argv)?;
         if code != 0 {
             return Err(BuilderError::Emerge {
                 what: what.to_string(),
@@ -129,42 +136,144 @@ impl<'a> Session<'a> {
                 log: self.log_path(),
             });
         }
-        Ok(out)
+        Ok(())
     }
 }
 
 /// Inside the builder: remove binpkgs whose package is not installed or whose USE differs from
-/// the installed one (stale after a USE, config or tree change), then let Portage rewrite its
-/// index. Portage's own API decides, as eclean-pkg would.
+/// the installed one (stale after a USE, config or tree change), and superseded builds of the
+/// same package and USE (all but the installed build, else the newest). Portage's own API
+/// decides, as eclean-pkg would; `emaint --fix binhost` rewrites the index afterwards.
 const PRUNE: &str = r#"
 import os, portage
 vardb = portage.db[portage.root]["vartree"].dbapi
 bintree = portage.db[portage.root]["bintree"]
 bintree.populate()
 bindb = bintree.dbapi
-removed = 0
+def remove(cpv, why):
+    path = bintree.getname(cpv)
+    if path and os.path.exists(path):
+        os.unlink(path)
+        print("gbuild: pruned %s (%s)" % (os.path.relpath(path, bintree.pkgdir), why))
+kept = {}
 for cpv in bindb.cpv_all():
     inst = vardb.match("=" + str(cpv))
-    keep = False
-    if inst:
-        iuse = set(f.lstrip("+-") for f in vardb.aux_get(inst[0], ["IUSE"])[0].split())
-        use_i = set(vardb.aux_get(inst[0], ["USE"])[0].split()) & iuse
-        use_b = set(bindb.aux_get(cpv, ["USE"])[0].split()) & iuse
-        keep = use_i == use_b
-    if not keep:
-        path = bintree.getname(cpv)
-        if path and os.path.exists(path):
-            os.unlink(path)
-            removed += 1
-            print("gbuild: pruned %s" % os.path.relpath(path, bintree.pkgdir))
+    if not inst:
+        remove(cpv, "not installed")
+        continue
+    iuse = set(f.lstrip("+-") for f in vardb.aux_get(inst[0], ["IUSE"])[0].split())
+    use_i = set(vardb.aux_get(inst[0], ["USE"])[0].split()) & iuse
+    use_b = set(bindb.aux_get(cpv, ["USE"])[0].split()) & iuse
+    if use_i != use_b:
+        remove(cpv, "USE differs from the installed package")
+        continue
+    kept.setdefault(str(cpv), []).append(cpv)
+def num(v):
+    try:
+        return int(v)
+    except ValueError:
+        return 0
+for key, builds in kept.items():
+    if len(builds) < 2:
+        continue
+    installed = vardb.aux_get(vardb.match("=" + key)[0], ["BUILD_TIME"])[0]
+    def rank(c):
+        bt, bid = bindb.aux_get(c, ["BUILD_TIME", "BUILD_ID"])
+        return (bt == installed, num(bid), num(bt))
+    builds.sort(key=rank)
+    for c in builds[:-1]:
+        remove(c, "superseded by a newer build")
 # Empty files left by interrupted builds (they only reserve a BUILD_ID).
 for d, _, files in os.walk(bintree.pkgdir):
     for f in files:
         p = os.path.join(d, f)
         if f.endswith((".gpkg.tar", ".tbz2", ".xpak")) and os.path.getsize(p) == 0:
             os.unlink(p)
-            removed += 1
-print("gbuild: pruned %d binpkgs" % removed)
+            print("gbuild: pruned %s (empty)" % os.path.relpath(p, bintree.pkgdir))
+"#;
+
+/// Inside the builder, in the spirit of perl-cleaner: the packages to rebuild because they own
+/// files under a directory of a language version that is no longer installed. For every
+/// installed `dev-lang/*` package, its directories whose name ends in its version (full,
+/// major.minor or sub-slot: `/usr/lib64/perl5/vendor_perl/5.40`, `/usr/lib/python3.12`) have
+/// siblings named for other versions (`.../5.38`); those no installed instance of the package
+/// owns are stale, and the packages owning files under them are printed as `cat/pn:slot`
+/// atoms (the reasons go to stderr, hence the log). Stateless, so a pass killed half-way
+/// finds the same work again.
+const LANG_REBUILD: &str = r#"
+import os, re, sys, portage
+vardb = portage.db[portage.root]["vartree"].dbapi
+VER = re.compile(r"^(.*?)(\d+(?:\.\d+)*)$")
+contents = {}
+for cpv in vardb.cpv_all():
+    contents[cpv] = vardb._dblink(cpv).getcontents()
+langs = [c for c in contents if c.startswith("dev-lang/")]
+stale = set()
+for lang in langs:
+    cp = portage.cpv_getkey(lang)
+    pv = portage.catpkgsplit(lang)[2]
+    slot = vardb.aux_get(lang, ["SLOT"])[0]
+    vers = {pv, ".".join(pv.split(".")[:2])}
+    if "/" in slot:
+        vers.add(slot.split("/", 1)[1])
+    owned = set()
+    for c in contents:
+        if portage.cpv_getkey(c) == cp:
+            owned.update(p.rstrip("/") for p, e in contents[c].items() if e[0] == "dir")
+    for d, e in contents[lang].items():
+        d = d.rstrip("/")
+        m = VER.match(os.path.basename(d))
+        if e[0] != "dir" or not m or m.group(2) not in vers:
+            continue
+        parent = os.path.dirname(d)
+        try:
+            names = os.listdir(parent)
+        except OSError:
+            continue
+        for n in names:
+            m2 = VER.match(n)
+            sib = os.path.join(parent, n)
+            if (m2 and m2.group(1) == m.group(1) and m2.group(2) not in vers
+                    and sib not in owned and os.path.isdir(sib)):
+                stale.add(sib + "/")
+atoms = set()
+lang_cps = set(portage.cpv_getkey(c) for c in langs)
+for cpv, files in contents.items():
+    if portage.cpv_getkey(cpv) in lang_cps:
+        continue
+    for p, e in files.items():
+        hit = next((s for s in stale if p.startswith(s)), None)
+        if e[0] != "dir" and hit:
+            slot = vardb.aux_get(cpv, ["SLOT"])[0].split("/")[0]
+            atoms.add("%s:%s" % (portage.cpv_getkey(cpv), slot))
+            print("gbuild: %s owns %s under %s, a language version no longer installed"
+                  % (cpv, p, hit), file=sys.stderr)
+            break
+for a in sorted(atoms):
+    print(a)
+"#;
+
+/// The cleanup half of a pass as one script (one container run), each step announced with a
+/// `gbuild: step NAME` line that `Progress` files what follows under. `GBUILD_FULL=1` runs every
+/// step; otherwise only `@preserved-rebuild`, when Portage kept old libraries.
+const CLEANUP: &str = r#"set -e
+export CLEAN_DELAY=0 EMERGE_WARNING_DELAY=0
+if [ -s /var/lib/portage/preserved_libs_registry ] && \
+   grep -q '[[:alnum:]]' /var/lib/portage/preserved_libs_registry; then
+  echo "gbuild: step preserved-rebuild"
+  emerge --buildpkg --usepkg=n --color=n @preserved-rebuild
+fi
+[ "$GBUILD_FULL" = 1 ] || exit 0
+echo "gbuild: step depclean"
+emerge --depclean --with-bdeps=y --color=n
+echo "gbuild: step language-rebuild"
+atoms=$(python3 -c "$GBUILD_LANG_REBUILD")
+if [ -n "$atoms" ]; then
+  emerge --oneshot --buildpkg --usepkg=n --color=n $atoms
+fi
+echo "gbuild: step prune"
+python3 -c "$GBUILD_PRUNE"
+emaint --fix binhost
 "#;
 
 /// Shell script that applies the machine's configuration (bound at /run/gbuild-config).
@@ -187,7 +296,7 @@ pub enum PassResult {
 }
 
 /// Apply the configuration to the builder when it changed since it was last applied.
-pub fn apply_config_if_changed(env: &BuildEnv, m: &Machine) -> Result<bool> {
+pub fn apply_config_if_changed(env: &BuildEnv, m: &MachineLock) -> Result<bool> {
     let mode = m.ensure_config()?;
     let hash = m.config_hash()?;
     let mut meta = m.meta();
@@ -227,7 +336,7 @@ pub fn apply_config_if_changed(env: &BuildEnv, m: &Machine) -> Result<bool> {
 }
 
 /// One build pass on the machine's builder.
-pub fn pass(env: &BuildEnv, m: &Machine, state: &mut State) -> Result<PassResult> {
+pub fn pass(env: &BuildEnv, m: &MachineLock, state: &mut State) -> Result<PassResult> {
     let meta = m.meta();
     if !meta.builder {
         return Err(BuilderError::NoBuilder(m.name.clone()));
@@ -253,6 +362,7 @@ pub fn pass(env: &BuildEnv, m: &Machine, state: &mut State) -> Result<PassResult
         finished: None,
         result: "running".into(),
         log: log_rel,
+        kind: "pass".into(),
         ..LastPass::default()
     });
     state.save(m)?;
@@ -288,13 +398,13 @@ pub fn pass(env: &BuildEnv, m: &Machine, state: &mut State) -> Result<PassResult
 
     let mut failed = None;
     let mut changed = true;
-    let (code, _) = s.run(emerge::world_update_args())?;
+    let code = s.run(emerge::world_update_args())?;
     if code != 0 {
         failed = Some(code);
     }
     if failed.is_none() {
         // One more container run finishes the pass: @preserved-rebuild only when Portage kept
-        // old libraries, pruning and a fresh index only when something may have changed (a
+        // old libraries, the other cleanup steps only when something may have changed (a
         // no-change pass costs little more than the bare emerge it wraps).
         changed = config_applied
             || !s.progress.built.is_empty()
@@ -302,19 +412,13 @@ pub fn pass(env: &BuildEnv, m: &Machine, state: &mut State) -> Result<PassResult
             || state.snapshot.as_deref() != published_snapshot(m).as_deref();
         let preserved = overlay_read(env, m, &image, "var/lib/portage/preserved_libs_registry")
             .is_some_and(|r| r.iter().any(u8::is_ascii_alphanumeric));
-        let mut script = String::from(
-            "set -e\n\
-             if [ -s /var/lib/portage/preserved_libs_registry ] && \
-                grep -q '[[:alnum:]]' /var/lib/portage/preserved_libs_registry; then\n\
-               emerge --buildpkg --usepkg --binpkg-respect-use=y --color=n @preserved-rebuild\n\
-             fi\n",
-        );
-        if changed {
-            script.push_str("python3 -c \"$GBUILD_PRUNE\"\nemaint --fix binhost\n");
-        }
         if changed || preserved {
-            s.extra_env = vec![format!("GBUILD_PRUNE={PRUNE}")];
-            let (code, _) = s.run(vec!["/bin/sh".into(), "-c".into(), script])?;
+            s.extra_env = vec![
+                format!("GBUILD_FULL={}", u8::from(changed)),
+                format!("GBUILD_PRUNE={PRUNE}"),
+                format!("GBUILD_LANG_REBUILD={LANG_REBUILD}"),
+            ];
+            let code = s.run(vec!["/bin/sh".into(), "-c".into(), CLEANUP.into()])?;
             s.extra_env.clear();
             if code != 0 {
                 failed = Some(code);
@@ -328,6 +432,7 @@ pub fn pass(env: &BuildEnv, m: &Machine, state: &mut State) -> Result<PassResult
     lp.finished = Some(now());
     lp.built = progress.built.clone();
     lp.reused = progress.binary.len();
+    lp.cleanup = progress.steps.clone();
     state.current = None;
     let result = match failed {
         None => {
@@ -393,13 +498,23 @@ pub struct LoopOptions {
     pub interval: Duration,
 }
 
-/// The build loop. Holds the machine's lock for its whole life.
-pub fn run_loop(env: &BuildEnv, m: &Machine, opts: &LoopOptions) -> Result<i32> {
-    let _lock = crate::lock::Lock::try_acquire(&m.lock_path())?;
+/// The build loop; the caller holds the machine's lock for the loop's whole life.
+pub fn run_loop(env: &BuildEnv, m: &MachineLock, opts: &LoopOptions) -> Result<i32> {
     let _ = std::fs::remove_file(m.resume_path());
     let mut state = State::load(m);
     loop {
         let result = pass(env, m, &mut state)?;
+        if let (Some(lp), false) = (&state.last_pass, crate::progress::quiet()) {
+            eprintln!(
+                "gbuild: pass of {}: {} (built {}, from binpkgs {}{}{})",
+                m.name,
+                lp.result,
+                lp.built.len(),
+                lp.reused,
+                if lp.cleanup.is_empty() { "" } else { "; " },
+                lp.cleanup_summary()
+            );
+        }
         if opts.once {
             return Ok(match result {
                 PassResult::Success => 0,
@@ -415,16 +530,53 @@ pub fn run_loop(env: &BuildEnv, m: &Machine, opts: &LoopOptions) -> Result<i32> 
                 update(env, m)?;
             }
             PassResult::Failed { package, log } => {
-                eprintln!(
-                    "gbuild: pass failed{}; log: {}. Fix the configuration, then `gbuild resume --machine {}`",
-                    package.map(|p| format!(" in {p}")).unwrap_or_default(),
-                    log.display(),
-                    m.name
-                );
-                wait_for(m, None, true)?;
+                idle_after_failure(m, package, &log)?;
             }
         }
     }
+}
+
+/// The first build of the world set, a pass like the others: bootstrap; after a failure
+/// (state `failed`, with the package and the log) idle until `resume` or a configuration change,
+/// then bootstrap again (every binpkg built before is reused). `Some(1)` when `once` and it
+/// failed, `None` once the image is sealed.
+pub fn first_build(
+    env: &BuildEnv,
+    m: &MachineLock,
+    recipe: &str,
+    once: bool,
+) -> Result<Option<i32>> {
+    let _ = std::fs::remove_file(m.resume_path());
+    loop {
+        match super::bootstrap::bootstrap(env, m, recipe)? {
+            PassResult::Success => return Ok(None),
+            PassResult::Failed { package, log } => {
+                if once {
+                    report_failure(package.as_deref(), &log, "the first build of the world set");
+                    return Ok(Some(1));
+                }
+                idle_after_failure(m, package, &log)?;
+            }
+        }
+    }
+}
+
+fn report_failure(package: Option<&str>, log: &Path, what: &str) {
+    eprintln!(
+        "gbuild: {what} failed{}; log: {}",
+        package.map(|p| format!(" in {p}")).unwrap_or_default(),
+        log.display(),
+    );
+}
+
+fn idle_after_failure(m: &Machine, package: Option<String>, log: &Path) -> Result<()> {
+    eprintln!(
+        "gbuild: pass failed{}; log: {}. Fix the configuration, then `gbuild resume --machine {}`",
+        package.map(|p| format!(" in {p}")).unwrap_or_default(),
+        log.display(),
+        m.name
+    );
+    wait_for(m, None, true)
 }
 
 /// Sleep until `resume`, the interval, or (when idle after a failure) a configuration change.
@@ -447,7 +599,7 @@ fn wait_for(m: &Machine, interval: Option<Duration>, on_config_change: bool) -> 
 }
 
 /// Bring the builder to the newest verified snapshot and the machine's current configuration.
-pub fn update(env: &BuildEnv, m: &Machine) -> Result<Option<String>> {
+pub fn update(env: &BuildEnv, m: &MachineLock) -> Result<Option<String>> {
     let mut meta = m.meta();
     if !meta.builder {
         return Err(BuilderError::NoBuilder(m.name.clone()));

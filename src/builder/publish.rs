@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::state::{now, AbiWarning, Counts};
-use super::{BuildEnv, BuilderError, Machine, Result};
+use super::{BuildEnv, BuilderError, Machine, MachineLock, Result};
 use crate::fsutil::IoContext;
 use crate::sign::gpkg::{ensure_signed, in_pkgdir, is_gpkg, FileFacts};
 use crate::sign::Keys;
@@ -243,7 +243,11 @@ fn without_timestamp(text: &str) -> String {
 }
 
 /// Publish; returns the counts and the binpkgs held back.
-pub fn publish(env: &BuildEnv, m: &Machine, snapshot: &str) -> Result<(Counts, Vec<AbiWarning>)> {
+pub fn publish(
+    env: &BuildEnv,
+    m: &MachineLock,
+    snapshot: &str,
+) -> Result<(Counts, Vec<AbiWarning>)> {
     let index = m.binpkgs().join("Packages");
     let text = std::fs::read_to_string(&index).unwrap_or_default();
     let (header, all) = stanzas(&text);

@@ -3,7 +3,15 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::Machine;
+use super::{Machine, MachineLock};
+
+/// One step of a pass's cleanup half (`preserved-rebuild`, `depclean`, `language-rebuild`,
+/// `prune`) and what it did: packages rebuilt or removed, binpkgs pruned.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct CleanupStep {
+    pub name: String,
+    pub items: Vec<String>,
+}
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Current {
@@ -24,6 +32,23 @@ pub struct LastPass {
     pub failed_package: Option<String>,
     /// Relative to the machine directory.
     pub log: String,
+    /// `bootstrap` for the first build of the world set, else `pass`.
+    #[serde(default)]
+    pub kind: String,
+    /// The cleanup steps that ran, in order.
+    #[serde(default)]
+    pub cleanup: Vec<CleanupStep>,
+}
+
+impl LastPass {
+    /// `preserved-rebuild 1, depclean 2, language-rebuild 0, prune 3`.
+    pub fn cleanup_summary(&self) -> String {
+        self.cleanup
+            .iter()
+            .map(|s| format!("{} {}", s.name, s.items.len()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -97,7 +122,7 @@ impl State {
         }
     }
 
-    pub fn save(&mut self, m: &Machine) -> super::Result<()> {
+    pub fn save(&mut self, m: &MachineLock) -> super::Result<()> {
         self.machine = m.name.clone();
         self.updated = now();
         crate::fsutil::atomic_write(

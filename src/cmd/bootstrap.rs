@@ -20,7 +20,22 @@ pub fn run(ctx: &Ctx, o: BootstrapOpts) -> anyhow::Result<i32> {
         }
         None => gbuild::builder::builtin_recipe().to_string(),
     };
-    let img = gbuild::builder::bootstrap::bootstrap(&env, &m, &recipe)?;
-    ctx.note(&format!("bootstrap: image {img} sealed"));
-    Ok(0)
+    match gbuild::builder::bootstrap::bootstrap(&env, &m, &recipe)? {
+        gbuild::builder::pass::PassResult::Success => {
+            ctx.note(&format!(
+                "bootstrap: image {} sealed",
+                m.meta().image.unwrap_or_default()
+            ));
+            Ok(0)
+        }
+        gbuild::builder::pass::PassResult::Failed { package, log } => {
+            eprintln!(
+                "gbuild: bootstrap of {} failed{}; log: {}",
+                m.name,
+                package.map(|p| format!(" in {p}")).unwrap_or_default(),
+                log.display()
+            );
+            Ok(1)
+        }
+    }
 }

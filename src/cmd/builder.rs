@@ -18,8 +18,10 @@ pub fn run(ctx: &Ctx, o: BuilderOpts) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-pub fn create(env: &gbuild::builder::BuildEnv, m: &gbuild::builder::Machine) -> anyhow::Result<()> {
-    let _lock = gbuild::lock::Lock::try_acquire(&m.lock_path())?;
+pub fn create(
+    env: &gbuild::builder::BuildEnv,
+    m: &gbuild::builder::MachineLock,
+) -> anyhow::Result<()> {
     let mut meta = m.meta();
     if meta.image.is_none() {
         return Err(BuilderError::NotBootstrapped(m.name.clone()).into());

@@ -29,7 +29,7 @@ pub fn run(ctx: &Ctx, o: CheckOpts) -> anyhow::Result<i32> {
 /// Problems found, one line each.
 pub fn check(
     env: &gbuild::builder::BuildEnv,
-    m: &gbuild::builder::Machine,
+    m: &gbuild::builder::MachineLock,
 ) -> anyhow::Result<Vec<String>> {
     let meta = m.meta();
     let image = meta
@@ -50,7 +50,8 @@ pub fn check(
         "check",
     )?;
     let argv = gbuild::builder::emerge::pretend_world_args();
-    let (code, out) = s.run(argv)?;
+    let code = s.run(argv)?;
+    let facts = s.progress.facts.clone();
     // The same comparison as every build pass: the image against the host configuration.
     let drift = gbuild::builder::drift::check(env, m, &mut s)?;
     helper.remove_trees(std::slice::from_ref(&tmp))?;
@@ -64,14 +65,11 @@ pub fn check(
             s.log_path().display()
         ));
     }
-    if out.contains("slot conflict") {
+    if facts.slot_conflict {
         problems.push("slot conflict in the world set".to_string());
     }
-    for l in out
-        .lines()
-        .filter(|l| l.starts_with("[ebuild") || l.starts_with("[binary"))
-    {
-        problems.push(format!("not up to date: {}", l.trim()));
+    for l in &facts.planned {
+        problems.push(format!("not up to date: {l}"));
     }
     Ok(problems)
 }

@@ -69,6 +69,15 @@ fn import(ctx: &Ctx, o: ImportOpts) -> anyhow::Result<i32> {
     if r.needs_update {
         ctx.note(&format!("machine {}: builder marked for update", r.machine));
     }
+    // Importing does not take the machine's lock: a running loop applies the new
+    // configuration at its next pass (and a loop idling after a failure wakes up for it).
+    let lock = store.machine(&r.machine).join("lock");
+    if let Some(h) = gbuild::lock::Lock::holder(&lock) {
+        println!(
+            "machine {}: in use by {h}; the new configuration applies at its next pass",
+            r.machine
+        );
+    }
     Ok(0)
 }
 

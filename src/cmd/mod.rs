@@ -100,18 +100,20 @@ pub struct MachineOpts {
     pub mirror: Option<String>,
 }
 
-/// The builder environment for a machine verb: store, settings, id mapping, runtime.
+/// The builder environment for a verb that changes a machine: store, settings, id mapping,
+/// runtime, and the machine with its lock held (refused at once when another gbuild has it).
 pub fn build_env(
     ctx: &Ctx,
     o: &MachineOpts,
-) -> anyhow::Result<(gbuild::builder::BuildEnv, gbuild::builder::Machine)> {
+) -> anyhow::Result<(gbuild::builder::BuildEnv, gbuild::builder::MachineLock)> {
     let store = ctx.store()?;
     let config = ctx.config(&store)?;
     let map =
         gbuild::idmap::IdMapping::for_current_user(gbuild::idmap::IdPolicy::Auto, &mut |w| {
             ctx.note(w)
         })?;
-    let m = gbuild::builder::Machine::open(&store, &o.machine)?;
+    // The machine's lock first: a second writer is refused before it does anything.
+    let m = gbuild::builder::MachineLock::acquire(&store, &o.machine)?;
     // An explicit --mirror is remembered for the machine's later passes.
     let mut meta = m.meta();
     if o.mirror.is_some() && o.mirror != meta.mirror {

@@ -28,8 +28,7 @@ pub fn run(ctx: &Ctx, o: RestoreOpts) -> anyhow::Result<i32> {
         img.layers.len()
     ));
     if let Some(name) = &o.machine {
-        let m = gbuild::builder::Machine::open(&store, name)?;
-        let _lock = gbuild::lock::Lock::try_acquire(&m.lock_path())?;
+        let m = gbuild::builder::MachineLock::create(&store, name)?;
         h.remove_trees(&[m.container()])?;
         std::fs::create_dir_all(m.upper())?;
         std::fs::create_dir_all(m.work())?;

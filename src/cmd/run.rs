@@ -103,7 +103,11 @@ pub fn run(ctx: &Ctx, o: RunOpts) -> anyhow::Result<i32> {
         .is_some_and(|i| gbuild::layer::image::load(&env.store, i).is_ok());
     if !have_image {
         ctx.note(&format!("run: bootstrapping {}", m.name));
-        gbuild::builder::bootstrap::bootstrap(&env, &m, gbuild::builder::builtin_recipe())?;
+        // The first build is a pass: it idles after a failure like any other (`--once` exits).
+        let recipe = gbuild::builder::builtin_recipe();
+        if let Some(code) = gbuild::builder::pass::first_build(&env, &m, recipe, o.once)? {
+            return Ok(code);
+        }
         let problems = super::check::check(&env, &m)?;
         if !problems.is_empty() {
             for p in &problems {

@@ -59,7 +59,7 @@ fn commit_builder(
     name: &str,
 ) -> anyhow::Result<String> {
     let m = gbuild::builder::Machine::open(store, name)?;
-    let _lock = gbuild::lock::Lock::try_acquire(&m.lock_path())?;
+    let m = gbuild::builder::MachineLock::acquire(store, &m.name)?;
     let mut meta = m.meta();
     let base = meta
         .image

@@ -44,7 +44,12 @@ pub fn run(ctx: &Ctx, o: StatusOpts) -> anyhow::Result<i32> {
     );
     if let Some(lp) = &st.last_pass {
         println!(
-            "last pass: {} (built {}, from binpkgs {}){}",
+            "last pass: {}{} (built {}, from binpkgs {}){}",
+            if lp.kind == "bootstrap" {
+                "first build "
+            } else {
+                ""
+            },
             lp.result,
             lp.built.len(),
             lp.reused,
@@ -53,6 +58,12 @@ pub fn run(ctx: &Ctx, o: StatusOpts) -> anyhow::Result<i32> {
                 .map(|p| format!(", failed in {p}"))
                 .unwrap_or_default()
         );
+        if !lp.cleanup.is_empty() {
+            println!("cleanup:  {}", lp.cleanup_summary());
+            for step in lp.cleanup.iter().filter(|s| !s.items.is_empty()) {
+                println!("  {}: {}", step.name, step.items.join(", "));
+            }
+        }
         println!("log:      {}", m.dir().join(&lp.log).display());
     }
     println!(

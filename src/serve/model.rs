@@ -41,6 +41,19 @@ pub struct LastPass {
     pub failed_package: Option<String>,
     /// Relative to the machine directory, e.g. `logs/pass-1767225600.log`.
     pub log: Option<String>,
+    /// `bootstrap` (the first build of the world set) or `pass`.
+    pub kind: Option<String>,
+    /// The cleanup steps of the pass, in order.
+    pub cleanup: Vec<CleanupStep>,
+}
+
+/// One cleanup step of a pass (`preserved-rebuild`, `depclean`, `language-rebuild`, `prune`)
+/// with what it rebuilt, removed or pruned.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct CleanupStep {
+    pub name: String,
+    pub items: Vec<String>,
 }
 
 /// A binpkg whose files need a newer glibc or kernel than the host has.

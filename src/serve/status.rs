@@ -491,7 +491,30 @@ fn details(h: &mut String, m: &MachineStatus) {
                 }
             );
         }
+        if lp.kind.as_deref() == Some("bootstrap") {
+            t.push_str("<br>the first build of the world set");
+        }
         row(h, "last pass", t);
+        if !lp.cleanup.is_empty() {
+            let steps: Vec<String> = lp
+                .cleanup
+                .iter()
+                .map(|c| {
+                    let mut line = format!("{}: {}", esc(&c.name), c.items.len());
+                    if !c.items.is_empty() {
+                        let shown: Vec<String> = c.items.iter().take(10).map(|i| esc(i)).collect();
+                        let more = c.items.len().saturating_sub(10);
+                        let _ = write!(line, " ({}", shown.join(", "));
+                        if more > 0 {
+                            let _ = write!(line, " and {more} more");
+                        }
+                        line.push(')');
+                    }
+                    line
+                })
+                .collect();
+            row(h, "cleanup", steps.join("<br>"));
+        }
     } else {
         row(h, "last pass", "none".into());
     }

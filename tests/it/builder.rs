@@ -11,6 +11,14 @@
 //! a key rotation keeps both old and new packages verifiable, and the secret key is in no layer,
 //! export or served file.
 //!
+//! One writer per machine: while `run` works, a second `run`, `shell`, `update` and `bootstrap`
+//! are refused at once naming it. The first build is a pass: an imported machine whose world
+//! fails to build idles `failed`, and importing the fixed bundle plus `resume` completes it
+//! without compiling again what was built. The cleanup half of a pass: after the newer snapshot,
+//! a module installed under the old language version without a slot operator is rebuilt
+//! (perl-cleaner style), a library's soname bump leaves nothing linked to the preserved old
+//! library, superseded binpkgs are pruned, and a package the host dropped is depcleaned.
+//!
 //! One scenario in one store, because bootstrapping is the expensive part.
 
 use std::path::{Path, PathBuf};
@@ -92,6 +100,67 @@ fn counts(log: &str) -> (Vec<String>, Vec<String>) {
         }
     }
     (built, binary)
+}
+
+/// The machine's lock file names this pid as its holder.
+fn lock_holder(env: &Env, machine: &str) -> Option<u32> {
+    let text =
+        std::fs::read_to_string(env.store.join("machines").join(machine).join("lock")).ok()?;
+    text.lines().next()?.trim().parse().ok()
+}
+
+/// Run `cmd`, which must give up on its own: killed and reported if it has not within `limit`
+/// (a refused command that waited or went on would hang the suite instead).
+fn output_within(cmd: &mut Command, limit: Duration) -> std::process::Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "{cmd:?} still running after {limit:?}: {}",
+                util::stderr(&out)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// A host-like root with the default builder's configuration, its ebuild tree the store's
+/// snapshot of `date`.
+fn hostroot_from_builder(env: &Env, dir: &Path, date: &str) -> PathBuf {
+    builder_config(env, "default", dir);
+    let repo = dir.join("var/db/repos/gentoo");
+    std::fs::create_dir_all(repo.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(env.store.join("repos").join(date), &repo).unwrap();
+    dir.to_path_buf()
+}
+
+/// The log files of a machine whose name starts with `prefix`, oldest first, as text.
+fn logs_named(env: &Env, machine: &str, prefix: &str) -> Vec<String> {
+    let mut v: Vec<_> = std::fs::read_dir(env.store.join("machines").join(machine).join("logs"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+        .map(|e| e.path())
+        .collect();
+    v.sort();
+    v.iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect()
+}
+
+/// Whether `needle` occurs in the file `path` (an ELF file's dynamic strings, say).
+fn file_contains(path: &Path, needle: &str) -> bool {
+    let b = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    b.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
 
 fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
@@ -504,9 +573,20 @@ fn builder_scenario_with_real_emerge() {
         fx: &fx,
     };
 
-    // 1. The whole chain on the older snapshot.
+    // Reading never creates a machine.
     env.fetch(Some("20260101"));
-    let out = util::output(env.gbuild().args([
+    let out = util::output(env.gbuild().args(["status", "--machine", "nosuch"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        util::stderr(&out).contains("nosuch"),
+        "{}",
+        util::stderr(&out)
+    );
+    assert!(!env.store.join("machines/nosuch").exists());
+
+    // 1. The whole chain on the older snapshot; while it runs, every other writer is refused.
+    let keyring = fx.dir.join("keyring.asc");
+    let run_args = [
         "run",
         "--rootless",
         "--once",
@@ -517,8 +597,36 @@ fn builder_scenario_with_real_emerge() {
         "--snapshot-date",
         "20260101",
         "--keyring",
-        fx.dir.join("keyring.asc").to_str().unwrap(),
-    ]));
+        keyring.to_str().unwrap(),
+    ];
+    let first = env
+        .gbuild()
+        .args(run_args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = first.id();
+    wait_until("the first run's lock", Duration::from_secs(60), || {
+        lock_holder(&env, "default") == Some(pid)
+    });
+    for args in [
+        &run_args[..],
+        &["shell", "--", "true"][..],
+        &["update"][..],
+        &["bootstrap"][..],
+    ] {
+        let out = output_within(env.gbuild().args(args), Duration::from_secs(30));
+        let err = util::stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!(
+                "locked by pid {pid} (gbuild run --rootless --once"
+            )),
+            "{args:?}: {err}"
+        );
+    }
+    let out = first.wait_with_output().unwrap();
     assert!(out.status.success(), "run: {}", util::stderr(&out));
     // The cycle was broken without a manual step, with emerge's own hint.
     let boot_logs: String = std::fs::read_dir(env.machine().join("logs"))
@@ -580,11 +688,101 @@ fn builder_scenario_with_real_emerge() {
     // Substituted gpkgs are refused.
     refusals(&env, &s, &serve, &key1);
 
+    // 1b. The first build is a pass: an imported machine whose world fails to build (greetd needs
+    //     its build configuration under /etc/portage/savedconfig) idles `failed`; importing the
+    //     fixed bundle and `resume` complete it, and what was built before is not compiled again.
+    let laptop = hostroot_from_builder(&env, &s.path().join("laptoproot"), "20260101");
+    std::fs::write(
+        laptop.join("var/lib/portage/world"),
+        "app-misc/greetd\napp-misc/hello\n",
+    )
+    .unwrap();
+    let bundle = export_root(&env, &laptop, &s.path().join("laptop-broken.tar"));
+    import(&env, "laptop", &bundle);
+    let status_of = |m: &str| -> serde_json::Value {
+        let out = util::output(env.gbuild().args(["status", "--json", "--machine", m]));
+        assert!(out.status.success());
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let mut lp = env
+        .gbuild()
+        .args(["run", "--rootless", "--offline", "--machine", "laptop"])
+        .args(["--mirror", &env.url, "--interval", "1h"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the failed first build", Duration::from_secs(300), || {
+        status_of("laptop")["state"] == "failed" || lp.try_wait().unwrap().is_some()
+    });
+    assert!(
+        lp.try_wait().unwrap().is_none(),
+        "run exited after the failure"
+    );
+    let st = status_of("laptop");
+    assert_eq!(
+        st["last_pass"]["failed_package"], "app-misc/greetd-1.0",
+        "{st}"
+    );
+    assert_eq!(st["last_pass"]["kind"], "bootstrap", "{st}");
+    let log = st["last_pass"]["log"].as_str().unwrap();
+    assert!(env.store.join("machines/laptop").join(log).is_file());
+    let before = counts(&logs_named(&env, "laptop", "bootstrap-").concat()).0;
+    assert!(
+        before
+            .iter()
+            .any(|p| p.starts_with("dev-libs/libgreet-1.0")),
+        "{before:?}"
+    );
+    let saved = laptop.join("etc/portage/savedconfig/app-misc");
+    std::fs::create_dir_all(&saved).unwrap();
+    std::fs::write(saved.join("greetd"), "#define GREETING \"Welcome\"\n").unwrap();
+    let fixed = export_root(&env, &laptop, &s.path().join("laptop-fixed.tar"));
+    let out = util::output(
+        env.gbuild()
+            .args(["machine", "import", "--name", "laptop"])
+            .arg(&fixed),
+    );
+    assert!(out.status.success(), "{}", util::stderr(&out));
+    assert!(
+        util::stdout(&out).contains(&format!("in use by pid {}", lp.id())),
+        "{}",
+        util::stdout(&out)
+    );
+    let out = util::output(env.gbuild().args(["resume", "--machine", "laptop"]));
+    assert!(out.status.success());
+    wait_until(
+        "the completed first build",
+        Duration::from_secs(400),
+        || {
+            let st = status_of("laptop");
+            (st["state"] == "waiting" && st["last_pass"]["result"] == "success")
+                || lp.try_wait().unwrap().is_some()
+        },
+    );
+    assert!(lp.try_wait().unwrap().is_none(), "run exited");
+    lp.kill().unwrap();
+    lp.wait().unwrap();
+    let boots = logs_named(&env, "laptop", "bootstrap-");
+    assert_eq!(boots.len(), 2);
+    let (again, reused) = counts(&boots[1]);
+    for p in &again {
+        assert!(
+            p.starts_with("app-misc/greetd-1.0") || !before.contains(p),
+            "{p} compiled again: {again:?}"
+        );
+    }
+    assert!(reused
+        .iter()
+        .any(|p| p.starts_with("dev-libs/libgreet-1.0")));
+
     // 2. A failing package: the loop idles as `failed`; fixing the config and resume finish it.
+    //    The world also gains a module installed per language version without a slot operator
+    //    and a program linking a library without a sub-slot (for the newer snapshot below).
     let cfg = env.machine().join("config");
     let world = cfg.join("var/lib/portage/world");
     let mut w = std::fs::read_to_string(&world).unwrap();
-    w.push_str("app-misc/failer\n");
+    w.push_str("app-misc/failer\napp-misc/quoter\ndev-plang/plang-yaml\n");
     std::fs::write(&world, &w).unwrap();
     let mut lp = env
         .gbuild()
@@ -688,16 +886,85 @@ fn builder_scenario_with_real_emerge() {
         "{binary:?}"
     );
     assert!(!host.contains("slot conflict"));
+    // Superseded builds of the same package and USE are pruned: one binding binpkg left.
+    assert_eq!(
+        index.matches("CPV: dev-plang/plang-binding-1.0\n").count(),
+        1,
+        "{index}"
+    );
+    // The cleanup half rebuilt what the world update could not see.
+    let st = env.status();
+    let step = |name: &str| -> Vec<String> {
+        st["last_pass"]["cleanup"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["name"] == name)
+            .flat_map(|c| c["items"].as_array().unwrap().clone())
+            .map(|i| i.as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(
+        step("language-rebuild")
+            .iter()
+            .any(|p| p.starts_with("dev-plang/plang-yaml-1.0")),
+        "{st}"
+    );
+    assert!(
+        step("preserved-rebuild")
+            .iter()
+            .any(|p| p.starts_with("app-misc/quoter-1.0")),
+        "{st}"
+    );
+    // The language upgrade: the module without a slot operator now sits under 5.40.
+    let hostup = s.path().join("host2/upper");
+    assert!(hostup.join("usr/lib64/plang/5.40/vendor/yaml.pl").is_file());
+    assert!(!hostup.join("usr/lib64/plang/5.38").exists());
+    let out = util::output(env.gbuild().args([
+        "shell",
+        "--",
+        "/bin/sh",
+        "-c",
+        "test -f /usr/lib64/plang/5.40/vendor/yaml.pl && ! test -e /usr/lib64/plang/5.38",
+    ]));
+    assert!(
+        out.status.success(),
+        "plang-yaml left under 5.38 in the builder"
+    );
+    // The soname bump: nothing links the preserved old library, on the builder or the host.
+    let out = util::output(env.gbuild().args([
+        "shell",
+        "--",
+        "/bin/sh",
+        "-c",
+        "! grep -q '[[:alnum:]]' /var/lib/portage/preserved_libs_registry && \
+         ! test -e /usr/lib64/libquote.so.1 && scanelf -qRn /usr/bin /usr/lib64",
+    ]));
+    let linked = util::stdout(&out);
+    assert!(out.status.success(), "preserved libraries left: {linked}");
+    assert!(!linked.contains("libquote.so.1"), "{linked}");
+    assert!(linked.contains("libquote.so.2"), "{linked}");
+    assert!(file_contains(
+        &hostup.join("usr/bin/quoter"),
+        "libquote.so.2"
+    ));
+    assert!(!file_contains(
+        &hostup.join("usr/bin/quoter"),
+        "libquote.so.1"
+    ));
+    assert!(!hostup.join("usr/lib64/libquote.so.1").exists());
 
     // 4. The machine takes an imported host configuration (the builder's own, exported from a
     //    host-like root, plus a package whose binary needs Linux 9.0 while the host runs 6.1).
-    let hostroot = s.path().join("hostroot");
-    builder_config(&env, "default", &hostroot);
-    let repo = hostroot.join("var/db/repos/gentoo");
-    std::fs::create_dir_all(repo.parent().unwrap()).unwrap();
-    std::os::unix::fs::symlink(env.store.join("repos/20260201"), &repo).unwrap();
+    let hostroot = hostroot_from_builder(&env, &s.path().join("hostroot"), "20260201");
+    // The host also dropped app-misc/failer from its world: depclean removes it from the builder.
     let world = hostroot.join("var/lib/portage/world");
-    let mut w = std::fs::read_to_string(&world).unwrap();
+    let mut w: String = std::fs::read_to_string(&world)
+        .unwrap()
+        .lines()
+        .filter(|l| *l != "app-misc/failer")
+        .map(|l| format!("{l}\n"))
+        .collect();
     w.push_str("app-misc/abinote\n");
     std::fs::write(&world, w).unwrap();
     let b1 = export_root(&env, &hostroot, &s.path().join("laptop1.tar"));
@@ -733,6 +1000,24 @@ fn builder_scenario_with_real_emerge() {
     let published = std::fs::read_to_string(env.machine().join("published/Packages")).unwrap();
     assert!(!published.contains("app-misc/abinote"));
     assert!(published.contains("CPV: app-misc/hello-1.0\n"));
+    let depcleaned: Vec<&serde_json::Value> = st["last_pass"]["cleanup"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["name"] == "depclean")
+        .collect();
+    assert!(
+        depcleaned[0]["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i == "app-misc/failer-1.0"),
+        "{st}"
+    );
+    assert!(!published.contains("app-misc/failer"), "{published}");
+    // The status page shows the cleanup steps of the last pass.
+    let page = http_get(&format!("{}/", serve.url));
+    assert!(page.contains("depclean: 1 (app-misc/failer-1.0)"), "{page}");
 
     // A change made in the builder behind the configuration's back is drift: the pass refuses.
     let out = util::output(env.gbuild().args([
