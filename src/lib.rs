@@ -20,6 +20,7 @@ pub mod progress;
 pub mod runtime;
 pub mod serve;
 pub mod setup_host;
+pub mod stage3;
 pub mod store;
 #[allow(unsafe_code)]
 pub mod sys;

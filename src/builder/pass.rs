@@ -33,6 +33,9 @@ pub struct Session<'a> {
     pub extra_binds: Vec<crate::runtime::Bind>,
     /// Environment beyond the usual one.
     pub extra_env: Vec<String>,
+    /// Whether containers get the builder's own package.env entry (`buildside`); off for the
+    /// drift check's capture.
+    pub build_layer: bool,
 }
 
 impl<'a> Session<'a> {
@@ -64,6 +67,7 @@ impl<'a> Session<'a> {
             state: None,
             extra_binds: Vec::new(),
             extra_env: Vec::new(),
+            build_layer: true,
         })
     }
 
@@ -73,13 +77,14 @@ impl<'a> Session<'a> {
 
     /// Run `argv` in the container; output goes to the log (and stderr when echoing).
     pub fn run(&mut self, argv: Vec<String>) -> Result<(i32, String)> {
-        let mut spec = self.env.spec(
+        let mut spec = self.env.spec_with(
             self.machine,
             &self.image,
             &self.upper,
             &self.work,
             &self.snapshot,
             argv.clone(),
+            self.build_layer,
         )?;
         spec.binds.extend(self.extra_binds.iter().cloned());
         spec.env.extend(self.extra_env.iter().cloned());
@@ -488,8 +493,9 @@ pub fn fetch_latest_snapshot(env: &BuildEnv, m: &Machine) {
     let mut trusted = env.config.trusted_fingerprints.clone();
     trusted.extend(meta.trust.iter().cloned());
     let r = (|| -> std::result::Result<String, String> {
-        let src = Source::new(&mirror, &env.config.arch, &env.config.variant, None)
-            .map_err(|e| e.to_string())?;
+        let variant = super::stage3_variant(&env.config, m).map_err(|e| e.to_string())?;
+        let src =
+            Source::new(&mirror, &env.config.arch, &variant, None).map_err(|e| e.to_string())?;
         let trust = Trust::new(keyring.as_deref(), &trusted).map_err(|e| e.to_string())?;
         let fetcher = Fetcher::new(RetryPolicy::from_env()).map_err(|e| e.to_string())?;
         let _lock = fetch::lock(&env.store).map_err(|e| e.to_string())?;
