@@ -5,8 +5,9 @@
 //! emerge the builder runs gets, beside that configuration:
 //!
 //! - in its process environment, only what must win over everything, per-package files
-//!   included: FEATURES that the builder cannot or must not use, `BINPKG_FORMAT=gpkg`, and
-//!   EMERGE_DEFAULT_OPTS reduced to the options that only schedule (`--jobs`, `--load-average`);
+//!   included: FEATURES that the builder cannot or must not use, `BINPKG_FORMAT=gpkg`, and an
+//!   empty EMERGE_DEFAULT_OPTS (the builder's arguments are complete; its own scheduling
+//!   replaces the host's `--jobs`/`--load-average`);
 //! - the builder's own values that per-package env files must still override (MAKEOPTS, the
 //!   host's `-march=native` as gcc resolved it there) in a `*/*` package.env entry. Portage
 //!   applies `*/*` entries on top of make.conf and below every per-package entry (its config
@@ -36,60 +37,6 @@ pub const ENTRY_NAME: &str = "zz-gbuild-builder";
 /// from a binhost (getbinpkg); it signs nothing with a host's key and needs no signatures on its
 /// own binpkgs (binpkg-signing, binpkg-request-signature, gpg-keepalive).
 pub const NEUTRAL_FEATURES: &str = "-userpriv -usersandbox -userfetch -getbinpkg -binpkg-signing -binpkg-request-signature -gpg-keepalive";
-
-/// EMERGE_DEFAULT_OPTS options kept for the builder: they only schedule work. Everything else
-/// (`--ask`, `--getbinpkg`, `--usepkgonly`, `--pretend`, `--autounmask-write`, `--keep-going`,
-/// ...) changes what a non-interactive build does and is dropped.
-const KEPT_OPTS: &[&str] = &["--jobs", "--load-average", "--quiet-build", "--nospinner"];
-
-/// The host's EMERGE_DEFAULT_OPTS reduced to the scheduling options.
-pub fn scheduling_opts(opts: &str) -> String {
-    let words: Vec<&str> = opts.split_whitespace().collect();
-    let mut out: Vec<&str> = Vec::new();
-    let mut i = 0;
-    while i < words.len() {
-        let w = words[i];
-        let (name, inline) = match w.split_once('=') {
-            Some((n, _)) => (n, true),
-            None => (w, false),
-        };
-        let long = match name {
-            "-j" => "--jobs",
-            "-l" => "--load-average",
-            n if n.starts_with("-j") && !n.starts_with("--") => {
-                out.push(w);
-                i += 1;
-                continue;
-            }
-            n if n.starts_with("-l") && !n.starts_with("--") => {
-                out.push(w);
-                i += 1;
-                continue;
-            }
-            n => n,
-        };
-        let keep = KEPT_OPTS.contains(&long);
-        // An option's value may be the next word (`--jobs 4`); a word that is not an option
-        // belongs to the option before it.
-        let takes_value = matches!(long, "--jobs" | "--load-average" | "--quiet-build");
-        let value = (!inline && takes_value)
-            .then(|| words.get(i + 1))
-            .flatten()
-            .filter(|v| !v.starts_with('-'));
-        if keep {
-            out.push(w);
-            if let Some(v) = value {
-                out.push(v);
-            }
-        }
-        i += 1 + usize::from(value.is_some());
-        // Skip any further value words of a dropped option (`--exclude a b`).
-        while !keep && i < words.len() && !words[i].starts_with('-') {
-            i += 1;
-        }
-    }
-    out.join(" ")
-}
 
 /// What one container gets beside the machine's configuration.
 #[derive(Debug, Default)]
@@ -178,11 +125,12 @@ pub fn prepare(
     let mut out = BuildSide::default();
     out.env.push(format!("FEATURES={NEUTRAL_FEATURES}"));
     out.env.push("BINPKG_FORMAT=gpkg".into());
-    let opts = host
-        .and_then(|b| host_var(b, "EMERGE_DEFAULT_OPTS"))
-        .map(scheduling_opts)
-        .unwrap_or_default();
-    out.env.push(format!("EMERGE_DEFAULT_OPTS={opts}"));
+    // The host's options are for a person at a terminal (`--ask`), for its binhosts
+    // (`--getbinpkg`, `--usepkgonly`) or for its hardware (`--jobs`, `--load-average`); the
+    // builder's emerge arguments are complete, and it builds one package at a time (with
+    // `--jobs` emerge writes each package's output to its log only, which would hide progress
+    // and failures from the loop), parallel inside each package through MAKEOPTS.
+    out.env.push("EMERGE_DEFAULT_OPTS=".into());
 
     let dir = m.dir().join("build-side");
     std::fs::create_dir_all(&dir).at("create directory", &dir)?;
@@ -253,27 +201,4 @@ fn write_if_changed(p: &Path, data: &[u8]) -> Result<()> {
         crate::fsutil::atomic_write(p, data)?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_scheduling_options_survive() {
-        assert_eq!(
-            scheduling_opts("--ask --verbose --getbinpkg --jobs 4 --load-average=3.5 --keep-going"),
-            "--jobs 4 --load-average=3.5"
-        );
-        assert_eq!(
-            scheduling_opts("-j3 -l 2 --usepkgonly --autounmask-write --pretend --quiet-build=y"),
-            "-j3 -l 2 --quiet-build=y"
-        );
-        assert_eq!(
-            scheduling_opts("--exclude sys-devel/gcc dev-lang/rust --jobs=2 --with-bdeps y"),
-            "--jobs=2"
-        );
-        assert_eq!(scheduling_opts("--jobs --ask"), "--jobs");
-        assert_eq!(scheduling_opts(""), "");
-    }
 }

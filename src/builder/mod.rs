@@ -370,15 +370,52 @@ impl BuildEnv {
 }
 
 /// The stage3 variant machine `m` starts from: gbuild.toml's `variant` when set, else the one
-/// its host's profile needs (`crate::stage3`), else `openrc`.
+/// its host's profile needs (`crate::stage3`), else `openrc`. A profile of an overlay the bundle
+/// carries counts as the main-tree profile its `parent` file names (`gentoo:default/linux/...`).
 pub fn stage3_variant(config: &Config, m: &Machine) -> Result<String> {
-    let profile = m
-        .host_bundle()
+    let host = m.host_bundle();
+    let profile = host
+        .as_ref()
         .and_then(|b| b.manifest.profile.clone())
-        .map(|p| p.path.unwrap_or(p.link));
+        .map(|p| match (&host, &p.repo, &p.path) {
+            (Some(b), Some(repo), Some(path)) => {
+                main_profile_of(b, repo, path, 0).unwrap_or_else(|| path.clone())
+            }
+            _ => p.path.clone().unwrap_or(p.link.clone()),
+        });
     config
         .variant_for(profile.as_deref())
         .map_err(|e| BuilderError::Other(format!("machine {}: {e}", m.name)))
+}
+
+/// The main-tree profile that profile `path` of repository `repo` stands on: itself for the main
+/// tree, else the first `<main>:<path>` line of its `parent` file (followed through the bundle's
+/// captured overlays, a few levels deep).
+fn main_profile_of(
+    b: &crate::host::Bundle,
+    repo: &str,
+    path: &str,
+    depth: usize,
+) -> Option<String> {
+    let main = b.main_repo().map(|r| r.name.clone())?;
+    if repo == main {
+        return Some(path.to_string());
+    }
+    if depth > 8 {
+        return None;
+    }
+    let parent = format!(
+        "{}/profiles/{path}/parent",
+        crate::host::bundle::captured_prefix(repo)
+    );
+    let text = String::from_utf8_lossy(b.file(&parent)?).into_owned();
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .find_map(|l| {
+            let (r, p) = l.split_once(':')?;
+            main_profile_of(b, r, p, depth + 1)
+        })
 }
 
 /// Newest verified snapshot, unpacked under `repos/` (date, path of its tarball).

@@ -9,5 +9,6 @@ mod fetch;
 mod host;
 mod layer;
 mod mirror;
+mod realhost;
 mod serve;
 mod util;
