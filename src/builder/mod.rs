@@ -109,7 +109,7 @@ pub const STAGE3_MACHINE: &str = "default";
 pub const OVERLAY_MARKER: &str = crate::host::machine::OVERLAY_MARKER;
 
 /// Whether the configuration replaces the stage3's /etc/portage (an imported host bundle) or is
-/// laid over it (a built-in overlay such as `overlays/default`).
+/// laid over it (a built-in overlay, an overlay directory, or nothing: the stage3's own).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConfigMode {
     Replace,

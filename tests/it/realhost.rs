@@ -411,6 +411,20 @@ fn stage3_default_and_a_real_desktop_host() {
 
     // 3. The host installs its whole world from the binaries, nothing compiled.
     let serve = Serve::start(&env);
+    // Hosts are offered the overlays the binpkgs were built with, like the main tree.
+    let list: serde_json::Value =
+        serde_json::from_str(&builder::http_get(&format!("{}/desk/overlays", serve.url))).unwrap();
+    let offered = list["overlays"].as_array().unwrap();
+    assert_eq!(offered.len(), 2, "{list}");
+    for o in offered {
+        assert!(o["url"].is_string(), "{list}");
+    }
+    assert!(offered
+        .iter()
+        .any(|o| o["name"] == "gitrepo" && o["git_commit"] == serde_json::json!(head)));
+    let tar = builder::http_get(&format!("{}/desk/overlays/localrepo.tar", serve.url));
+    assert!(tar.contains("app-misc/localnote/localnote-1.0.ebuild"));
+    assert!(tar.contains("profiles/laptop/parent"));
     let out = host_install(&env, &s, &root, date, &serve);
     let (compiled, binary) = builder::counts(&out);
     assert!(compiled.is_empty(), "host compiled {compiled:?}:\n{out}");
