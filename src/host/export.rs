@@ -907,4 +907,66 @@ mod tests {
         assert_eq!(p.repo, None);
         assert_eq!(p.path.as_deref(), Some("default/linux/amd64/17.1"));
     }
+
+    fn overlay_root(extra: &[(&str, &str)]) -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        let mut files = vec![
+            (
+                "etc/portage/repos.conf/local.conf",
+                "[local]\nlocation = /var/db/repos/local\n",
+            ),
+            ("var/db/repos/local/profiles/repo_name", "local\n"),
+            ("var/db/repos/local/.git/HEAD", "not captured\n"),
+        ];
+        files.extend_from_slice(extra);
+        for (p, d) in files {
+            let p = t.path().join(p);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, d).unwrap();
+        }
+        t
+    }
+
+    #[test]
+    fn local_overlays_are_captured_within_the_limit() {
+        let big = "x".repeat(3000);
+        let t = overlay_root(&[("var/db/repos/local/app-misc/a/a-1.ebuild", &big)]);
+        let b = export_root(t.path(), &ExportOptions::config_dir()).unwrap();
+        let r = b.manifest.repos.iter().find(|r| r.name == "local").unwrap();
+        assert!(r.captured.is_some());
+        assert_eq!(
+            b.file("repos/local/app-misc/a/a-1.ebuild").map(<[u8]>::len),
+            Some(3000)
+        );
+        assert!(b.file("repos/local/.git/HEAD").is_none());
+        let opts = ExportOptions {
+            overlay_limit: 2000,
+            ..ExportOptions::config_dir()
+        };
+        let e = export_root(t.path(), &opts).unwrap_err().to_string();
+        assert!(
+            e.contains("repository local") && e.contains("--max-overlay-size"),
+            "{e}"
+        );
+        assert!(e.contains("a-1.ebuild"), "{e}");
+    }
+
+    #[test]
+    fn git_heads() {
+        let t = tempfile::tempdir().unwrap();
+        let g = t.path().join(".git");
+        std::fs::create_dir_all(g.join("refs/heads")).unwrap();
+        let c = "0123456789abcdef0123456789abcdef01234567";
+        std::fs::write(g.join("HEAD"), "ref: refs/heads/master\n").unwrap();
+        std::fs::write(
+            g.join("packed-refs"),
+            format!("# pack-refs\n{c} refs/heads/master\n"),
+        )
+        .unwrap();
+        assert_eq!(git_head(t.path()).unwrap(), c);
+        std::fs::write(g.join("refs/heads/master"), c.replace('0', "f")).unwrap();
+        assert_eq!(git_head(t.path()).unwrap(), c.replace('0', "f"));
+        std::fs::write(g.join("HEAD"), format!("{c}\n")).unwrap();
+        assert_eq!(git_head(t.path()).unwrap(), c);
+    }
 }

@@ -221,7 +221,13 @@ pub fn import_overlay(store: &Store, name: &str, dir: &Path) -> Result<ImportRep
         }
     }
     let captured = super::export_root(dir, &super::ExportOptions::config_dir())?;
-    if let Some(s) = captured.manifest.skipped.first() {
+    // Only the files matter here (a repository named in repos.conf is not in the directory).
+    if let Some(s) = captured
+        .manifest
+        .skipped
+        .iter()
+        .find(|s| s.path.starts_with("etc/") || s.path.starts_with("var/"))
+    {
         return Err(MachineError::Host(HostError::entry(
             dir, &s.path, &s.reason,
         )));
