@@ -204,13 +204,16 @@ pub fn apply_config_if_changed(env: &BuildEnv, m: &Machine) -> Result<bool> {
         .clone()
         .ok_or_else(|| BuilderError::NotBootstrapped(m.name.clone()))?;
     let snapshot = meta.snapshot.clone().unwrap_or_default();
-    let mut spec = env.spec(
+    // Without the builder's own package.env entry: its bind mount inside /etc/portage would
+    // keep the old tree from being replaced.
+    let mut spec = env.spec_with(
         m,
         &image,
         &m.upper(),
         &m.work(),
         &snapshot,
         vec!["/bin/sh".into(), "-c".into(), apply_config_script(mode)],
+        false,
     )?;
     spec.binds.push(crate::runtime::Bind {
         src: m.config_dir(),
