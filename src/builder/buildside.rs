@@ -202,3 +202,30 @@ fn write_if_changed(p: &Path, data: &[u8]) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_host_tmpdir_is_found() {
+        let t = tempfile::tempdir().unwrap();
+        for (p, d) in [
+            ("etc/portage/make.conf", "PORTAGE_TMPDIR=\"/var/tmp\"\n"),
+            ("etc/portage/package.env", "app-misc/a notmpfs.conf\n"),
+            (
+                "etc/portage/env/notmpfs.conf",
+                "PORTAGE_TMPDIR=\"/var/tmp/notmpfs\"\n",
+            ),
+            ("etc/portage/env/big.conf", "PORTAGE_TMPDIR=/srv/build\n"),
+            ("etc/portage/env/bad.conf", "PORTAGE_TMPDIR=/srv/../etc\n"),
+        ] {
+            let p = t.path().join(p);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, d).unwrap();
+        }
+        let b =
+            crate::host::export_root(t.path(), &crate::host::ExportOptions::config_dir()).unwrap();
+        assert_eq!(tmpdirs(&b), vec!["/srv/build", "/var/tmp/notmpfs"]);
+    }
+}
