@@ -9,7 +9,9 @@
 //!   empty EMERGE_DEFAULT_OPTS (the builder's arguments are complete; its own scheduling
 //!   replaces the host's `--jobs`/`--load-average`);
 //! - the builder's own values that per-package env files must still override (MAKEOPTS, the
-//!   host's `-march=native` as gcc resolved it there) in a `*/*` package.env entry. Portage
+//!   host's `-march=native` as gcc resolved it there), and the FEATURES again (Portage's
+//!   helper processes, such as the one that packs and signs a binpkg, re-read make.conf with
+//!   the resolved FEATURES only), in a `*/*` package.env entry. Portage
 //!   applies `*/*` entries on top of make.conf and below every per-package entry (its config
 //!   lookup order is env > package.env > `*/*` package.env > make.conf > profile), so a host's
 //!   `app-misc/x j1.conf` with `MAKEOPTS=-j1` still wins, as it does on the host;
@@ -92,6 +94,10 @@ fn builder_conf(env: &BuildEnv, host: Option<&Bundle>) -> String {
          # per-package entry of the host.\n",
     );
     s.push_str(&format!("MAKEOPTS=\"-j{jobs}\"\n"));
+    // Also here, not only in emerge's environment: Portage's helpers (the one that packs and
+    // signs a binpkg) read make.conf again with only the resolved FEATURES in their
+    // environment, where a negation no longer is.
+    s.push_str(&format!("FEATURES=\"{NEUTRAL_FEATURES}\"\n"));
     if let Some(b) = host {
         for (k, v) in super::native_flags_of(b) {
             s.push_str(&format!(
