@@ -40,7 +40,7 @@ as_user() { (cd "$home" && runuser -u "$user" -- env -u XDG_RUNTIME_DIR HOME="$h
 mirror="http://127.0.0.1:$port"
 # The stand-in stage3's own world is empty: give the default machine the fixture's world set and
 # USE the way a user adds their own configuration, an overlay directory.
-cp -a scripts/fixture/machine "$work/machine" && chmod -R a+rX "$work/machine"
+rm -rf "$work/machine" && cp -a scripts/fixture/machine "$work/machine" && chmod -R a+rX "$work/machine"
 echo "== gbuild machine import --overlay (the fixture's world set over the stage3's own)"
 as_user "$work/gbuild" machine import --overlay "$work/machine" --name default
 echo "== gbuild run --rootless --once (store: $home/.local/share/gbuild)"
