@@ -74,7 +74,7 @@ pub(crate) fn tarball(store: &Store, machine: &str, file: &str) -> Response {
     let mut b = tar::Builder::new(Vec::new());
     b.mode(tar::HeaderMode::Deterministic);
     if let Err(e) = append_tree(&mut b, &dir, Path::new("")) {
-        log::error!("overlay tarball of {}: {e}", dir.display());
+        tracing::error!("overlay tarball of {}: {e}", dir.display());
         return (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response();
     }
     let body = match b.into_inner() {
