@@ -32,6 +32,8 @@ fn main() {
     println!("cargo:rerun-if-changed=stage3/bootstrap.recipe");
     let mut files = Vec::new();
     walk(&overlays, &overlays, &mut files);
+    // Only `overlays/<machine>/...` are configurations; files at the top document them.
+    files.retain(|(rel, _, _)| rel.contains('/'));
     let mut code = String::from(
         "/// (path below overlays/, content or symlink target, is_symlink)\n\
          pub static OVERLAY_FILES: &[(&str, &[u8], bool)] = &[\n",

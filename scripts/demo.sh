@@ -38,6 +38,11 @@ sleep 1
 home=$(getent passwd "$user" | cut -d: -f6)
 as_user() { (cd "$home" && runuser -u "$user" -- env -u XDG_RUNTIME_DIR HOME="$home" "$@"); }
 mirror="http://127.0.0.1:$port"
+# The stand-in stage3's own world is empty: give the default machine the fixture's world set and
+# USE the way a user adds their own configuration, an overlay directory.
+rm -rf "$work/machine" && cp -a scripts/fixture/machine "$work/machine" && chmod -R a+rX "$work/machine"
+echo "== gbuild machine import --overlay (the fixture's world set over the stage3's own)"
+as_user "$work/gbuild" machine import --overlay "$work/machine" --name default
 echo "== gbuild run --rootless --once (store: $home/.local/share/gbuild)"
 as_user "$work/gbuild" run --rootless --once --mirror "$mirror" \
   --keyring "$fixture/keyring.asc" --trust "$(cat "$fixture/fingerprint.txt")"

@@ -13,6 +13,8 @@ pub struct Config {
     /// Gentoo mirror base URL (http, https or file) with the distfiles layout.
     pub mirror: String,
     pub arch: String,
+    /// Stage3 variant (`openrc`, `systemd`, `desktop-openrc`, ...); empty: the one the machine's
+    /// profile needs (`crate::stage3::FAMILIES`), `openrc` for a machine without a profile.
     pub variant: String,
     /// OpenPGP key bundle to trust instead of the shipped `stage3/keys/`.
     pub keyring: Option<PathBuf>,
@@ -29,7 +31,7 @@ impl Default for Config {
         Config {
             mirror: DEFAULT_MIRROR.to_string(),
             arch: "amd64".to_string(),
-            variant: "openrc".to_string(),
+            variant: String::new(),
             keyring: None,
             trusted_fingerprints: Vec::new(),
             interval: "24h".to_string(),
@@ -67,6 +69,26 @@ impl Config {
         }
     }
 }
+
+impl Config {
+    /// The stage3 variant for a machine whose profile is `profile` (a path below `profiles/`):
+    /// `variant` when set, else the profile's family, else `openrc`.
+    pub fn variant_for(
+        &self,
+        profile: Option<&str>,
+    ) -> Result<String, crate::stage3::UnknownProfile> {
+        if !self.variant.is_empty() {
+            return Ok(self.variant.clone());
+        }
+        match profile {
+            Some(p) => Ok(crate::stage3::for_profile(p)?.variant),
+            None => Ok(DEFAULT_VARIANT.to_string()),
+        }
+    }
+}
+
+/// The stage3 variant of a machine without a profile of its own (the `default` machine).
+pub const DEFAULT_VARIANT: &str = "openrc";
 
 /// Parse a duration such as `90s`, `30m`, `24h`, `2d`, or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {

@@ -21,6 +21,7 @@ pub mod runtime;
 pub mod serve;
 pub mod setup_host;
 pub mod sign;
+pub mod stage3;
 pub mod store;
 #[allow(unsafe_code)]
 pub mod sys;

@@ -87,6 +87,10 @@ impl Store {
     pub fn repos(&self) -> PathBuf {
         self.root.join("repos")
     }
+    /// Git-synced overlays checked out at a commit: `overlays/<name>/<commit>/`.
+    pub fn overlay_checkout(&self, name: &str, commit: &str) -> PathBuf {
+        self.root.join("overlays").join(name).join(commit)
+    }
     pub fn machines(&self) -> PathBuf {
         self.root.join("machines")
     }

@@ -26,7 +26,8 @@ const MAX_CYCLE_ROUNDS: usize = 8;
 pub fn bootstrap(env: &BuildEnv, m: &MachineLock, recipe: &str) -> Result<PassResult> {
     let store = &env.store;
     let mode = m.ensure_config()?;
-    let stage3 = crate::fetch::latest_verified_stage3(store, &env.config.arch, &env.config.variant)
+    let variant = super::stage3_variant(&env.config, m)?;
+    let stage3 = crate::fetch::latest_verified_stage3(store, &env.config.arch, &variant)
         .ok_or(BuilderError::NoStage3)?;
     let snapshot = super::pinned_snapshot(env, m)?;
     let helper = env.helper();
@@ -197,7 +198,12 @@ pub fn recipe_steps(recipe: &str) -> Vec<Vec<String>> {
 pub fn write_config_upper(config: &Path, mode: ConfigMode, upper: &Path) -> Result<()> {
     std::fs::create_dir_all(upper).at("create directory", upper)?;
     copy_tree(config, upper)?;
-    let _ = std::fs::remove_file(upper.join(".gbuild-builtin"));
+    let _ = std::fs::remove_file(upper.join(super::OVERLAY_MARKER));
+    // Captured overlay trees are bind-mounted at their location, never part of a layer.
+    let captured = upper.join(crate::host::bundle::CAPTURED_DIR);
+    if captured.is_dir() {
+        std::fs::remove_dir_all(&captured).at("remove", &captured)?;
+    }
     for f in ["gbuild-bundle.json", "MANIFEST.json"] {
         let _ = std::fs::remove_file(upper.join(f));
     }

@@ -21,7 +21,9 @@ pub fn builder_bundle(env: &BuildEnv, m: &Machine, s: &mut Session) -> Result<Bu
     let script = "cd / && tar -cf /run/gbuild-out/cfg.tar etc/portage \
                   $(ls -d var/lib/portage/world var/lib/portage/world_sets 2>/dev/null) \
                   && emerge --info > /run/gbuild-out/info.txt 2>/dev/null";
+    s.build_layer = false;
     let r = s.run(vec!["/bin/sh".into(), "-c".into(), script.into()]);
+    s.build_layer = true;
     s.extra_binds.pop();
     let code = r?;
     if code != 0 {
@@ -57,6 +59,19 @@ fn export_with_tree(
     }
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(env.store.repos().join(&snapshot), &link).at("symlink", &link)?;
+    // The overlays, from where the builder binds them.
+    if let Some(host) = m.host_bundle() {
+        for r in host.manifest.repos.iter().filter(|r| !r.main) {
+            let src = super::overlay_source(&env.store, m, r)?;
+            let link = root.join(r.location.trim_start_matches('/'));
+            if let Some(parent) = link.parent() {
+                std::fs::create_dir_all(parent).at("create directory", parent)?;
+            }
+            let _ = std::fs::remove_file(&link);
+            let _ = std::fs::remove_dir(&link);
+            std::os::unix::fs::symlink(&src, &link).at("symlink", &link)?;
+        }
+    }
     let opts = ExportOptions {
         emerge_info: (!info.trim().is_empty()).then_some(info),
         ..ExportOptions::config_dir()
@@ -68,14 +83,11 @@ fn export_with_tree(
 /// For a machine with an imported host bundle: the differences between host and builder.
 /// `None` for machines without one (the built-in `default`).
 pub fn check(env: &BuildEnv, m: &Machine, s: &mut Session) -> Result<Option<Diff>> {
-    let Some(mut host) = m.host_bundle() else {
+    let Some(host) = m.host_bundle() else {
         return Ok(None);
     };
-    // The builder compiles with the host's resolved -march=native (super::native_flags_of): that is
-    // the host's configuration, not drift.
-    for (k, v) in super::native_flags_of(&host) {
-        host.manifest.variables.insert(k, v);
-    }
+    // The capture runs without the builder's own package.env entry (`buildside`): what it
+    // compares is the host's configuration as the builder has it.
     let builder = builder_bundle(env, m, s)?;
     let _ = std::fs::remove_dir_all(m.dir().join("drift.tmp"));
     Ok(Some(crate::host::diff(&host, &builder)))

@@ -4,16 +4,8 @@
 
 use super::BuildEnv;
 
-/// Build-side FEATURES: the rootless namespace denies setgroups(), which Portage's userpriv,
-/// usersandbox and userfetch call (runtime-notes item 4); the builder compiles, it does not
-/// download binaries (a host's getbinpkg would point it at a binhost, maybe itself); and it
-/// reuses its own PKGDIR, whose gpkgs gbuild signs after a pass with a key the builder has no
-/// keyring for (Portage verifies any signed local gpkg before using it, and with a host's
-/// `binpkg-request-signature` refuses unsigned ones too).
-pub const ROOTLESS_FEATURES: &str =
-    "-userpriv -usersandbox -userfetch -getbinpkg -binpkg-request-signature binpkg-ignore-signature";
-
-/// The process environment of every emerge run.
+/// The process environment of every emerge run, apart from what neutralises the host's
+/// host-only settings (`super::buildside`).
 pub fn environment(env: &BuildEnv) -> Vec<String> {
     let mut v = vec![
         "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
@@ -21,7 +13,6 @@ pub fn environment(env: &BuildEnv) -> Vec<String> {
         "LANG=C.UTF-8".to_string(),
         "TERM=dumb".to_string(),
         "NOCOLOR=true".to_string(),
-        format!("FEATURES={ROOTLESS_FEATURES}"),
         // Where gbuild binds PKGDIR and DISTDIR, whatever the host's make.conf says.
         "PKGDIR=/var/cache/binpkgs".to_string(),
         "DISTDIR=/var/cache/distfiles".to_string(),
@@ -34,14 +25,6 @@ pub fn environment(env: &BuildEnv) -> Vec<String> {
     if let Some(m) = &env.mirror {
         v.push(format!("GENTOO_MIRRORS={m}"));
     }
-    let jobs = if env.config.jobs > 0 {
-        env.config.jobs as usize
-    } else {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    };
-    v.push(format!("MAKEOPTS=-j{jobs}"));
     v
 }
 

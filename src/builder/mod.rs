@@ -12,6 +12,7 @@
 //! machine; reading never creates one.
 
 pub mod bootstrap;
+pub mod buildside;
 pub mod drift;
 pub mod emerge;
 pub mod pass;
@@ -112,8 +113,15 @@ pub struct Machine {
     pub store: Store,
 }
 
+/// The machine that is the stage3's own configuration and world when nothing else configures it.
+pub const STAGE3_MACHINE: &str = "default";
+
+/// Marks a `config/` directory whose files are laid over the stage3's own configuration (a
+/// built-in overlay, an overlay directory given to `machine import --overlay`, or nothing).
+pub const OVERLAY_MARKER: &str = crate::host::machine::OVERLAY_MARKER;
+
 /// Whether the configuration replaces the stage3's /etc/portage (an imported host bundle) or is
-/// laid over it (a built-in overlay such as `overlays/default`).
+/// laid over it (a built-in overlay, an overlay directory, or nothing: the stage3's own).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConfigMode {
     Replace,
@@ -291,13 +299,18 @@ impl MachineLock {
         Ok(())
     }
 
-    /// Make sure `config/` holds the machine's configuration: an imported bundle stays as it is;
-    /// a machine named like a built-in overlay (`default`) gets that overlay's files.
+    /// Make sure `config/` holds the machine's configuration: an imported bundle or overlay
+    /// directory stays as it is; a machine named like a built-in overlay gets that overlay's
+    /// files; the `default` machine without one is the stage3's own configuration, exactly
+    /// (an empty overlay).
     pub fn ensure_config(&self) -> Result<ConfigMode> {
         let dir = self.config_dir();
-        if dir.join("etc/portage").is_dir() || dir.join("var").is_dir() {
+        if dir.join("etc/portage").is_dir()
+            || dir.join("var").is_dir()
+            || dir.join(OVERLAY_MARKER).exists()
+        {
             // Materialised once; edits made there by the user are the machine's configuration.
-            return Ok(if dir.join(".gbuild-builtin").exists() {
+            return Ok(if dir.join(OVERLAY_MARKER).exists() {
                 ConfigMode::Overlay
             } else {
                 ConfigMode::Replace
@@ -308,7 +321,7 @@ impl MachineLock {
             .iter()
             .filter(|(p, _, _)| p.starts_with(&prefix))
             .collect();
-        if files.is_empty() {
+        if files.is_empty() && self.name != STAGE3_MACHINE {
             return Err(BuilderError::NoConfig(self.name.clone()));
         }
         let tmp = crate::fsutil::temp_sibling(&dir);
@@ -325,7 +338,7 @@ impl MachineLock {
                 std::fs::write(&dest, content).at("write", &dest)?;
             }
         }
-        std::fs::write(tmp.join(".gbuild-builtin"), b"").at("write", &tmp)?;
+        std::fs::write(tmp.join(OVERLAY_MARKER), b"").at("write", &tmp)?;
         if dir.exists() {
             std::fs::remove_dir_all(&dir).at("remove", &dir)?;
         }
@@ -376,6 +389,22 @@ impl BuildEnv {
         snapshot: &str,
         argv: Vec<String>,
     ) -> Result<ContainerSpec> {
+        self.spec_with(machine, image, upper, work, snapshot, argv, true)
+    }
+
+    /// As `spec`; `build_layer: false` leaves out the builder's own package.env entry (the drift
+    /// check's capture of the host's configuration as the builder has it).
+    #[allow(clippy::too_many_arguments)]
+    pub fn spec_with(
+        &self,
+        machine: &Machine,
+        image: &str,
+        upper: &Path,
+        work: &Path,
+        snapshot: &str,
+        argv: Vec<String>,
+        build_layer: bool,
+    ) -> Result<ContainerSpec> {
         let img = layer::image::load(&self.store, image)?;
         let mut layers = layer::image::lowerdirs(&self.store, &img);
         layers.reverse(); // the runtime takes them lowest first
@@ -410,16 +439,72 @@ impl BuildEnv {
                 readonly: false,
             },
         ];
-        spec.env = emerge::environment(self);
+        // Every overlay of the host's repos.conf, read-only at the host's location, like the
+        // main tree (never on overlayfs).
         if let Some(b) = &host {
-            spec.env.extend(
-                native_flags_of(b)
-                    .into_iter()
-                    .map(|(k, v)| format!("{k}={v}")),
-            );
+            for r in b.manifest.repos.iter().filter(|r| !r.main) {
+                spec.binds.push(Bind {
+                    src: overlay_source(&self.store, machine, r)?,
+                    dst: r.location.clone().into(),
+                    readonly: true,
+                });
+            }
         }
+        spec.env = emerge::environment(self);
+        let side = buildside::prepare(self, machine, host.as_ref(), build_layer)?;
+        spec.env.extend(side.env);
+        spec.binds.extend(side.binds);
         Ok(spec)
     }
+}
+
+/// The stage3 variant machine `m` starts from: gbuild.toml's `variant` when set, else the one
+/// its host's profile needs (`crate::stage3`), else `openrc`. A profile of an overlay the bundle
+/// carries counts as the main-tree profile its `parent` file names (`gentoo:default/linux/...`).
+pub fn stage3_variant(config: &Config, m: &Machine) -> Result<String> {
+    let host = m.host_bundle();
+    let profile = host
+        .as_ref()
+        .and_then(|b| b.manifest.profile.clone())
+        .map(|p| match (&host, &p.repo, &p.path) {
+            (Some(b), Some(repo), Some(path)) => {
+                main_profile_of(b, repo, path, 0).unwrap_or_else(|| path.clone())
+            }
+            _ => p.path.clone().unwrap_or(p.link.clone()),
+        });
+    config
+        .variant_for(profile.as_deref())
+        .map_err(|e| BuilderError::Other(format!("machine {}: {e}", m.name)))
+}
+
+/// The main-tree profile that profile `path` of repository `repo` stands on: itself for the main
+/// tree, else the first `<main>:<path>` line of its `parent` file (followed through the bundle's
+/// captured overlays, a few levels deep).
+fn main_profile_of(
+    b: &crate::host::Bundle,
+    repo: &str,
+    path: &str,
+    depth: usize,
+) -> Option<String> {
+    let main = b.main_repo().map(|r| r.name.clone())?;
+    if repo == main {
+        return Some(path.to_string());
+    }
+    if depth > 8 {
+        return None;
+    }
+    let parent = format!(
+        "{}/profiles/{path}/parent",
+        crate::host::bundle::captured_prefix(repo)
+    );
+    let text = String::from_utf8_lossy(b.file(&parent)?).into_owned();
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .find_map(|l| {
+            let (r, p) = l.split_once(':')?;
+            main_profile_of(b, r, p, depth + 1)
+        })
 }
 
 /// Newest verified snapshot, unpacked under `repos/` (date, path of its tarball).
@@ -428,6 +513,41 @@ pub fn newest_snapshot(store: &Store) -> Result<(String, PathBuf)> {
     let date = a.manifest.date.clone();
     layer::unpack::unpack_repo(store, &a.path, &date)?;
     Ok((date, a.path))
+}
+
+/// Where overlay `r` of machine `m`'s host comes from: the tree its bundle carries (unpacked
+/// in `config/repos/<name>/`), or the store's checkout of the commit the host is at (cloned from
+/// its `sync-uri` the first time).
+pub fn overlay_source(store: &Store, m: &Machine, r: &crate::host::Repo) -> Result<PathBuf> {
+    let bad = |why: &str| {
+        BuilderError::Other(format!(
+            "machine {}: overlay {} at {}: {why}",
+            m.name, r.name, r.location
+        ))
+    };
+    if !r.location.starts_with('/') || r.location.split('/').any(|c| c == "..") || r.location == "/"
+    {
+        return Err(bad("location must be an absolute path"));
+    }
+    if r.captured.is_some() {
+        let dir = m
+            .config_dir()
+            .join(crate::host::bundle::captured_prefix(&r.name));
+        if !dir.is_dir() {
+            return Err(bad(&format!(
+                "{} is missing; import the bundle again",
+                dir.display()
+            )));
+        }
+        return Ok(dir);
+    }
+    match (&r.git_commit, &r.sync_uri) {
+        (Some(c), Some(uri)) => crate::fetch::git::checkout(store, &r.name, uri, c)
+            .map_err(|e| BuilderError::Other(format!("machine {}: {e}", m.name))),
+        _ => Err(bad(
+            "the bundle carries neither its tree nor its git commit; run `gbuild host export` again on the host",
+        )),
+    }
 }
 
 /// Where the machine's configuration puts the main ebuild tree (its repos.conf), default
@@ -476,8 +596,9 @@ pub fn host_tree(b: &crate::host::Bundle) -> Option<&crate::fetch::TreeIdentity>
 
 /// Compiler flags that must not mean the builder's CPU: a host whose CFLAGS (or CXXFLAGS,
 /// FCFLAGS, FFLAGS) say `-march=native` gets the flags gcc resolved `-march=native` to on that
-/// host (recorded by `host export`), given to emerge in its environment, which overrides
-/// make.conf. Empty when nothing needs rewriting.
+/// host (recorded by `host export`), given to emerge in the builder's own `*/*` package.env
+/// entry, which overrides make.conf but not per-package env files (`buildside`). Empty when
+/// nothing needs rewriting.
 pub fn native_flags_of(b: &crate::host::Bundle) -> Vec<(String, String)> {
     let Some(cpu) = b.manifest.cpu.as_ref().filter(|c| !c.flags.is_empty()) else {
         return Vec::new();

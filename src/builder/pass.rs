@@ -36,6 +36,9 @@ pub struct Session<'a> {
     pub extra_binds: Vec<crate::runtime::Bind>,
     /// Environment beyond the usual one.
     pub extra_env: Vec<String>,
+    /// Whether containers get the builder's own package.env entry (`buildside`); off for the
+    /// drift check's capture.
+    pub build_layer: bool,
 }
 
 impl<'a> Session<'a> {
@@ -67,6 +70,7 @@ impl<'a> Session<'a> {
             state: None,
             extra_binds: Vec::new(),
             extra_env: Vec::new(),
+            build_layer: true,
         })
     }
 
@@ -78,13 +82,14 @@ impl<'a> Session<'a> {
     /// `progress` as it comes, never into memory whole. What the run said is in
     /// `progress.facts`.
     pub fn run(&mut self, argv: Vec<String>) -> Result<i32> {
-        let mut spec = self.env.spec(
+        let mut spec = self.env.spec_with(
             self.machine,
             &self.image,
             &self.upper,
             &self.work,
             &self.snapshot,
             argv.clone(),
+            self.build_layer,
         )?;
         spec.binds.extend(self.extra_binds.iter().cloned());
         spec.env.extend(self.extra_env.iter().cloned());
@@ -308,13 +313,16 @@ pub fn apply_config_if_changed(env: &BuildEnv, m: &MachineLock) -> Result<bool> 
         .clone()
         .ok_or_else(|| BuilderError::NotBootstrapped(m.name.clone()))?;
     let snapshot = meta.snapshot.clone().unwrap_or_default();
-    let mut spec = env.spec(
+    // Without the builder's own package.env entry: its bind mount inside /etc/portage would
+    // keep the old tree from being replaced.
+    let mut spec = env.spec_with(
         m,
         &image,
         &m.upper(),
         &m.work(),
         &snapshot,
         vec!["/bin/sh".into(), "-c".into(), apply_config_script(mode)],
+        false,
     )?;
     spec.binds.push(crate::runtime::Bind {
         src: m.config_dir(),
@@ -628,8 +636,9 @@ pub fn fetch_latest_snapshot(env: &BuildEnv, m: &Machine) {
     let mut trusted = env.config.trusted_fingerprints.clone();
     trusted.extend(meta.trust.iter().cloned());
     let r = (|| -> std::result::Result<String, String> {
-        let src = Source::new(&mirror, &env.config.arch, &env.config.variant, None)
-            .map_err(|e| e.to_string())?;
+        let variant = super::stage3_variant(&env.config, m).map_err(|e| e.to_string())?;
+        let src =
+            Source::new(&mirror, &env.config.arch, &variant, None).map_err(|e| e.to_string())?;
         let trust = Trust::new(keyring.as_deref(), &trusted).map_err(|e| e.to_string())?;
         let fetcher = Fetcher::new(RetryPolicy::from_env()).map_err(|e| e.to_string())?;
         let _lock = fetch::lock(&env.store).map_err(|e| e.to_string())?;

@@ -46,7 +46,13 @@ pub fn run(ctx: &Ctx, o: FetchOpts) -> anyhow::Result<i32> {
     let src = Source::new(
         o.mirror.as_deref().unwrap_or(&config.mirror),
         o.arch.as_deref().unwrap_or(&config.arch),
-        o.variant.as_deref().unwrap_or(&config.variant),
+        o.variant
+            .as_deref()
+            .unwrap_or(if config.variant.is_empty() {
+                gbuild::config::DEFAULT_VARIANT
+            } else {
+                &config.variant
+            }),
         o.snapshot_date.as_deref(),
     )?;
     let _lock = fetch::lock(&store)?;

@@ -59,6 +59,9 @@ pub struct ExportOpts {
     /// Do not ask gcc what -march=native resolves to
     #[arg(long)]
     pub no_cpu: bool,
+    /// Most MiB the trees of local overlays (no sync source) may take in the bundle
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    pub max_overlay_size: u64,
 }
 
 pub fn run(ctx: &Ctx, o: HostOpts) -> anyhow::Result<i32> {
@@ -101,6 +104,7 @@ fn export(ctx: &Ctx, o: ExportOpts) -> anyhow::Result<i32> {
         hostname: o.hostname,
         effective: !o.no_emerge,
         cpu: !o.no_cpu,
+        overlay_limit: o.max_overlay_size.max(1) << 20,
         ..ExportOptions::host()
     };
     let bundle = host::export_root(&o.root, &opts)

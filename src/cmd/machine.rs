@@ -25,9 +25,17 @@ pub enum MachineCommand {
 
 #[derive(clap::Args, Debug)]
 pub struct ImportOpts {
-    /// Bundle from `gbuild host export`
-    #[arg(value_name = "BUNDLE")]
-    pub bundle: PathBuf,
+    /// Bundle from `gbuild host export` (replaces the stage3's configuration)
+    #[arg(
+        value_name = "BUNDLE",
+        required_unless_present = "overlay",
+        conflicts_with = "overlay"
+    )]
+    pub bundle: Option<PathBuf>,
+    /// A directory of your own (etc/portage/**, var/lib/portage/world) laid over the stage3's
+    /// own configuration and world instead
+    #[arg(long, value_name = "DIR")]
+    pub overlay: Option<PathBuf>,
     /// Machine name
     #[arg(long, value_name = "M")]
     pub name: String,
@@ -49,8 +57,13 @@ pub fn run(ctx: &Ctx, o: MachineOpts) -> anyhow::Result<i32> {
 
 fn import(ctx: &Ctx, o: ImportOpts) -> anyhow::Result<i32> {
     let store = ctx.store()?;
-    let r = machine::import(&store, &o.name, &o.bundle)
-        .with_context(|| format!("import {}", o.bundle.display()))?;
+    let r = match (&o.bundle, &o.overlay) {
+        (_, Some(dir)) => machine::import_overlay(&store, &o.name, dir)
+            .with_context(|| format!("import overlay {}", dir.display()))?,
+        (Some(b), None) => machine::import(&store, &o.name, b)
+            .with_context(|| format!("import {}", b.display()))?,
+        (None, None) => anyhow::bail!("machine import: give a BUNDLE or --overlay DIR"),
+    };
     if let Some(h) = &r.previous_host {
         eprintln!(
             "gbuild: warning: machine {} was configured from host {}, now from another host",

@@ -77,7 +77,8 @@ pub fn run(ctx: &Ctx, o: RunOpts) -> anyhow::Result<i32> {
         super::fetch::FetchOpts {
             mirror: o.m.mirror.clone(),
             arch: None,
-            variant: None,
+            // The stage3 family the machine's profile needs (or gbuild.toml's variant).
+            variant: Some(gbuild::builder::stage3_variant(&env.config, &m)?),
             keyring: o.keyring.clone(),
             trust: o.trust.clone(),
             snapshot_date: o.snapshot_date.clone(),

@@ -15,6 +15,7 @@
 //! timestamps inside; the snapshot manifest records them.
 
 pub mod digests;
+pub mod git;
 pub mod hashing;
 pub mod http;
 pub mod identity;

@@ -77,7 +77,7 @@ pub struct Profile {
 }
 
 /// A repository the host uses (the main tree or an overlay).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Repo {
     pub name: String,
     /// Location on the host, e.g. `/var/db/repos/gentoo`.
@@ -86,6 +86,38 @@ pub struct Repo {
     pub main: bool,
     /// `metadata/timestamp.*` of the tree (empty for most overlays).
     pub identity: TreeIdentity,
+    /// repos.conf's `sync-type` and `sync-uri` (overlays).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_uri: Option<String>,
+    /// HEAD commit of a git-synced overlay: the builder checks out exactly that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_commit: Option<String>,
+    /// For an overlay without a sync source, whose tree the bundle carries under
+    /// `repos/<name>/`: the sha256 of that tree (`captured_tree_hash`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub captured: Option<String>,
+}
+
+/// Where a captured overlay's files are in a bundle.
+pub fn captured_prefix(repo: &str) -> String {
+    format!("{CAPTURED_DIR}/{repo}")
+}
+
+/// The top directory of captured overlay trees in a bundle.
+pub const CAPTURED_DIR: &str = "repos";
+
+/// Identity of a captured tree: sha256 over each file's path and content hash, in path order.
+pub fn captured_tree_hash<'a>(files: impl Iterator<Item = (&'a str, &'a [u8])>) -> String {
+    let mut h = Sha256::new();
+    for (p, d) in files {
+        h.update(p.as_bytes());
+        h.update([0]);
+        h.update(sha256_hex(d).as_bytes());
+        h.update([b'\n']);
+    }
+    hex::encode(h.finalize())
 }
 
 /// Where the captured variables come from.
@@ -185,9 +217,11 @@ fn path_problem(path: &str) -> Option<&'static str> {
         || path == "etc/portage"
         || path.starts_with("etc/portage/")
         || path == "var/lib/portage/world"
-        || path == "var/lib/portage/world_sets";
+        || path == "var/lib/portage/world_sets"
+        || path == CAPTURED_DIR
+        || path.starts_with("repos/");
     if !allowed {
-        return Some("path not allowed in a bundle (only etc/portage/**, var/lib/portage/world, var/lib/portage/world_sets)");
+        return Some("path not allowed in a bundle (only etc/portage/**, var/lib/portage/world, var/lib/portage/world_sets, repos/**)");
     }
     None
 }

@@ -367,6 +367,27 @@ fn snapshots(a: &Bundle, b: &Bundle, d: &mut Diff) {
                         describe_repo(Some(y)),
                     );
                 }
+                let short = |c: &Option<String>| {
+                    c.as_deref()
+                        .map(|c| c[..c.len().min(12)].to_string())
+                        .unwrap_or_else(|| NONE.into())
+                };
+                if x.git_commit != y.git_commit {
+                    d.add(
+                        Kind::Overlay,
+                        format!("overlay {name} commit"),
+                        short(&x.git_commit),
+                        short(&y.git_commit),
+                    );
+                }
+                if x.captured != y.captured {
+                    d.add(
+                        Kind::Overlay,
+                        format!("overlay {name} tree"),
+                        short(&x.captured),
+                        short(&y.captured),
+                    );
+                }
                 if x.location != y.location {
                     d.ignore(
                         format!("overlay {name} location"),
@@ -847,6 +868,7 @@ mod tests {
                     timestamp_x: snapshot,
                     ..Default::default()
                 },
+                ..Default::default()
             }],
             variables_source: VarSource::MakeConf,
             variables: BTreeMap::new(),

@@ -34,7 +34,13 @@ pub struct ExportOptions {
     pub cpu: bool,
     /// Detect the kernel release (`<root>/proc/sys/kernel/osrelease`, else `uname -r`).
     pub detect_kernel: bool,
+    /// Most bytes the trees of local overlays (no sync source) may take in the bundle
+    /// [0: `DEFAULT_OVERLAY_LIMIT`].
+    pub overlay_limit: u64,
 }
+
+/// Default bound of the local overlay trees a bundle captures (64 MiB).
+pub const DEFAULT_OVERLAY_LIMIT: u64 = 64 << 20;
 
 impl ExportOptions {
     /// Everything a host export does: effective variables, CPU flags, kernel.
@@ -232,10 +238,18 @@ pub fn export_root(root: &Path, opts: &ExportOptions) -> Result<Bundle, HostErro
         files: cap.files,
         skipped: cap.skipped,
     };
+    let mut data = cap.data.clone();
     let mut bundle = Bundle::from_parts(manifest.clone(), cap.data);
     let make_conf = bundle.make_conf_vars()?;
 
     manifest.repos = repos(root, &bundle, &make_conf, &mut manifest.skipped);
+    let limit = if opts.overlay_limit == 0 {
+        DEFAULT_OVERLAY_LIMIT
+    } else {
+        opts.overlay_limit
+    };
+    capture_overlays(root, &mut manifest, &mut data, limit)?;
+    bundle = Bundle::from_parts(manifest.clone(), data);
     manifest.profile = bundle
         .entry(PROFILE_LINK)
         .and_then(|e| e.target.clone())
@@ -428,15 +442,204 @@ fn repos(
                 Default::default()
             }
         };
+        let key = |k: &str| {
+            repos_conf_entries(bundle)
+                .into_iter()
+                .filter(|(sec, _)| *sec == name)
+                .filter_map(|(_, kv)| kv)
+                .filter(|(kk, _)| kk == k)
+                .map(|(_, v)| v)
+                .next_back()
+                .filter(|v| !v.is_empty())
+        };
+        let (sync_type, sync_uri) = (key("sync-type"), key("sync-uri"));
+        let git_commit = if sync_type.as_deref() == Some("git") && name != main {
+            match git_head(&tree) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    skipped.push(Skipped {
+                        path: format!("repository {name}"),
+                        reason: format!("git HEAD of {}: {e}", tree.display()),
+                    });
+                    None
+                }
+            }
+        } else {
+            None
+        };
         out.push(Repo {
             main: name == main,
             name,
             location: loc,
             identity,
+            sync_type,
+            sync_uri,
+            git_commit,
+            captured: None,
         });
     }
     out.sort_by(|a, b| b.main.cmp(&a.main).then(a.name.cmp(&b.name)));
     out
+}
+
+/// Whether the builder gets overlay `r` from the bundle itself: an overlay that is not
+/// git-synced from a source the builder can fetch by commit.
+pub fn is_captured(r: &Repo) -> bool {
+    let git_synced = r.sync_type.as_deref() == Some("git") && r.sync_uri.is_some();
+    !r.main && !git_synced
+}
+
+/// Put the trees of local overlays into the bundle under `repos/<name>/` (`.git` left out), at
+/// most `limit` bytes in all; record each tree's hash in its `Repo`.
+fn capture_overlays(
+    root: &Path,
+    manifest: &mut Manifest,
+    data: &mut BTreeMap<String, Vec<u8>>,
+    limit: u64,
+) -> Result<(), HostError> {
+    let mut total = 0u64;
+    let mut any = false;
+    for r in manifest.repos.iter_mut().filter(|r| is_captured(r)) {
+        let tree = root.join(r.location.trim_start_matches('/'));
+        if !tree.is_dir() {
+            manifest.skipped.push(Skipped {
+                path: format!("repository {}", r.name),
+                reason: format!(
+                    "{} is not a directory; its tree is not captured",
+                    r.location
+                ),
+            });
+            continue;
+        }
+        let prefix = super::bundle::captured_prefix(&r.name);
+        let mut cap = Capture::default();
+        capture_tree(&tree, &prefix, &mut cap, &mut total, limit, &r.name)?;
+        for s in cap.skipped {
+            manifest.skipped.push(s);
+        }
+        if !any {
+            manifest
+                .files
+                .push(dir_entry(super::bundle::CAPTURED_DIR, &tree));
+            any = true;
+        }
+        r.captured = Some(super::bundle::captured_tree_hash(
+            cap.data.iter().map(|(p, d)| (p.as_str(), d.as_slice())),
+        ));
+        manifest.files.extend(cap.files);
+        data.extend(cap.data);
+    }
+    manifest.files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(())
+}
+
+fn dir_entry(rel: &str, abs: &Path) -> FileEntry {
+    let meta = std::fs::metadata(abs).ok();
+    FileEntry {
+        path: rel.to_string(),
+        kind: EntryKind::Dir,
+        mode: meta.as_ref().map(mode_of).unwrap_or(0o755),
+        mtime: meta.as_ref().map(mtime_of).unwrap_or(0),
+        size: None,
+        sha256: None,
+        target: None,
+    }
+}
+
+/// Files and directories of `dir` as entries below `rel` (symlinks and special files are
+/// listed as skipped; a bundle holds no links there).
+fn capture_tree(
+    dir: &Path,
+    rel: &str,
+    cap: &mut Capture,
+    total: &mut u64,
+    limit: u64,
+    repo: &str,
+) -> Result<(), HostError> {
+    cap.files.push(dir_entry(rel, dir));
+    let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(dir)
+        .map_err(|e| HostError::Capture {
+            path: dir.to_path_buf(),
+            reason: e.to_string(),
+        })?
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .collect();
+    names.sort();
+    for n in names {
+        let name = n.to_string_lossy().into_owned();
+        if name == ".git" {
+            continue;
+        }
+        let abs = dir.join(&n);
+        let r = format!("{rel}/{name}");
+        let meta = match std::fs::symlink_metadata(&abs) {
+            Ok(m) => m,
+            Err(e) => {
+                cap.skip(&r, e.to_string());
+                continue;
+            }
+        };
+        if meta.is_dir() {
+            capture_tree(&abs, &r, cap, total, limit, repo)?;
+        } else if meta.is_file() {
+            *total += meta.len();
+            if *total > limit {
+                return Err(HostError::Capture {
+                    path: abs,
+                    reason: format!(
+                        "local overlays take more than the {} MiB a bundle captures (repository {repo}): raise the limit with `host export --max-overlay-size MIB`, or give the overlay a git sync-uri in repos.conf so that the builder fetches it by commit",
+                        limit >> 20
+                    ),
+                });
+            }
+            let d = std::fs::read(&abs).map_err(|e| HostError::Capture {
+                path: abs.clone(),
+                reason: e.to_string(),
+            })?;
+            cap.files.push(FileEntry {
+                path: r.clone(),
+                kind: EntryKind::File,
+                mode: mode_of(&meta),
+                mtime: mtime_of(&meta),
+                size: Some(d.len() as u64),
+                sha256: Some(sha256_hex(&d)),
+                target: None,
+            });
+            cap.data.insert(r, d);
+        } else {
+            cap.skip(&r, "symlink or special file in an overlay: not captured");
+        }
+    }
+    Ok(())
+}
+
+/// The commit HEAD names in the git checkout at `tree` (read from `.git` directly: a detached
+/// HEAD, a loose ref or `packed-refs`).
+pub fn git_head(tree: &Path) -> Result<String, String> {
+    let git = tree.join(".git");
+    let head = std::fs::read_to_string(git.join("HEAD")).map_err(|e| e.to_string())?;
+    let head = head.trim();
+    let is_commit = |s: &str| s.len() >= 40 && s.chars().all(|c| c.is_ascii_hexdigit());
+    let Some(r) = head.strip_prefix("ref: ") else {
+        return if is_commit(head) {
+            Ok(head.to_string())
+        } else {
+            Err(format!("unreadable HEAD {head:?}"))
+        };
+    };
+    if let Ok(c) = std::fs::read_to_string(git.join(r)) {
+        if is_commit(c.trim()) {
+            return Ok(c.trim().to_string());
+        }
+    }
+    let packed = std::fs::read_to_string(git.join("packed-refs")).unwrap_or_default();
+    packed
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .find(|(_, name)| *name == r)
+        .map(|(c, _)| c.to_string())
+        .filter(|c| is_commit(c))
+        .ok_or_else(|| format!("{r} not found"))
 }
 
 /// Lexically normalize an absolute path (no filesystem access).
@@ -692,7 +895,7 @@ mod tests {
             name: "gentoo".into(),
             location: "/var/db/repos/gentoo".into(),
             main: true,
-            identity: Default::default(),
+            ..Default::default()
         }];
         let p = profile_of(
             "../../var/db/repos/gentoo/profiles/default/linux/amd64/23.0",
@@ -703,5 +906,67 @@ mod tests {
         let p = profile_of("/usr/portage/profiles/default/linux/amd64/17.1", &repos);
         assert_eq!(p.repo, None);
         assert_eq!(p.path.as_deref(), Some("default/linux/amd64/17.1"));
+    }
+
+    fn overlay_root(extra: &[(&str, &str)]) -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        let mut files = vec![
+            (
+                "etc/portage/repos.conf/local.conf",
+                "[local]\nlocation = /var/db/repos/local\n",
+            ),
+            ("var/db/repos/local/profiles/repo_name", "local\n"),
+            ("var/db/repos/local/.git/HEAD", "not captured\n"),
+        ];
+        files.extend_from_slice(extra);
+        for (p, d) in files {
+            let p = t.path().join(p);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, d).unwrap();
+        }
+        t
+    }
+
+    #[test]
+    fn local_overlays_are_captured_within_the_limit() {
+        let big = "x".repeat(3000);
+        let t = overlay_root(&[("var/db/repos/local/app-misc/a/a-1.ebuild", &big)]);
+        let b = export_root(t.path(), &ExportOptions::config_dir()).unwrap();
+        let r = b.manifest.repos.iter().find(|r| r.name == "local").unwrap();
+        assert!(r.captured.is_some());
+        assert_eq!(
+            b.file("repos/local/app-misc/a/a-1.ebuild").map(<[u8]>::len),
+            Some(3000)
+        );
+        assert!(b.file("repos/local/.git/HEAD").is_none());
+        let opts = ExportOptions {
+            overlay_limit: 2000,
+            ..ExportOptions::config_dir()
+        };
+        let e = export_root(t.path(), &opts).unwrap_err().to_string();
+        assert!(
+            e.contains("repository local") && e.contains("--max-overlay-size"),
+            "{e}"
+        );
+        assert!(e.contains("a-1.ebuild"), "{e}");
+    }
+
+    #[test]
+    fn git_heads() {
+        let t = tempfile::tempdir().unwrap();
+        let g = t.path().join(".git");
+        std::fs::create_dir_all(g.join("refs/heads")).unwrap();
+        let c = "0123456789abcdef0123456789abcdef01234567";
+        std::fs::write(g.join("HEAD"), "ref: refs/heads/master\n").unwrap();
+        std::fs::write(
+            g.join("packed-refs"),
+            format!("# pack-refs\n{c} refs/heads/master\n"),
+        )
+        .unwrap();
+        assert_eq!(git_head(t.path()).unwrap(), c);
+        std::fs::write(g.join("refs/heads/master"), c.replace('0', "f")).unwrap();
+        assert_eq!(git_head(t.path()).unwrap(), c.replace('0', "f"));
+        std::fs::write(g.join("HEAD"), format!("{c}\n")).unwrap();
+        assert_eq!(git_head(t.path()).unwrap(), c);
     }
 }

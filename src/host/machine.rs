@@ -14,6 +14,8 @@ use crate::store::Store;
 
 /// Name of the file that tells the builder to run `update`; it holds the reason.
 pub const NEEDS_UPDATE: &str = "needs-update";
+/// Marks a `config/` directory laid over the stage3's own configuration instead of replacing it.
+pub const OVERLAY_MARKER: &str = ".gbuild-builtin";
 /// What the last import was: `machines/M/import.json`.
 pub const IMPORT_RECORD: &str = "import.json";
 
@@ -247,6 +249,80 @@ fn import_locked(
         changes,
         previous_host,
         needs_update,
+    })
+}
+
+/// Make the overlay directory `dir` (a tree with `etc/portage/**` and
+/// `var/lib/portage/{world,world_sets}`, nothing else) machine `name`'s configuration, laid over
+/// the stage3's own /etc/portage and world instead of replacing them (a host bundle replaces
+/// them). The tree is captured and validated like a bundle before the store changes; the
+/// previous configuration is kept as `config.prev/`. The builder picks the change up at its next
+/// pass (the configuration's hash changed).
+pub fn import_overlay(store: &Store, name: &str, dir: &Path) -> Result<ImportReport, MachineError> {
+    check_name(name)?;
+    if !dir.is_dir() {
+        return Err(MachineError::Host(HostError::bundle(
+            dir,
+            "an overlay is a directory holding etc/portage and var/lib/portage/world",
+        )));
+    }
+    for e in std::fs::read_dir(dir).at("read directory", dir)?.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n != "etc" && n != "var" {
+            return Err(MachineError::Host(HostError::entry(
+                dir,
+                &n,
+                "not part of a configuration overlay (only etc/portage/**, var/lib/portage/world, var/lib/portage/world_sets)",
+            )));
+        }
+    }
+    let captured = super::export_root(dir, &super::ExportOptions::config_dir())?;
+    // Only the files matter here (a repository named in repos.conf is not in the directory).
+    if let Some(s) = captured
+        .manifest
+        .skipped
+        .iter()
+        .find(|s| s.path.starts_with("etc/") || s.path.starts_with("var/"))
+    {
+        return Err(MachineError::Host(HostError::entry(
+            dir, &s.path, &s.reason,
+        )));
+    }
+    let mdir = store.machine(name);
+    std::fs::create_dir_all(&mdir).at("create directory", &mdir)?;
+    let config = config_dir(store, name);
+    let old = config
+        .is_dir()
+        .then(|| Bundle::load(&config).ok())
+        .flatten();
+    let tmp = mdir.join(format!(".config.tmp.{}", std::process::id()));
+    remove_tree(&tmp)?;
+    let r = captured.unpack(&tmp).and_then(|()| {
+        let m = tmp.join(super::bundle::MANIFEST_NAME);
+        std::fs::remove_file(&m).at("remove", &m)?;
+        let marker = tmp.join(OVERLAY_MARKER);
+        std::fs::write(&marker, b"").at("write", &marker)
+    });
+    if let Err(e) = r {
+        let _ = remove_tree(&tmp);
+        return Err(e.into());
+    }
+    swap_in(&tmp, &config, &mdir.join("config.prev"))?;
+    let record = ImportRecord {
+        imported: now(),
+        source: dir.display().to_string(),
+        host: String::new(),
+        created: now(),
+    };
+    let mut json = serde_json::to_vec_pretty(&record).expect("record serializes");
+    json.write_all(b"\n").expect("vec write");
+    crate::fsutil::atomic_write(&mdir.join(IMPORT_RECORD), &json)?;
+    Ok(ImportReport {
+        machine: name.to_string(),
+        config,
+        changes: old.map(|o| diff(&o, &captured)),
+        previous_host: None,
+        needs_update: false,
     })
 }
 

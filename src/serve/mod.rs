@@ -14,6 +14,7 @@
 pub mod index;
 mod io;
 pub mod model;
+mod overlays;
 mod routes;
 pub mod status;
 

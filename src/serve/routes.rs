@@ -155,6 +155,8 @@ async fn machine_files(
             ["snapshot"] => snapshot(&app, &dir, &req),
             ["snapshot.info"] => snapshot_info(&app, &machine, &dir),
             [d, name] if *d == "snapshots" || *d == "repos" => webrsync(&app, &dir, name, &req),
+            ["overlays"] => super::overlays::list(&app.store, &machine),
+            ["overlays", file] => super::overlays::tarball(&app.store, &machine, file),
             _ => binpkg(&app, &machine, &dir, &rest.join("/"), &req),
         }
     })

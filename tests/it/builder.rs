@@ -29,12 +29,12 @@ use crate::mirror;
 use crate::signing;
 use crate::util::{self, Scratch};
 
-struct Fixture {
-    dir: PathBuf,
-    fingerprint: String,
+pub(crate) struct Fixture {
+    pub(crate) dir: PathBuf,
+    pub(crate) fingerprint: String,
 }
 
-fn fixture() -> Option<Fixture> {
+pub(crate) fn fixture() -> Option<Fixture> {
     let dir = PathBuf::from(std::env::var_os("GBUILD_FIXTURE").filter(|v| !v.is_empty())?);
     let fingerprint = std::fs::read_to_string(dir.join("fingerprint.txt"))
         .ok()?
@@ -43,18 +43,18 @@ fn fixture() -> Option<Fixture> {
     Some(Fixture { dir, fingerprint })
 }
 
-struct Env<'a> {
-    store: PathBuf,
-    url: String,
-    fx: &'a Fixture,
+pub(crate) struct Env<'a> {
+    pub(crate) store: PathBuf,
+    pub(crate) url: String,
+    pub(crate) fx: &'a Fixture,
 }
 
 impl Env<'_> {
-    fn gbuild(&self) -> Command {
+    pub(crate) fn gbuild(&self) -> Command {
         util::gbuild(&self.store)
     }
 
-    fn fetch(&self, date: Option<&str>) {
+    pub(crate) fn fetch(&self, date: Option<&str>) {
         let mut c = self.gbuild();
         c.args([
             "fetch",
@@ -72,7 +72,7 @@ impl Env<'_> {
         assert!(out.status.success(), "fetch: {}", util::stderr(&out));
     }
 
-    fn status(&self) -> serde_json::Value {
+    pub(crate) fn status(&self) -> serde_json::Value {
         let out = util::output(self.gbuild().args(["status", "--json"]));
         assert!(out.status.success());
         serde_json::from_slice(&out.stdout).unwrap()
@@ -89,7 +89,7 @@ impl Env<'_> {
 }
 
 /// Source builds and binary installs in emerge output.
-fn counts(log: &str) -> (Vec<String>, Vec<String>) {
+pub(crate) fn counts(log: &str) -> (Vec<String>, Vec<String>) {
     let mut built = Vec::new();
     let mut binary = Vec::new();
     for l in log.lines() {
@@ -172,13 +172,13 @@ fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
 }
 
 /// `gbuild serve` on an ephemeral port of 127.0.0.1, stopped when dropped.
-struct Serve {
+pub(crate) struct Serve {
     child: std::process::Child,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Serve {
-    fn start(env: &Env) -> Serve {
+    pub(crate) fn start(env: &Env) -> Serve {
         use std::io::BufRead;
         let mut child = env
             .gbuild()
@@ -207,7 +207,7 @@ impl Drop for Serve {
 }
 
 /// A plain HTTP GET of `url` (http://127.0.0.1:PORT/path): the body.
-fn http_get(url: &str) -> String {
+pub(crate) fn http_get(url: &str) -> String {
     use std::io::{Read, Write};
     let rest = url.strip_prefix("http://").unwrap();
     let (host, path) = rest.split_once('/').unwrap();
@@ -573,6 +573,8 @@ fn builder_scenario_with_real_emerge() {
         fx: &fx,
     };
 
+    // 1. The whole chain on the older snapshot, with the fixture's world set and USE.
+    util::import_fixture_machine(&env.store, "default");
     // Reading never creates a machine.
     env.fetch(Some("20260101"));
     let out = util::output(env.gbuild().args(["status", "--machine", "nosuch"]));
@@ -1190,6 +1192,8 @@ fn builder_config(env: &Env, machine: &str, dest: &Path) {
         "/",
         "-cf",
         "-",
+        // The builder's own package.env entry is build side, not configuration.
+        "--exclude=etc/portage/package.env/zz-gbuild-builder",
         "etc/portage",
         "var/lib/portage/world",
     ]));

@@ -9,6 +9,7 @@ mod fetch;
 mod host;
 mod layer;
 mod mirror;
+mod realhost;
 mod serve;
 mod signing;
 mod util;

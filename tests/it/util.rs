@@ -152,3 +152,22 @@ impl Drop for Scratch {
             .status();
     }
 }
+
+/// The fixture's machine configuration (`scripts/fixture/machine/`: the world set and USE the
+/// builder tests build), made machine `machine`'s configuration the way a user adds their own:
+/// `gbuild machine import --overlay DIR`, laid over the stage3's own configuration.
+pub fn import_fixture_machine(store: &Path, machine: &str) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fixture/machine");
+    let out = output(
+        gbuild(store)
+            .args(["machine", "import", "--overlay"])
+            .arg(&dir)
+            .args(["--name", machine]),
+    );
+    assert!(
+        out.status.success(),
+        "machine import --overlay {}: {}",
+        dir.display(),
+        stderr(&out)
+    );
+}

@@ -1,0 +1,455 @@
+//! Real Gentoo hosts with the real emerge, against the fixture mirror (`GBUILD_FIXTURE`):
+//!
+//! - the `default` machine is the stage3's own configuration: it builds exactly the world file
+//!   inside the stage3 tarball, nothing of the tests';
+//! - a host configured like a real desktop (`scripts/fixture/realhost/`: `--ask` and
+//!   `--getbinpkg` in EMERGE_DEFAULT_OPTS, signing and binhost FEATURES, BINPKG_FORMAT=xpak, its
+//!   own MAKEOPTS, a package.env file with a host-only PORTAGE_TMPDIR for one package and
+//!   MAKEOPTS=-j1 for another, its profile in a local overlay without sync source, a world
+//!   package from that overlay and one from a git-synced overlay) goes through export, import,
+//!   `run --once`, and installs its whole world from the binaries with nothing compiled.
+//!
+//! One store for both, so the stage3 is unpacked once.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::builder::{self, Env, Serve};
+use crate::mirror;
+use crate::util::{self, Scratch};
+
+fn fixture_src(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts/fixture")
+        .join(rel)
+}
+
+fn sh(cmd: &mut Command) -> String {
+    let out = util::output(cmd);
+    assert!(out.status.success(), "{cmd:?}: {}", util::stderr(&out));
+    util::stdout(&out)
+}
+
+fn run_once(env: &Env, machine: &str, date: &str) {
+    let out = util::output(env.gbuild().args([
+        "run",
+        "--rootless",
+        "--once",
+        "--machine",
+        machine,
+        "--mirror",
+        &env.url,
+        "--trust",
+        &env.fx.fingerprint,
+        "--snapshot-date",
+        date,
+        "--keyring",
+        env.fx.dir.join("keyring.asc").to_str().unwrap(),
+    ]));
+    let log = util::stdout(&util::output(env.gbuild().args([
+        "logs",
+        "--machine",
+        machine,
+    ])));
+    assert!(
+        out.status.success(),
+        "run --machine {machine}: {}\n{}",
+        util::stderr(&out),
+        log.lines().rev().take(60).collect::<Vec<_>>().join("\n")
+    );
+}
+
+/// CPV -> the block of Portage's Packages index that describes it.
+fn index_entries(index: &str) -> Vec<(String, String)> {
+    index
+        .split("\n\n")
+        .filter_map(|b| {
+            let cpv = b.lines().find_map(|l| l.strip_prefix("CPV: "))?;
+            Some((cpv.to_string(), b.to_string()))
+        })
+        .collect()
+}
+
+/// What emerge printed while building `cpv` in the bootstrap of `machine` (from its
+/// `>>> Emerging` line to the next one).
+fn build_output(env: &Env, machine: &str, cpv: &str) -> String {
+    let logs = env.store.join("machines").join(machine).join("logs");
+    let text: String = std::fs::read_dir(&logs)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("bootstrap-"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
+    let mut out = String::new();
+    let mut inside = false;
+    for l in text.lines() {
+        if l.starts_with(">>> Emerging (") {
+            inside = l.contains(&format!(" {cpv}::"));
+        }
+        if inside {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    assert!(!out.is_empty(), "no build of {cpv} in {}", logs.display());
+    out
+}
+
+/// A desktop-like host root: the real-host configuration, its two overlays (one a git checkout
+/// of `git_src`), and the ebuild tree of `snapshot` at /var/db/repos/gentoo.
+fn host_root(s: &Scratch, store: &Path, snapshot: &str) -> (PathBuf, String) {
+    let root = s.path().join("desk");
+    let cp = |from: &Path, to: &Path| {
+        std::fs::create_dir_all(to).unwrap();
+        sh(Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", from.display()))
+            .arg(to));
+    };
+    cp(&fixture_src("realhost"), &root);
+    cp(
+        &fixture_src("overlays/localrepo"),
+        &root.join("var/db/repos/localrepo"),
+    );
+    // A git overlay whose upstream is a local repository.
+    let git_src = s.path().join("gitrepo.git");
+    cp(&fixture_src("overlays/gitrepo"), &git_src);
+    let git = |dir: &Path, args: &[&str]| {
+        sh(Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .env("GIT_AUTHOR_NAME", "overlay")
+            .env("GIT_AUTHOR_EMAIL", "overlay@localhost")
+            .env("GIT_COMMITTER_NAME", "overlay")
+            .env("GIT_COMMITTER_EMAIL", "overlay@localhost")
+            .env("GIT_AUTHOR_DATE", "2026-01-01T00:00:00Z")
+            .env("GIT_COMMITTER_DATE", "2026-01-01T00:00:00Z"))
+    };
+    git(&git_src, &["init", "--quiet", "--initial-branch=master"]);
+    git(&git_src, &["add", "."]);
+    git(&git_src, &["commit", "--quiet", "-m", "gitnote 1.0"]);
+    let uri = format!("file://{}", git_src.display());
+    sh(Command::new("git")
+        .args(["clone", "--quiet", &uri])
+        .arg(root.join("var/db/repos/gitrepo")));
+    let head = git(&root.join("var/db/repos/gitrepo"), &["rev-parse", "HEAD"])
+        .trim()
+        .to_string();
+    let conf = root.join("etc/portage/repos.conf/gitrepo.conf");
+    let text = std::fs::read_to_string(&conf)
+        .unwrap()
+        .replace("@GIT_URI@", &uri);
+    std::fs::write(&conf, text).unwrap();
+    std::os::unix::fs::symlink(
+        store.join("repos").join(snapshot),
+        root.join("var/db/repos/gentoo"),
+    )
+    .unwrap();
+    (root, head)
+}
+
+/// The host installs its world from `gbuild serve`'s binaries: a root of the stage3 with the
+/// host's /etc/portage, world and overlays, running emerge with the host's own settings, except
+/// `binpkg-request-signature` (the binhost is not signed yet) and `--ask` answered by `--ask=n`
+/// (no terminal). Returns emerge's output.
+fn host_install(env: &Env, s: &Scratch, root: &Path, snapshot: &str, serve: &Serve) -> String {
+    let images = env.store.join("images/stage3");
+    let img = std::fs::read_dir(&images)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let img: serde_json::Value = serde_json::from_slice(&std::fs::read(img).unwrap()).unwrap();
+    let stage3 = env
+        .store
+        .join("layers")
+        .join(img["layers"][0].as_str().unwrap());
+    let dir = s.path().join("desk-install");
+    let binrepos = dir.join("binrepos");
+    std::fs::create_dir_all(&binrepos).unwrap();
+    let conf = builder::http_get(&format!("{}/desk/binrepos.conf", serve.url));
+    std::fs::write(binrepos.join("gbuild.conf"), conf).unwrap();
+    let bind = |src: PathBuf, dst: &str| format!("{}:{dst}:ro", src.display());
+    let out = util::output(
+        env.gbuild()
+            .args(["exec", "-T", "--layer"])
+            .arg(&stage3)
+            .arg("--upper")
+            .arg(dir.join("upper"))
+            .arg("--bind")
+            .arg(bind(
+                env.store.join("repos").join(snapshot),
+                "/var/db/repos/gentoo",
+            ))
+            .arg("--bind")
+            .arg(bind(
+                root.join("var/db/repos/localrepo"),
+                "/var/db/repos/localrepo",
+            ))
+            .arg("--bind")
+            .arg(bind(
+                root.join("var/db/repos/gitrepo"),
+                "/var/db/repos/gitrepo",
+            ))
+            .arg("--bind")
+            .arg(bind(root.join("etc/portage"), "/run/host-portage"))
+            .arg("--bind")
+            .arg(bind(root.join("var/lib/portage"), "/run/host-world"))
+            .arg("--bind")
+            .arg(bind(binrepos, "/run/binrepos"))
+            .args([
+                "-e",
+                "FEATURES=-binpkg-request-signature -userpriv -usersandbox -userfetch",
+                "-e",
+                "TERM=dumb",
+                "--",
+                "/bin/sh",
+                "-c",
+                "set -e; rm -rf /etc/portage && cp -a /run/host-portage /etc/portage && \
+                 cp /run/host-world/world /var/lib/portage/world && \
+                 mkdir -p /etc/portage/binrepos.conf && \
+                 cp /run/binrepos/gbuild.conf /etc/portage/binrepos.conf/ && \
+                 emerge --ask=n --getbinpkgonly --update --deep --newuse --with-bdeps=y \
+                 --color=n @world 2>&1",
+            ]),
+    );
+    let text = util::stdout(&out);
+    assert!(out.status.success(), "host install failed:\n{text}");
+    text
+}
+
+#[test]
+fn stage3_default_and_a_real_desktop_host() {
+    if !util::require(
+        util::rootless_ready(),
+        "unprivileged user namespaces with subordinate ranges and newuidmap",
+    ) {
+        return;
+    }
+    let Some(fx) = builder::fixture() else {
+        util::require(false, "GBUILD_FIXTURE=OUTDIR of scripts/fixture/build.sh");
+        return;
+    };
+    let server = mirror::Server::start(&fx.dir.join("mirror"));
+    let s = Scratch::new();
+    let env = Env {
+        store: s.path().join("store"),
+        url: server.url.clone(),
+        fx: &fx,
+    };
+    let date = "20260101";
+
+    // 1. The default machine is the stage3's own: its world is the tarball's world file, and
+    //    what it built is exactly what that world (with @system) installs.
+    run_once(&env, "default", date);
+    let stage3 = std::fs::read_dir(fx.dir.join("mirror/releases/amd64/autobuilds"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .flat_map(|d| std::fs::read_dir(d.path()).unwrap().flatten())
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".tar.xz"))
+        .expect("a stage3 tarball in the fixture mirror");
+    let stage3_world = sh(Command::new("tar")
+        .arg("-xJOf")
+        .arg(&stage3)
+        .arg("./var/lib/portage/world"));
+    let builder_world = sh(env
+        .gbuild()
+        .args(["shell", "--", "cat", "/var/lib/portage/world"]));
+    assert_eq!(builder_world, stage3_world);
+    let installed = sh(env.gbuild().args([
+        "shell",
+        "--",
+        "/bin/sh",
+        "-c",
+        "cd /var/db/pkg && ls -d */* | sort",
+    ]));
+    let index =
+        std::fs::read_to_string(env.store.join("machines/default/binpkgs/Packages")).unwrap();
+    let mut built: Vec<String> = index_entries(&index).into_iter().map(|(c, _)| c).collect();
+    built.sort();
+    built.dedup();
+    let installed: Vec<String> = installed.lines().map(str::to_string).collect();
+    assert_eq!(built, installed, "binpkgs are exactly the installed set");
+    for atom in stage3_world.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(
+            installed.iter().any(|c| c.starts_with(&format!("{atom}-"))),
+            "{atom} of the stage3's world"
+        );
+    }
+    // None of the tests' configuration reached it.
+    let fixture_world =
+        std::fs::read_to_string(fixture_src("machine/var/lib/portage/world")).unwrap();
+    for atom in fixture_world.lines().filter(|l| !stage3_world.contains(*l)) {
+        assert!(
+            !installed.iter().any(|c| c.starts_with(&format!("{atom}-"))),
+            "{atom} built on the stage3's own machine"
+        );
+    }
+
+    // 2. A real desktop host: export, import, run --once.
+    let (root, head) = host_root(&s, &env.store, date);
+    let bundle = s.path().join("desk.tar");
+    sh(env
+        .gbuild()
+        .args(["host", "export", "--root"])
+        .arg(&root)
+        .args([
+            "--kernel",
+            "6.1.0",
+            "--hostname",
+            "desk",
+            "--no-emerge",
+            "--no-cpu",
+        ])
+        .arg("-o")
+        .arg(&bundle));
+    let manifest: serde_json::Value = {
+        let f = std::fs::File::open(&bundle).unwrap();
+        let mut a = tar::Archive::new(f);
+        let mut e = a.entries().unwrap().next().unwrap().unwrap();
+        serde_json::from_reader(&mut e).unwrap()
+    };
+    let repo = |n: &str| {
+        manifest["repos"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == n)
+            .unwrap_or_else(|| panic!("repository {n} in {manifest}"))
+            .clone()
+    };
+    assert_eq!(repo("gitrepo")["git_commit"], serde_json::json!(head));
+    assert!(repo("localrepo")["captured"].is_string(), "{manifest}");
+    assert_eq!(manifest["profile"]["repo"], "localrepo");
+    sh(env
+        .gbuild()
+        .args(["machine", "import", "--name", "desk"])
+        .arg(&bundle));
+    // The builder's own make parallelism, distinct from the host's -j16 and the -j1 of one
+    // package.
+    std::fs::write(env.store.join("gbuild.toml"), "jobs = 3\n").unwrap();
+    run_once(&env, "desk", date);
+    let st: serde_json::Value = serde_json::from_str(&sh(env.gbuild().args([
+        "status",
+        "--machine",
+        "desk",
+        "--json",
+    ])))
+    .unwrap();
+    assert_eq!(st["last_pass"]["result"], "success", "{st}");
+    assert_eq!(st["drift"], serde_json::json!([]), "{st}");
+
+    let index = std::fs::read_to_string(env.store.join("machines/desk/binpkgs/Packages")).unwrap();
+    let entries = index_entries(&index);
+    let entry = |cpv: &str| {
+        entries
+            .iter()
+            .find(|(c, _)| c == cpv)
+            .map(|(_, b)| b.clone())
+            .unwrap_or_else(|| panic!("{cpv} in Packages:\n{index}"))
+    };
+    // The overlay profile's USE reached the overlay package; the overlays' packages were built.
+    assert!(
+        entry("app-misc/localnote-1.0")
+            .lines()
+            .any(|l| l.starts_with("USE:") && l.split_whitespace().any(|f| f == "laptop")),
+        "{index}"
+    );
+    entry("app-misc/gitnote-1.0");
+    // gpkg whatever BINPKG_FORMAT the host has.
+    let gpkgs = sh(Command::new("find")
+        .arg(env.store.join("machines/desk/binpkgs"))
+        .args(["-name", "*.xpak", "-o", "-name", "*.tbz2"]));
+    assert_eq!(gpkgs.trim(), "", "xpak binpkgs written");
+    // package.env wins over the builder's MAKEOPTS, which wins over the host's make.conf's.
+    // (Portage leaves MAKEOPTS out of the environment saved in a binpkg, so that binpkgs do not
+    // depend on the size of the machine that built them: the build output shows emake's
+    // command line.)
+    let emake = |cpv: &str| -> String {
+        build_output(&env, "desk", cpv)
+            .lines()
+            .find(|l| l.starts_with("make -j") || l.starts_with("make "))
+            .unwrap_or_else(|| panic!("no emake line in the build of {cpv}"))
+            .to_string()
+    };
+    let j1 = emake("app-misc/goodbye-1.0");
+    assert!(j1.starts_with("make -j1 "), "{j1}");
+    let own = emake("app-misc/hello-1.0");
+    assert!(own.starts_with("make -j3 "), "{own}");
+    // The host-only PORTAGE_TMPDIR was honoured (it exists in the builder).
+    assert!(
+        build_output(&env, "desk", "app-misc/hello-1.0")
+            .contains("/var/tmp/notmpfs/portage/app-misc/hello-1.0/image"),
+        "hello did not build in /var/tmp/notmpfs"
+    );
+
+    // The machine's configuration is still the host's: `diff` against the host after it dropped
+    // `--ask` reports the host's old and new values (as build-side, not blocking).
+    let make_conf = root.join("etc/portage/make.conf");
+    let original = std::fs::read_to_string(&make_conf).unwrap();
+    std::fs::write(&make_conf, original.replace("--ask ", "")).unwrap();
+    let bundle2 = s.path().join("desk2.tar");
+    sh(env
+        .gbuild()
+        .args(["host", "export", "--root"])
+        .arg(&root)
+        .args([
+            "--kernel",
+            "6.1.0",
+            "--hostname",
+            "desk",
+            "--no-emerge",
+            "--no-cpu",
+        ])
+        .arg("-o")
+        .arg(&bundle2));
+    std::fs::write(&make_conf, &original).unwrap();
+    let out = util::output(
+        env.gbuild()
+            .args(["diff", "--machine", "desk"])
+            .arg(&bundle2),
+    );
+    let text = util::stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.lines().any(|l| l.contains("EMERGE_DEFAULT_OPTS")
+            && l.contains("\"--ask --verbose --getbinpkg")
+            && l.contains("-> \"--verbose --getbinpkg")),
+        "{text}"
+    );
+
+    // 3. The host installs its whole world from the binaries, nothing compiled.
+    let serve = Serve::start(&env);
+    // Hosts are offered the overlays the binpkgs were built with, like the main tree.
+    let list: serde_json::Value =
+        serde_json::from_str(&builder::http_get(&format!("{}/desk/overlays", serve.url))).unwrap();
+    let offered = list["overlays"].as_array().unwrap();
+    assert_eq!(offered.len(), 2, "{list}");
+    for o in offered {
+        assert!(o["url"].is_string(), "{list}");
+    }
+    assert!(offered
+        .iter()
+        .any(|o| o["name"] == "gitrepo" && o["git_commit"] == serde_json::json!(head)));
+    let tar = builder::http_get(&format!("{}/desk/overlays/localrepo.tar", serve.url));
+    assert!(tar.contains("app-misc/localnote/localnote-1.0.ebuild"));
+    assert!(tar.contains("profiles/laptop/parent"));
+    let out = host_install(&env, &s, &root, date, &serve);
+    let (compiled, binary) = builder::counts(&out);
+    assert!(compiled.is_empty(), "host compiled {compiled:?}:\n{out}");
+    for p in [
+        "app-misc/localnote-1.0",
+        "app-misc/gitnote-1.0",
+        "app-misc/goodbye-1.0",
+        "app-misc/hello-1.0",
+    ] {
+        assert!(
+            binary.iter().any(|b| b.starts_with(p)),
+            "{p} from a binary: {binary:?}"
+        );
+    }
+}
