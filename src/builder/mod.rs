@@ -148,11 +148,13 @@ impl Machine {
         })
     }
 
-    /// Whether a configuration exists for the machine: imported, or a built-in overlay.
+    /// Whether a configuration exists for the machine: imported, a built-in overlay, or the
+    /// stage3's own (the `default` machine always has one).
     fn has_config(&self) -> bool {
         let dir = self.config_dir();
         let prefix = format!("{}/", self.name);
-        dir.join("etc/portage").is_dir()
+        self.name == STAGE3_MACHINE
+            || dir.join("etc/portage").is_dir()
             || dir.join("var").is_dir()
             || embedded::OVERLAY_FILES
                 .iter()

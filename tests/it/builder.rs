@@ -1069,9 +1069,9 @@ fn builder_scenario_with_real_emerge() {
     std::fs::create_dir_all(world.parent().unwrap()).unwrap();
     std::fs::write(&world, "app-misc/hello\n").unwrap();
     let bl = export_root(&env, &laptop, &s.path().join("laptop-on-20260201.tar"));
-    import(&env, "laptop", &bl);
+    import(&env, "webrsync", &bl);
     let list = util::stdout(&util::output(env.gbuild().args(["machine", "list"])));
-    let row = list.lines().find(|l| l.starts_with("laptop ")).unwrap();
+    let row = list.lines().find(|l| l.starts_with("webrsync ")).unwrap();
     assert!(row.contains("20260201"), "{list}");
     let run_machine = |name: &str| {
         util::output(env.gbuild().args([
@@ -1088,8 +1088,8 @@ fn builder_scenario_with_real_emerge() {
             fx.dir.join("keyring.asc").to_str().unwrap(),
         ]))
     };
-    let out = run_machine("laptop");
-    assert!(out.status.success(), "run laptop: {}", util::stderr(&out));
+    let out = run_machine("webrsync");
+    assert!(out.status.success(), "run webrsync: {}", util::stderr(&out));
     assert!(
         util::stdout(&out).contains("gentoo-20260201.tar.xz"),
         "{}",
@@ -1097,7 +1097,7 @@ fn builder_scenario_with_real_emerge() {
     );
     let st = util::output(
         env.gbuild()
-            .args(["status", "--machine", "laptop", "--json"]),
+            .args(["status", "--machine", "webrsync", "--json"]),
     );
     let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
     assert_eq!(st["last_pass"]["result"], "success", "{st}");
@@ -1106,7 +1106,7 @@ fn builder_scenario_with_real_emerge() {
     // `gbuild diff` of the builder (its configuration and the tree it builds on) against the
     // imported host: no snapshot line, nothing at all.
     let bview = s.path().join("laptop-builder");
-    builder_config(&env, "laptop", &bview);
+    builder_config(&env, "webrsync", &bview);
     std::fs::create_dir_all(bview.join("var/db/repos")).unwrap();
     std::os::unix::fs::symlink(
         env.store.join("repos/20260201"),
@@ -1114,7 +1114,11 @@ fn builder_scenario_with_real_emerge() {
     )
     .unwrap();
     let bb = export_root(&env, &bview, &s.path().join("laptop-builder.tar"));
-    let out = util::output(env.gbuild().args(["diff", "--machine", "laptop"]).arg(&bb));
+    let out = util::output(
+        env.gbuild()
+            .args(["diff", "--machine", "webrsync"])
+            .arg(&bb),
+    );
     let text = util::stdout(&out);
     assert!(!text.contains("tree snapshot"), "{text}");
     assert_eq!(out.status.code(), Some(0), "{text}{}", util::stderr(&out));
@@ -1123,10 +1127,10 @@ fn builder_scenario_with_real_emerge() {
     // emerge-webrsync, given that date as the repos.conf comment says, rebuilds the host's tree
     // exactly (starting from the next day's tree).
     let info: serde_json::Value =
-        serde_json::from_str(&http_get(&format!("{}/laptop/snapshot.info", serve.url))).unwrap();
+        serde_json::from_str(&http_get(&format!("{}/webrsync/snapshot.info", serve.url))).unwrap();
     assert_eq!(info["date"], "20260201", "{info}");
     assert_eq!(info["file"], "gentoo-20260201.tar.xz", "{info}");
-    let repos_conf = http_get(&format!("{}/laptop/repos.conf", serve.url));
+    let repos_conf = http_get(&format!("{}/webrsync/repos.conf", serve.url));
     assert!(repos_conf.contains("snapshot 20260201."), "{repos_conf}");
     let revert = repos_conf
         .lines()
