@@ -150,9 +150,9 @@ fn host_root(s: &Scratch, store: &Path, snapshot: &str) -> (PathBuf, String) {
 }
 
 /// The host installs its world from `gbuild serve`'s binaries: a root of the stage3 with the
-/// host's /etc/portage, world and overlays, running emerge with the host's own settings, except
-/// `binpkg-request-signature` (the binhost is not signed yet) and `--ask` answered by `--ask=n`
-/// (no terminal). Returns emerge's output.
+/// host's /etc/portage, world and overlays and the builder's key trusted with `gbuild host
+/// trust`, running emerge with the host's own settings plus `binpkg-request-signature` (every
+/// package verified) and `--ask` answered by `--ask=n` (no terminal). Returns emerge's output.
 fn host_install(env: &Env, s: &Scratch, root: &Path, snapshot: &str, serve: &Serve) -> String {
     let images = env.store.join("images/stage3");
     let img = std::fs::read_dir(&images)
@@ -171,6 +171,24 @@ fn host_install(env: &Env, s: &Scratch, root: &Path, snapshot: &str, serve: &Ser
     std::fs::create_dir_all(&binrepos).unwrap();
     let conf = builder::http_get(&format!("{}/desk/binrepos.conf", serve.url));
     std::fs::write(binrepos.join("gbuild.conf"), conf).unwrap();
+    // The host trusts the builder's signing key (`gbuild host trust`) in a keyring that is
+    // copied into its /etc/portage below.
+    let key = util::output(env.gbuild().args(["key", "--show"]));
+    assert!(key.status.success(), "{}", util::stderr(&key));
+    let trust_root = dir.join("trust");
+    std::fs::create_dir_all(&trust_root).unwrap();
+    let trusted = util::output(
+        env.gbuild()
+            .args(["host", "trust", "--root"])
+            .arg(&trust_root)
+            .args(["--binhost", &format!("{}/desk", serve.url)])
+            .args(["--fingerprint", util::stdout(&key).trim()]),
+    );
+    assert!(
+        trusted.status.success(),
+        "host trust: {}",
+        util::stderr(&trusted)
+    );
     let bind = |src: PathBuf, dst: &str| format!("{}:{dst}:ro", src.display());
     let out = util::output(
         env.gbuild()
@@ -199,15 +217,21 @@ fn host_install(env: &Env, s: &Scratch, root: &Path, snapshot: &str, serve: &Ser
             .arg(bind(root.join("var/lib/portage"), "/run/host-world"))
             .arg("--bind")
             .arg(bind(binrepos, "/run/binrepos"))
+            .arg("--bind")
+            .arg(bind(
+                trust_root.join("etc/portage/gnupg"),
+                "/run/host-gnupg",
+            ))
             .args([
                 "-e",
-                "FEATURES=-binpkg-request-signature -userpriv -usersandbox -userfetch",
+                "FEATURES=binpkg-request-signature -userpriv -usersandbox -userfetch",
                 "-e",
                 "TERM=dumb",
                 "--",
                 "/bin/sh",
                 "-c",
                 "set -e; rm -rf /etc/portage && cp -a /run/host-portage /etc/portage && \
+                 cp -a /run/host-gnupg /etc/portage/gnupg && \
                  cp /run/host-world/world /var/lib/portage/world && \
                  mkdir -p /etc/portage/binrepos.conf && \
                  cp /run/binrepos/gbuild.conf /etc/portage/binrepos.conf/ && \
