@@ -75,3 +75,33 @@ pub fn borrow_fd(fd: RawFd) -> std::os::fd::BorrowedFd<'static> {
     // SAFETY: callers pass a standard descriptor that is never closed by gbuild.
     unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
 }
+
+/// Fork the calling process. Refused unless it has exactly one thread: in a child of a
+/// multi-threaded process only async-signal-safe calls are allowed, and the runtime's init
+/// (the only caller) goes on to run ordinary Rust code on both sides.
+pub fn fork_single_threaded() -> std::io::Result<nix::unistd::ForkResult> {
+    let threads = std::fs::read_dir("/proc/self/task")?.count();
+    if threads != 1 {
+        return Err(std::io::Error::other(format!(
+            "fork refused: the process has {threads} threads"
+        )));
+    }
+    // SAFETY: the process has a single thread (checked above, and it cannot gain one
+    // concurrently: only this thread could start it), so the child may run any code.
+    unsafe { nix::unistd::fork() }.map_err(std::io::Error::from)
+}
+
+/// Give every signal its default action (those ignored survive exec otherwise: Rust ignores
+/// SIGPIPE in its own processes, and a command started from one would inherit that).
+pub fn reset_signal_dispositions() {
+    for sig in 1..=libc::SIGRTMAX() {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: installing SIG_DFL involves no handler code and no memory of ours; errors
+        // (signals the C library reserves) are harmless and ignored.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+    }
+}

@@ -1,0 +1,464 @@
+//! The rootless container runtime on youki's libcontainer (the only module that imports it).
+//!
+//! A run goes plan, then execute, as bubblewrap does: `prepare::resolve` checks the
+//! description's paths (reading only), `plan::plan` turns the description and the host's facts
+//! into the OCI spec and a list of files to create (pure, tested against `testdata/`), then,
+//! once the cleanup guard exists, `prepare::prepare` creates the bundle, libcontainer creates
+//! and starts the container, whose pid 1 is gbuild's own minimal init (`init`), and
+//! `supervise` reaps it, forwards signals and proxies the terminal (`tty`). Every trace (state
+//! directory, bundle, cgroup) is removed on any exit; a `watchdog` process removes them if
+//! gbuild itself dies. `cgroup` says where containers' cgroups go.
+
+mod cgroup;
+mod init;
+mod plan;
+mod prepare;
+mod supervise;
+mod tty;
+mod watchdog;
+
+use std::cell::OnceCell;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::sys::signal::Signal;
+use nix::sys::wait::waitpid;
+
+use crate::idmap::IdMapping;
+
+pub use plan::HostFacts;
+pub use watchdog::watchdog_main;
+
+/// The container's root filesystem.
+#[derive(Debug, Clone)]
+pub enum Rootfs {
+    /// A directory used as it is (writes go to it).
+    Dir(PathBuf),
+    /// An overlay of read-only layers (lowest first) with a writable upper dir; `work` must be on
+    /// the same filesystem as `upper`.
+    Overlay {
+        layers: Vec<PathBuf>,
+        upper: PathBuf,
+        work: PathBuf,
+    },
+}
+
+/// A bind mount `src` -> `dst` inside the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bind {
+    pub src: PathBuf,
+    pub dst: PathBuf,
+    pub readonly: bool,
+}
+
+impl std::str::FromStr for Bind {
+    type Err = String;
+
+    /// `SRC:DST[:ro|:rw]`
+    fn from_str(s: &str) -> Result<Bind, String> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let (src, dst, readonly) = match parts.as_slice() {
+            [src, dst] => (src, dst, false),
+            [src, dst, "ro"] => (src, dst, true),
+            [src, dst, "rw"] => (src, dst, false),
+            _ => return Err(format!("invalid bind {s:?}: expected SRC:DST[:ro]")),
+        };
+        if src.is_empty() || !dst.starts_with('/') {
+            return Err(format!(
+                "invalid bind {s:?}: SRC must be given and DST must be absolute"
+            ));
+        }
+        Ok(Bind {
+            src: PathBuf::from(src),
+            dst: PathBuf::from(dst),
+            readonly,
+        })
+    }
+}
+
+/// Everything that defines one container run.
+#[derive(Debug, Clone)]
+pub struct ContainerSpec {
+    pub rootfs: Rootfs,
+    pub binds: Vec<Bind>,
+    pub argv: Vec<String>,
+    /// `KEY=VALUE` entries; the process gets exactly these.
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub hostname: String,
+    /// Allocate a terminal (stdin must be one).
+    pub tty: bool,
+    pub map: IdMapping,
+}
+
+impl ContainerSpec {
+    /// A spec with the usual environment for `argv` on `rootfs`.
+    pub fn new(rootfs: Rootfs, argv: Vec<String>, map: IdMapping) -> ContainerSpec {
+        ContainerSpec {
+            rootfs,
+            binds: Vec::new(),
+            argv,
+            env: default_env(),
+            cwd: "/".into(),
+            hostname: "gbuild".into(),
+            tty: false,
+            map,
+        }
+    }
+}
+
+/// The environment a container process starts with when none is given.
+pub fn default_env() -> Vec<String> {
+    let mut env = vec![
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+        "HOME=/root".to_string(),
+        "LANG=C.UTF-8".to_string(),
+    ];
+    if let Ok(term) = std::env::var("TERM") {
+        env.push(format!("TERM={term}"));
+    }
+    env
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("rootfs {0} does not exist or is not a directory")]
+    NoRootfs(PathBuf),
+    #[error("bind source {0} does not exist")]
+    NoBindSource(PathBuf),
+    #[error("cgroup v1 controller {ctrl} has no directory delegated to uid {uid} ({path}): run `gbuild setup-host --user {user}` as root once")]
+    NoCgroupDelegation {
+        ctrl: String,
+        path: PathBuf,
+        uid: u32,
+        user: String,
+    },
+    #[error("invalid container spec: {0}")]
+    Spec(String),
+    #[error("container {id}: {message}")]
+    Container { id: String, message: String },
+    #[error("a terminal was requested but stdin is not a terminal")]
+    NotATty,
+    #[error("{0}")]
+    Sys(#[from] nix::Error),
+}
+
+fn io_err<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> RuntimeError + 'a {
+    move |source| RuntimeError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn lib_err(id: &str) -> impl FnOnce(libcontainer::error::LibcontainerError) -> RuntimeError + '_ {
+    move |e| RuntimeError::Container {
+        id: id.to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// The shell convention for a finished process: its code, or 128+signal.
+pub fn exit_code(status: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => c,
+        (None, Some(s)) => 128 + s,
+        _ => 1,
+    }
+}
+
+/// Where libcontainer keeps its per-container state: `$XDG_RUNTIME_DIR/gbuild`, else
+/// `/tmp/gbuild-<uid>` (the library's default, /run/youki, is root's).
+pub fn default_state_root() -> PathBuf {
+    let uid = nix::unistd::getuid().as_raw();
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+        Some(d) if Path::new(&d).is_dir() => Path::new(&d).join("gbuild"),
+        _ => PathBuf::from(format!("/tmp/gbuild-{uid}")),
+    }
+}
+
+/// Where a container's output goes when it is captured.
+pub type Sink<'a> = &'a mut dyn FnMut(&[u8]);
+
+/// What a runtime learns about the host once and reuses for every container.
+struct Host {
+    facts: HostFacts,
+    cgroup_base: String,
+}
+
+/// The container runtime bound to a state directory.
+pub struct Runtime {
+    state_root: PathBuf,
+    host: OnceCell<Host>,
+}
+
+impl Runtime {
+    pub fn new(state_root: PathBuf) -> Runtime {
+        Runtime {
+            state_root,
+            host: OnceCell::new(),
+        }
+    }
+
+    pub fn state_root(&self) -> &Path {
+        &self.state_root
+    }
+
+    /// Run a container to completion and return its exit status (128+n when killed by signal n).
+    /// Its stdin, stdout and stderr are ours.
+    pub fn run(&self, spec: &ContainerSpec) -> Result<i32, RuntimeError> {
+        self.run_with_output(spec, None)
+    }
+
+    fn host(&self) -> Result<&Host, RuntimeError> {
+        if let Some(h) = self.host.get() {
+            return Ok(h);
+        }
+        let h = Host {
+            facts: HostFacts::probe(),
+            cgroup_base: cgroup::discover_base()?,
+        };
+        Ok(self.host.get_or_init(|| h))
+    }
+
+    /// As `run`, but the container's stdout and stderr go to `sink` (from the supervision loop,
+    /// so no thread exists while libcontainer clones) and its stdin is empty.
+    pub fn run_with_output(
+        &self,
+        spec: &ContainerSpec,
+        sink: Option<Sink<'_>>,
+    ) -> Result<i32, RuntimeError> {
+        // Plan: nothing is created until the guard below exists.
+        let resolved = prepare::resolve(spec)?;
+        let host = self.host()?;
+        self.prepare_state_root()?;
+        self.reap_stale();
+        let id = format!("gb-{}-{:x}", std::process::id(), nanos_now());
+        let bundle = self.state_root.join("bundles").join(&id);
+        let paths = plan::RunPaths {
+            bundle: bundle.clone(),
+            cgroups_path: cgroup::container_path(&host.cgroup_base, &id),
+        };
+        let plan = plan::plan(&resolved, &host.facts, &paths)?;
+
+        // Execute.
+        let mut cleanup = Cleanup {
+            state_root: self.state_root.clone(),
+            id: id.clone(),
+            bundle: bundle.clone(),
+            watchdog: None,
+        };
+        prepare::prepare(&plan, &bundle)?;
+        cleanup.watchdog = Some(watchdog::Watchdog::spawn(&self.state_root, &id, &bundle)?);
+
+        let console = if spec.tty {
+            Some(tty::ConsoleSocket::bind(&bundle.join("console.sock"))?)
+        } else {
+            None
+        };
+
+        let mut builder = ContainerBuilder::new(id.clone(), SyscallType::default())
+            .with_root_path(self.state_root.clone())
+            .map_err(lib_err(&id))?
+            .validate_id()
+            .map_err(lib_err(&id))?;
+        if let Some(c) = &console {
+            builder = builder.with_console_socket(Some(c.path.clone()));
+        }
+        let mut output_rx = None;
+        if sink.is_some() {
+            let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+            let devnull =
+                std::fs::File::open("/dev/null").map_err(io_err("open", Path::new("/dev/null")))?;
+            let tx2 = tx.try_clone().map_err(io_err("dup", Path::new("pipe")))?;
+            builder = builder
+                .with_stdin(OwnedFd::from(devnull))
+                .with_stdout(tx)
+                .with_stderr(tx2);
+            output_rx = Some(rx);
+        }
+        // Block the signals we supervise before the container's processes are cloned, so none is
+        // lost and none kills us half-way; the command unblocks them before exec (`init`).
+        let mask = supervise::supervised_set();
+        let old_mask = mask.thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK)?;
+        let _restore = RestoreMask(old_mask);
+        let mut container = builder
+            .with_executor(init::InitExecutor)
+            .as_init(&bundle)
+            .with_systemd(false)
+            .with_detach(spec.tty)
+            .build()
+            .map_err(lib_err(&id))?;
+        // build() leaves the caller non-dumpable (it guards the namespaces being joined).
+        let _ = nix::sys::prctl::set_dumpable(true);
+        let pid = container.pid().ok_or_else(|| RuntimeError::Container {
+            id: id.clone(),
+            message: "no init pid after create".into(),
+        })?;
+        if let Some(w) = cleanup.watchdog.as_mut() {
+            w.tell(&format!("pid {pid}\n"));
+        }
+
+        let master = match &console {
+            Some(c) => Some(c.receive_master()?),
+            None => None,
+        };
+
+        let result = match container.start().map_err(lib_err(&id)) {
+            Err(e) => Err(e),
+            Ok(()) => {
+                let output = match (output_rx, sink) {
+                    (Some(rx), Some(f)) => Some((rx, f)),
+                    _ => None,
+                };
+                supervise::supervise(pid, &mask, master, output)
+            }
+        };
+        if result.is_err() {
+            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            let _ = waitpid(pid, None);
+        }
+        let _ = container.delete(true);
+        drop(cleanup);
+        result
+    }
+
+    fn prepare_state_root(&self) -> Result<(), RuntimeError> {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(self.state_root.join("bundles"))
+            .map_err(io_err("create state directory", &self.state_root))?;
+        let md = std::fs::metadata(&self.state_root)
+            .map_err(io_err("stat state directory", &self.state_root))?;
+        if md.uid() != nix::unistd::getuid().as_raw() {
+            return Err(RuntimeError::Io {
+                what: "state directory is owned by another user",
+                path: self.state_root.clone(),
+                source: std::io::Error::from_raw_os_error(libc::EPERM),
+            });
+        }
+        if md.mode() & 0o777 != 0o700 {
+            let _ =
+                std::fs::set_permissions(&self.state_root, std::fs::Permissions::from_mode(0o700));
+        }
+        Ok(())
+    }
+
+    /// Remove containers (state and bundle) left by a gbuild that was killed: libcontainer
+    /// keeps a killed run's `<state>/<id>` for good.
+    fn reap_stale(&self) {
+        let mut names = Vec::new();
+        for dir in [self.state_root.clone(), self.state_root.join("bundles")] {
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                names.extend(
+                    entries
+                        .flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned()),
+                );
+            }
+        }
+        names.sort();
+        names.dedup();
+        for name in names {
+            let Some(rest) = name.strip_prefix("gb-") else {
+                continue;
+            };
+            let owner: i32 = rest
+                .split('-')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            if owner > 0 && Path::new(&format!("/proc/{owner}")).exists() {
+                continue; // its gbuild still runs (and is responsible for it)
+            }
+            destroy(&self.state_root, &name);
+            let _ = std::fs::remove_dir_all(self.state_root.join("bundles").join(&name));
+        }
+    }
+}
+
+fn nanos_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Restores the caller's signal mask when a run ends.
+struct RestoreMask(nix::sys::signal::SigSet);
+
+impl Drop for RestoreMask {
+    fn drop(&mut self) {
+        let _ = self.0.thread_set_mask();
+    }
+}
+
+/// Kill and remove container `id` through the library (init, every process, cgroup, state).
+fn destroy(state_root: &Path, id: &str) {
+    if let Ok(mut c) = Container::load(state_root.join(id)) {
+        if c.can_kill() {
+            let _ = c.kill(Signal::SIGKILL, true);
+        }
+        if c.delete(true).is_ok() {
+            return;
+        }
+        if let Some(pid) = c.pid() {
+            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+        }
+        let _ = c.delete(true);
+    }
+    let _ = std::fs::remove_dir_all(state_root.join(id));
+}
+
+/// Removes what a run created, whatever way it ends. It exists before anything of the run is
+/// created.
+struct Cleanup {
+    state_root: PathBuf,
+    id: String,
+    bundle: PathBuf,
+    watchdog: Option<watchdog::Watchdog>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if self.state_root.join(&self.id).exists() {
+            destroy(&self.state_root, &self.id);
+        }
+        let _ = std::fs::remove_dir_all(&self.bundle);
+        if let Some(w) = self.watchdog.take() {
+            w.finish();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_syntax() {
+        let b: Bind = "/a:/b:ro".parse().unwrap();
+        assert!(b.readonly);
+        let b: Bind = "/a:/b".parse().unwrap();
+        assert!(!b.readonly);
+        assert!("/a".parse::<Bind>().is_err());
+        assert!("/a:rel".parse::<Bind>().is_err());
+        assert!("/a:/b:rx".parse::<Bind>().is_err());
+    }
+}
