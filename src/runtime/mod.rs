@@ -17,10 +17,10 @@ mod supervise;
 mod tty;
 mod watchdog;
 
-use std::cell::OnceCell;
+use std::cell::{OnceCell, RefCell};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::process::ExitStatus;
+use std::process::{Child, ExitStatus};
 
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
@@ -204,6 +204,8 @@ struct Host {
 pub struct Runtime {
     state_root: PathBuf,
     host: OnceCell<Host>,
+    /// Watchdogs of finished runs, told so, not yet reaped.
+    released: RefCell<Vec<Child>>,
 }
 
 impl Runtime {
@@ -211,6 +213,7 @@ impl Runtime {
         Runtime {
             state_root,
             host: OnceCell::new(),
+            released: RefCell::new(Vec::new()),
         }
     }
 
@@ -247,6 +250,7 @@ impl Runtime {
         let host = self.host()?;
         self.prepare_state_root()?;
         self.reap_stale();
+        self.reap_watchdogs();
         let id = format!("gb-{}-{:x}", std::process::id(), nanos_now());
         let bundle = self.state_root.join("bundles").join(&id);
         let paths = plan::RunPaths {
@@ -261,6 +265,7 @@ impl Runtime {
             id: id.clone(),
             bundle: bundle.clone(),
             watchdog: None,
+            released: &self.released,
         };
         prepare::prepare(&plan, &bundle)?;
         cleanup.watchdog = Some(watchdog::Watchdog::spawn(&self.state_root, &id, &bundle)?);
@@ -335,6 +340,13 @@ impl Runtime {
         let _ = container.delete(true);
         drop(cleanup);
         result
+    }
+
+    /// Reap the watchdogs of earlier runs that have exited.
+    fn reap_watchdogs(&self) {
+        self.released
+            .borrow_mut()
+            .retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_)) | Err(_)));
     }
 
     fn prepare_state_root(&self) -> Result<(), RuntimeError> {
@@ -428,21 +440,29 @@ fn destroy(state_root: &Path, id: &str) {
 
 /// Removes what a run created, whatever way it ends. It exists before anything of the run is
 /// created.
-struct Cleanup {
+struct Cleanup<'a> {
     state_root: PathBuf,
     id: String,
     bundle: PathBuf,
     watchdog: Option<watchdog::Watchdog>,
+    released: &'a RefCell<Vec<Child>>,
 }
 
-impl Drop for Cleanup {
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        // Those still running exit on their own; the system reaps them once gbuild is gone.
+        self.reap_watchdogs();
+    }
+}
+
+impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
         if self.state_root.join(&self.id).exists() {
             destroy(&self.state_root, &self.id);
         }
         let _ = std::fs::remove_dir_all(&self.bundle);
         if let Some(w) = self.watchdog.take() {
-            w.finish();
+            self.released.borrow_mut().push(w.release());
         }
     }
 }

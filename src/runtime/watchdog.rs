@@ -42,10 +42,12 @@ impl Watchdog {
         }
     }
 
-    pub fn finish(mut self) {
+    /// Tell it the run ended cleanly and let it go without waiting for it to exit (it may still
+    /// be starting up): the caller reaps it later.
+    pub fn release(mut self) -> Child {
         self.tell("done\n");
         drop(self.child.stdin.take());
-        let _ = self.child.wait();
+        self.child
     }
 }
 
