@@ -82,7 +82,7 @@ fn exec_command(spec: &Spec) -> Result<(), ExecutorError> {
             .and_then(|p| p.args().as_ref())
             .and_then(|a| a.first().cloned())
             .unwrap_or_default();
-        eprintln!("gbuild: cannot execute {argv0}: {e}");
+        tracing::error!("cannot execute {argv0}: {e}");
     }
     std::process::exit(127)
 }
