@@ -105,3 +105,23 @@ pub fn reset_signal_dispositions() {
         }
     }
 }
+
+/// Close every descriptor from `first` up (close_range, Linux 5.9+; else one by one up to the
+/// soft RLIMIT_NOFILE). For a process that will not exec: it must not keep what it inherited.
+pub fn close_fds_from(first: i32) {
+    // SAFETY: close_range takes plain integers and only closes descriptors; the caller owns
+    // the process's descriptor table (it runs no other thread and drops none of them later).
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first as u32, u32::MAX, 0u32) };
+    if r == 0 {
+        return;
+    }
+    let max = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft.min(1 << 20) as i32)
+        .unwrap_or(1024);
+    for fd in first..max {
+        // SAFETY: as above; EBADF for descriptors that are not open is ignored.
+        unsafe {
+            libc::close(fd);
+        }
+    }
+}

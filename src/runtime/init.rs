@@ -34,6 +34,10 @@ impl Executor for InitExecutor {
     }
 
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
+        // This process never execs, so what it inherited from gbuild (marked close-on-exec by
+        // libcontainer) would stay open for the container's life: a machine's lock among them,
+        // held past gbuild's death until the init is gone. Keep only stdin, stdout, stderr.
+        crate::sys::close_fds_from(3);
         // Every signal is taken from a signalfd from now on (blocked signals are delivered to
         // a namespace's init even without a handler); the command unblocks them.
         let _ = SigSet::all().thread_block();
