@@ -15,7 +15,8 @@ the timestamps updated; everything else is byte-identical with the same mtime, a
 mirrors (their trees carry each file's commit time).
 
 Deterministic for a given --seed. xz runs single-threaded (one block, what `xz` writes without
--T); --xz-level sets the preset (default 6, like the mirrors; lower is faster to generate).
+-T), one process per day in parallel; --xz-level sets the preset (default 6; lower is much
+faster to generate and decompresses at about the same speed); --scale makes a smaller tree.
 
 Usage: scripts/gen-tree.py OUT [--seed N] [--scale F] [--xz-level L] [--threads]
 """

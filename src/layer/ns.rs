@@ -375,10 +375,14 @@ pub fn unpack_blobs(store: &Store, blobs: &[BlobToUnpack], source: &str) -> Resu
         }
         return Err(e);
     }
+    // One syncfs for all the layers (they share the store's filesystem), before any rename.
+    if let Some(t) = pending.iter().find_map(|(t, _)| t.as_ref()) {
+        super::sync_tree(t)?;
+    }
     let mut out = Vec::new();
     for (tmp, info) in pending {
         out.push(match tmp {
-            Some(t) => super::publish(store, &t, info)?,
+            Some(t) => super::publish_synced(store, &t, info, true)?,
             None => info,
         });
     }

@@ -705,19 +705,16 @@ impl Writer<'_> {
         raw: &[u8],
         m: EntryMeta,
     ) -> Result<()> {
-        self.clear(path, raw)?;
-        let content = match self.link_same(e, path, &m)? {
-            Linked::Done => return Ok(()),
-            Linked::Read(v) => Some(v),
-            Linked::Unread => None,
-        };
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
-            .at("create", path)?;
+        let mut content = None;
+        if self.prev.is_some() {
+            self.clear(path, raw)?;
+            match self.link_same(e, path, &m)? {
+                Linked::Done => return Ok(()),
+                Linked::Read(v) => content = Some(v),
+                Linked::Unread => {}
+            }
+        }
+        let mut f = self.create_file(path, raw)?;
         if let Some(v) = content {
             f.write_all(&v).at("write", path)?;
         }
@@ -739,6 +736,27 @@ impl Writer<'_> {
         self.set_xattrs(path, Some(&f), &m)?;
         filetime::set_file_handle_times(&f, Some(m.mtime), Some(m.mtime)).at("set times", path)?;
         Ok(())
+    }
+
+    /// Create the new file `path`; whatever is there is replaced (a later entry of the same
+    /// name). Creating first saves a `stat` per file in the common case of a fresh directory.
+    fn create_file(&mut self, path: &Path, raw: &[u8]) -> Result<File> {
+        let open = || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path)
+        };
+        match open() {
+            Ok(f) => Ok(f),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                self.clear(path, raw)?;
+                Ok(open().at("create", path)?)
+            }
+            Err(e) => Err(FsError::new("create", path, e).into()),
+        }
     }
 
     /// When `link_from` holds the file at the same path with the same size, mode and mtime,
