@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # Benchmark of the store's layer operations against the plain tools, same data, same run, printed
 # as ratios with peak RSS:
-#   unpack   gbuild layer unpack      vs  tar -xJf  and  xz -T0 -dc | tar -x
-#   snapshot gbuild snapshot (zstd)   vs  tar -c | zstd -3 -T0
-#   restore  gbuild restore           vs  zstd -dc | tar -x
+#   unpack    gbuild layer unpack        vs  tar -xJf  and  xz -T0 -dc | tar -x   (multi-block xz)
+#   snapshot  gbuild snapshot (zstd)     vs  tar -c | zstd -3 -T0
+#   restore   gbuild restore             vs  zstd -dc | tar -x
+#   tree      gbuild layer unpack-repo   vs  tar -xJf  (a Gentoo-sized ebuild tree, single-block xz)
+#   day 2     the next day's tree (0.5% of the files changed) beside the first: time and disk
 # The plain tools run inside `gbuild unshare` where they touch files owned by subordinate ids,
 # like gbuild does. gbuild's unpack also hashes the layer and syncs it to disk before sealing.
-# Data: GBUILD_BENCH_STAGE3 (a stage3 tarball), else a generated xz tarball of part of /usr.
-# Each step runs RUNS times (default 3) on fresh targets; the fastest time and the largest peak RSS
-# are reported, which filters out noise from other load on the machine.
+# Data: GBUILD_BENCH_STAGE3 (a stage3 tarball), else a generated xz tarball of part of /usr; the
+# ebuild trees come from scripts/gen-tree.py (GBUILD_BENCH_TREE: a directory it wrote, reused;
+# else generated at GBUILD_BENCH_TREE_SCALE, default 1 = full size, which takes minutes).
+# Each round runs gbuild and the plain tool back to back on fresh targets, RUNS rounds (default
+# 3); the fastest time and the largest peak RSS of each are reported, which filters out noise
+# from other load on the machine. The last lines are `RESULT name|target|measured|met` for
+# scripts/bench-all.sh.
 # Usage: scripts/bench-store.sh [RUNS]   (as root it runs as GBUILD_TEST_USER, default gbuild-test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,57 +47,97 @@ else
     xz -T0 -6 > "$data"
 fi
 chmod 644 "$data"
+if [ -n "${GBUILD_BENCH_TREE:-}" ]; then
+  trees=$GBUILD_BENCH_TREE
+else
+  trees="$work/trees"
+  echo "generating ebuild trees (scripts/gen-tree.py, scale ${GBUILD_BENCH_TREE_SCALE:-1}) ..." >&2
+  python3 scripts/gen-tree.py "$trees" --scale "${GBUILD_BENCH_TREE_SCALE:-1}" --xz-level 3
+  chmod -R a+rX "$trees"
+fi
+day1=$(ls "$trees"/gentoo-*.tar.xz | sort | head -1)
+day2=$(ls "$trees"/gentoo-*.tar.xz | sort | sed -n 2p)
 
-# measure LABEL PREP CMD...: run PREP (a reset, not timed) then CMD, $runs times; the best elapsed
-# seconds and the largest peak RSS (KiB) go into $secs and $rss
-measure() {
-  local label=$1 prep=$2; shift 2
-  local best="" worst_rss=0 s r
-  for _ in $(seq "$runs"); do
-    eval "$prep"
-    "${as_user[@]}" /usr/bin/time -f '%e %M' -o "$work/time" "$@" >/dev/null
-    read -r s r < "$work/time"
-    if [ -z "$best" ] || python3 -c "import sys; sys.exit(not $s < $best)"; then best=$s; fi
-    [ "$r" -gt "$worst_rss" ] && worst_rss=$r
-  done
-  secs=$best rss=$worst_rss
-  printf '%-40s %8.2f s %9d KiB\n' "$label" "$secs" "$rss" >&2
+# once PREP CMD...: run PREP (a reset, not timed) then CMD; sets $s (seconds) and $r (KiB)
+once() {
+  local prep=$1; shift
+  eval "$prep"
+  "${as_user[@]}" /usr/bin/time -f '%e %M' -o "$work/time" "$@" >/dev/null
+  read -r s r < "$work/time"
 }
+declare -A best rss
+# keep NAME: fold the last run into the best time and largest RSS of NAME
+keep() {
+  if [ -z "${best[$1]:-}" ] || python3 -c "import sys; sys.exit(not $s < ${best[$1]})"; then best[$1]=$s; fi
+  if [ "$r" -gt "${rss[$1]:-0}" ]; then rss[$1]=$r; fi
+}
+show() { printf '%-40s %8.2f s %9d KiB\n' "$2" "${best[$1]}" "${rss[$1]}" >&2; }
 fresh() { g unshare -- rm -rf "$@"; u mkdir -p "$@"; }
 
 compressed=$(stat -c %s "$data")
-echo "data: $(basename "$data"), $((compressed / 1048576)) MiB compressed" >&2
+echo "data: $(basename "$data"), $((compressed / 1048576)) MiB compressed; trees: $(basename "$day1"), $(basename "$day2") ($(($(stat -c %s "$day1") / 1048576)) MiB)" >&2
 
-measure "gbuild layer unpack" "fresh $work/s1" env GBUILD_STORE="$work/s1" GBUILD_SELF_EXE="$gb" "$gb" -q layer unpack "$data" --image bench
-gb_unpack=$secs gb_unpack_rss=$rss
-measure "tar -xJf" "fresh $work/x1" tar -xJf "$data" -C "$work/x1"
-tar_unpack=$secs tar_unpack_rss=$rss
-measure "xz -T0 -dc | tar -x" "fresh $work/x2" sh -c "xz -T0 -dc '$data' | tar -x -C '$work/x2'"
-xz_unpack=$secs xz_unpack_rss=$rss
+S="env GBUILD_SELF_EXE=$gb $gb -q"
+for _ in $(seq "$runs"); do
+  once "fresh $work/s1" env GBUILD_STORE="$work/s1" $S layer unpack "$data" --image bench; keep gb_unpack
+  once "fresh $work/x1" tar -xJf "$data" -C "$work/x1"; keep tar_unpack
+  once "fresh $work/x2" sh -c "xz -T0 -dc '$data' | tar -x -C '$work/x2'"; keep xz_unpack
+done
+show gb_unpack "gbuild layer unpack"; show tar_unpack "tar -xJf"; show xz_unpack "xz -T0 -dc | tar -x"
 
 layer=$(GBUILD_STORE="$work/s1" g image lowerdir bench)
-measure "gbuild snapshot (zstd -3, all cores)" "g unshare -- rm -rf $work/oci" env GBUILD_STORE="$work/s1" GBUILD_SELF_EXE="$gb" "$gb" -q snapshot --image bench -o "$work/oci"
-gb_snap=$secs gb_snap_rss=$rss
-measure "tar -c | zstd -3 -T0" "" env GBUILD_SELF_EXE="$gb" "$gb" -q unshare -- sh -c "tar -C '$layer' -cf - . | zstd -3 -T0 -q > '$work/plain.tar.zst'"
-tar_snap=$secs tar_snap_rss=$rss
+for _ in $(seq "$runs"); do
+  once "g unshare -- rm -rf $work/oci" env GBUILD_STORE="$work/s1" $S snapshot --image bench -o "$work/oci"; keep gb_snap
+  once "" $S unshare -- sh -c "tar -C '$layer' -cf - . | zstd -3 -T0 -q -f -o '$work/plain.tar.zst'"; keep tar_snap
+done
+show gb_snap "gbuild snapshot (zstd -3, all cores)"; show tar_snap "tar -c | zstd -3 -T0"
 
-measure "gbuild restore" "fresh $work/s2" env GBUILD_STORE="$work/s2" GBUILD_SELF_EXE="$gb" "$gb" -q restore "$work/oci"
-gb_restore=$secs gb_restore_rss=$rss
-measure "zstd -dc | tar -x" "fresh $work/x3" env GBUILD_SELF_EXE="$gb" "$gb" -q unshare -- sh -c "zstd -dc '$work/plain.tar.zst' | tar -x -C '$work/x3'"
-tar_restore=$secs tar_restore_rss=$rss
+for _ in $(seq "$runs"); do
+  once "fresh $work/s2" env GBUILD_STORE="$work/s2" $S restore "$work/oci"; keep gb_restore
+  once "fresh $work/x3" $S unshare -- sh -c "zstd -dc '$work/plain.tar.zst' | tar -x -C '$work/x3'"; keep tar_restore
+done
+show gb_restore "gbuild restore"; show tar_restore "zstd -dc | tar -x"
+
+for _ in $(seq "$runs"); do
+  once "fresh $work/s3" env GBUILD_STORE="$work/s3" $S layer unpack-repo "$day1"; keep gb_tree
+  once "fresh $work/x4" tar -xJf "$day1" -C "$work/x4"; keep tar_tree
+  # the second day beside the first (s3 holds the first day's tree from the run above)
+  once "g unshare -- rm -rf $work/s3/repos/$(basename "$day2" .tar.xz)" \
+    env GBUILD_STORE="$work/s3" $S layer unpack-repo "$day2"; keep gb_day2
+done
+show gb_tree "gbuild layer unpack-repo (day 1)"; show tar_tree "tar -xJf (day 1)"
+show gb_day2 "gbuild layer unpack-repo (day 2)"
+# du counts a hardlinked file once per invocation: what day 2 adds is the total minus day 1.
+r1="$work/s3/repos/$(basename "$day1" .tar.xz)" r2="$work/s3/repos/$(basename "$day2" .tar.xz)"
+d1=$(du -sk "$r1" | cut -f1)
+d2=$(($(du -sk --total "$r1" "$r2" | tail -1 | cut -f1) - d1))
+dirs=$(find "$r2" -type d | wc -l)
+echo "disk: day 1 $((d1 / 1024)) MiB, day 2 adds $((d2 / 1024)) MiB, of which $((dirs * 4 / 1024)) MiB are its $dirs directories" >&2
 
 blob=$(du -b "$work"/oci/blobs/sha256/* | sort -n | tail -1 | cut -f1)
 plain=$(stat -c %s "$work/plain.tar.zst")
 echo "layer blob $((blob / 1048576)) MiB, tar|zstd $((plain / 1048576)) MiB" >&2
 
-python3 - "$gb_unpack" "$tar_unpack" "$xz_unpack" "$gb_snap" "$tar_snap" "$gb_restore" "$tar_restore" \
-  "$gb_unpack_rss" "$tar_unpack_rss" "$xz_unpack_rss" "$gb_snap_rss" "$tar_snap_rss" "$gb_restore_rss" "$tar_restore_rss" <<'PY'
+python3 - "${best[gb_unpack]}" "${best[tar_unpack]}" "${best[xz_unpack]}" "${best[gb_snap]}" "${best[tar_snap]}" \
+  "${best[gb_restore]}" "${best[tar_restore]}" "${best[gb_tree]}" "${best[tar_tree]}" "${best[gb_day2]}" \
+  "$d1" "$d2" "${rss[gb_unpack]}" "${rss[tar_unpack]}" "${rss[gb_snap]}" "${rss[gb_restore]}" "${rss[gb_tree]}" <<'PY'
 import sys
-a = list(map(float, sys.argv[1:]))
-gu, tu, xu, gs, ts, gr, tr = a[:7]
-r = a[7:]
-print(f"unpack   gbuild/tar -xJf          {gu/tu:5.2f}x   rss {r[0]/1024:.0f} vs {r[1]/1024:.0f} MiB")
-print(f"unpack   gbuild/xz -T0 | tar -x   {gu/xu:5.2f}x   rss {r[0]/1024:.0f} vs {r[2]/1024:.0f} MiB")
-print(f"snapshot gbuild/tar | zstd -3 -T0 {gs/ts:5.2f}x   rss {r[3]/1024:.0f} vs {r[4]/1024:.0f} MiB")
-print(f"restore  gbuild/zstd -dc | tar -x {gr/tr:5.2f}x   rss {r[5]/1024:.0f} vs {r[6]/1024:.0f} MiB")
+gu, tu, xu, gs, ts, gr, tr, gt, tt, g2, d1, d2, ru, rt, rs, rr, rtree = map(float, sys.argv[1:])
+print(f"unpack   gbuild/tar -xJf          {gu/tu:5.2f}x   rss {ru/1024:.0f} vs {rt/1024:.0f} MiB")
+print(f"unpack   gbuild/xz -T0 | tar -x   {gu/xu:5.2f}x")
+print(f"snapshot gbuild/tar | zstd -3 -T0 {gs/ts:5.2f}x   rss {rs/1024:.0f} MiB")
+print(f"restore  gbuild/zstd -dc | tar -x {gr/tr:5.2f}x   rss {rr/1024:.0f} MiB")
+print(f"tree     gbuild/tar -xJf          {gt/tt:5.2f}x   rss {rtree/1024:.0f} MiB (single-block xz)")
+print(f"day 2    time/day 1               {g2/gt:5.2f}x   disk {d2/d1:.3f}x")
+def res(name, target, measured, fmt="{:.2f}x"):
+    op, lim = target.split()
+    ok = measured <= float(lim) if op == "<=" else measured >= float(lim)
+    print(f"RESULT {name}|{target}|{fmt.format(measured)}|{'met' if ok else 'NOT met'}")
+res("store unpack multi-block xz / tar -xJf", "<= 0.65", gu / tu)
+res("store unpack peak RSS MiB", "<= 160", max(ru, rtree) / 1024, "{:.0f}")
+res("store snapshot / tar | zstd -3 -T0", "<= 1.0", gs / ts)
+res("store restore / zstd -dc | tar -x", "<= 0.9", gr / tr)
+res("ebuild tree unpack (single-block xz) / tar -xJf", "<= 1.0", gt / tt)
+res("ebuild tree day 2 time / day 1", "<= 0.05", g2 / gt)
+res("ebuild tree day 2 disk / day 1", "<= 0.05", d2 / d1)
 PY

@@ -201,6 +201,17 @@ pub fn sync_tree(dir: &Path) -> Result<()> {
 /// the layer root read-only. When the layer already exists (same content), `tmp` is removed and
 /// the existing layer kept. Returns the recorded metadata.
 pub fn publish(store: &Store, tmp: &Path, info: LayerInfo) -> Result<LayerInfo> {
+    publish_synced(store, tmp, info, false)
+}
+
+/// `publish` for a work dir the caller has already synced (`synced`), e.g. with one `syncfs`
+/// for several layers.
+pub fn publish_synced(
+    store: &Store,
+    tmp: &Path,
+    info: LayerInfo,
+    synced: bool,
+) -> Result<LayerInfo> {
     use std::os::unix::fs::PermissionsExt;
     let dest = layer_dir(store, &info.id);
     let meta = layer_meta_path(store, &info.id);
@@ -210,7 +221,9 @@ pub fn publish(store: &Store, tmp: &Path, info: LayerInfo) -> Result<LayerInfo> 
             return Ok(existing);
         }
     } else {
-        sync_tree(tmp)?;
+        if !synced {
+            sync_tree(tmp)?;
+        }
         if let Err(e) = crate::fsutil::rename_dir_into_place(tmp, &dest) {
             if !dest.is_dir() {
                 return Err(e.into());

@@ -273,6 +273,7 @@ pub fn commit_upper(
             oci_whiteouts: true,
             strip_top: false,
             strict_xattrs: true,
+            link_from: None,
         };
         let bar = Arc::new(crate::progress::bytes("commit layer", None));
         let b2 = bar.clone();
@@ -340,6 +341,7 @@ pub fn unpack_blobs(store: &Store, blobs: &[BlobToUnpack], source: &str) -> Resu
                 oci_whiteouts: true,
                 strip_top: false,
                 strict_xattrs: true,
+                link_from: None,
             };
             let what = format!("restore layer {}/{}", i + 1, blobs.len());
             let res = super::unpack::unpack_file(&b.path, &tmp, &opts, &what)?;
@@ -373,10 +375,14 @@ pub fn unpack_blobs(store: &Store, blobs: &[BlobToUnpack], source: &str) -> Resu
         }
         return Err(e);
     }
+    // One syncfs for all the layers (they share the store's filesystem), before any rename.
+    if let Some(t) = pending.iter().find_map(|(t, _)| t.as_ref()) {
+        super::sync_tree(t)?;
+    }
     let mut out = Vec::new();
     for (tmp, info) in pending {
         out.push(match tmp {
-            Some(t) => super::publish(store, &t, info)?,
+            Some(t) => super::publish_synced(store, &t, info, true)?,
             None => info,
         });
     }

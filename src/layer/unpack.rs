@@ -51,6 +51,10 @@ pub struct UnpackOptions {
     pub strip_top: bool,
     /// Fail when an xattr cannot be set (restores must be exact) instead of counting it.
     pub strict_xattrs: bool,
+    /// A previous complete tree (read-only from then on): a regular file whose path, size,
+    /// mode, mtime and content equal that tree's file becomes a hardlink to it instead of a
+    /// copy. Only for trees without owners (ebuild trees).
+    pub link_from: Option<PathBuf>,
 }
 
 /// What an unpack did.
@@ -61,6 +65,8 @@ pub struct UnpackStats {
     pub devices_skipped: u64,
     pub xattrs_skipped: u64,
     pub other_skipped: u64,
+    /// Files hardlinked from `UnpackOptions::link_from` instead of written.
+    pub files_linked: u64,
 }
 
 pub use crate::compress::{decoder, sniff, Codec};
@@ -252,6 +258,7 @@ pub fn unpack_rootfs(store: &Store, tarball: &Path, source: &str) -> Result<Laye
             oci_whiteouts: false,
             strip_top: false,
             strict_xattrs: false,
+            link_from: None,
         };
         let name = tarball
             .file_name()
@@ -346,6 +353,7 @@ pub fn unpack_repo(store: &Store, tarball: &Path, name: &str) -> Result<PathBuf>
             oci_whiteouts: false,
             strip_top: true,
             strict_xattrs: false,
+            link_from: previous_repo(store, name),
         };
         unpack_file(tarball, &tmp, &opts, &format!("unpack {name}"))?;
         super::sync_tree(&tmp)?;
@@ -358,10 +366,35 @@ pub fn unpack_repo(store: &Store, tarball: &Path, name: &str) -> Result<PathBuf>
     r
 }
 
+/// The complete tree under `repos/` that a new snapshot `name` shares unchanged files with: the
+/// one whose name sorts last before `name` (snapshot names carry their date), else the last one.
+/// Work dirs (`.tmp-*`) are never complete and never chosen.
+fn previous_repo(store: &Store, name: &str) -> Option<PathBuf> {
+    let mut names: Vec<String> = std::fs::read_dir(store.repos())
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| !n.starts_with('.') && n != name)
+        .collect();
+    names.sort();
+    let pick = names
+        .iter()
+        .rev()
+        .find(|n| n.as_str() < name)
+        .or(names.last())?;
+    Some(store.repos().join(pick))
+}
+
 /// Parse and write every entry of the tar stream `r` into `dest` (an existing directory).
 pub fn unpack_tar<R: Read>(r: R, dest: &Path, opts: &UnpackOptions) -> Result<UnpackStats> {
+    let prev = match &opts.link_from {
+        Some(p) if !opts.owners => crate::beneath::Beneath::open(p).ok(),
+        _ => None,
+    };
     let mut w = Writer {
         root: dest.to_path_buf(),
+        prev,
         opts,
         known: HashSet::new(),
         deferred: Vec::new(),
@@ -378,8 +411,20 @@ pub fn unpack_tar<R: Read>(r: R, dest: &Path, opts: &UnpackOptions) -> Result<Un
     Ok(w.stats)
 }
 
+/// What `Writer::link_same` did with an entry's content.
+enum Linked {
+    /// Hardlinked to the previous tree's file.
+    Done,
+    /// Read (it differs): the caller writes these bytes.
+    Read(Vec<u8>),
+    /// Nothing read: no candidate in the previous tree.
+    Unread,
+}
+
 struct Writer<'a> {
     root: PathBuf,
+    /// `opts.link_from`, open.
+    prev: Option<crate::beneath::Beneath>,
     opts: &'a UnpackOptions,
     /// Relative paths (bytes) known to be real directories, not symlinks.
     known: HashSet<Vec<u8>>,
@@ -660,14 +705,19 @@ impl Writer<'_> {
         raw: &[u8],
         m: EntryMeta,
     ) -> Result<()> {
-        self.clear(path, raw)?;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
-            .at("create", path)?;
+        let mut content = None;
+        if self.prev.is_some() {
+            self.clear(path, raw)?;
+            match self.link_same(e, path, &m)? {
+                Linked::Done => return Ok(()),
+                Linked::Read(v) => content = Some(v),
+                Linked::Unread => {}
+            }
+        }
+        let mut f = self.create_file(path, raw)?;
+        if let Some(v) = content {
+            f.write_all(&v).at("write", path)?;
+        }
         loop {
             let n = match e.read(&mut self.buf) {
                 Ok(0) => break,
@@ -686,6 +736,77 @@ impl Writer<'_> {
         self.set_xattrs(path, Some(&f), &m)?;
         filetime::set_file_handle_times(&f, Some(m.mtime), Some(m.mtime)).at("set times", path)?;
         Ok(())
+    }
+
+    /// Create the new file `path`; whatever is there is replaced (a later entry of the same
+    /// name). Creating first saves a `stat` per file in the common case of a fresh directory.
+    fn create_file(&mut self, path: &Path, raw: &[u8]) -> Result<File> {
+        let open = || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path)
+        };
+        match open() {
+            Ok(f) => Ok(f),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                self.clear(path, raw)?;
+                Ok(open().at("create", path)?)
+            }
+            Err(e) => Err(FsError::new("create", path, e).into()),
+        }
+    }
+
+    /// When `link_from` holds the file at the same path with the same size, mode and mtime,
+    /// read the entry's content and hardlink `path` to that file if the bytes are the same.
+    /// The previous tree is read beneath its root without following symlinks, so a link never
+    /// leaves it.
+    fn link_same<R: Read>(
+        &mut self,
+        e: &mut tar::Entry<'_, R>,
+        path: &Path,
+        m: &EntryMeta,
+    ) -> Result<Linked> {
+        use std::os::unix::fs::MetadataExt;
+        /// Larger files are written: they are rare in ebuild trees and comparing them would
+        /// hold them in memory.
+        const MAX: u64 = 4 << 20;
+        let Some(prev) = self.prev.as_ref() else {
+            return Ok(Linked::Unread);
+        };
+        let Some(rel) = path.strip_prefix(&self.root).ok().and_then(|r| r.to_str()) else {
+            return Ok(Linked::Unread);
+        };
+        let size = e.size();
+        if size > MAX {
+            return Ok(Linked::Unread);
+        }
+        let Ok(mut old) = prev.open_file(rel) else {
+            return Ok(Linked::Unread);
+        };
+        let same_meta = old.metadata().is_ok_and(|md| {
+            md.file_type().is_file()
+                && md.len() == size
+                && md.mode() & 0o7777 == m.mode
+                && md.mtime() == m.mtime.unix_seconds()
+                && md.mtime_nsec() == i64::from(m.mtime.nanoseconds())
+        });
+        if !same_meta {
+            return Ok(Linked::Unread);
+        }
+        let mut new = Vec::with_capacity(size as usize);
+        e.read_to_end(&mut new).map_err(|x| self.archive_err(x))?;
+        self.stats.content_bytes += new.len() as u64;
+        let mut cur = Vec::with_capacity(size as usize);
+        let same = old.read_to_end(&mut cur).is_ok() && cur == new;
+        // A tree removed meanwhile, or a file at its link limit: the caller writes a copy.
+        if same && std::fs::hard_link(prev.path(rel), path).is_ok() {
+            self.stats.files_linked += 1;
+            return Ok(Linked::Done);
+        }
+        Ok(Linked::Read(new))
     }
 
     fn hardlink(&mut self, path: &Path, raw: &[u8], target: &[u8]) -> Result<()> {
@@ -808,6 +929,7 @@ mod tests {
             oci_whiteouts: false,
             strip_top: false,
             strict_xattrs: false,
+            link_from: None,
         }
     }
 

@@ -395,6 +395,118 @@ fn unpack_repo_is_a_plain_directory() {
     assert_eq!(env.ok(&["layer", "unpack-repo", t.to_str().unwrap()]), path);
 }
 
+/// An ebuild-tree snapshot `top`: `(path, mode, mtime, content)` per file under `top/cat/pkg/`.
+fn repo_snapshot(top: &str, files: &[(&str, u32, u64, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    dir(&mut b, &format!("{top}/"), 0o755, 250);
+    dir(&mut b, &format!("{top}/cat/"), 0o755, 250);
+    dir(&mut b, &format!("{top}/cat/pkg/"), 0o755, 250);
+    for (name, mode, mtime, data) in files {
+        let mut h = header(tar::EntryType::Regular, *mode, 250, data.len() as u64);
+        h.set_mtime(*mtime);
+        raw(&mut b, h, &format!("{top}/cat/pkg/{name}"), None, data);
+    }
+    xz(&b.into_inner().unwrap())
+}
+
+/// Every entry under `root`: relative path, type, mode, mtime (s, ns), content or link target.
+fn tree_listing(root: &Path) -> Vec<(String, String, u32, i64, i64, Vec<u8>)> {
+    use std::os::unix::ffi::OsStringExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            let (kind, data) = if md.is_dir() {
+                stack.push(p.clone());
+                ("dir", Vec::new())
+            } else if md.file_type().is_symlink() {
+                (
+                    "symlink",
+                    std::fs::read_link(&p).unwrap().into_os_string().into_vec(),
+                )
+            } else {
+                ("file", std::fs::read(&p).unwrap())
+            };
+            out.push((
+                rel,
+                kind.into(),
+                md.mode(),
+                md.mtime(),
+                md.mtime_nsec(),
+                data,
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn second_day_tree_shares_unchanged_files_and_equals_a_plain_unpack() {
+    let env = Env::new();
+    let day1 = [
+        ("same.ebuild", 0o644, MTIME, &b"EAPI=8\nSLOT=0\n"[..]),
+        ("Manifest", 0o644, MTIME, b"DIST a 1 BLAKE2B aa\n"),
+        ("edited.ebuild", 0o644, MTIME, b"KEYWORDS=~amd64\n"),
+        ("touched.xml", 0o644, MTIME, b"<pkgmetadata/>\n"),
+        ("chmod.sh", 0o644, MTIME, b"#!/bin/sh\n"),
+    ];
+    // Day 2: "edited" has other bytes of the same size and the same mtime (only the content
+    // tells it apart), "touched" a new mtime, "chmod" a new mode, "new" is new.
+    let day2 = [
+        ("same.ebuild", 0o644, MTIME, &b"EAPI=8\nSLOT=0\n"[..]),
+        ("Manifest", 0o644, MTIME, b"DIST a 1 BLAKE2B aa\n"),
+        ("edited.ebuild", 0o644, MTIME, b"KEYWORDS=amd64 \n"),
+        ("touched.xml", 0o644, MTIME + 86400, b"<pkgmetadata/>\n"),
+        ("chmod.sh", 0o755, MTIME, b"#!/bin/sh\n"),
+        ("new.patch", 0o644, MTIME + 86400, b"--- a\n+++ b\n"),
+    ];
+    let t1 = env.write(
+        "gentoo-20250301.tar.xz",
+        &repo_snapshot("gentoo-20250301", &day1),
+    );
+    let t2 = env.write(
+        "gentoo-20250302.tar.xz",
+        &repo_snapshot("gentoo-20250302", &day2),
+    );
+    let p1 = PathBuf::from(env.ok(&["layer", "unpack-repo", t1.to_str().unwrap()]));
+    let before = tree_listing(&p1);
+    let p2 = PathBuf::from(env.ok(&["layer", "unpack-repo", t2.to_str().unwrap()]));
+    // A plain unpack of day 2 into an empty store.
+    let plain_store = env.p("plain");
+    std::fs::create_dir(&plain_store).unwrap();
+    let o = env.gb_in(
+        &plain_store,
+        &["layer", "unpack-repo", t2.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", util::stderr(&o));
+    let plain = PathBuf::from(util::stdout(&o).trim());
+    assert_eq!(tree_listing(&p2), tree_listing(&plain));
+    assert_eq!(
+        tree_listing(&p1),
+        before,
+        "the first day's tree is unchanged"
+    );
+    let ino = |p: &Path, n: &str| std::fs::metadata(p.join("cat/pkg").join(n)).unwrap().ino();
+    for n in ["same.ebuild", "Manifest"] {
+        assert_eq!(ino(&p1, n), ino(&p2, n), "{n} is shared");
+    }
+    for n in ["edited.ebuild", "touched.xml", "chmod.sh"] {
+        assert_ne!(ino(&p1, n), ino(&p2, n), "{n} changed: not shared");
+    }
+    for n in ["same.ebuild", "edited.ebuild", "new.patch"] {
+        assert_eq!(
+            std::fs::metadata(plain.join("cat/pkg").join(n))
+                .unwrap()
+                .nlink(),
+            1
+        );
+    }
+}
+
 /// Mount image `image` of `store` read-only (lower dirs only) and run `script` with $M.
 fn with_image_mounted(env: &Env, store: &Path, image: &str, script: &str) -> String {
     let m = env.p("m-ro");
