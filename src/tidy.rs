@@ -285,3 +285,75 @@ fn the_scanner_sees_code_not_comments() {
     assert!(!under("src/fetchy.rs", &["src/fetch"]));
     let _ = Path::new("");
 }
+
+/// Package names (`category/name`) of the fixture's repositories and overlays.
+fn fixture_packages() -> Vec<String> {
+    let mut out = Vec::new();
+    let mut repos = Vec::new();
+    for base in ["scripts/fixture/repo", "scripts/fixture/overlays"] {
+        for e in std::fs::read_dir(top().join(base)).unwrap() {
+            repos.push(e.unwrap().path());
+        }
+    }
+    for repo in repos {
+        for cat in std::fs::read_dir(&repo).into_iter().flatten() {
+            let cat = cat.unwrap().path();
+            let c = cat.file_name().unwrap().to_string_lossy().into_owned();
+            if !(c.contains('-') || c == "virtual") || !cat.is_dir() {
+                continue;
+            }
+            for p in std::fs::read_dir(&cat).unwrap() {
+                let p = p.unwrap().path();
+                if p.is_dir() {
+                    out.push(format!("{c}/{}", p.file_name().unwrap().to_string_lossy()));
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[test]
+fn the_product_carries_no_fixture_data() {
+    let pkgs = fixture_packages();
+    assert!(pkgs.len() > 5, "fixture repositories not found: {pkgs:?}");
+    let mut files = rust_files("src");
+    for dir in ["stage3", "overlays"] {
+        for e in std::fs::read_dir(top().join(dir)).unwrap() {
+            let p = e.unwrap().path();
+            if let Ok(t) = std::fs::read_to_string(&p) {
+                files.push((
+                    format!("{dir}/{}", p.file_name().unwrap().to_string_lossy()),
+                    t,
+                ));
+            }
+        }
+    }
+    let mut bad = Vec::new();
+    for (path, text) in &files {
+        if path.ends_with("src/tidy.rs") {
+            continue;
+        }
+        for (n, line) in text.lines().enumerate() {
+            // A name followed by a letter, digit or '-' is another package's prefix.
+            let hit = pkgs.iter().any(|p| {
+                line.match_indices(p.as_str()).any(|(i, _)| {
+                    !line[i + p.len()..]
+                        .chars()
+                        .next()
+                        .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+                })
+            });
+            if hit {
+                bad.push(format!("{path}:{}: {}", n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "fixture package names in the product (use real Gentoo names in examples):\n{}",
+        bad.join("\n")
+    );
+}

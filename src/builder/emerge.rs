@@ -74,7 +74,7 @@ pub struct CycleHint {
 }
 
 /// The `(Change USE: ...)` hints of emerge's cycle report, e.g.
-/// `- media-libs/ftype-2.13 (Change USE: -shaping)`.
+/// `- media-libs/freetype-2.13.2 (Change USE: -harfbuzz)`.
 pub fn cycle_hints(output: &str) -> Vec<CycleHint> {
     let mut hints: Vec<CycleHint> = Vec::new();
     for line in output.lines() {
@@ -285,12 +285,12 @@ mod tests {
 
     #[test]
     fn hints_from_real_output() {
-        let out = "\n * Error: circular dependencies:\n\nIt might be possible to break this cycle\nby applying the following change:\n- media-libs/ftype-2.13 (Change USE: -shaping)\n\nNote that this change can be reverted, once the package has been installed.\n";
+        let out = "\n * Error: circular dependencies:\n\nIt might be possible to break this cycle\nby applying the following change:\n- media-libs/freetype-2.13.2 (Change USE: -harfbuzz)\n\nNote that this change can be reverted, once the package has been installed.\n";
         assert_eq!(
             cycle_hints(out),
             vec![CycleHint {
-                cpv: "media-libs/ftype-2.13".into(),
-                flags: vec!["-shaping".into()]
+                cpv: "media-libs/freetype-2.13.2".into(),
+                flags: vec!["-harfbuzz".into()]
             }]
         );
     }
@@ -298,15 +298,15 @@ mod tests {
     #[test]
     fn progress_lines() {
         let mut p = Progress::default();
-        p.feed(b">>> Emerging (1 of 3) dev-libs/libgreet-1.0::gentoo\n>>> Emerging binary (2 of 3) app-misc/hello-1.0::gentoo\n");
-        p.feed(b">>> Emerging (3 of 3) app-misc/failer-1.0::gentoo\n * ERROR: app-misc/failer-1.0::gentoo failed (compile phase):\n");
-        p.feed(b">>> Failed to emerge app-misc/failer-1.0, Log file:\n");
+        p.feed(b">>> Emerging (1 of 3) dev-libs/libxml2-2.12.7::gentoo\n>>> Emerging binary (2 of 3) app-misc/jq-1.7.1::gentoo\n");
+        p.feed(b">>> Emerging (3 of 3) app-misc/screen-4.9.1::gentoo\n * ERROR: app-misc/screen-4.9.1::gentoo failed (compile phase):\n");
+        p.feed(b">>> Failed to emerge app-misc/screen-4.9.1, Log file:\n");
         assert_eq!(
             p.built,
-            vec!["dev-libs/libgreet-1.0", "app-misc/failer-1.0"]
+            vec!["dev-libs/libxml2-2.12.7", "app-misc/screen-4.9.1"]
         );
-        assert_eq!(p.binary, vec!["app-misc/hello-1.0"]);
-        assert_eq!(p.failed.as_deref(), Some("app-misc/failer-1.0"));
+        assert_eq!(p.binary, vec!["app-misc/jq-1.7.1"]);
+        assert_eq!(p.failed.as_deref(), Some("app-misc/screen-4.9.1"));
         assert_eq!(p.current.as_ref().unwrap().1, 3);
     }
 
@@ -314,18 +314,18 @@ mod tests {
     fn lines_split_across_reads_and_steps() {
         let mut p = Progress::default();
         for chunk in [
-            &b"- media-libs/ftype-2.13 (Change"[..],
-            b" USE: -shaping)\n",
+            &b"- media-libs/freetype-2.13.2 (Change"[..],
+            b" USE: -harfbuzz)\n",
             b"gbuild: st",
         ] {
             p.feed(chunk);
         }
-        p.feed(b"ep depclean\n>>> Unmerging (1 of 1) app-misc/failer-1.0...\n");
+        p.feed(b"ep depclean\n>>> Unmerging (1 of 1) app-misc/screen-4.9.1...\n");
         p.feed(b"gbuild: step prune\ngbuild: pruned app-misc/x/x-1-1.gpkg.tar (superseded)\n");
-        assert_eq!(p.facts.hints[0].flags, vec!["-shaping"]);
+        assert_eq!(p.facts.hints[0].flags, vec!["-harfbuzz"]);
         assert_eq!(p.steps.len(), 2);
         assert_eq!(p.steps[0].name, "depclean");
-        assert_eq!(p.steps[0].items, vec!["app-misc/failer-1.0"]);
+        assert_eq!(p.steps[0].items, vec!["app-misc/screen-4.9.1"]);
         assert_eq!(p.steps[1].items.len(), 1);
         p.start_run();
         assert!(p.facts.hints.is_empty());

@@ -357,10 +357,7 @@ mod tests {
         let xz = liblzma::write::XzEncoder::new(std::fs::File::create(&path).unwrap(), 1);
         let mut b = tar::Builder::new(xz);
         for (name, body) in [
-            (
-                "gentoo-20260201/app-misc/hello/hello-1.0.ebuild",
-                "EAPI=8\n",
-            ),
+            ("gentoo-20260201/app-misc/jq/jq-1.7.1.ebuild", "EAPI=8\n"),
             (
                 "gentoo-20260201/metadata/timestamp.chk",
                 "Mon, 02 Feb 2026 00:45:01 +0000\n",
