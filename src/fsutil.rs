@@ -37,6 +37,42 @@ impl<T> IoContext<T> for io::Result<T> {
     }
 }
 
+/// A JSON file of the store that exists but cannot be read or parsed, naming the path.
+#[derive(Debug, thiserror::Error)]
+pub enum JsonFileError {
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    #[error("invalid {}: {source}", path.display())]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Read the JSON file at `path` with its one schema: `None` when there is no such file, an error
+/// naming the path when it is unreadable or does not parse (never silently a default).
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, JsonFileError> {
+    match fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|source| JsonFileError::Invalid {
+                path: path.to_path_buf(),
+                source,
+            }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(FsError::new("read", path, e).into()),
+    }
+}
+
+/// Write `value` as pretty JSON to `path` atomically.
+pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), FsError> {
+    atomic_write(
+        path,
+        &serde_json::to_vec_pretty(value).expect("json of a plain struct"),
+    )
+}
+
 /// fsync a directory so that a rename inside it is durable.
 pub fn fsync_dir(dir: &Path) -> Result<(), FsError> {
     File::open(dir)
@@ -44,16 +80,75 @@ pub fn fsync_dir(dir: &Path) -> Result<(), FsError> {
         .at("fsync directory", dir)
 }
 
-/// A temporary name beside `path`: `.<name>.tmp.<pid>.<n>`; never a name the store lists.
-pub fn temp_sibling(path: &Path) -> PathBuf {
+/// The one scheme of temporary names in the store: `.tmp-<purpose>-<pid>-<n>`, where `pid` is the
+/// process that made it and `n` counts within that process. A dot name is never one the store
+/// lists, and `gc` (and the next holder of a machine's lock) recognises a leftover by the scheme
+/// and removes it once its process is gone.
+pub const TEMP_MARK: &str = ".tmp-";
+
+/// A fresh temporary name for `purpose` (a word or a file name; may contain `-` and `.`).
+pub fn temp_name(purpose: &str) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    format!("{TEMP_MARK}{purpose}-{}-{n}", std::process::id())
+}
+
+/// A fresh temporary path for `purpose` in `dir`.
+pub fn temp_path(dir: &Path, purpose: &str) -> PathBuf {
+    dir.join(temp_name(purpose))
+}
+
+/// A temporary name beside `path` (same directory, so a rename into place is atomic).
+pub fn temp_sibling(path: &Path) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    path.with_file_name(format!(".{name}.tmp.{}.{n}", std::process::id()))
+    path.with_file_name(temp_name(&name))
+}
+
+/// The purpose and owning pid of a name made by [`temp_name`], or `None` for any other name.
+pub fn parse_temp_name(name: &str) -> Option<(&str, u32)> {
+    let rest = name.strip_prefix(TEMP_MARK)?;
+    let mut parts = rest.rsplitn(3, '-');
+    let n = parts.next()?;
+    let pid = parts.next()?;
+    let purpose = parts.next()?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) || purpose.is_empty() {
+        return None;
+    }
+    Some((purpose, pid.parse().ok()?))
+}
+
+/// Whether a process with this pid exists (in our pid namespace).
+pub fn process_alive(pid: u32) -> bool {
+    pid != 0 && Path::new("/proc").join(pid.to_string()).exists()
+}
+
+/// The temporary entries of `dir` (of `purpose`, when given) whose owning process is gone: what
+/// a crash left behind. A missing directory has none.
+pub fn stale_temps(dir: &Path, purpose: Option<&str>) -> Result<Vec<PathBuf>, FsError> {
+    let mut out = Vec::new();
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(FsError::new("read directory", dir, e)),
+    };
+    for e in rd {
+        let e = e.at("read directory", dir)?;
+        let name = e.file_name();
+        let Some((p, pid)) =
+            parse_temp_name(&name.to_string_lossy()).map(|(p, pid)| (p.to_string(), pid))
+        else {
+            continue;
+        };
+        if purpose.is_none_or(|want| want == p) && !process_alive(pid) {
+            out.push(e.path());
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// Write `data` to `path` atomically (temp + fsync + rename + fsync of the directory).
@@ -149,6 +244,45 @@ mod tests {
         assert_eq!(fs::read(&p).unwrap(), b"two");
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn temp_names_parse_back() {
+        let n = temp_name("config-layer");
+        assert_eq!(
+            parse_temp_name(&n),
+            Some(("config-layer", std::process::id()))
+        );
+        let s = temp_sibling(Path::new("/x/state.json"));
+        let name = s.file_name().unwrap().to_str().unwrap();
+        assert_eq!(parse_temp_name(name).unwrap().0, "state.json");
+        for other in [
+            "state.json",
+            ".tmp-x",
+            ".tmp-x-1",
+            ".tmp--1-2",
+            ".tmp-x-y-z",
+            "tmp-a-1-2",
+        ] {
+            assert_eq!(parse_temp_name(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn stale_temps_are_those_of_dead_processes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mine = temp_path(dir.path(), "work");
+        let dead = dir.path().join(".tmp-work-4194303-0");
+        let other = dir.path().join(".tmp-other-4194303-0");
+        for p in [&mine, &dead, &other] {
+            fs::create_dir(p).unwrap();
+        }
+        fs::write(dir.path().join("state.json"), b"{}").unwrap();
+        assert_eq!(
+            stale_temps(dir.path(), Some("work")).unwrap(),
+            vec![dead.clone()]
+        );
+        assert_eq!(stale_temps(dir.path(), None).unwrap(), vec![other, dead]);
     }
 
     #[test]

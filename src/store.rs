@@ -1,6 +1,8 @@
 //! Where gbuild keeps everything: one directory (the store) whose layout is a contract
-//! (docs/design.md). This module resolves it and names its parts; nothing else builds store
-//! paths by hand.
+//! (docs/design.md). This module resolves it and names every part of it, down to the files of a
+//! machine (`MachineDir`) and of a publication (`PublishedDir`); nothing else builds store paths
+//! or spells the store's file names. Temporary names come from one scheme
+//! (`fsutil::temp_name`, `.tmp-<purpose>-<pid>-<n>`), which `leftovers` finds for `gc`.
 
 use std::path::{Path, PathBuf};
 
@@ -94,8 +96,58 @@ impl Store {
     pub fn machines(&self) -> PathBuf {
         self.root.join("machines")
     }
-    pub fn machine(&self, name: &str) -> PathBuf {
-        self.machines().join(name)
+    /// The directory of machine `name` (which must be a [`valid_name`]).
+    pub fn machine(&self, name: &str) -> MachineDir {
+        MachineDir {
+            dir: self.machines().join(name),
+        }
+    }
+    /// `machines/.<M>.import.lock`: serialises the imports of one machine. Beside the machine's
+    /// directory (never in it: machine names do not start with a dot) so that a failed first
+    /// import can remove that directory.
+    pub fn import_lock(&self, name: &str) -> PathBuf {
+        self.machines().join(format!(".{name}.import.lock"))
+    }
+    /// A sealed layer's tree, `layers/<id>/`.
+    pub fn layer(&self, id: &str) -> PathBuf {
+        self.layers().join(id)
+    }
+    /// A sealed layer's metadata, `layers/<id>.json`.
+    pub fn layer_meta(&self, id: &str) -> PathBuf {
+        self.layers().join(format!("{id}.json"))
+    }
+    /// The store lock (`gc` exclusive, work directories shared).
+    pub fn store_lock(&self) -> PathBuf {
+        self.layers().join(".lock")
+    }
+    /// `images/<name>.json` (names may contain one `/`: `M/config`).
+    pub fn image_file(&self, name: &str) -> PathBuf {
+        self.images().join(format!("{name}.json"))
+    }
+    /// An unpacked ebuild tree, `repos/<snapshot>/`.
+    pub fn repo(&self, snapshot: &str) -> PathBuf {
+        self.repos().join(snapshot)
+    }
+    /// A verified download or its signature, `downloads/<file>`.
+    pub fn download(&self, file: &str) -> PathBuf {
+        self.downloads().join(file)
+    }
+    /// The verified-artifact manifest of the newest stage3 of `arch`/`variant`.
+    pub fn stage3_manifest(&self, arch: &str, variant: &str) -> PathBuf {
+        self.downloads()
+            .join(format!("stage3-{arch}-{variant}.json"))
+    }
+    /// The verified-artifact manifest of the snapshot of `date` (`YYYYMMDD`).
+    pub fn snapshot_manifest(&self, date: &str) -> PathBuf {
+        self.downloads().join(format!("snapshot-{date}.json"))
+    }
+    /// Serialises fetches into `downloads/`.
+    pub fn fetch_lock(&self) -> PathBuf {
+        self.downloads().join(".fetch.lock")
+    }
+    /// An exported snapshot (OCI layout), `exports/<name>/`.
+    pub fn export(&self, name: &str) -> PathBuf {
+        self.exports().join(name)
     }
     pub fn distfiles(&self) -> PathBuf {
         self.root.join("distfiles")
@@ -113,6 +165,196 @@ impl Store {
     pub fn tmp(&self) -> PathBuf {
         self.root.join("tmp")
     }
+
+    /// Every temporary entry of the store's scheme whose process is gone: in the store's own
+    /// directories, in each machine's directory and its PKGDIR, and in each export directory.
+    /// Entries in a machine's directory are left alone while its lock is held.
+    pub fn leftovers(&self) -> Result<Vec<PathBuf>, crate::fsutil::FsError> {
+        let mut dirs = vec![
+            self.root.clone(),
+            self.downloads(),
+            self.layers(),
+            self.images(),
+            self.repos(),
+            self.machines(),
+            self.exports(),
+            self.keys(),
+            self.tmp(),
+        ];
+        dirs.extend(subdirs(&self.exports())?);
+        dirs.extend(subdirs(&self.images())?);
+        let mut out = Vec::new();
+        for m in subdirs(&self.machines())? {
+            let md = MachineDir { dir: m };
+            if crate::lock::Lock::holder(&md.lock()).is_some() {
+                continue;
+            }
+            out.extend(crate::fsutil::stale_temps(&md.dir, None)?);
+            out.extend(crate::fsutil::stale_temps(&md.published().dir, None)?);
+            out.extend(crate::fsutil::stale_temps(&md.binpkgs(), None)?);
+            for cat in subdirs(&md.binpkgs())? {
+                out.extend(crate::fsutil::stale_temps(&cat, None)?);
+            }
+        }
+        for d in dirs {
+            out.extend(crate::fsutil::stale_temps(&d, None)?);
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+}
+
+/// Subdirectories (not symlinks) of `dir`, none when it does not exist; temporary entries left out.
+fn subdirs(dir: &Path) -> Result<Vec<PathBuf>, crate::fsutil::FsError> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(crate::fsutil::FsError::new("read directory", dir, e)),
+    };
+    let mut out = Vec::new();
+    for e in rd {
+        let e = e.at("read directory", dir)?;
+        let tmp = crate::fsutil::parse_temp_name(&e.file_name().to_string_lossy()).is_some();
+        if !tmp && e.file_type().at("stat", &e.path())?.is_dir() {
+            out.push(e.path());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// In `keys/`: the secret signing key (mode 0600).
+pub const SECRET_KEY: &str = "secret.asc";
+/// In `keys/`: the public keys hosts may trust (served as `/<M>/key.asc`).
+pub const PUBLIC_KEYS: &str = "public.asc";
+/// The name of a lock file in a directory that has one (`keys/`, `machines/<M>/`).
+pub const LOCK: &str = "lock";
+
+/// The index file of a binpkg directory (PKGDIR's, and the published one): Portage's name.
+pub const PACKAGES: &str = "Packages";
+
+/// `machines/<M>/`: everything of one machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineDir {
+    dir: PathBuf,
+}
+
+impl MachineDir {
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+    /// The machine's configuration (`config/`: an imported bundle or an overlay directory).
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("config")
+    }
+    /// The configuration before the last import.
+    pub fn config_prev(&self) -> PathBuf {
+        self.dir.join("config.prev")
+    }
+    /// PKGDIR.
+    pub fn binpkgs(&self) -> PathBuf {
+        self.dir.join("binpkgs")
+    }
+    /// PKGDIR's own index, `binpkgs/Packages` (Portage's).
+    pub fn binpkgs_index(&self) -> PathBuf {
+        self.binpkgs().join(PACKAGES)
+    }
+    /// The builder's writable layer and overlay work directory.
+    pub fn container(&self) -> PathBuf {
+        self.dir.join("container")
+    }
+    pub fn upper(&self) -> PathBuf {
+        self.container().join("upper")
+    }
+    pub fn work(&self) -> PathBuf {
+        self.container().join("work")
+    }
+    pub fn logs(&self) -> PathBuf {
+        self.dir.join("logs")
+    }
+    /// The machine's build lock (flock; names its holder).
+    pub fn lock(&self) -> PathBuf {
+        self.dir.join(LOCK)
+    }
+    /// Touched by `gbuild resume`; the idle loop polls it.
+    pub fn resume(&self) -> PathBuf {
+        self.dir.join("resume")
+    }
+    /// What hosts see.
+    pub fn published(&self) -> PublishedDir {
+        PublishedDir {
+            dir: self.dir.join("published"),
+        }
+    }
+    /// The loop's state (`builder::state::State`).
+    pub fn state_file(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+    /// The builder's metadata (`builder::MachineMeta`).
+    pub fn meta_file(&self) -> PathBuf {
+        self.dir.join("machine.json")
+    }
+    /// What the last import was (`host::machine::ImportRecord`).
+    pub fn import_record(&self) -> PathBuf {
+        self.dir.join("import.json")
+    }
+    /// Tells the builder to run `update`; holds the reasons.
+    pub fn needs_update(&self) -> PathBuf {
+        self.dir.join("needs-update")
+    }
+    /// The hosts' kernel version when no bundle records it.
+    pub fn kernel(&self) -> PathBuf {
+        self.dir.join("kernel")
+    }
+    /// Signatures already made, by binpkg size and mtime.
+    pub fn sign_cache(&self) -> PathBuf {
+        self.dir.join("sign-cache.json")
+    }
+    /// ABI notes already read, by binpkg size and mtime.
+    pub fn abi_cache(&self) -> PathBuf {
+        self.dir.join("abi-cache.json")
+    }
+    /// Build-side settings bound into containers (`builder::buildside`).
+    pub fn build_side(&self) -> PathBuf {
+        self.dir.join("build-side")
+    }
+    /// A fresh temporary path in the machine's directory (the scheme `gc` knows).
+    pub fn temp(&self, purpose: &str) -> PathBuf {
+        crate::fsutil::temp_path(&self.dir, purpose)
+    }
+    /// Temporary entries of `purpose` that crashed runs left in the machine's directory.
+    pub fn stale_temps(&self, purpose: &str) -> Result<Vec<PathBuf>, crate::fsutil::FsError> {
+        crate::fsutil::stale_temps(&self.dir, Some(purpose))
+    }
+}
+
+/// `machines/<M>/published/`: the index and its description, replaced as a whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedDir {
+    dir: PathBuf,
+}
+
+impl PublishedDir {
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+    /// The published index (`Packages`, Portage's format).
+    pub fn packages(&self) -> PathBuf {
+        self.dir.join(PACKAGES)
+    }
+    /// What was published (`builder::publish::PublishedInfo`).
+    pub fn info(&self) -> PathBuf {
+        self.dir.join(Self::INFO)
+    }
+    /// The same names inside a directory being prepared for `rename` over this one.
+    pub fn packages_in(tmp: &Path) -> PathBuf {
+        tmp.join(PACKAGES)
+    }
+    pub fn info_in(tmp: &Path) -> PathBuf {
+        tmp.join(Self::INFO)
+    }
+    const INFO: &'static str = "info.json";
 }
 
 /// Validate a machine or image name: it becomes a directory name.

@@ -357,3 +357,109 @@ fn the_product_carries_no_fixture_data() {
         bad.join("\n")
     );
 }
+
+/// The string literals of a file's code before its `#[cfg(test)]` module, with their line
+/// (plain `"..."` literals; escapes kept as written). Tests may spell store names: they check
+/// the layout from outside.
+fn string_literals(text: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut in_block = false;
+    for (n, line) in text.lines().enumerate() {
+        if line.trim_start().starts_with("#[cfg(test)]") {
+            break;
+        }
+        let mut chars = line.chars().peekable();
+        let mut lit: Option<String> = None;
+        let mut prev = ' ';
+        while let Some(c) = chars.next() {
+            if in_block {
+                if c == '*' && chars.peek() == Some(&'/') {
+                    chars.next();
+                    in_block = false;
+                }
+                continue;
+            }
+            if let Some(l) = lit.as_mut() {
+                match c {
+                    '\\' => {
+                        l.push(c);
+                        if let Some(d) = chars.next() {
+                            l.push(d);
+                        }
+                    }
+                    '"' => out.push((n + 1, lit.take().unwrap())),
+                    _ => l.push(c),
+                }
+                continue;
+            }
+            match c {
+                '/' if chars.peek() == Some(&'/') => break,
+                '/' if chars.peek() == Some(&'*') => {
+                    chars.next();
+                    in_block = true;
+                }
+                // A char literal '"' is not the start of a string.
+                '"' if prev != '\'' => lit = Some(String::new()),
+                _ => {}
+            }
+            prev = c;
+        }
+    }
+    out
+}
+
+/// The names of the files in a machine's directory and the store's own file names: spelled only
+/// by `src/store.rs` (ARCHITECTURE.md: nothing else builds store paths).
+const STORE_FILE_NAMES: &[&str] = &[
+    "state.json",
+    "machine.json",
+    "import.json",
+    "info.json",
+    "Packages",
+    "needs-update",
+    "sign-cache.json",
+    "abi-cache.json",
+    "build-side",
+    "config.prev",
+    "secret.asc",
+    "public.asc",
+    ".fetch.lock",
+    ".lock",
+];
+
+#[test]
+fn store_file_names_only_in_the_store_module() {
+    let mut bad = Vec::new();
+    for (path, text) in rust_files("src") {
+        // The runtime's state root (libcontainer's `<id>/state.json`) is not the store.
+        if path == "src/store.rs" || path.ends_with("src/tidy.rs") || under(&path, &["src/runtime"])
+        {
+            continue;
+        }
+        for (n, lit) in string_literals(&text) {
+            let hit = STORE_FILE_NAMES.iter().any(|name| {
+                lit == *name
+                    || lit.ends_with(&format!("/{name}"))
+                    || lit.starts_with(&format!("{name}/"))
+                    || lit.contains(&format!("/{name}/"))
+            });
+            if hit {
+                bad.push(format!("{path}:{n}: \"{lit}\""));
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "store file names outside src/store.rs (use store::Store / MachineDir):\n{}",
+        bad.join("\n")
+    );
+}
+
+#[test]
+fn string_literals_are_found_outside_comments_and_tests() {
+    let lits = string_literals(
+        "let a = \"state.json\"; // \"x\"\n/* \"y\" */ let c = '\"'; f(\"a\\\"b\");\n#[cfg(test)]\nlet t = \"z\";",
+    );
+    let texts: Vec<&str> = lits.iter().map(|(_, l)| l.as_str()).collect();
+    assert_eq!(texts, ["state.json", "a\\\"b"]);
+}

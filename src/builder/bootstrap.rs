@@ -14,7 +14,7 @@ use std::path::Path;
 
 use super::emerge;
 use super::pass::{PassResult, Session};
-use super::state::{now, LastPass, State};
+use super::state::{now, LastPass, LoopState, PassKind, PassOutcome, State};
 use super::{BuildEnv, BuilderError, ConfigMode, MachineLock, Result};
 use crate::fsutil::IoContext;
 use crate::layer;
@@ -48,34 +48,34 @@ pub fn bootstrap(env: &BuildEnv, m: &MachineLock, recipe: &str) -> Result<PassRe
 
     // The configuration layer.
     let cfg_img = m.image_name("config");
-    let tmp = m.dir().join("config-layer.tmp");
-    helper.remove_trees(std::slice::from_ref(&tmp))?;
+    helper.remove_trees(&m.files().stale_temps("config-layer")?)?;
+    let tmp = m.files().temp("config-layer");
     let upper = tmp.join("upper");
     write_config_upper(&m.config_dir(), mode, &upper)?;
     layer::image::commit(store, &helper, &stage3_img, &upper, Some(&cfg_img))?;
     helper.remove_trees(std::slice::from_ref(&tmp))?;
 
     // The bootstrap layer: the world set, built.
-    let bdir = m.dir().join("bootstrap.tmp");
-    helper.remove_trees(std::slice::from_ref(&bdir))?;
+    helper.remove_trees(&m.files().stale_temps("bootstrap")?)?;
+    let bdir = m.files().temp("bootstrap");
     let upper = bdir.join("upper");
     let work = bdir.join("work");
     let mut s = Session::new(env, m, &cfg_img, &upper, &work, &snapshot, "bootstrap")?;
     note(env, &format!("bootstrap log: {}", s.log_path().display()));
     let mut state = State::load(m);
-    state.state = "building".into();
+    state.state = LoopState::Building;
     state.pid = Some(std::process::id());
     state.snapshot = Some(snapshot.clone());
     state.current = None;
     state.last_pass = Some(LastPass {
         started: now(),
-        result: "running".into(),
+        result: PassOutcome::Running,
         log: s
             .log_path()
             .strip_prefix(m.dir())
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
-        kind: "bootstrap".into(),
+        kind: PassKind::Bootstrap,
         ..LastPass::default()
     });
     state.save(m)?;
@@ -99,9 +99,9 @@ pub fn bootstrap(env: &BuildEnv, m: &MachineLock, recipe: &str) -> Result<PassRe
     match built {
         Ok(()) => {}
         Err(e @ (BuilderError::Emerge { .. } | BuilderError::Cycle { .. })) => {
-            lp.result = "failed".into();
+            lp.result = PassOutcome::Failed;
             lp.failed_package = s.progress.failed.clone();
-            state.state = "failed".into();
+            state.state = LoopState::Failed;
             state.save(m)?;
             eprintln!("gbuild: {e}");
             return Ok(PassResult::Failed {
@@ -110,8 +110,8 @@ pub fn bootstrap(env: &BuildEnv, m: &MachineLock, recipe: &str) -> Result<PassRe
             });
         }
         Err(e) => {
-            lp.result = "failed".into();
-            state.state = "failed".into();
+            lp.result = PassOutcome::Failed;
+            state.state = LoopState::Failed;
             state.save(m)?;
             return Err(e);
         }
@@ -120,7 +120,7 @@ pub fn bootstrap(env: &BuildEnv, m: &MachineLock, recipe: &str) -> Result<PassRe
     layer::image::commit(store, &helper, &cfg_img, &upper, Some(&boot_img))?;
     helper.remove_trees(std::slice::from_ref(&bdir))?;
 
-    let mut meta = m.meta();
+    let mut meta = m.meta()?;
     meta.image = Some(boot_img.clone());
     meta.snapshot = Some(snapshot);
     meta.config_hash = Some(m.config_hash()?);
@@ -128,9 +128,9 @@ pub fn bootstrap(env: &BuildEnv, m: &MachineLock, recipe: &str) -> Result<PassRe
     meta.builder = false;
     m.save_meta(&meta)?;
     let lp = state.last_pass.get_or_insert_with(LastPass::default);
-    lp.result = "success".into();
+    lp.result = PassOutcome::Success;
     lp.failed_package = None;
-    state.state = "idle".into();
+    state.state = LoopState::Idle;
     state.save(m)?;
     Ok(PassResult::Success)
 }

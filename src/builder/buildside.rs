@@ -140,7 +140,7 @@ pub fn prepare(
     // and failures from the loop), parallel inside each package through MAKEOPTS.
     out.env.push("EMERGE_DEFAULT_OPTS=".into());
 
-    let dir = m.dir().join("build-side");
+    let dir = m.files().build_side();
     std::fs::create_dir_all(&dir).at("create directory", &dir)?;
     if let Some(b) = host {
         for (i, t) in tmpdirs(b).into_iter().enumerate() {

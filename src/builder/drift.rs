@@ -9,8 +9,15 @@ use crate::host::{Bundle, Diff, ExportOptions};
 
 /// The builder's side as a bundle (what `host export` would capture inside it).
 pub fn builder_bundle(env: &BuildEnv, m: &Machine, s: &mut Session) -> Result<Bundle> {
-    let tmp = m.dir().join("drift.tmp");
-    let _ = std::fs::remove_dir_all(&tmp);
+    let tmp = m.files().temp("drift");
+    let r = capture(env, m, s, &tmp);
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).at("remove", &tmp)?;
+    }
+    r
+}
+
+fn capture(env: &BuildEnv, m: &Machine, s: &mut Session, tmp: &std::path::Path) -> Result<Bundle> {
     let out = tmp.join("out");
     std::fs::create_dir_all(&out).at("create directory", &out)?;
     s.extra_binds.push(crate::runtime::Bind {
@@ -51,14 +58,14 @@ fn export_with_tree(
     info: String,
 ) -> Result<Bundle> {
     // The ebuild tree the builder uses, where its repos.conf says it is.
-    let snapshot = m.meta().snapshot.unwrap_or_default();
+    let snapshot = m.meta()?.recorded_snapshot(&m.name)?.to_string();
     let loc = super::repo_location(m);
     let link = root.join(loc.trim_start_matches('/'));
     if let Some(parent) = link.parent() {
         std::fs::create_dir_all(parent).at("create directory", parent)?;
     }
     let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(env.store.repos().join(&snapshot), &link).at("symlink", &link)?;
+    std::os::unix::fs::symlink(env.store.repo(&snapshot), &link).at("symlink", &link)?;
     // The overlays, from where the builder binds them.
     if let Some(host) = m.host_bundle() {
         for r in host.manifest.repos.iter().filter(|r| !r.main) {
@@ -89,6 +96,5 @@ pub fn check(env: &BuildEnv, m: &Machine, s: &mut Session) -> Result<Option<Diff
     // The capture runs without the builder's own package.env entry (`buildside`): what it
     // compares is the host's configuration as the builder has it.
     let builder = builder_bundle(env, m, s)?;
-    let _ = std::fs::remove_dir_all(m.dir().join("drift.tmp"));
     Ok(Some(crate::host::diff(&host, &builder)))
 }

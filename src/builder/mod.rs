@@ -53,6 +53,10 @@ pub enum BuilderError {
     NoSnapshot,
     #[error("machine {0} is not bootstrapped: run `gbuild bootstrap --machine {0}`")]
     NotBootstrapped(String),
+    #[error(
+        "machine {0} has no recorded ebuild-tree snapshot: run `gbuild bootstrap --machine {0}`"
+    )]
+    NoRecordedSnapshot(String),
     #[error("machine {0} has no builder: run `gbuild builder --machine {0}`")]
     NoBuilder(String),
     #[error("{what} failed in the builder of {machine} (exit {code}); log: {log}")]
@@ -66,6 +70,8 @@ pub enum BuilderError {
     Cycle { machine: String, log: PathBuf },
     #[error(transparent)]
     Fs(#[from] crate::fsutil::FsError),
+    #[error(transparent)]
+    Json(#[from] crate::fsutil::JsonFileError),
     #[error(transparent)]
     Layer(#[from] layer::LayerError),
     #[error(transparent)]
@@ -83,8 +89,9 @@ pub enum BuilderError {
 
 pub type Result<T, E = BuilderError> = std::result::Result<T, E>;
 
-/// What a machine's builder was made from (`machine.json`).
+/// What a machine's builder was made from (`machine.json`), written and read by this one type.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct MachineMeta {
     /// Image the builder runs on (`<M>/bootstrap`).
     pub image: Option<String>,
@@ -128,6 +135,17 @@ pub enum ConfigMode {
     Overlay,
 }
 
+impl MachineMeta {
+    /// The snapshot the builder uses; a machine without one is an error naming it (never the
+    /// whole `repos/` directory as its ebuild tree).
+    pub fn recorded_snapshot(&self, machine: &str) -> Result<&str> {
+        self.snapshot
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| BuilderError::NoRecordedSnapshot(machine.to_string()))
+    }
+}
+
 impl Machine {
     /// An existing machine of the store; never creates one.
     pub fn open(store: &Store, name: &str) -> Result<Machine> {
@@ -161,45 +179,47 @@ impl Machine {
                 .any(|(p, _, _)| p.starts_with(&prefix))
     }
 
-    pub fn dir(&self) -> PathBuf {
+    /// The machine's files in the store.
+    pub fn files(&self) -> crate::store::MachineDir {
         self.store.machine(&self.name)
     }
+    pub fn dir(&self) -> PathBuf {
+        self.files().path().to_path_buf()
+    }
     pub fn config_dir(&self) -> PathBuf {
-        self.dir().join("config")
+        self.files().config()
     }
     pub fn binpkgs(&self) -> PathBuf {
-        self.dir().join("binpkgs")
+        self.files().binpkgs()
     }
     pub fn container(&self) -> PathBuf {
-        self.dir().join("container")
+        self.files().container()
     }
     pub fn upper(&self) -> PathBuf {
-        self.container().join("upper")
+        self.files().upper()
     }
     pub fn work(&self) -> PathBuf {
-        self.container().join("work")
+        self.files().work()
     }
     pub fn logs(&self) -> PathBuf {
-        self.dir().join("logs")
+        self.files().logs()
     }
     pub fn lock_path(&self) -> PathBuf {
-        self.dir().join("lock")
+        self.files().lock()
     }
     pub fn resume_path(&self) -> PathBuf {
-        self.dir().join("resume")
+        self.files().resume()
     }
-    pub fn published(&self) -> PathBuf {
-        self.dir().join("published")
+    pub fn published(&self) -> crate::store::PublishedDir {
+        self.files().published()
     }
     pub fn image_name(&self, stage: &str) -> String {
         format!("{}/{stage}", self.name)
     }
 
-    pub fn meta(&self) -> MachineMeta {
-        std::fs::read(self.dir().join("machine.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default()
+    /// The builder's metadata; none yet is the default, an unreadable file an error naming it.
+    pub fn meta(&self) -> Result<MachineMeta> {
+        Ok(crate::fsutil::read_json(&self.files().meta_file())?.unwrap_or_default())
     }
 
     /// The imported host bundle of this machine (none for a built-in overlay machine).
@@ -296,8 +316,7 @@ impl MachineLock {
     }
 
     pub fn save_meta(&self, meta: &MachineMeta) -> Result<()> {
-        let p = self.dir().join("machine.json");
-        crate::fsutil::atomic_write(&p, &serde_json::to_vec_pretty(meta).expect("json"))?;
+        crate::fsutil::write_json(&self.files().meta_file(), meta)?;
         Ok(())
     }
 
@@ -426,7 +445,7 @@ impl BuildEnv {
             .at("create directory", &self.store.distfiles())?;
         spec.binds = vec![
             Bind {
-                src: self.store.repos().join(snapshot),
+                src: self.store.repo(snapshot),
                 dst: repo_location_of(host.as_ref()).into(),
                 readonly: true,
             },

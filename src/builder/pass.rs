@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::emerge::{self, Progress};
-use super::state::{now, Current, LastPass, State};
+use super::state::{now, Current, LastPass, LoopState, PassKind, PassOutcome, State};
 use super::{BuildEnv, BuilderError, Machine, MachineLock, Result};
 use crate::fsutil::IoContext;
 
@@ -304,7 +304,7 @@ pub enum PassResult {
 pub fn apply_config_if_changed(env: &BuildEnv, m: &MachineLock) -> Result<bool> {
     let mode = m.ensure_config()?;
     let hash = m.config_hash()?;
-    let mut meta = m.meta();
+    let mut meta = m.meta()?;
     if meta.config_hash.as_deref() == Some(hash.as_str()) {
         return Ok(false);
     }
@@ -312,7 +312,7 @@ pub fn apply_config_if_changed(env: &BuildEnv, m: &MachineLock) -> Result<bool> 
         .image
         .clone()
         .ok_or_else(|| BuilderError::NotBootstrapped(m.name.clone()))?;
-    let snapshot = meta.snapshot.clone().unwrap_or_default();
+    let snapshot = meta.recorded_snapshot(&m.name)?.to_string();
     // Without the builder's own package.env entry: its bind mount inside /etc/portage would
     // keep the old tree from being replaced.
     let mut spec = env.spec_with(
@@ -345,7 +345,7 @@ pub fn apply_config_if_changed(env: &BuildEnv, m: &MachineLock) -> Result<bool> 
 
 /// One build pass on the machine's builder.
 pub fn pass(env: &BuildEnv, m: &MachineLock, state: &mut State) -> Result<PassResult> {
-    let meta = m.meta();
+    let meta = m.meta()?;
     if !meta.builder {
         return Err(BuilderError::NoBuilder(m.name.clone()));
     }
@@ -354,23 +354,23 @@ pub fn pass(env: &BuildEnv, m: &MachineLock, state: &mut State) -> Result<PassRe
         .clone()
         .ok_or_else(|| BuilderError::NotBootstrapped(m.name.clone()))?;
     let config_applied = apply_config_if_changed(env, m)?;
-    let snapshot = meta.snapshot.clone().unwrap_or_default();
+    let snapshot = meta.recorded_snapshot(&m.name)?.to_string();
     let mut s = Session::new(env, m, &image, &m.upper(), &m.work(), &snapshot, "pass")?;
     let log_rel = s
         .log_path()
         .strip_prefix(m.dir())
         .map(|p| p.display().to_string())
         .unwrap_or_default();
-    state.state = "building".into();
+    state.state = LoopState::Building;
     state.pid = Some(std::process::id());
     state.snapshot = Some(snapshot.clone());
     state.current = None;
     state.last_pass = Some(LastPass {
         started: now(),
         finished: None,
-        result: "running".into(),
+        result: PassOutcome::Running,
         log: log_rel,
-        kind: "pass".into(),
+        kind: PassKind::Pass,
         ..LastPass::default()
     });
     state.save(m)?;
@@ -391,9 +391,9 @@ pub fn pass(env: &BuildEnv, m: &MachineLock, state: &mut State) -> Result<PassRe
         if blocking && !opts_allow_drift() {
             let lp = state.last_pass.get_or_insert_with(LastPass::default);
             lp.finished = Some(now());
-            lp.result = "failed".into();
+            lp.result = PassOutcome::Failed;
             lp.failed_package = None;
-            state.state = "failed".into();
+            state.state = LoopState::Failed;
             state.save(m)?;
             for l in &lines {
                 eprintln!("gbuild: drift: {l}");
@@ -417,7 +417,7 @@ pub fn pass(env: &BuildEnv, m: &MachineLock, state: &mut State) -> Result<PassRe
         changed = config_applied
             || !s.progress.built.is_empty()
             || !s.progress.binary.is_empty()
-            || state.snapshot.as_deref() != published_snapshot(m).as_deref();
+            || state.snapshot.as_deref() != published_snapshot(m)?.as_deref();
         let preserved = overlay_read(env, m, &image, "var/lib/portage/preserved_libs_registry")
             .is_some_and(|r| r.iter().any(u8::is_ascii_alphanumeric));
         if changed || preserved {
@@ -444,10 +444,10 @@ pub fn pass(env: &BuildEnv, m: &MachineLock, state: &mut State) -> Result<PassRe
     state.current = None;
     let result = match failed {
         None => {
-            lp.result = "success".into();
+            lp.result = PassOutcome::Success;
             lp.failed_package = None;
-            state.state = "idle".into();
-            if changed || super::publish::stale(env, m) {
+            state.state = LoopState::Idle;
+            if changed || super::publish::stale(env, m)? {
                 let (counts, held) = super::publish::publish(env, m, &snapshot)?;
                 state.counts = counts;
                 state.abi_warnings = held;
@@ -455,9 +455,9 @@ pub fn pass(env: &BuildEnv, m: &MachineLock, state: &mut State) -> Result<PassRe
             PassResult::Success
         }
         Some(_) => {
-            lp.result = "failed".into();
+            lp.result = PassOutcome::Failed;
             lp.failed_package = progress.failed.clone();
-            state.state = "failed".into();
+            state.state = LoopState::Failed;
             PassResult::Failed {
                 package: progress.failed.clone(),
                 log,
@@ -489,10 +489,10 @@ fn overlay_read(env: &BuildEnv, m: &Machine, image: &str, rel: &str) -> Option<V
 }
 
 /// The snapshot date of what is published now.
-fn published_snapshot(m: &Machine) -> Option<String> {
-    let info: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(m.published().join("info.json")).ok()?).ok()?;
-    info["snapshot"]["date"].as_str().map(str::to_string)
+fn published_snapshot(m: &Machine) -> Result<Option<String>> {
+    Ok(super::state::PublishedInfo::read(m)?
+        .and_then(|i| i.snapshot)
+        .and_then(|s| s.date))
 }
 
 /// `GBUILD_ALLOW_DRIFT=1` builds even when the builder differs from its host configuration.
@@ -531,7 +531,7 @@ pub fn run_loop(env: &BuildEnv, m: &MachineLock, opts: &LoopOptions) -> Result<i
         }
         match result {
             PassResult::Success => {
-                state.state = "waiting".into();
+                state.state = LoopState::Waiting;
                 state.save(m)?;
                 wait_for(m, Some(opts.interval), false)?;
                 fetch_latest_snapshot(env, m);
@@ -608,7 +608,7 @@ fn wait_for(m: &Machine, interval: Option<Duration>, on_config_change: bool) -> 
 
 /// Bring the builder to the newest verified snapshot and the machine's current configuration.
 pub fn update(env: &BuildEnv, m: &MachineLock) -> Result<Option<String>> {
-    let mut meta = m.meta();
+    let mut meta = m.meta()?;
     if !meta.builder {
         return Err(BuilderError::NoBuilder(m.name.clone()));
     }
@@ -619,7 +619,13 @@ pub fn update(env: &BuildEnv, m: &MachineLock) -> Result<Option<String>> {
         m.save_meta(&meta)?;
     }
     apply_config_if_changed(env, m)?;
-    let _ = std::fs::remove_file(m.dir().join("needs-update"));
+    let marker = m.files().needs_update();
+    match std::fs::remove_file(&marker) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(crate::fsutil::FsError::new("remove", &marker, e).into())
+        }
+        _ => {}
+    }
     Ok(changed.then_some(newest))
 }
 
@@ -627,7 +633,13 @@ pub fn update(env: &BuildEnv, m: &MachineLock) -> Result<Option<String>> {
 /// of `emerge --sync`). Failures are reported and the loop goes on with the tree it has.
 pub fn fetch_latest_snapshot(env: &BuildEnv, m: &Machine) {
     use crate::fetch::{self, Fetcher, RetryPolicy, Source, Trust};
-    let meta = m.meta();
+    let meta = match m.meta() {
+        Ok(meta) => meta,
+        Err(e) => {
+            eprintln!("gbuild: warning: snapshot not re-synced ({e}); keeping the current tree");
+            return;
+        }
+    };
     let mirror = meta
         .mirror
         .clone()

@@ -21,11 +21,15 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::state::{now, AbiWarning, Counts};
+use super::state::{now, AbiWarning, Counts, PublishedInfo, SnapshotRef};
 use super::{BuildEnv, BuilderError, Machine, MachineLock, Result};
 use crate::fsutil::IoContext;
 use crate::sign::gpkg::{ensure_signed, in_pkgdir, is_gpkg, FileFacts};
 use crate::sign::Keys;
+use crate::store::PublishedDir;
+
+/// The temporary-name purpose of a publication being prepared and of the one it replaces.
+const PUBLISH_TMP: &str = "published";
 
 /// Seconds within which a host reuses its cached copy of `Packages` without asking (`TTL:`).
 pub const INDEX_TTL_SECS: u64 = 300;
@@ -36,7 +40,7 @@ pub fn host_kernel(env: &BuildEnv, m: &Machine) -> Option<String> {
     if let Some(k) = m.host_bundle().and_then(|b| b.manifest.kernel.clone()) {
         return Some(k);
     }
-    std::fs::read_to_string(m.dir().join("kernel"))
+    std::fs::read_to_string(m.files().kernel())
         .ok()
         .map(|k| k.trim().to_string())
         .filter(|k| !k.is_empty())
@@ -120,7 +124,7 @@ fn header_with(header: &str, count: usize, timestamp: u64) -> String {
 
 /// The identity of PKGDIR's index as the last publication left it (size, mtime in ns).
 fn index_identity(m: &Machine) -> Option<(u64, i128)> {
-    let md = std::fs::metadata(m.binpkgs().join("Packages")).ok()?;
+    let md = std::fs::metadata(m.files().binpkgs_index()).ok()?;
     let t = md.modified().ok()?;
     let ns = match t.duration_since(std::time::UNIX_EPOCH) {
         Ok(d) => d.as_nanos() as i128,
@@ -131,14 +135,11 @@ fn index_identity(m: &Machine) -> Option<(u64, i128)> {
 
 /// Whether what is published is out of date: PKGDIR's index changed since, or the listed
 /// signing keys did (a rotation or withdrawal re-signs at the next publication).
-pub fn stale(env: &BuildEnv, m: &Machine) -> bool {
-    let Some(info) = std::fs::read(m.published().join("info.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-    else {
-        return true;
+pub fn stale(env: &BuildEnv, m: &Machine) -> Result<bool> {
+    let Some(info) = PublishedInfo::read(m)? else {
+        return Ok(true);
     };
-    let index = index_identity(m).map(|(s, t)| serde_json::json!([s, t.to_string()]));
+    let index = index_identity(m).map(|(s, t)| (s, t.to_string()));
     let listed = crate::sign::read_public(&Keys::public_file(&env.store))
         .map(|ks| {
             ks.iter()
@@ -146,15 +147,14 @@ pub fn stale(env: &BuildEnv, m: &Machine) -> bool {
                 .collect::<Vec<_>>()
         })
         .ok();
-    index.as_ref() != info.get("index")
-        || listed.map(|l| serde_json::json!(l)).as_ref() != info.get("listed_keys")
+    Ok(index != info.index || listed.as_ref() != Some(&info.listed_keys))
 }
 
 /// Sign every gpkg stanza's file (cached by size and mtime), update the stanzas to the files as
 /// they are now, and rewrite PKGDIR's `Packages` when an entry changed. Returns the gpkg stanzas
 /// to publish; xpak and damaged binpkgs are left out with a warning.
 fn sign_all(m: &Machine, keys: &Keys, header: &str, all: &[String]) -> Result<Vec<String>> {
-    let cache_path = m.dir().join("sign-cache.json");
+    let cache_path = m.files().sign_cache();
     let mut cache: SignCache = std::fs::read(&cache_path)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
@@ -226,7 +226,7 @@ fn sign_all(m: &Machine, keys: &Keys, header: &str, all: &[String]) -> Result<Ve
             text.push_str(st.trim_end_matches('\n'));
             text.push_str("\n\n");
         }
-        crate::fsutil::atomic_write(&m.binpkgs().join("Packages"), text.as_bytes())?;
+        crate::fsutil::atomic_write(&m.files().binpkgs_index(), text.as_bytes())?;
     }
     crate::fsutil::atomic_write(&cache_path, &serde_json::to_vec(&fresh).expect("json"))?;
     Ok(publish)
@@ -248,7 +248,7 @@ pub fn publish(
     m: &MachineLock,
     snapshot: &str,
 ) -> Result<(Counts, Vec<AbiWarning>)> {
-    let index = m.binpkgs().join("Packages");
+    let index = m.files().binpkgs_index();
     let text = std::fs::read_to_string(&index).unwrap_or_default();
     let (header, all) = stanzas(&text);
     let (keys, opened) = Keys::open(&env.store).map_err(sign_error)?;
@@ -290,7 +290,7 @@ pub fn publish(
     };
     // A new TIMESTAMP only for new content, and always more than 5 s after the previous one:
     // a client whose cached copy is older must never get a 304.
-    let previous = std::fs::read_to_string(m.published().join("Packages")).ok();
+    let previous = std::fs::read_to_string(m.published().packages()).ok();
     let prev_ts = previous
         .as_deref()
         .and_then(|t| field(t.split("\n\n").next().unwrap_or(""), "TIMESTAMP"))
@@ -306,12 +306,14 @@ pub fn publish(
     };
     let out = render(timestamp);
 
-    let tmp = m
-        .dir()
-        .join(format!("published.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
+    // Leftovers of a publication that crashed (the machine's lock is held: they are stale).
+    for old in m.files().stale_temps(PUBLISH_TMP)? {
+        std::fs::remove_dir_all(&old).at("remove", &old)?;
+    }
+    let tmp = m.files().temp(PUBLISH_TMP);
     std::fs::create_dir_all(&tmp).at("create directory", &tmp)?;
-    std::fs::write(tmp.join("Packages"), &out).at("write", &tmp)?;
+    let pk = PublishedDir::packages_in(&tmp);
+    std::fs::write(&pk, &out).at("write", &pk)?;
     let tarball = crate::fetch::verified_snapshot(&env.store, snapshot)
         .and_then(|a| {
             a.path
@@ -320,47 +322,42 @@ pub fn publish(
                 .map(|p| p.display().to_string())
         })
         .unwrap_or_default();
-    let ident = crate::fetch::read_tree_identity(&env.store.repos().join(snapshot)).ok();
-    let info = serde_json::json!({
-        "machine": m.name,
-        "published_at": now(),
-        "snapshot": {
-            "date": snapshot,
-            "tarball": tarball,
-            "timestamp_chk": ident.as_ref().and_then(|i| i.timestamp_chk.clone()),
-            "timestamp_commit": ident.as_ref().and_then(|i| i.commit.clone()),
-        },
-        "kernel": kernel,
-        "packages": count,
-        "bytes": bytes,
-        "held_back": held,
-        "signing_key": keys.fingerprint(),
-        "listed_keys": keys.listed(),
-        "index": index_identity(m).map(|(s, t)| serde_json::json!([s, t.to_string()])),
-    });
-    std::fs::write(
-        tmp.join("info.json"),
-        serde_json::to_vec_pretty(&info).expect("json"),
-    )
-    .at("write", &tmp)?;
-    for f in ["Packages", "info.json"] {
-        let p = tmp.join(f);
-        std::fs::File::open(&p)
+    let ident = crate::fetch::read_tree_identity(&env.store.repo(snapshot)).ok();
+    let info = PublishedInfo {
+        machine: m.name.clone(),
+        published_at: now(),
+        snapshot: Some(SnapshotRef {
+            date: Some(snapshot.to_string()),
+            tarball: (!tarball.is_empty()).then_some(tarball),
+            timestamp_chk: ident.as_ref().and_then(|i| i.timestamp_chk.clone()),
+            timestamp_commit: ident.as_ref().and_then(|i| i.commit.clone()),
+        }),
+        kernel,
+        packages: count,
+        bytes,
+        held_back: held.clone(),
+        signing_key: Some(keys.fingerprint()),
+        listed_keys: keys.listed(),
+        index: index_identity(m).map(|(s, t)| (s, t.to_string())),
+    };
+    let ip = PublishedDir::info_in(&tmp);
+    std::fs::write(&ip, serde_json::to_vec_pretty(&info).expect("json")).at("write", &ip)?;
+    for p in [&pk, &ip] {
+        std::fs::File::open(p)
             .and_then(|f| f.sync_all())
-            .at("fsync", &p)?;
+            .at("fsync", p)?;
     }
-    let pk = tmp.join("Packages");
     filetime::set_file_mtime(&pk, filetime::FileTime::from_unix_time(timestamp as i64, 0))
         .at("set mtime", &pk)?;
     crate::fsutil::fsync_dir(&tmp)?;
-    let dest = m.published();
-    let old = m
-        .dir()
-        .join(format!("published.old-{}", std::process::id()));
+    let dest = m.published().path().to_path_buf();
+    let old = m.files().temp(PUBLISH_TMP);
     if dest.exists() {
         std::fs::rename(&dest, &old).at("rename", &dest)?;
     }
     crate::fsutil::rename_dir_into_place(&tmp, &dest)?;
+    // Best effort: the new publication is in place; a replaced one left behind has a temporary
+    // name, which the next publication or `gc` removes.
     let _ = std::fs::remove_dir_all(&old);
     Ok((
         Counts {
@@ -373,7 +370,7 @@ pub fn publish(
 
 /// Scan the binpkgs of `stanzas` for ABI notes newer than `kernel` (cached per file).
 fn abi_check(m: &Machine, stanzas: &[String], kernel: &str) -> Result<Vec<AbiWarning>> {
-    let cache_path = m.dir().join("abi-cache.json");
+    let cache_path = m.files().abi_cache();
     let mut cache: AbiCache = std::fs::read(&cache_path)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())

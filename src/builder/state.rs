@@ -1,5 +1,8 @@
-//! `machines/<M>/state.json`: the build loop's state as `status`, `serve` and people read it.
-//! Written atomically at every change of state, package or phase.
+//! The build loop's files as `status`, `serve` and people read them, one schema each, written and
+//! read by the same types: `machines/<M>/state.json` (the loop's state, written atomically at
+//! every change of state, package or phase) and `machines/<M>/published/info.json` (what the
+//! last publication holds). Readers are lenient (`#[serde(default)]`, unknown fields and words
+//! ignored), so a server keeps showing what it can of files written by another version.
 
 use serde::{Deserialize, Serialize};
 
@@ -8,12 +11,14 @@ use super::{Machine, MachineLock};
 /// One step of a pass's cleanup half (`preserved-rebuild`, `depclean`, `language-rebuild`,
 /// `prune`) and what it did: packages rebuilt or removed, binpkgs pruned.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct CleanupStep {
     pub name: String,
     pub items: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Current {
     pub package: String,
     pub phase: String,
@@ -21,22 +26,80 @@ pub struct Current {
     pub total: usize,
 }
 
+/// Declares a word-valued enum of an on-disk file: lowercase (kebab-case) words, an unknown word
+/// read as `Unknown`, shown as the word.
+macro_rules! word_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $v:ident => $w:literal,)* }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+        pub enum $name {
+            $($(#[$vm])* #[serde(rename = $w)] $v,)*
+            /// A word this version does not know (a file of another version).
+            #[default]
+            #[serde(other, rename = "unknown")]
+            Unknown,
+        }
+        impl $name {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$v => $w,)*
+                    $name::Unknown => "unknown",
+                }
+            }
+        }
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+word_enum! {
+    /// What the loop of a machine is doing (`state.json` `state`).
+    LoopState {
+        Idle => "idle",
+        Building => "building",
+        /// The last pass failed; the loop idles until `resume` or a configuration change.
+        Failed => "failed",
+        /// Between passes: the interval or `resume`.
+        Waiting => "waiting",
+        /// Shown when the recorded loop's process is gone (never written by a loop).
+        Stopped => "stopped",
+    }
+}
+
+word_enum! {
+    /// How a pass ended (`state.json` `last_pass.result`).
+    PassOutcome {
+        Success => "success",
+        Failed => "failed",
+        Running => "running",
+    }
+}
+
+word_enum! {
+    /// Which kind of pass (`state.json` `last_pass.kind`).
+    PassKind {
+        /// The first build of the world set.
+        Bootstrap => "bootstrap",
+        Pass => "pass",
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct LastPass {
     pub started: u64,
     pub finished: Option<u64>,
-    /// `success`, `failed` or `running`.
-    pub result: String,
+    pub result: PassOutcome,
     pub built: Vec<String>,
     pub reused: usize,
     pub failed_package: Option<String>,
     /// Relative to the machine directory.
     pub log: String,
-    /// `bootstrap` for the first build of the world set, else `pass`.
-    #[serde(default)]
-    pub kind: String,
+    pub kind: PassKind,
     /// The cleanup steps that ran, in order.
-    #[serde(default)]
     pub cleanup: Vec<CleanupStep>,
 }
 
@@ -51,7 +114,9 @@ impl LastPass {
     }
 }
 
+/// A binpkg whose files need a newer kernel than the hosts have.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct AbiWarning {
     pub cpv: String,
     pub file: String,
@@ -60,27 +125,78 @@ pub struct AbiWarning {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Counts {
     pub binpkgs: usize,
     pub bytes: u64,
 }
 
+/// `machines/<M>/state.json`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct State {
     pub machine: String,
-    /// `idle`, `building`, `failed`, `waiting` or `stopped`.
-    pub state: String,
+    pub state: LoopState,
     pub pid: Option<u32>,
     pub updated: u64,
     pub current: Option<Current>,
     pub last_pass: Option<LastPass>,
     pub snapshot: Option<String>,
-    #[serde(default)]
     pub drift: Vec<String>,
-    #[serde(default)]
     pub abi_warnings: Vec<AbiWarning>,
-    #[serde(default)]
     pub counts: Counts,
+}
+
+/// `machines/<M>/published/info.json`: what the last completed publication holds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct PublishedInfo {
+    pub machine: String,
+    /// Unix time of the publication.
+    pub published_at: u64,
+    pub snapshot: Option<SnapshotRef>,
+    /// The hosts' kernel the ABI hold-back used, when known.
+    pub kernel: Option<String>,
+    /// Binpkgs in the published index, and their bytes.
+    pub packages: usize,
+    pub bytes: u64,
+    /// Binpkgs left out because they need a newer kernel.
+    pub held_back: Vec<AbiWarning>,
+    /// The fingerprint of the key the binpkgs are signed with.
+    pub signing_key: Option<String>,
+    /// The fingerprints `key.asc` lists.
+    pub listed_keys: Vec<String>,
+    /// PKGDIR's index as this publication found it: (size, mtime in ns as a decimal string).
+    pub index: Option<(u64, String)>,
+}
+
+/// The ebuild-tree snapshot the published binpkgs were built on.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct SnapshotRef {
+    /// `YYYYMMDD`.
+    pub date: Option<String>,
+    /// Relative to the store root, e.g. `downloads/gentoo-20260101.tar.xz`.
+    pub tarball: Option<String>,
+    pub timestamp_chk: Option<String>,
+    pub timestamp_commit: Option<String>,
+}
+
+impl SnapshotRef {
+    /// The date if it is exactly eight digits (it becomes part of URLs and file names).
+    pub fn valid_date(&self) -> Option<&str> {
+        self.date
+            .as_deref()
+            .filter(|d| d.len() == 8 && d.bytes().all(|b| b.is_ascii_digit()))
+    }
+}
+
+impl PublishedInfo {
+    /// What machine `m` publishes now: none before its first publication, an error naming the
+    /// file when it cannot be read.
+    pub fn read(m: &Machine) -> super::Result<Option<PublishedInfo>> {
+        Ok(crate::fsutil::read_json(&m.published().info())?)
+    }
 }
 
 pub fn now() -> u64 {
@@ -92,43 +208,184 @@ pub fn now() -> u64 {
 
 impl State {
     pub fn path(m: &Machine) -> std::path::PathBuf {
-        m.dir().join("state.json")
+        m.files().state_file()
     }
 
     fn idle(m: &Machine) -> State {
         State {
             machine: m.name.clone(),
-            state: "idle".into(),
+            state: LoopState::Idle,
             ..State::default()
         }
     }
 
-    /// The saved state, or an idle one (also when it cannot be read: the loop, which calls this,
-    /// then writes a fresh one).
+    /// The saved state, or an idle one. The loop, which calls this, only carries the state on
+    /// (it decides nothing from it) and writes a fresh one at once: an unreadable file is
+    /// reported, naming it, and replaced.
     pub fn load(m: &Machine) -> State {
-        Self::read(m).unwrap_or_else(|_| Self::idle(m))
+        Self::read(m).unwrap_or_else(|e| {
+            tracing::warn!("{e}; starting from a fresh state");
+            Self::idle(m)
+        })
     }
 
     /// The saved state, an idle one when there is none yet, or the error naming the file when it
     /// exists but cannot be read or parsed (what `status` reports).
     pub fn read(m: &Machine) -> super::Result<State> {
-        let path = Self::path(m);
-        match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| {
-                super::BuilderError::Other(format!("{}: invalid state: {e}", path.display()))
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::idle(m)),
-            Err(e) => Err(crate::fsutil::FsError::new("read", &path, e).into()),
-        }
+        Ok(crate::fsutil::read_json(&Self::path(m))?.unwrap_or_else(|| Self::idle(m)))
     }
 
     pub fn save(&mut self, m: &MachineLock) -> super::Result<()> {
         self.machine = m.name.clone();
         self.updated = now();
-        crate::fsutil::atomic_write(
-            &Self::path(m),
-            &serde_json::to_vec_pretty(self).expect("json"),
-        )?;
+        crate::fsutil::write_json(&Self::path(m), self)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    fn machine() -> (tempfile::TempDir, MachineLock) {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::at(d.path());
+        let m = MachineLock::create(&store, "laptop").unwrap();
+        (d, m)
+    }
+
+    fn warning() -> AbiWarning {
+        AbiWarning {
+            cpv: "sys-libs/glibc-2.41".into(),
+            file: "/usr/lib64/libc.so.6".into(),
+            requires: "6.9.0".into(),
+            kernel: "6.1.0".into(),
+        }
+    }
+
+    #[test]
+    fn state_json_round_trips_writer_to_reader() {
+        let (_d, m) = machine();
+        let mut st = State {
+            state: LoopState::Failed,
+            pid: Some(4242),
+            current: Some(Current {
+                package: "dev-lang/perl-5.40.0".into(),
+                phase: "compile".into(),
+                index: 3,
+                total: 9,
+            }),
+            last_pass: Some(LastPass {
+                started: 1_767_225_600,
+                finished: Some(1_767_225_690),
+                result: PassOutcome::Failed,
+                built: vec!["sys-libs/mtdev-1.1.7".into()],
+                reused: 40,
+                failed_package: Some("dev-lang/perl-5.40.0".into()),
+                log: "logs/bootstrap-1767225600.log".into(),
+                kind: PassKind::Bootstrap,
+                cleanup: vec![CleanupStep {
+                    name: "depclean".into(),
+                    items: vec!["app-misc/gone-1".into()],
+                }],
+            }),
+            snapshot: Some("20260101".into()),
+            drift: vec!["make.conf: CFLAGS differ".into()],
+            abi_warnings: vec![warning()],
+            counts: Counts {
+                binpkgs: 5,
+                bytes: 321_000,
+            },
+            ..State::default()
+        };
+        st.save(&m).unwrap();
+        assert_eq!(State::read(&m).unwrap(), st);
+        // The words on disk are the contract's.
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(m.files().state_file()).unwrap()).unwrap();
+        assert_eq!(v["machine"], "laptop");
+        assert_eq!(v["state"], "failed");
+        assert_eq!(v["last_pass"]["result"], "failed");
+        assert_eq!(v["last_pass"]["kind"], "bootstrap");
+    }
+
+    #[test]
+    fn readers_are_lenient_about_missing_fields_and_unknown_words() {
+        let (_d, m) = machine();
+        std::fs::write(
+            m.files().state_file(),
+            br#"{"state": "paused", "pid": null, "last_pass": {"result": "success",
+                "future_field": 1}, "also_new": true}"#,
+        )
+        .unwrap();
+        let st = State::read(&m).unwrap();
+        assert_eq!(st.state, LoopState::Unknown);
+        let lp = st.last_pass.unwrap();
+        assert_eq!(lp.result, PassOutcome::Success);
+        assert_eq!(lp.kind, PassKind::Unknown);
+        assert!(lp.cleanup.is_empty());
+    }
+
+    #[test]
+    fn a_corrupt_state_is_an_error_naming_the_file() {
+        let (_d, m) = machine();
+        std::fs::write(m.files().state_file(), b"{\"state\": ").unwrap();
+        let e = State::read(&m).unwrap_err().to_string();
+        assert!(
+            e.contains(&m.files().state_file().display().to_string()),
+            "{e}"
+        );
+        // The loop starts from a fresh state instead (and rewrites the file).
+        assert_eq!(State::load(&m).state, LoopState::Idle);
+    }
+
+    #[test]
+    fn published_info_round_trips_writer_to_reader() {
+        let (_d, m) = machine();
+        assert_eq!(PublishedInfo::read(&m).unwrap(), None);
+        let info = PublishedInfo {
+            machine: "laptop".into(),
+            published_at: 1_767_225_700,
+            snapshot: Some(SnapshotRef {
+                date: Some("20260101".into()),
+                tarball: Some("downloads/gentoo-20260101.tar.xz".into()),
+                timestamp_chk: Some("Thu, 01 Jan 2026 00:45:00 +0000".into()),
+                timestamp_commit: None,
+            }),
+            kernel: Some("6.1.0".into()),
+            packages: 3,
+            bytes: 305_010,
+            held_back: vec![warning()],
+            signing_key: Some("0123ABCD".into()),
+            listed_keys: vec!["0123ABCD".into()],
+            index: Some((1234, "1767225699000000000".into())),
+        };
+        crate::fsutil::write_json(&m.published().info(), &info).unwrap();
+        assert_eq!(PublishedInfo::read(&m).unwrap(), Some(info));
+        std::fs::write(m.published().info(), b"[").unwrap();
+        let e = PublishedInfo::read(&m).unwrap_err().to_string();
+        assert!(e.contains("info.json"), "{e}");
+    }
+
+    #[test]
+    fn machine_json_round_trips_and_a_corrupt_one_is_named() {
+        let (_d, m) = machine();
+        assert_eq!(m.meta().unwrap(), super::super::MachineMeta::default());
+        let meta = super::super::MachineMeta {
+            image: Some("laptop/bootstrap".into()),
+            snapshot: Some("20260101".into()),
+            builder: true,
+            ..Default::default()
+        };
+        m.save_meta(&meta).unwrap();
+        assert_eq!(m.meta().unwrap(), meta);
+        assert_eq!(meta.recorded_snapshot("laptop").unwrap(), "20260101");
+        let none = super::super::MachineMeta::default();
+        let e = none.recorded_snapshot("laptop").unwrap_err().to_string();
+        assert!(e.contains("laptop"), "{e}");
+        std::fs::write(m.files().meta_file(), b"{oops").unwrap();
+        let e = m.meta().unwrap_err().to_string();
+        assert!(e.contains("machine.json"), "{e}");
     }
 }

@@ -24,7 +24,7 @@ pub fn run(ctx: &Ctx, o: BootstrapOpts) -> anyhow::Result<i32> {
         gbuild::builder::pass::PassResult::Success => {
             ctx.note(&format!(
                 "bootstrap: image {} sealed",
-                m.meta().image.unwrap_or_default()
+                m.meta()?.image.unwrap_or_default()
             ));
             Ok(0)
         }

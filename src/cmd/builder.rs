@@ -22,7 +22,7 @@ pub fn create(
     env: &gbuild::builder::BuildEnv,
     m: &gbuild::builder::MachineLock,
 ) -> anyhow::Result<()> {
-    let mut meta = m.meta();
+    let mut meta = m.meta()?;
     if meta.image.is_none() {
         return Err(BuilderError::NotBootstrapped(m.name.clone()).into());
     }

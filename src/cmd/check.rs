@@ -31,15 +31,15 @@ pub fn check(
     env: &gbuild::builder::BuildEnv,
     m: &gbuild::builder::MachineLock,
 ) -> anyhow::Result<Vec<String>> {
-    let meta = m.meta();
+    let meta = m.meta()?;
     let image = meta
         .image
         .clone()
         .ok_or_else(|| BuilderError::NotBootstrapped(m.name.clone()))?;
-    let snapshot = meta.snapshot.clone().unwrap_or_default();
-    let tmp = m.dir().join("check.tmp");
+    let snapshot = meta.recorded_snapshot(&m.name)?.to_string();
     let helper = env.helper();
-    helper.remove_trees(std::slice::from_ref(&tmp))?;
+    helper.remove_trees(&m.files().stale_temps("check")?)?;
+    let tmp = m.files().temp("check");
     let mut s = Session::new(
         env,
         m,

@@ -84,7 +84,7 @@ fn import(ctx: &Ctx, o: ImportOpts) -> anyhow::Result<i32> {
     }
     // Importing does not take the machine's lock: a running loop applies the new
     // configuration at its next pass (and a loop idling after a failure wakes up for it).
-    let lock = store.machine(&r.machine).join("lock");
+    let lock = store.machine(&r.machine).lock();
     if let Some(h) = gbuild::lock::Lock::holder(&lock) {
         println!(
             "machine {}: in use by {h}; the new configuration applies at its next pass",

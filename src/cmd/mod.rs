@@ -115,7 +115,7 @@ pub fn build_env(
     // The machine's lock first: a second writer is refused before it does anything.
     let m = gbuild::builder::MachineLock::acquire(&store, &o.machine)?;
     // An explicit --mirror is remembered for the machine's later passes.
-    let mut meta = m.meta();
+    let mut meta = m.meta()?;
     if o.mirror.is_some() && o.mirror != meta.mirror {
         meta.mirror = o.mirror.clone();
         m.save_meta(&meta)?;

@@ -32,7 +32,7 @@ pub fn run(ctx: &Ctx, o: RestoreOpts) -> anyhow::Result<i32> {
         h.remove_trees(&[m.container()])?;
         std::fs::create_dir_all(m.upper())?;
         std::fs::create_dir_all(m.work())?;
-        let mut meta = m.meta();
+        let mut meta = m.meta()?;
         meta.image = Some(img.name.clone());
         meta.builder = true;
         m.save_meta(&meta)?;

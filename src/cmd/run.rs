@@ -66,7 +66,7 @@ pub fn run(ctx: &Ctx, o: RunOpts) -> anyhow::Result<i32> {
     let (env, m) = build_env(ctx, &o.m)?;
     // A machine made from a host bundle starts on the host's own ebuild tree, found on the
     // mirror by its timestamp.
-    let tree = match (&o.snapshot_date, m.meta().image.is_none()) {
+    let tree = match (&o.snapshot_date, m.meta()?.image.is_none()) {
         (None, true) => m
             .host_bundle()
             .and_then(|b| gbuild::builder::host_tree(&b).cloned()),
@@ -87,7 +87,7 @@ pub fn run(ctx: &Ctx, o: RunOpts) -> anyhow::Result<i32> {
         },
     )?;
     // The loop re-syncs snapshots later with the same trust.
-    let mut meta = m.meta();
+    let mut meta = m.meta()?;
     if o.keyring.is_some() || !o.trust.is_empty() {
         meta.keyring = o.keyring.clone().map(|k| k.canonicalize().unwrap_or(k));
         meta.trust = o.trust.clone();
@@ -97,7 +97,7 @@ pub fn run(ctx: &Ctx, o: RunOpts) -> anyhow::Result<i32> {
         Some(addr) => Some(start_serve(ctx, addr)?),
         None => None,
     };
-    let meta = m.meta();
+    let meta = m.meta()?;
     let have_image = meta
         .image
         .as_deref()
@@ -119,7 +119,7 @@ pub fn run(ctx: &Ctx, o: RunOpts) -> anyhow::Result<i32> {
     } else {
         ctx.note(&format!("run: {} is bootstrapped", m.name));
     }
-    if !m.meta().builder {
+    if !m.meta()?.builder {
         super::builder::create(&env, &m)?;
         ctx.note(&format!("run: builder of {} created", m.name));
     }

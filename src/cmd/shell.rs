@@ -18,7 +18,7 @@ pub struct ShellOpts {
 
 pub fn run(ctx: &Ctx, o: ShellOpts) -> anyhow::Result<i32> {
     let (env, m) = build_env(ctx, &o.m)?;
-    let meta = m.meta();
+    let meta = m.meta()?;
     if !meta.builder {
         return Err(BuilderError::NoBuilder(m.name.clone()).into());
     }
@@ -33,7 +33,7 @@ pub fn run(ctx: &Ctx, o: ShellOpts) -> anyhow::Result<i32> {
         &image,
         &m.upper(),
         &m.work(),
-        &meta.snapshot.clone().unwrap_or_default(),
+        meta.recorded_snapshot(&m.name)?,
         argv,
     )?;
     spec.tty = std::io::stdin().is_terminal();

@@ -60,7 +60,7 @@ fn commit_builder(
 ) -> anyhow::Result<String> {
     let m = gbuild::builder::Machine::open(store, name)?;
     let m = gbuild::builder::MachineLock::acquire(store, &m.name)?;
-    let mut meta = m.meta();
+    let mut meta = m.meta()?;
     let base = meta
         .image
         .clone()

@@ -1,6 +1,6 @@
 //! `gbuild status [--machine M] [--json]`: the loop's state, current package, last pass.
 
-use gbuild::builder::state::State;
+use gbuild::builder::state::{LoopState, PassKind, State};
 
 use super::{Ctx, MachineOpts};
 
@@ -19,17 +19,17 @@ pub fn run(ctx: &Ctx, o: StatusOpts) -> anyhow::Result<i32> {
     let mut st = State::read(&m)?;
     // A loop that died leaves "building": say so instead of pretending.
     if let Some(pid) = st.pid {
-        if (st.state == "building" || st.state == "waiting")
-            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        if matches!(st.state, LoopState::Building | LoopState::Waiting)
+            && !gbuild::fsutil::process_alive(pid)
         {
-            st.state = "stopped".into();
+            st.state = LoopState::Stopped;
         }
     }
     if o.json {
         println!("{}", serde_json::to_string_pretty(&st)?);
         return Ok(0);
     }
-    let meta = m.meta();
+    let meta = m.meta()?;
     println!("machine:  {}", m.name);
     println!("state:    {}", st.state);
     if let Some(c) = &st.current {
@@ -45,7 +45,7 @@ pub fn run(ctx: &Ctx, o: StatusOpts) -> anyhow::Result<i32> {
     if let Some(lp) = &st.last_pass {
         println!(
             "last pass: {}{} (built {}, from binpkgs {}){}",
-            if lp.kind == "bootstrap" {
+            if lp.kind == PassKind::Bootstrap {
                 "first build "
             } else {
                 ""

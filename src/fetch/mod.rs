@@ -198,13 +198,11 @@ fn now_secs() -> u64 {
 }
 
 fn stage3_manifest(store: &Store, arch: &str, variant: &str) -> PathBuf {
-    store
-        .downloads()
-        .join(format!("stage3-{arch}-{variant}.json"))
+    store.stage3_manifest(arch, variant)
 }
 
 fn snapshot_manifest(store: &Store, date: &str) -> PathBuf {
-    store.downloads().join(format!("snapshot-{date}.json"))
+    store.snapshot_manifest(date)
 }
 
 /// A manifest and its artifact, when both are present and consistent.
@@ -214,9 +212,9 @@ fn load_artifact(store: &Store, manifest: &Path) -> Option<Artifact> {
     if m.file.contains('/') || m.signature.contains('/') {
         return None;
     }
-    let path = store.downloads().join(&m.file);
+    let path = store.download(&m.file);
     let meta = std::fs::metadata(&path).ok()?;
-    if !meta.is_file() || meta.len() != m.size || !store.downloads().join(&m.signature).is_file() {
+    if !meta.is_file() || meta.len() != m.size || !store.download(&m.signature).is_file() {
         return None;
     }
     Some(Artifact { path, manifest: m })
@@ -249,9 +247,7 @@ pub fn latest_verified_snapshot(store: &Store) -> Option<Artifact> {
 
 /// Take the downloads lock (one fetch at a time per store).
 pub fn lock(store: &Store) -> Result<crate::lock::Lock, FetchError> {
-    Ok(crate::lock::Lock::try_acquire(
-        &store.downloads().join(".fetch.lock"),
-    )?)
+    Ok(crate::lock::Lock::try_acquire(&store.fetch_lock())?)
 }
 
 /// Download `url` (at most `bound` bytes) to `<downloads>/<file>.partial` while hashing and
@@ -465,7 +461,7 @@ pub fn fetch_snapshot(
     if src.snapshot_date.is_none() {
         // gentoo-latest: the same signature means the same file.
         if let Some(a) = latest_verified_snapshot(store) {
-            let kept = std::fs::read(store.downloads().join(&a.manifest.signature)).ok();
+            let kept = std::fs::read(store.download(&a.manifest.signature)).ok();
             if kept.as_deref() == Some(&sig[..]) {
                 return Ok(Fetched {
                     artifact: a,

@@ -10,14 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{diff, Bundle, Diff, HostError};
 use crate::fsutil::{FsError, IoContext};
-use crate::store::Store;
+use crate::store::{MachineDir, Store};
 
-/// Name of the file that tells the builder to run `update`; it holds the reason.
-pub const NEEDS_UPDATE: &str = "needs-update";
 /// Marks a `config/` directory laid over the stage3's own configuration instead of replacing it.
 pub const OVERLAY_MARKER: &str = ".gbuild-builtin";
-/// What the last import was: `machines/M/import.json`.
-pub const IMPORT_RECORD: &str = "import.json";
 
 /// `machines/M/import.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,7 +86,7 @@ fn check_name(name: &str) -> Result<(), MachineError> {
 
 /// The configuration directory of machine `name` (`machines/M/config`).
 pub fn config_dir(store: &Store, name: &str) -> PathBuf {
-    store.machine(name).join("config")
+    store.machine(name).config()
 }
 
 /// The machine's current configuration as a bundle.
@@ -137,27 +133,18 @@ fn swap_in(tmp: &Path, dest: &Path, prev: &Path) -> Result<(), FsError> {
 /// import can remove that directory. It is not the machine's build lock: importing while the
 /// build loop runs is allowed (the loop picks the change up through `needs-update`).
 pub fn import_lock_path(store: &Store, name: &str) -> PathBuf {
-    store.machines().join(format!(".{name}.import.lock"))
+    store.import_lock(name)
 }
 
-/// Prefix of the directory an import unpacks into before swapping it in.
-pub const CONFIG_TMP: &str = ".config.tmp.";
+/// The temporary-name purpose of the directory an import unpacks into before swapping it in.
+pub const CONFIG_TMP: &str = "config";
 
 /// Remove what crashed imports of the machine in `mdir` left behind (caller holds the import
 /// lock, or the store lock exclusively).
-pub fn remove_import_leftovers(mdir: &Path) -> Result<Vec<PathBuf>, FsError> {
-    let mut removed = Vec::new();
-    let rd = match std::fs::read_dir(mdir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
-        Err(e) => return Err(FsError::new("read directory", mdir, e)),
-    };
-    for e in rd {
-        let e = e.at("read directory", mdir)?;
-        if e.file_name().to_string_lossy().starts_with(CONFIG_TMP) {
-            remove_tree(&e.path())?;
-            removed.push(e.path());
-        }
+pub fn remove_import_leftovers(mdir: &MachineDir) -> Result<Vec<PathBuf>, FsError> {
+    let removed = crate::fsutil::stale_temps(mdir.path(), Some(CONFIG_TMP))?;
+    for p in &removed {
+        remove_tree(p)?;
     }
     Ok(removed)
 }
@@ -172,11 +159,11 @@ pub fn import(store: &Store, name: &str, bundle: &Path) -> Result<ImportReport, 
     // `gc` removes unpack directories of imports only while no import runs.
     let _store = crate::layer::StoreLock::shared(store)?;
     let mdir = store.machine(name);
-    let existed = mdir.is_dir();
-    std::fs::create_dir_all(&mdir).at("create directory", &mdir)?;
+    let existed = mdir.path().is_dir();
+    std::fs::create_dir_all(mdir.path()).at("create directory", mdir.path())?;
     let r = import_locked(store, name, bundle, new, &mdir);
     if r.is_err() && !existed {
-        let _ = remove_tree(&mdir);
+        let _ = remove_tree(mdir.path());
     }
     r
 }
@@ -186,11 +173,11 @@ fn import_locked(
     name: &str,
     bundle: &Path,
     new: Bundle,
-    mdir: &Path,
+    mdir: &MachineDir,
 ) -> Result<ImportReport, MachineError> {
     remove_import_leftovers(mdir)?;
     let config = config_dir(store, name);
-    let prev = mdir.join("config.prev");
+    let prev = mdir.config_prev();
     // A previous configuration that no longer loads is replaced all the same (kept as
     // config.prev/); the report then has no list of changes but the builder is marked.
     let (old, old_broken) = if config.is_dir() {
@@ -201,7 +188,7 @@ fn import_locked(
     } else {
         (None, None)
     };
-    let tmp = mdir.join(format!("{CONFIG_TMP}{}", std::process::id()));
+    let tmp = mdir.temp(CONFIG_TMP);
     if let Err(e) = new.unpack(&tmp) {
         let _ = remove_tree(&tmp);
         return Err(e.into());
@@ -219,7 +206,7 @@ fn import_locked(
     let mut needs_update = false;
     let broken_note = old_broken.map(|e| format!("previous configuration unreadable: {e}\n"));
     if broken_note.is_some() || changes.as_ref().is_some_and(|d| !d.is_empty()) {
-        let path = mdir.join(NEEDS_UPDATE);
+        let path = mdir.needs_update();
         let mut reason = std::fs::read_to_string(&path).unwrap_or_default();
         reason.push_str(&format!(
             "configuration changed by import of {} (host {}) at {}:\n",
@@ -242,7 +229,7 @@ fn import_locked(
     };
     let mut json = serde_json::to_vec_pretty(&record).expect("record serializes");
     json.write_all(b"\n").expect("vec write");
-    crate::fsutil::atomic_write(&mdir.join(IMPORT_RECORD), &json)?;
+    crate::fsutil::atomic_write(&mdir.import_record(), &json)?;
     Ok(ImportReport {
         machine: name.to_string(),
         config,
@@ -289,14 +276,13 @@ pub fn import_overlay(store: &Store, name: &str, dir: &Path) -> Result<ImportRep
         )));
     }
     let mdir = store.machine(name);
-    std::fs::create_dir_all(&mdir).at("create directory", &mdir)?;
+    std::fs::create_dir_all(mdir.path()).at("create directory", mdir.path())?;
     let config = config_dir(store, name);
     let old = config
         .is_dir()
         .then(|| Bundle::load(&config).ok())
         .flatten();
-    let tmp = mdir.join(format!(".config.tmp.{}", std::process::id()));
-    remove_tree(&tmp)?;
+    let tmp = mdir.temp(CONFIG_TMP);
     let r = captured.unpack(&tmp).and_then(|()| {
         let m = tmp.join(super::bundle::MANIFEST_NAME);
         std::fs::remove_file(&m).at("remove", &m)?;
@@ -307,7 +293,7 @@ pub fn import_overlay(store: &Store, name: &str, dir: &Path) -> Result<ImportRep
         let _ = remove_tree(&tmp);
         return Err(e.into());
     }
-    swap_in(&tmp, &config, &mdir.join("config.prev"))?;
+    swap_in(&tmp, &config, &mdir.config_prev())?;
     let record = ImportRecord {
         imported: now(),
         source: dir.display().to_string(),
@@ -316,7 +302,7 @@ pub fn import_overlay(store: &Store, name: &str, dir: &Path) -> Result<ImportRep
     };
     let mut json = serde_json::to_vec_pretty(&record).expect("record serializes");
     json.write_all(b"\n").expect("vec write");
-    crate::fsutil::atomic_write(&mdir.join(IMPORT_RECORD), &json)?;
+    crate::fsutil::atomic_write(&mdir.import_record(), &json)?;
     Ok(ImportReport {
         machine: name.to_string(),
         config,
@@ -343,18 +329,18 @@ pub fn list(store: &Store) -> Result<Vec<MachineInfo>, MachineError> {
     let mut out = Vec::new();
     for name in names {
         let mdir = store.machine(&name);
-        let record: Option<ImportRecord> = std::fs::read(mdir.join(IMPORT_RECORD))
+        let record: Option<ImportRecord> = std::fs::read(mdir.import_record())
             .ok()
             .and_then(|d| serde_json::from_slice(&d).ok());
         let manifest: Option<super::Manifest> =
-            std::fs::read(mdir.join("config").join(super::MANIFEST_NAME))
+            std::fs::read(mdir.config().join(super::MANIFEST_NAME))
                 .ok()
                 .and_then(|d| serde_json::from_slice(&d).ok());
         let snapshot = manifest.as_ref().and_then(|m| {
             let b = Bundle::from_parts(m.clone(), Default::default());
             b.snapshot_date()
         });
-        let update_pending = std::fs::read_to_string(mdir.join(NEEDS_UPDATE))
+        let update_pending = std::fs::read_to_string(mdir.needs_update())
             .ok()
             .map(|s| s.lines().next().unwrap_or("").to_string());
         out.push(MachineInfo {

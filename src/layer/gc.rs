@@ -3,7 +3,10 @@
 //! (`layers/.lock`) exclusively, and every operation that makes such a work directory (layer
 //! unpacks and commits, ebuild-tree unpacks, snapshot exports, restores, machine imports) holds it
 //! shared for as long as its work directory exists, so gc waits for live work and every leftover
-//! it sees is stale.
+//! it sees is stale. Everything else a crash leaves has a temporary name of the store's one
+//! scheme (`.tmp-<purpose>-<pid>-<n>`, anywhere in the store's directories, in machine
+//! directories and PKGDIRs too): it goes once its process is gone (and, in a machine's directory,
+//! while nobody holds the machine's lock).
 //! Layer content (files owned by subordinate ids) is removed inside the user namespace.
 
 use std::collections::BTreeSet;
@@ -12,7 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::ns::Helper;
-use super::{is_layer_id, Result, StoreLock, TEMP_PREFIX};
+use super::{is_layer_id, Result, StoreLock};
 use crate::fsutil::IoContext;
 use crate::store::Store;
 
@@ -76,50 +79,15 @@ pub fn gc(store: &Store, helper: &Helper) -> Result<GcReport> {
     let mut report = GcReport::default();
     let mut trees: Vec<PathBuf> = Vec::new();
     let mut ids: BTreeSet<String> = BTreeSet::new();
-    for (name, path) in entries(&store.layers())? {
+    for (name, _) in entries(&store.layers())? {
         let id = name.strip_suffix(".json").unwrap_or(&name);
         if is_layer_id(id) && !refs.contains(id) {
             ids.insert(id.to_string());
-        } else if name.starts_with(".tmp") {
-            trees.push(path.clone());
-            report.temp_removed.push(path);
         }
     }
-    for (name, path) in entries(&store.tmp())? {
-        if name.starts_with(TEMP_PREFIX) {
-            trees.push(path.clone());
-            report.temp_removed.push(path);
-        }
-    }
-    for (name, path) in entries(&store.repos())? {
-        if name.starts_with(".tmp-") {
-            trees.push(path.clone());
-            report.temp_removed.push(path);
-        }
-    }
-    // Configurations of crashed `machine import`s (imports hold the store lock shared).
-    for (_, mdir) in entries(&store.machines())? {
-        for (name, path) in entries(&mdir).unwrap_or_default() {
-            if name.starts_with(crate::host::machine::CONFIG_TMP) {
-                trees.push(path.clone());
-                report.temp_removed.push(path);
-            }
-        }
-    }
-    // Snapshots interrupted before their rename (`.NAME.tmp.PID.N`, see fsutil::temp_sibling).
-    let mut export_dirs = vec![store.exports()];
-    for (_, path) in entries(&store.exports())? {
-        if path.is_dir() {
-            export_dirs.push(path);
-        }
-    }
-    for d in export_dirs {
-        for (name, path) in entries(&d)? {
-            if name.starts_with('.') && name.contains(".tmp.") {
-                trees.push(path.clone());
-                report.temp_removed.push(path);
-            }
-        }
+    for path in store.leftovers()? {
+        trees.push(path.clone());
+        report.temp_removed.push(path);
     }
     // Metadata first: a layer without metadata is never listed nor used.
     for id in &ids {

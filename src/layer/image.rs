@@ -55,7 +55,7 @@ pub fn image_path(store: &Store, name: &str) -> Result<PathBuf> {
     if !valid_image_name(name) {
         return Err(LayerError::BadImageName(name.to_string()));
     }
-    Ok(store.images().join(format!("{name}.json")))
+    Ok(store.image_file(name))
 }
 
 pub fn load(store: &Store, name: &str) -> Result<Image> {

@@ -104,12 +104,12 @@ pub fn is_layer_id(s: &str) -> bool {
 
 /// `layers/<id>/`.
 pub fn layer_dir(store: &Store, id: &str) -> PathBuf {
-    store.layers().join(id)
+    store.layer(id)
 }
 
 /// `layers/<id>.json`.
 pub fn layer_meta_path(store: &Store, id: &str) -> PathBuf {
-    store.layers().join(format!("{id}.json"))
+    store.layer_meta(id)
 }
 
 /// The metadata of a sealed layer; `NoLayer` unless both the directory and the metadata exist.
@@ -166,24 +166,15 @@ pub(crate) fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-/// Prefix of layer work directories under the store's `tmp/`; `gc` removes leftovers.
-pub const TEMP_PREFIX: &str = "layer-";
+/// The temporary-name purpose of layer work directories under the store's `tmp/`; `gc` removes
+/// leftovers.
+pub const TEMP_PURPOSE: &str = "layer";
 
 /// A fresh, empty work directory under `tmp/` (same filesystem as `layers/`).
 pub fn temp_dir(store: &Store, what: &str) -> Result<PathBuf> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
     let base = store.tmp();
     std::fs::create_dir_all(&base).at("create directory", &base)?;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let p = base.join(format!(
-        "{TEMP_PREFIX}{what}-{}-{nanos}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
+    let p = crate::fsutil::temp_path(&base, &format!("{TEMP_PURPOSE}-{what}"));
     std::fs::create_dir(&p).at("create directory", &p)?;
     Ok(p)
 }
@@ -293,7 +284,7 @@ pub struct StoreLock {
 impl StoreLock {
     fn take(store: &Store, exclusive: bool) -> Result<StoreLock> {
         use nix::fcntl::{Flock, FlockArg};
-        let path = store.layers().join(".lock");
+        let path = store.store_lock();
         std::fs::create_dir_all(store.layers()).at("create directory", &store.layers())?;
         let f = std::fs::OpenOptions::new()
             .create(true)

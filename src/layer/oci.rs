@@ -167,7 +167,7 @@ pub fn pack_blob(
 ) -> Result<BlobInfo> {
     layer_info(store, id)?;
     let dir = layer_dir(store, id);
-    let tmp = blob_dir.join(format!(".tmp-{id}-{}", std::process::id()));
+    let tmp = crate::fsutil::temp_path(blob_dir, id);
     let io = |e: std::io::Error| FsError::new("write", &tmp, e);
     let f = File::create(&tmp).at("create", &tmp)?;
     let compressed = HashWriter::new(BufWriter::with_capacity(1 << 20, f));
@@ -217,7 +217,7 @@ fn write_blob(blob_dir: &Path, data: &[u8]) -> Result<String> {
 
 /// The default snapshot directory of an image: `exports/<name>`.
 pub fn default_export_dir(store: &Store, name: &str) -> PathBuf {
-    store.exports().join(name)
+    store.export(name)
 }
 
 /// Export image `name` as an OCI image layout at `out` (must not exist or be empty). The layout

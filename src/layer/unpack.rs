@@ -331,7 +331,7 @@ pub fn unpack_repo(store: &Store, tarball: &Path, name: &str) -> Result<PathBuf>
             "invalid snapshot name {name:?}: use letters, digits, '-', '_', '.'"
         )));
     }
-    let dest = store.repos().join(name);
+    let dest = store.repo(name);
     if dest.is_dir() {
         return Ok(dest);
     }
@@ -341,9 +341,7 @@ pub fn unpack_repo(store: &Store, tarball: &Path, name: &str) -> Result<PathBuf>
     if dest.is_dir() {
         return Ok(dest);
     }
-    let tmp = store
-        .repos()
-        .join(format!(".tmp-{name}-{}", std::process::id()));
+    let tmp = crate::fsutil::temp_path(&store.repos(), name);
     super::remove_tree(&tmp)?;
     std::fs::create_dir(&tmp).at("create directory", &tmp)?;
     let r = (|| {
@@ -383,7 +381,7 @@ fn previous_repo(store: &Store, name: &str) -> Option<PathBuf> {
         .rev()
         .find(|n| n.as_str() < name)
         .or(names.last())?;
-    Some(store.repos().join(pick))
+    Some(store.repo(pick))
 }
 
 /// Parse and write every entry of the tar stream `r` into `dest` (an existing directory).

@@ -13,7 +13,6 @@
 
 pub mod index;
 mod io;
-pub mod model;
 mod overlays;
 mod routes;
 pub mod status;

@@ -38,9 +38,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::index::{safe_rel, FileKey, IndexCache};
-use super::model::PublishedInfo;
 use super::status;
+use crate::builder::state::PublishedInfo;
 use crate::store::{valid_name, Store};
+use crate::store::{MachineDir, PACKAGES};
 
 /// Files up to this size are read in one go; larger ones are streamed in chunks of this size.
 const CHUNK: usize = 128 * 1024;
@@ -133,17 +134,17 @@ async fn machine_files(
     let rest = rest.to_vec();
     blocking(move || {
         let dir = app.store.machine(&machine);
-        if !dir.is_dir() {
+        if !dir.path().is_dir() {
             return not_found();
         }
         let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
         match rest.as_slice() {
-            ["Packages"] => packages(&app, &machine, &dir, &req),
+            [PACKAGES] => packages(&app, &machine, &dir, &req),
             ["binrepos.conf"] => conf(&req, binrepos_conf(&machine, host.as_deref())),
             ["key.asc"] => serve_file(
                 &app.streams,
                 &app.store.keys(),
-                "public.asc",
+                crate::store::PUBLIC_KEYS,
                 &req,
                 "application/pgp-keys",
                 Vec::new(),
@@ -244,8 +245,8 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> Response {
     plain(StatusCode::INTERNAL_SERVER_ERROR, "cannot read the store\n")
 }
 
-fn packages(app: &App, machine: &str, dir: &Path, req: &Req) -> Response {
-    match app.index.get(machine, &dir.join("published/Packages")) {
+fn packages(app: &App, machine: &str, dir: &MachineDir, req: &Req) -> Response {
+    match app.index.get(machine, &dir.published().packages()) {
         Ok(Some(ix)) => {
             let meta = Meta {
                 etag: ix.key.etag(),
@@ -265,21 +266,21 @@ fn packages(app: &App, machine: &str, dir: &Path, req: &Req) -> Response {
                     .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
                 r
             })
-            .unwrap_or_else(|e| unavailable("Packages", e))
+            .unwrap_or_else(|e| unavailable(PACKAGES, e))
         }
         Ok(None) => not_found(),
-        Err(e) => unavailable("Packages", e),
+        Err(e) => unavailable(PACKAGES, e),
     }
 }
 
-fn binpkg(app: &App, machine: &str, dir: &Path, rel: &str, req: &Req) -> Response {
+fn binpkg(app: &App, machine: &str, dir: &MachineDir, rel: &str, req: &Req) -> Response {
     if !safe_rel(rel) {
         return not_found();
     }
-    let index = match app.index.get(machine, &dir.join("published/Packages")) {
+    let index = match app.index.get(machine, &dir.published().packages()) {
         Ok(Some(ix)) => ix,
         Ok(None) => return not_found(),
-        Err(e) => return unavailable("Packages", e),
+        Err(e) => return unavailable(PACKAGES, e),
     };
     if !index.allows(rel) {
         return not_found();
@@ -291,14 +292,7 @@ fn binpkg(app: &App, machine: &str, dir: &Path, rel: &str, req: &Req) -> Respons
     } else {
         "application/octet-stream"
     };
-    serve_file(
-        &app.streams,
-        &dir.join("binpkgs"),
-        rel,
-        req,
-        ctype,
-        Vec::new(),
-    )
+    serve_file(&app.streams, &dir.binpkgs(), rel, req, ctype, Vec::new())
 }
 
 /// Open `root/rel` only if it resolves, symlinks followed, to a regular file inside `root`.
@@ -673,13 +667,16 @@ pub(crate) fn repos_conf(
     )
 }
 
-pub(crate) fn read_info(dir: &Path) -> Option<PublishedInfo> {
-    let text = std::fs::read(dir.join("published/info.json")).ok()?;
-    serde_json::from_slice(&text).ok()
+pub(crate) fn read_info(dir: &MachineDir) -> Option<PublishedInfo> {
+    // An unreadable description publishes nothing more than no description: logged, not served.
+    crate::fsutil::read_json(&dir.published().info())
+        .map_err(|e| tracing::warn!("{e}"))
+        .ok()
+        .flatten()
 }
 
 /// The snapshot tarball named by `published/info.json`, as (store-relative path, file name).
-fn snapshot_ref(dir: &Path) -> Option<(PublishedInfo, String, String)> {
+fn snapshot_ref(dir: &MachineDir) -> Option<(PublishedInfo, String, String)> {
     let info = read_info(dir)?;
     let rel = info.snapshot.as_ref()?.tarball.clone()?;
     if !safe_rel(&rel) {
@@ -710,7 +707,7 @@ fn snapshot_headers(info: &PublishedInfo) -> Vec<(&'static str, HeaderValue)> {
     out
 }
 
-fn snapshot(app: &App, dir: &Path, req: &Req) -> Response {
+fn snapshot(app: &App, dir: &MachineDir, req: &Req) -> Response {
     let Some((info, rel, _)) = snapshot_ref(dir) else {
         return not_found();
     };
@@ -725,7 +722,7 @@ fn snapshot(app: &App, dir: &Path, req: &Req) -> Response {
     )
 }
 
-fn snapshot_info(app: &App, machine: &str, dir: &Path) -> Response {
+fn snapshot_info(app: &App, machine: &str, dir: &MachineDir) -> Response {
     let Some((info, rel, name)) = snapshot_ref(dir) else {
         return not_found();
     };
@@ -754,7 +751,7 @@ fn snapshot_info(app: &App, machine: &str, dir: &Path) -> Response {
 
 /// emerge-webrsync's layout: `gentoo-<date>.tar.xz`, `gentoo-latest.tar.xz`, each with `.md5sum`
 /// and `.gpgsig` (the signature kept by `gbuild fetch`, Gentoo's own).
-fn webrsync(app: &App, dir: &Path, name: &str, req: &Req) -> Response {
+fn webrsync(app: &App, dir: &MachineDir, name: &str, req: &Req) -> Response {
     let Some((info, rel, _)) = snapshot_ref(dir) else {
         return not_found();
     };

@@ -12,7 +12,7 @@ use std::time::SystemTime;
 use serde_json::Value;
 
 use super::index::{safe_rel, IndexCache};
-use super::model::{AbiWarning, LoopState, PublishedInfo};
+use crate::builder::state::{AbiWarning, LoopState, PassKind, PassOutcome, PublishedInfo, State};
 use crate::store::{valid_name, Store};
 
 /// Lines of the last pass's log shown.
@@ -24,11 +24,9 @@ const LOG_WINDOW: u64 = 64 * 1024;
 #[derive(Debug, Default)]
 pub struct MachineStatus {
     pub name: String,
-    /// `state.json` as written by the loop, and its lenient reading.
-    pub state_raw: Option<Value>,
-    pub state: Option<LoopState>,
-    /// `published/info.json` as written by the loop, and its lenient reading.
-    pub published_raw: Option<Value>,
+    /// `state.json` as the loop wrote it (none when missing or unreadable).
+    pub state: Option<State>,
+    /// `published/info.json` (none before the first publication or when unreadable).
     pub published: Option<PublishedInfo>,
     /// Binpkgs listed in the published index (what hosts can fetch now).
     pub index_packages: Option<usize>,
@@ -63,34 +61,24 @@ fn machine(store: &Store, index: &IndexCache, name: &str) -> MachineStatus {
         name: name.to_string(),
         ..Default::default()
     };
-    st.state_raw = read_json(&dir.join("state.json"), &mut st.problems);
-    st.state = st.state_raw.as_ref().and_then(|v| {
-        serde_json::from_value(v.clone())
-            .map_err(|e| st.problems.push(format!("state.json: {e}")))
-            .ok()
-    });
-    st.published_raw = read_json(&dir.join("published/info.json"), &mut st.problems);
-    st.published = st.published_raw.as_ref().and_then(|v| {
-        serde_json::from_value(v.clone())
-            .map_err(|e| st.problems.push(format!("published/info.json: {e}")))
-            .ok()
-    });
-    match index.get(name, &dir.join("published/Packages")) {
+    st.state = read_json(&dir.state_file(), &mut st.problems);
+    st.published = read_json(&dir.published().info(), &mut st.problems);
+    match index.get(name, &dir.published().packages()) {
         Ok(ix) => st.index_packages = ix.map(|i| i.packages),
         Err(e) => st.problems.push(e.to_string()),
     }
     if let Some(pid) = st.state.as_ref().and_then(|s| s.pid).filter(|p| *p > 0) {
-        st.loop_alive = Some(Path::new("/proc").join(pid.to_string()).exists());
+        st.loop_alive = Some(crate::fsutil::process_alive(pid));
     }
     let log = st
         .state
         .as_ref()
         .and_then(|s| s.last_pass.as_ref())
-        .and_then(|p| p.log.clone())
+        .map(|p| p.log.clone())
         .filter(|l| safe_rel(l) && l.starts_with("logs/"))
-        .or_else(|| newest_log(&dir.join("logs")));
+        .or_else(|| newest_log(&dir.logs()));
     if let Some(l) = log {
-        match tail(&dir.join(&l), LOG_LINES) {
+        match tail(&dir.path().join(&l), LOG_LINES) {
             Ok(lines) => st.log_tail = lines,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => st.problems.push(format!("{l}: {e}")),
@@ -100,18 +88,13 @@ fn machine(store: &Store, index: &IndexCache, name: &str) -> MachineStatus {
     st
 }
 
-fn read_json(path: &Path, problems: &mut Vec<String>) -> Option<Value> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-        Err(e) => {
-            problems.push(format!("{}: {e}", path.display()));
-            return None;
-        }
-    };
-    serde_json::from_slice(&bytes)
-        .map_err(|e| problems.push(format!("{}: {e}", path.display())))
+/// A file of the loop read with its schema; an unreadable one is listed as a problem (the page
+/// shows "unreadable: <path>: <why>") instead of failing the page.
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path, problems: &mut Vec<String>) -> Option<T> {
+    crate::fsutil::read_json(path)
+        .map_err(|e| problems.push(format!("unreadable: {e}")))
         .ok()
+        .flatten()
 }
 
 /// `logs/pass-<unix>.log` with the largest number.
@@ -186,15 +169,15 @@ pub fn to_json(machines: &[MachineStatus]) -> Value {
         .map(|m| {
             serde_json::json!({
                 "name": m.name,
-                "state": m.state_raw,
-                "published": m.published_raw,
+                "state": m.state,
+                "published": m.published,
                 "published_packages": m.index_packages,
                 "loop_alive": m.loop_alive,
                 "log": m.log,
                 "log_tail": m.log_tail,
                 "problems": m.problems,
                 "urls": {
-                    "packages": format!("/{}/Packages", m.name),
+                    "packages": format!("/{}/{}", m.name, crate::store::PACKAGES),
                     "binrepos_conf": format!("/{}/binrepos.conf", m.name),
                     "repos_conf": format!("/{}/repos.conf", m.name),
                     "snapshot": format!("/{}/snapshot", m.name),
@@ -283,28 +266,36 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
-fn state_class(s: &str) -> &'static str {
+fn state_class(s: LoopState) -> &'static str {
     match s {
-        "idle" => "ok",
-        "building" => "busy",
-        "waiting" => "wait",
-        "failed" => "bad",
-        _ => "off",
+        LoopState::Idle => "ok",
+        LoopState::Building => "busy",
+        LoopState::Waiting => "wait",
+        LoopState::Failed => "bad",
+        LoopState::Stopped | LoopState::Unknown => "off",
     }
 }
 
 fn warning_line(w: &AbiWarning) -> String {
-    let mut s = esc(w.cpv.as_deref().unwrap_or("?"));
-    if let Some(f) = &w.file {
-        let _ = write!(s, ": <code>{}</code>", esc(f));
+    let mut s = esc(or_unknown(&w.cpv));
+    if !w.file.is_empty() {
+        let _ = write!(s, ": <code>{}</code>", esc(&w.file));
     }
-    if let Some(r) = &w.requires {
-        let _ = write!(s, " needs {}", esc(r));
+    if !w.requires.is_empty() {
+        let _ = write!(s, " needs {}", esc(&w.requires));
     }
-    if let Some(k) = &w.kernel {
-        let _ = write!(s, " (host kernel {})", esc(k));
+    if !w.kernel.is_empty() {
+        let _ = write!(s, " (host kernel {})", esc(&w.kernel));
     }
     s
+}
+
+fn or_unknown(s: &str) -> &str {
+    if s.is_empty() {
+        "?"
+    } else {
+        s
+    }
 }
 
 const CSS: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#1d1d1f;background:#fafafa}\
@@ -355,15 +346,15 @@ fn summary(h: &mut String, machines: &[MachineStatus]) {
     );
     for m in machines {
         let s = m.state.clone().unwrap_or_default();
-        let state = s.state.as_deref().unwrap_or("unknown");
+        let state = s.state;
         let _ = write!(
             h,
             "<tr class=\"machine\" id=\"m-{n}\"><td><a href=\"#d-{n}\">{n}</a></td>\
              <td><span class=\"badge {c}\">{st}</span>{dead}</td>",
             n = esc(&m.name),
             c = state_class(state),
-            st = esc(state),
-            dead = if m.loop_alive == Some(false) && state != "stopped" {
+            st = esc(state.as_str()),
+            dead = if m.loop_alive == Some(false) && state != LoopState::Stopped {
                 " <span class=\"warn\">(loop not running)</span>"
             } else {
                 ""
@@ -376,13 +367,11 @@ fn summary(h: &mut String, machines: &[MachineStatus]) {
             s.last_pass
                 .as_ref()
                 .map(|p| {
-                    let r = p.result.as_deref().unwrap_or("?");
-                    let cls = match r {
-                        "success" => "",
-                        "failed" => " class=\"err\"",
+                    let cls = match p.result {
+                        PassOutcome::Failed => " class=\"err\"",
                         _ => "",
                     };
-                    let mut t = format!("<span{cls}>{}</span>", esc(r));
+                    let mut t = format!("<span{cls}>{}</span>", esc(p.result.as_str()));
                     if let Some(f) = &p.failed_package {
                         let _ = write!(t, ": {}", esc(f));
                     }
@@ -394,7 +383,7 @@ fn summary(h: &mut String, machines: &[MachineStatus]) {
         let _ = write!(
             h,
             "<td>{}</td>",
-            match (m.index_packages, p.bytes) {
+            match (m.index_packages, m.published.as_ref().map(|p| p.bytes)) {
                 (Some(n), Some(b)) => format!("{n} binpkgs, {}", human_bytes(b)),
                 (Some(n), None) => format!("{n} binpkgs"),
                 (None, _) => "nothing yet".into(),
@@ -403,12 +392,12 @@ fn summary(h: &mut String, machines: &[MachineStatus]) {
         let _ = write!(
             h,
             "<td>{}</td>",
-            s.counts
+            m.state
                 .as_ref()
-                .map(|c| format!(
+                .map(|s| format!(
                     "{} binpkgs, {}",
-                    c.binpkgs.map_or("?".into(), |n| n.to_string()),
-                    c.bytes.map_or("?".into(), human_bytes)
+                    s.counts.binpkgs,
+                    human_bytes(s.counts.bytes)
                 ))
                 .unwrap_or_default()
         );
@@ -426,16 +415,16 @@ fn summary(h: &mut String, machines: &[MachineStatus]) {
     h.push_str("</tbody></table>\n");
 }
 
-fn current_text(s: &LoopState) -> String {
+fn current_text(s: &State) -> String {
     let Some(c) = &s.current else {
         return "&ndash;".into();
     };
-    let mut t = esc(c.package.as_deref().unwrap_or("?"));
-    if let Some(p) = &c.phase {
-        let _ = write!(t, " ({})", esc(p));
+    let mut t = esc(or_unknown(&c.package));
+    if !c.phase.is_empty() {
+        let _ = write!(t, " ({})", esc(&c.phase));
     }
-    if let (Some(i), Some(n)) = (c.index, c.total) {
-        let _ = write!(t, " {i}/{n}");
+    if c.total > 0 {
+        let _ = write!(t, " {}/{}", c.index, c.total);
     }
     t
 }
@@ -448,32 +437,32 @@ fn details(h: &mut String, m: &MachineStatus) {
     let row = |h: &mut String, k: &str, v: String| {
         let _ = write!(h, "<tr><th>{k}</th><td>{v}</td></tr>");
     };
-    let mut state = esc(s.state.as_deref().unwrap_or("unknown (no state.json)"));
+    let mut state = match &m.state {
+        Some(s) => esc(s.state.as_str()),
+        None => "unknown (no state.json)".to_string(),
+    };
     if let Some(pid) = s.pid {
         let _ = write!(state, ", pid {pid}");
         if m.loop_alive == Some(false) {
             state.push_str(" <span class=\"warn\">(not running)</span>");
         }
     }
-    if let Some(u) = s.updated {
-        let _ = write!(state, ", updated {}", esc(&ago(u)));
+    if s.updated > 0 {
+        let _ = write!(state, ", updated {}", esc(&ago(s.updated as i64)));
     }
     row(h, "loop", state);
     row(h, "current", current_text(&s));
     if let Some(lp) = &s.last_pass {
-        let mut t = esc(lp.result.as_deref().unwrap_or("?"));
-        if let Some(st) = lp.started {
-            let _ = write!(t, ", started {}", esc(&ago(st)));
+        let mut t = esc(lp.result.as_str());
+        if lp.started > 0 {
+            let _ = write!(t, ", started {}", esc(&ago(lp.started as i64)));
         }
-        if let (Some(a), Some(b)) = (lp.started, lp.finished) {
-            let _ = write!(t, ", took {} min", (b - a).max(0) / 60);
+        if let (a, Some(b)) = (lp.started, lp.finished) {
+            if a > 0 {
+                let _ = write!(t, ", took {} min", b.saturating_sub(a) / 60);
+            }
         }
-        let _ = write!(
-            t,
-            ", built {}, reused {}",
-            lp.built.len(),
-            lp.reused.unwrap_or(0)
-        );
+        let _ = write!(t, ", built {}, reused {}", lp.built.len(), lp.reused);
         if let Some(f) = &lp.failed_package {
             let _ = write!(t, "<br><span class=\"err\">failed: {}</span>", esc(f));
         }
@@ -491,7 +480,7 @@ fn details(h: &mut String, m: &MachineStatus) {
                 }
             );
         }
-        if lp.kind.as_deref() == Some("bootstrap") {
+        if lp.kind == PassKind::Bootstrap {
             t.push_str("<br>the first build of the world set");
         }
         row(h, "last pass", t);
@@ -522,24 +511,24 @@ fn details(h: &mut String, m: &MachineStatus) {
         Some(k) => format!("{k} binpkgs"),
         None => "nothing published yet".into(),
     };
-    if let Some(b) = p.bytes {
-        let _ = write!(pubt, ", {}", human_bytes(b));
+    if m.published.is_some() {
+        let _ = write!(pubt, ", {}", human_bytes(p.bytes));
     }
-    if let Some(at) = p.published_at {
-        let _ = write!(pubt, ", {}", esc(&ago(at)));
+    if p.published_at > 0 {
+        let _ = write!(pubt, ", {}", esc(&ago(p.published_at as i64)));
     }
     if let Some(d) = p.snapshot.as_ref().and_then(|s| s.valid_date()) {
         let _ = write!(pubt, ", tree snapshot {d}");
     }
     row(h, "published", pubt);
-    if let Some(c) = &s.counts {
+    if m.state.is_some() {
         row(
             h,
             "PKGDIR",
             format!(
                 "{} binpkgs, {}",
-                c.binpkgs.map_or("?".into(), |n| n.to_string()),
-                c.bytes.map_or("?".into(), human_bytes)
+                s.counts.binpkgs,
+                human_bytes(s.counts.bytes)
             ),
         );
     }
@@ -644,8 +633,8 @@ mod tests {
     fn page_escapes_machine_data() {
         let m = MachineStatus {
             name: "m1".into(),
-            state: Some(LoopState {
-                state: Some("failed".into()),
+            state: Some(State {
+                state: LoopState::Failed,
                 drift: vec!["<script>".into()],
                 ..Default::default()
             }),
@@ -658,5 +647,34 @@ mod tests {
         assert!(html.contains("&lt;script&gt;"));
         assert!(!html.contains("<script>"));
         assert!(html.contains("&lt;/pre&gt;&lt;b&gt;"));
+    }
+
+    #[test]
+    fn reads_what_the_loop_writes_and_names_an_unreadable_file() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::at(d.path());
+        let m = crate::builder::MachineLock::create(&store, "laptop").unwrap();
+        let mut st = State {
+            state: LoopState::Building,
+            ..Default::default()
+        };
+        st.save(&m).unwrap();
+        std::fs::create_dir_all(m.published().path()).unwrap();
+        std::fs::write(m.published().info(), b"{\"packages\": ").unwrap();
+        let got = collect(&store, &IndexCache::default());
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].state.as_ref().unwrap().state, LoopState::Building);
+        assert!(got[0].published.is_none());
+        let info = m.published().info().display().to_string();
+        assert!(
+            got[0]
+                .problems
+                .iter()
+                .any(|p| p.starts_with("unreadable: ") && p.contains(&info)),
+            "{:?}",
+            got[0].problems
+        );
+        let html = render_html(&got, None);
+        assert!(html.contains("unreadable: "));
     }
 }

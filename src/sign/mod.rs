@@ -91,10 +91,10 @@ pub enum Opened {
 
 impl Keys {
     fn secret_path(dir: &Path) -> PathBuf {
-        dir.join("secret.asc")
+        dir.join(crate::store::SECRET_KEY)
     }
     fn public_path(dir: &Path) -> PathBuf {
-        dir.join("public.asc")
+        dir.join(crate::store::PUBLIC_KEYS)
     }
 
     /// The path of the listed public keys (what `/<M>/key.asc` serves).
@@ -131,7 +131,9 @@ impl Keys {
 
     fn lock(dir: &Path) -> Result<crate::lock::Lock> {
         create_private_dir(dir)?;
-        Ok(crate::lock::Lock::try_acquire(&dir.join("lock"))?)
+        Ok(crate::lock::Lock::try_acquire(
+            &dir.join(crate::store::LOCK),
+        )?)
     }
 
     fn load(dir: &Path) -> Result<Keys> {

@@ -1057,7 +1057,7 @@ fn imports_of_one_machine_are_serialized_and_leave_nothing_behind() {
     let b = w.export("6.1.0");
     assert!(w.import(&a, "laptop").status.success());
     // A crashed import's leftover goes at the next import.
-    let leftover = w.machine("laptop").join(".config.tmp.4194000");
+    let leftover = w.machine("laptop").join(".tmp-config-4194000-0");
     std::fs::create_dir_all(leftover.join("etc/portage")).unwrap();
     let mut children: Vec<_> = (0..8)
         .map(|i| {

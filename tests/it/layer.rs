@@ -859,7 +859,7 @@ fn gc_waits_for_a_live_snapshot() {
     let work = loop {
         let found = std::fs::read_dir(&exports).unwrap().find_map(|e| {
             let n = e.unwrap().file_name().to_string_lossy().into_owned();
-            n.starts_with(".big.tmp.").then_some(n)
+            n.starts_with(".tmp-big-").then_some(n)
         });
         if let Some(n) = found {
             break exports.join(n);
