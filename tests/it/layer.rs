@@ -891,3 +891,46 @@ fn gc_waits_for_a_live_snapshot() {
     assert!(exports.join("big/index.json").is_file());
     assert!(!work.exists());
 }
+
+#[test]
+fn gc_removes_crash_leftovers_everywhere_and_keeps_live_ones() {
+    if !require(
+        rootless_ready(),
+        "rootless user namespaces with subordinate ids",
+    ) {
+        return;
+    }
+    let env = Env::new();
+    let s = env.store();
+    // Temporary names of processes that are gone (pid beyond any pid_max a test box uses),
+    // in the store's own directories, a machine's directory, its PKGDIR and an export.
+    let dead = [
+        "downloads/.tmp-gentoo-20260101.tar.xz.DIGESTS-4194000-0",
+        "repos/.tmp-20260101-4194000-1",
+        "tmp/.tmp-layer-commit-4194000-2",
+        "machines/laptop/.tmp-bootstrap-4194000-3/upper/usr/bin",
+        "machines/laptop/.tmp-published-4194000-4",
+        "machines/laptop/binpkgs/.tmp-Packages-4194000-5",
+        "machines/laptop/binpkgs/app-misc/.tmp-hello-1.0-1.gpkg.tar-4194000-6",
+        "exports/big/.tmp-index.json-4194000-7",
+    ];
+    for d in dead {
+        std::fs::create_dir_all(s.join(d)).unwrap();
+    }
+    // One of a live process (this test), and names outside the scheme, stay.
+    let live = format!("machines/laptop/.tmp-drift-{}-0", std::process::id());
+    let keep = [live.as_str(), "machines/laptop/logs", "machines/laptop/.tmp-x"];
+    for d in keep {
+        std::fs::create_dir_all(s.join(d)).unwrap();
+    }
+    std::fs::write(s.join("machines/laptop/state.json"), b"{}").unwrap();
+    env.ok(&["gc"]);
+    for d in dead {
+        let top: PathBuf = d.split("/upper").next().unwrap().into();
+        assert!(!s.join(&top).exists(), "{d} left behind");
+    }
+    for d in keep {
+        assert!(s.join(d).exists(), "{d} removed");
+    }
+    assert!(s.join("machines/laptop/state.json").is_file());
+}
