@@ -141,6 +141,10 @@ impl Store {
     pub fn snapshot_manifest(&self, date: &str) -> PathBuf {
         self.downloads().join(format!("snapshot-{date}.json"))
     }
+    /// A download in flight, `downloads/<name>.partial`: kept to resume, never used.
+    pub fn partial_download(&self, name: &str) -> PathBuf {
+        self.downloads().join(format!("{name}.partial"))
+    }
     /// Serialises fetches into `downloads/`.
     pub fn fetch_lock(&self) -> PathBuf {
         self.downloads().join(".fetch.lock")
@@ -272,6 +276,10 @@ impl MachineDir {
     }
     pub fn logs(&self) -> PathBuf {
         self.dir.join("logs")
+    }
+    /// The log of one container run, `logs/<what>-<unix time>.log` (`what`: pass, bootstrap, ...).
+    pub fn log(&self, what: &str, at: u64) -> PathBuf {
+        self.logs().join(format!("{what}-{at}.log"))
     }
     /// The machine's build lock (flock; names its holder).
     pub fn lock(&self) -> PathBuf {

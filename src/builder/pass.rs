@@ -51,7 +51,7 @@ impl<'a> Session<'a> {
         snapshot: &str,
         what: &str,
     ) -> Result<Session<'a>> {
-        let log_path = machine.logs().join(format!("{what}-{}.log", now()));
+        let log_path = machine.files().log(what, now());
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -376,8 +376,7 @@ pub fn fetch_stage3(
     let pending = trust.detached(&asc_name, &asc)?;
     warnings.extend(pending.warnings.iter().cloned());
 
-    let dl = store.downloads();
-    let partial = dl.join(format!("{file}.partial"));
+    let partial = store.partial_download(&file);
     let bound = Bound::Signed {
         size: latest.size,
         by: latest_name.clone(),
@@ -397,9 +396,9 @@ pub fn fetch_stage3(
         Ok(verdict?)
     })();
     let signer = or_discard(&partial, checks)?;
-    atomic_write(&dl.join(&asc_name), &asc)?;
-    atomic_write(&dl.join(&digests_name), &digests_raw)?;
-    let dest = dl.join(&file);
+    atomic_write(&store.download(&asc_name), &asc)?;
+    atomic_write(&store.download(&digests_name), &digests_raw)?;
+    let dest = store.download(&file);
     promote(&partial, &dest)?;
     let date = file
         .strip_prefix(&format!("stage3-{}-{}-", src.arch, src.variant))
@@ -473,14 +472,13 @@ pub fn fetch_snapshot(
     }
     let pending = trust.detached(&sig_name, &sig)?;
     let warnings = pending.warnings.clone();
-    let dl = store.downloads();
     // gentoo-latest changes daily: tie a partial download to the signature it must match.
     let partial = match &src.snapshot_date {
-        Some(_) => dl.join(format!("{remote}.partial")),
+        Some(_) => store.partial_download(&remote),
         None => {
             use sha2::Digest;
             let id = hex::encode(&sha2::Sha256::digest(&sig)[..6]);
-            dl.join(format!("{remote}.{id}.partial"))
+            store.partial_download(&format!("{remote}.{id}"))
         }
     };
     // Nothing signs the snapshot's size: the fetcher's cap bounds it.
@@ -503,8 +501,8 @@ pub fn fetch_snapshot(
     )?;
     let file = format!("gentoo-{date}.tar.xz");
     let kept_sig = format!("{file}.gpgsig");
-    atomic_write(&dl.join(&kept_sig), &sig)?;
-    let dest = dl.join(&file);
+    atomic_write(&store.download(&kept_sig), &sig)?;
+    let dest = store.download(&file);
     promote(&partial, &dest)?;
     let manifest = Manifest {
         kind: "snapshot".into(),

@@ -919,7 +919,11 @@ fn gc_removes_crash_leftovers_everywhere_and_keeps_live_ones() {
     }
     // One of a live process (this test), and names outside the scheme, stay.
     let live = format!("machines/laptop/.tmp-drift-{}-0", std::process::id());
-    let keep = [live.as_str(), "machines/laptop/logs", "machines/laptop/.tmp-x"];
+    let keep = [
+        live.as_str(),
+        "machines/laptop/logs",
+        "machines/laptop/.tmp-x",
+    ];
     for d in keep {
         std::fs::create_dir_all(s.join(d)).unwrap();
     }
