@@ -222,6 +222,14 @@ impl Drop for AtomicFile {
     }
 }
 
+/// Remove the file at `path`; one that is not there is fine, any other failure an error naming it.
+pub fn remove_file_if_exists(path: &Path) -> Result<(), FsError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(FsError::new("remove", path, e)),
+        _ => Ok(()),
+    }
+}
+
 /// Rename a completed directory into place atomically and make the rename durable.
 pub fn rename_dir_into_place(tmp: &Path, dest: &Path) -> Result<(), FsError> {
     fs::rename(tmp, dest).at("rename into place", dest)?;

@@ -198,14 +198,14 @@ pub fn recipe_steps(recipe: &str) -> Vec<Vec<String>> {
 pub fn write_config_upper(config: &Path, mode: ConfigMode, upper: &Path) -> Result<()> {
     std::fs::create_dir_all(upper).at("create directory", upper)?;
     copy_tree(config, upper)?;
-    let _ = std::fs::remove_file(upper.join(super::OVERLAY_MARKER));
+    crate::fsutil::remove_file_if_exists(&upper.join(super::OVERLAY_MARKER))?;
     // Captured overlay trees are bind-mounted at their location, never part of a layer.
     let captured = upper.join(crate::host::bundle::CAPTURED_DIR);
     if captured.is_dir() {
         std::fs::remove_dir_all(&captured).at("remove", &captured)?;
     }
     for f in ["gbuild-bundle.json", "MANIFEST.json"] {
-        let _ = std::fs::remove_file(upper.join(f));
+        crate::fsutil::remove_file_if_exists(&upper.join(f))?;
     }
     if mode == ConfigMode::Replace {
         let portage = upper.join("etc/portage");
@@ -227,14 +227,14 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
         let md = std::fs::symlink_metadata(&src).at("stat", &src)?;
         if md.file_type().is_symlink() {
             let t = std::fs::read_link(&src).at("read link", &src)?;
-            let _ = std::fs::remove_file(&dst);
+            crate::fsutil::remove_file_if_exists(&dst)?;
             std::os::unix::fs::symlink(&t, &dst).at("symlink", &dst)?;
         } else if md.is_dir() {
             copy_tree(&src, &dst)?;
         } else {
             std::fs::copy(&src, &dst).at("copy", &src)?;
             let mt = filetime::FileTime::from_last_modification_time(&md);
-            let _ = filetime::set_file_mtime(&dst, mt);
+            filetime::set_file_mtime(&dst, mt).at("set mtime", &dst)?;
         }
     }
     Ok(())

@@ -64,7 +64,7 @@ fn export_with_tree(
     if let Some(parent) = link.parent() {
         std::fs::create_dir_all(parent).at("create directory", parent)?;
     }
-    let _ = std::fs::remove_file(&link);
+    crate::fsutil::remove_file_if_exists(&link)?;
     std::os::unix::fs::symlink(env.store.repo(&snapshot), &link).at("symlink", &link)?;
     // The overlays, from where the builder binds them.
     if let Some(host) = m.host_bundle() {
@@ -74,6 +74,8 @@ fn export_with_tree(
             if let Some(parent) = link.parent() {
                 std::fs::create_dir_all(parent).at("create directory", parent)?;
             }
+            // Whatever the captured configuration has there (a file or an empty directory)
+            // makes way; anything else makes the symlink below fail naming the path.
             let _ = std::fs::remove_file(&link);
             let _ = std::fs::remove_dir(&link);
             std::os::unix::fs::symlink(&src, &link).at("symlink", &link)?;

@@ -100,9 +100,13 @@ impl<'a> Session<'a> {
         progress.start_run();
         let state = &mut self.state;
         let machine = self.machine;
+        let mut log_error: Option<std::io::Error> = None;
         let mut sink = |b: &[u8]| {
-            let _ = log.write_all(b);
+            if let Err(e) = log.write_all(b) {
+                log_error.get_or_insert(e);
+            }
             if echo {
+                // Best effort: the terminal may be gone; the log has everything.
                 let _ = std::io::stderr().write_all(b);
             }
             if progress.feed(b) {
@@ -121,11 +125,17 @@ impl<'a> Session<'a> {
                     if let Some(lp) = st.last_pass.as_mut() {
                         lp.cleanup = progress.steps.clone();
                     }
-                    let _ = st.save(machine);
+                    // Best effort: a progress update; the pass saves its outcome checked.
+                    if let Err(e) = st.save(machine) {
+                        tracing::warn!("{e}");
+                    }
                 }
             }
         };
         let code = self.env.runtime.run_with_output(&spec, Some(&mut sink))?;
+        if let Some(e) = log_error {
+            return Err(crate::fsutil::FsError::new("write log", &self.log_path, e).into());
+        }
         let _ = writeln!(self.log, ">>> gbuild: exit status {code}");
         Ok(code)
     }
@@ -508,7 +518,7 @@ pub struct LoopOptions {
 
 /// The build loop; the caller holds the machine's lock for the loop's whole life.
 pub fn run_loop(env: &BuildEnv, m: &MachineLock, opts: &LoopOptions) -> Result<i32> {
-    let _ = std::fs::remove_file(m.resume_path());
+    crate::fsutil::remove_file_if_exists(&m.resume_path())?;
     let mut state = State::load(m);
     loop {
         let result = pass(env, m, &mut state)?;
@@ -554,7 +564,7 @@ pub fn first_build(
     recipe: &str,
     once: bool,
 ) -> Result<Option<i32>> {
-    let _ = std::fs::remove_file(m.resume_path());
+    crate::fsutil::remove_file_if_exists(&m.resume_path())?;
     loop {
         match super::bootstrap::bootstrap(env, m, recipe)? {
             PassResult::Success => return Ok(None),
@@ -593,7 +603,7 @@ fn wait_for(m: &Machine, interval: Option<Duration>, on_config_change: bool) -> 
     let hash = m.config_hash().ok();
     loop {
         if m.resume_path().exists() {
-            let _ = std::fs::remove_file(m.resume_path());
+            crate::fsutil::remove_file_if_exists(&m.resume_path())?;
             return Ok(());
         }
         if interval.is_some_and(|i| start.elapsed() >= i) {

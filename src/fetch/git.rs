@@ -60,6 +60,7 @@ pub fn checkout(store: &Store, name: &str, uri: &str, commit: &str) -> Result<Pa
     let parent = dest.parent().expect("checkout has a parent");
     std::fs::create_dir_all(parent).at("create directory", parent)?;
     let tmp = crate::fsutil::temp_sibling(&dest);
+    // Best effort: a fresh name (a dead namesake would fail the next step, named).
     let _ = std::fs::remove_dir_all(&tmp);
     let r = (|| {
         run(
@@ -96,6 +97,7 @@ pub fn checkout(store: &Store, name: &str, uri: &str, commit: &str) -> Result<Pa
         Ok(())
     })();
     if let Err(e) = r {
+        // Best effort beside the step's own error; gc removes a temporary-named leftover.
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }

@@ -318,6 +318,7 @@ impl Fetcher {
         match r {
             Err(HttpError::Oversize { url, .. }) => {
                 drop(file);
+                // Best effort beside the step's own error; gc removes a temporary-named leftover.
                 let _ = std::fs::remove_file(partial);
                 Err(HttpError::Oversize {
                     url,

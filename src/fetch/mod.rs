@@ -273,6 +273,7 @@ fn download_checked(
 /// resume) and return the error.
 fn or_discard<T>(partial: &Path, r: Result<T, FetchError>) -> Result<T, FetchError> {
     if r.is_err() {
+        // Best effort beside the step's own error; gc removes a temporary-named leftover.
         let _ = std::fs::remove_file(partial);
     }
     r

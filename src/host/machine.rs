@@ -163,6 +163,7 @@ pub fn import(store: &Store, name: &str, bundle: &Path) -> Result<ImportReport, 
     std::fs::create_dir_all(mdir.path()).at("create directory", mdir.path())?;
     let r = import_locked(store, name, bundle, new, &mdir);
     if r.is_err() && !existed {
+        // Best effort while reporting the import's own error; a leftover is an empty machine.
         let _ = remove_tree(mdir.path());
     }
     r
@@ -189,6 +190,8 @@ fn import_locked(
         (None, None)
     };
     let tmp = mdir.temp(CONFIG_TMP);
+    // On the error paths below, removal is best effort while the import's own error is
+    // returned; a leftover has a temporary name the next import or gc removes.
     if let Err(e) = new.unpack(&tmp) {
         let _ = remove_tree(&tmp);
         return Err(e.into());

@@ -205,6 +205,7 @@ fn create_keyring(root: &Path, gpg: &Gpg) -> Result<()> {
     let parent = home.parent().expect("keyring has a parent");
     std::fs::create_dir_all(parent).at("create directory", parent)?;
     let tmp = crate::fsutil::temp_sibling(home);
+    // Best effort: a fresh name (a dead namesake would fail the next step, named).
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir(&tmp).at("create directory", &tmp)?;
     let t = Gpg::new(tmp.clone());
@@ -260,6 +261,7 @@ fn create_keyring(root: &Path, gpg: &Gpg) -> Result<()> {
         Ok(())
     })();
     if let Err(e) = made {
+        // Best effort beside the step's own error; gc removes a temporary-named leftover.
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }

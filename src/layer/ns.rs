@@ -304,6 +304,7 @@ pub fn commit_upper(
             Ok(Some(info))
         }
         Err(e) => {
+            // Best effort beside the step's own error; gc removes a temporary-named leftover.
             let _ = super::remove_tree(&tmp);
             Err(e)
         }
@@ -370,6 +371,7 @@ pub fn unpack_blobs(store: &Store, blobs: &[BlobToUnpack], source: &str) -> Resu
     if let Err(e) = r {
         for (tmp, _) in &pending {
             if let Some(t) = tmp {
+                // Best effort beside the step's own error; gc removes a temporary-named leftover.
                 let _ = super::remove_tree(t);
             }
         }

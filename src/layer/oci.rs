@@ -196,6 +196,7 @@ pub fn pack_blob(
         })
     });
     if done.is_err() {
+        // Best effort beside the step's own error; gc removes a temporary-named leftover.
         let _ = std::fs::remove_file(&tmp);
     }
     done
@@ -317,6 +318,7 @@ pub fn export(
         })
     })();
     if r.is_err() {
+        // Best effort beside the step's own error; gc removes a temporary-named leftover.
         let _ = std::fs::remove_dir_all(&tmp);
     }
     r

@@ -286,6 +286,7 @@ pub fn unpack_rootfs(store: &Store, tarball: &Path, source: &str) -> Result<Laye
         )
     })();
     if r.is_err() {
+        // Best effort beside the step's own error; gc removes a temporary-named leftover.
         let _ = super::remove_tree(&tmp);
     }
     r
@@ -359,6 +360,7 @@ pub fn unpack_repo(store: &Store, tarball: &Path, name: &str) -> Result<PathBuf>
         Ok(dest.clone())
     })();
     if r.is_err() {
+        // Best effort beside the step's own error; gc removes a temporary-named leftover.
         let _ = super::remove_tree(&tmp);
     }
     r
