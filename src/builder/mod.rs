@@ -426,6 +426,10 @@ impl BuildEnv {
         argv: Vec<String>,
         build_layer: bool,
     ) -> Result<ContainerSpec> {
+        // Never `repos/` itself as the ebuild tree.
+        if snapshot.is_empty() {
+            return Err(BuilderError::NoRecordedSnapshot(machine.name.clone()));
+        }
         let img = layer::image::load(&self.store, image)?;
         let mut layers = layer::image::lowerdirs(&self.store, &img);
         layers.reverse(); // the runtime takes them lowest first
