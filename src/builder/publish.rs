@@ -155,6 +155,7 @@ pub fn stale(env: &BuildEnv, m: &Machine) -> Result<bool> {
 /// to publish; xpak and damaged binpkgs are left out with a warning.
 fn sign_all(m: &Machine, keys: &Keys, header: &str, all: &[String]) -> Result<Vec<String>> {
     let cache_path = m.files().sign_cache();
+    // A cache: an unreadable one only costs the work it would have saved.
     let mut cache: SignCache = std::fs::read(&cache_path)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
@@ -371,6 +372,7 @@ pub fn publish(
 /// Scan the binpkgs of `stanzas` for ABI notes newer than `kernel` (cached per file).
 fn abi_check(m: &Machine, stanzas: &[String], kernel: &str) -> Result<Vec<AbiWarning>> {
     let cache_path = m.files().abi_cache();
+    // A cache: an unreadable one only costs the work it would have saved.
     let mut cache: AbiCache = std::fs::read(&cache_path)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
