@@ -58,6 +58,8 @@ pub enum Command {
     Host(cmd::host::HostOpts),
     /// Register and list host configurations: `machine import`, `machine list`
     Machine(cmd::machine::MachineOpts),
+    /// Build packages a host wants before they are in its world (`--wait`: until published)
+    Request(cmd::request::RequestOpts),
     /// Every difference between a machine's configuration and a host bundle; exit 1 if any
     Diff(cmd::diff::DiffOpts),
     /// Binhost over HTTP for every machine (Packages, binpkgs, tree snapshot, host config),
@@ -124,6 +126,7 @@ pub fn main() -> i32 {
         Command::Run(o) => cmd::run::run(&ctx, o),
         Command::Host(o) => cmd::host::run(&ctx, o),
         Command::Machine(o) => cmd::machine::run(&ctx, o),
+        Command::Request(o) => cmd::request::run(&ctx, o),
         Command::Diff(o) => cmd::diff::run(&ctx, o),
         Command::Serve(o) => cmd::serve::run(&ctx, o),
         Command::Key(o) => cmd::key::run(&ctx, o),

@@ -311,6 +311,10 @@ impl MachineDir {
     pub fn needs_update(&self) -> PathBuf {
         self.dir.join("needs-update")
     }
+    /// Packages requested on demand (`builder::requests::Requests`).
+    pub fn requests(&self) -> PathBuf {
+        self.dir.join("requests.json")
+    }
     /// The hosts' kernel version when no bundle records it.
     pub fn kernel(&self) -> PathBuf {
         self.dir.join("kernel")
@@ -362,7 +366,24 @@ impl PublishedDir {
     pub fn info_in(tmp: &Path) -> PathBuf {
         tmp.join(Self::INFO)
     }
+    /// The signed record of the publication (`builder::release`), served as `/<M>/release.asc`.
+    pub fn release(&self) -> PathBuf {
+        self.dir.join(Self::RELEASE)
+    }
+    /// The configuration the published binpkgs were built for, served as `/<M>/bundle.tar`.
+    pub fn bundle(&self) -> PathBuf {
+        self.dir.join(Self::BUNDLE)
+    }
+    pub fn release_in(tmp: &Path) -> PathBuf {
+        tmp.join(Self::RELEASE)
+    }
+    pub fn bundle_in(tmp: &Path) -> PathBuf {
+        tmp.join(Self::BUNDLE)
+    }
     const INFO: &'static str = "info.json";
+    /// File names inside `published/`, also the names under `/<M>/` on the binhost.
+    pub const RELEASE: &'static str = "release.asc";
+    pub const BUNDLE: &'static str = "bundle.tar";
 }
 
 /// Validate a machine or image name: it becomes a directory name.

@@ -17,6 +17,8 @@ pub mod drift;
 pub mod emerge;
 pub mod pass;
 pub mod publish;
+pub mod release;
+pub mod requests;
 pub mod state;
 
 use std::path::{Path, PathBuf};

@@ -280,7 +280,12 @@ if [ -s /var/lib/portage/preserved_libs_registry ] && \
 fi
 [ "$GBUILD_FULL" = 1 ] || exit 0
 echo "gbuild: step depclean"
-emerge --depclean --with-bdeps=y --color=n
+# Packages requested on demand stay installed (and their binpkgs published) like world's.
+set -f
+keep=""
+for a in $GBUILD_REQUESTED; do keep="$keep --exclude $a"; done
+emerge --depclean --with-bdeps=y --color=n $keep
+set +f
 echo "gbuild: step language-rebuild"
 atoms=$(python3 -c "$GBUILD_LANG_REBUILD")
 if [ -n "$atoms" ]; then
@@ -416,7 +421,15 @@ pub fn pass(env: &BuildEnv, m: &MachineLock, state: &mut State) -> Result<PassRe
 
     let mut failed = None;
     let mut changed = true;
-    let code = s.run(emerge::world_update_args())?;
+    // The build set: the host's world and the atoms requested on demand (`--oneshot`: they
+    // never enter the builder's world file, which must stay the host's).
+    let requested = super::requests::active(m);
+    let mut args = emerge::world_update_args();
+    if !requested.is_empty() {
+        args.insert(1, "--oneshot".into());
+        args.extend(requested.iter().cloned());
+    }
+    let code = s.run(args)?;
     if code != 0 {
         failed = Some(code);
     }
@@ -435,6 +448,7 @@ pub fn pass(env: &BuildEnv, m: &MachineLock, state: &mut State) -> Result<PassRe
                 format!("GBUILD_FULL={}", u8::from(changed)),
                 format!("GBUILD_PRUNE={PRUNE}"),
                 format!("GBUILD_LANG_REBUILD={LANG_REBUILD}"),
+                format!("GBUILD_REQUESTED={}", requested.join(" ")),
             ];
             let code = s.run(vec!["/bin/sh".into(), "-c".into(), CLEANUP.into()])?;
             s.extra_env.clear();

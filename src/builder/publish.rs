@@ -343,6 +343,7 @@ pub fn publish(
     };
     let ip = PublishedDir::info_in(&tmp);
     std::fs::write(&ip, serde_json::to_vec_pretty(&info).expect("json")).at("write", &ip)?;
+    super::release::write(env, m, &keys, &tmp, snapshot)?;
     for p in [&pk, &ip] {
         std::fs::File::open(p)
             .and_then(|f| f.sync_all())

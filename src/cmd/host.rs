@@ -24,6 +24,27 @@ pub enum HostCommand {
     /// As root: import the builder's signing key into Portage's keyring, trusted, after
     /// checking its fingerprint
     Trust(TrustOpts),
+    /// As root: check this host is what the builder built for, bring the tree to the served
+    /// snapshot, refuse if anything would compile or be skipped, then install from the binhost.
+    /// Exit 0 done, 1 failed, 3 configuration drift, 4 the check refused
+    Upgrade(UpgradeOpts),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct UpgradeOpts {
+    /// The machine's binhost URL, as in its binrepos.conf (http://builder:8788/<machine>)
+    #[arg(long, value_name = "URL")]
+    pub binhost: String,
+    /// Stop after the check (the tree and the binhost configuration are brought up to date, as
+    /// `emerge --sync` would, nothing is installed)
+    #[arg(long)]
+    pub pretend: bool,
+    /// Go on even when the configuration differs from the one the builder built for
+    #[arg(long)]
+    pub force: bool,
+    /// Root of the system to upgrade
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub root: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -68,7 +89,49 @@ pub fn run(ctx: &Ctx, o: HostOpts) -> anyhow::Result<i32> {
     match o.command {
         HostCommand::Export(e) => export(ctx, e),
         HostCommand::Trust(t) => trust(ctx, t),
+        HostCommand::Upgrade(u) => upgrade(ctx, u),
     }
+}
+
+fn upgrade(ctx: &Ctx, o: UpgradeOpts) -> anyhow::Result<i32> {
+    use host::upgrade::Outcome;
+    let opts = host::upgrade::UpgradeOptions {
+        root: o.root,
+        binhost: o.binhost,
+        pretend: o.pretend,
+        force: o.force,
+    };
+    let outcome = host::upgrade::upgrade(&opts, &mut |l| ctx.note(l))?;
+    match &outcome {
+        Outcome::Installed(p) if p.is_empty() => println!("up to date: nothing to install"),
+        Outcome::Installed(p) => {
+            println!("installed {} package(s) from the binhost:", p.len());
+            for x in p {
+                println!("  {x}");
+            }
+        }
+        Outcome::Checked(p) => println!(
+            "check passed: {} package(s) would be installed from binaries, nothing compiled",
+            p.len()
+        ),
+        Outcome::Drift(lines) => {
+            eprintln!("gbuild: refused: this host is not the configuration the binpkgs were built for (export and import it again, or --force):");
+            for l in lines {
+                eprintln!("  {l}");
+            }
+        }
+        Outcome::Refused(lines) => {
+            eprintln!("gbuild: refused before installing anything: the binhost cannot upgrade this host from binaries alone:");
+            for l in lines {
+                eprintln!("  {l}");
+            }
+        }
+        Outcome::Failed { code, installed } => eprintln!(
+            "gbuild: emerge failed (exit {code}) after installing {} package(s)",
+            installed.len()
+        ),
+    }
+    Ok(outcome.code())
 }
 
 fn trust(ctx: &Ctx, o: TrustOpts) -> anyhow::Result<i32> {

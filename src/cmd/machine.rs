@@ -25,7 +25,8 @@ pub enum MachineCommand {
 
 #[derive(clap::Args, Debug)]
 pub struct ImportOpts {
-    /// Bundle from `gbuild host export` (replaces the stage3's configuration)
+    /// Bundle from `gbuild host export` (replaces the stage3's configuration); `-` reads it
+    /// from standard input
     #[arg(
         value_name = "BUNDLE",
         required_unless_present = "overlay",
@@ -60,6 +61,10 @@ fn import(ctx: &Ctx, o: ImportOpts) -> anyhow::Result<i32> {
     let r = match (&o.bundle, &o.overlay) {
         (_, Some(dir)) => machine::import_overlay(&store, &o.name, dir)
             .with_context(|| format!("import overlay {}", dir.display()))?,
+        (Some(b), None) if b.as_os_str() == "-" => {
+            machine::import_reader(&store, &o.name, std::io::stdin().lock())
+                .context("import the bundle on standard input")?
+        }
         (Some(b), None) => machine::import(&store, &o.name, b)
             .with_context(|| format!("import {}", b.display()))?,
         (None, None) => anyhow::bail!("machine import: give a BUNDLE or --overlay DIR"),
@@ -78,6 +83,12 @@ fn import(ctx: &Ctx, o: ImportOpts) -> anyhow::Result<i32> {
             println!("machine {}: changed:", r.machine);
             print!("{}", printable(&d.to_string()));
         }
+    }
+    for a in &r.satisfied {
+        println!(
+            "machine {}: {a} is in the host's world now; no longer a request",
+            r.machine
+        );
     }
     if r.needs_update {
         ctx.note(&format!("machine {}: builder marked for update", r.machine));

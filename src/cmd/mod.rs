@@ -16,6 +16,7 @@ pub mod key;
 pub mod layer;
 pub mod logs;
 pub mod machine;
+pub mod request;
 pub mod restore;
 pub mod resume;
 pub mod run;

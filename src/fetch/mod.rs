@@ -269,6 +269,27 @@ fn download_checked(
     Ok((digests, verdict))
 }
 
+/// Download `url` into `partial` (created or resumed), exactly `size` bytes as `by` signs, its
+/// digests computed and the detached signature `sig`, when given, checked on the way (for a
+/// snapshot a host is brought to by `gbuild host upgrade`). The caller compares the digests.
+pub fn download_signed_size(
+    fetcher: &Fetcher,
+    url: &str,
+    partial: &Path,
+    size: u64,
+    by: &str,
+    sig: Option<verify::Pending>,
+) -> Result<(Digests, Option<Result<Signer, VerifyError>>), FetchError> {
+    let mut pipe = hashing::Pipeline::new(sig);
+    let bound = Bound::Signed {
+        size,
+        by: by.to_string(),
+    };
+    let label = url.rsplit('/').next().unwrap_or(url).to_string();
+    fetcher.download(url, partial, &mut pipe, &label, &bound)?;
+    Ok(pipe.finish())
+}
+
 /// Run `checks`; on failure remove `partial` (a complete file that fails is useless for a
 /// resume) and return the error.
 fn or_discard<T>(partial: &Path, r: Result<T, FetchError>) -> Result<T, FetchError> {

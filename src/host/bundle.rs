@@ -437,6 +437,33 @@ impl Bundle {
         self.data.get(path).map(Vec::as_slice)
     }
 
+    /// The same bundle with the regular file `path` set to `data` (its entry added or
+    /// updated; directories above it must be listed already, as `var/lib/portage` is for a
+    /// world file).
+    pub fn with_file(mut self, path: &str, data: Vec<u8>) -> Bundle {
+        let (size, sha) = (data.len() as u64, sha256_hex(&data));
+        match self.manifest.files.iter_mut().find(|f| f.path == path) {
+            Some(f) => {
+                f.size = Some(size);
+                f.sha256 = Some(sha);
+            }
+            None => {
+                self.manifest.files.push(FileEntry {
+                    path: path.to_string(),
+                    kind: EntryKind::File,
+                    mode: 0o644,
+                    mtime: 0,
+                    size: Some(size),
+                    sha256: Some(sha),
+                    target: None,
+                });
+                self.manifest.files.sort_by(|a, b| a.path.cmp(&b.path));
+            }
+        }
+        self.data.insert(path.to_string(), data);
+        self
+    }
+
     /// A captured path's entry.
     pub fn entry(&self, path: &str) -> Option<&FileEntry> {
         self.manifest.files.iter().find(|f| f.path == path)

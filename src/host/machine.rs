@@ -39,6 +39,8 @@ pub struct ImportReport {
     pub previous_host: Option<String>,
     /// Whether `needs-update` was written.
     pub needs_update: bool,
+    /// Requests (`gbuild request`) removed because the host's world has them now.
+    pub satisfied: Vec<String>,
 }
 
 /// One machine as `machine list` shows it.
@@ -67,6 +69,8 @@ pub enum MachineError {
     Lock(#[from] crate::lock::LockError),
     #[error(transparent)]
     Layer(#[from] crate::layer::LayerError),
+    #[error("{0}")]
+    Requests(String),
 }
 
 fn now() -> u64 {
@@ -155,6 +159,32 @@ pub fn remove_import_leftovers(mdir: &MachineDir) -> Result<Vec<PathBuf>, FsErro
 pub fn import(store: &Store, name: &str, bundle: &Path) -> Result<ImportReport, MachineError> {
     check_name(name)?;
     let new = Bundle::load(bundle)?;
+    import_bundle(store, name, bundle, new)
+}
+
+/// What `machine import -` names standard input as, in messages and `import.json`.
+pub const STDIN_LABEL: &str = "(standard input)";
+
+/// As `import`, reading the bundle tar from `r` (standard input: `host export -o - | ssh
+/// builder gbuild machine import - --name M`). The whole bundle is read and validated, within
+/// the bundle caps, before the store changes.
+pub fn import_reader(
+    store: &Store,
+    name: &str,
+    r: impl std::io::Read,
+) -> Result<ImportReport, MachineError> {
+    check_name(name)?;
+    let label = Path::new(STDIN_LABEL);
+    let new = Bundle::from_tar(std::io::BufReader::new(r), label)?;
+    import_bundle(store, name, label, new)
+}
+
+fn import_bundle(
+    store: &Store,
+    name: &str,
+    bundle: &Path,
+    new: Bundle,
+) -> Result<ImportReport, MachineError> {
     let _import = crate::lock::Lock::acquire(&import_lock_path(store, name))?;
     // `gc` removes unpack directories of imports only while no import runs.
     let _store = crate::layer::StoreLock::shared(store)?;
@@ -233,9 +263,17 @@ fn import_locked(
     let mut json = serde_json::to_vec_pretty(&record).expect("record serializes");
     json.write_all(b"\n").expect("vec write");
     crate::fsutil::atomic_write(&mdir.import_record(), &json)?;
+    // Packages requested on demand that the host's world has now are no longer requests.
+    let m = crate::builder::Machine {
+        name: name.to_string(),
+        store: store.clone(),
+    };
+    let satisfied = crate::builder::requests::prune_locked(&m)
+        .map_err(|e| MachineError::Requests(e.to_string()))?;
     Ok(ImportReport {
         machine: name.to_string(),
         config,
+        satisfied,
         changes,
         previous_host,
         needs_update,
@@ -312,6 +350,7 @@ pub fn import_overlay(store: &Store, name: &str, dir: &Path) -> Result<ImportRep
         changes: old.map(|o| diff(&o, &captured)),
         previous_host: None,
         needs_update: false,
+        satisfied: Vec::new(),
     })
 }
 

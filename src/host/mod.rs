@@ -12,6 +12,7 @@ pub mod export;
 pub mod machine;
 pub mod makeconf;
 pub mod trust;
+pub mod upgrade;
 
 pub use bundle::{
     Bundle, Cpu, EntryKind, FileEntry, Manifest, Profile, Repo, Skipped, VarSource, FORMAT_VERSION,

@@ -156,6 +156,77 @@ pub fn trust(o: &TrustOptions) -> Result<Trusted> {
     }
 }
 
+/// A clearsigned document that verified against Portage's keyring.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// The signed text, as gpg output it.
+    pub body: Vec<u8>,
+    /// The primary fingerprint of the signing key.
+    pub signer: String,
+}
+
+/// Verify the clearsigned `data` (named `what` in errors) with the keyring Portage verifies
+/// binpkgs with (`<root>/etc/portage/gnupg`), under Portage's rule: exactly one good signature,
+/// by a key gpg considers fully or ultimately valid there. Returns the signed text as gpg
+/// itself extracted it (never re-parsed from the armour by other code).
+pub fn verify_clearsigned(root: &Path, what: &str, data: &[u8]) -> Result<Verified> {
+    let home = keyring_dir(root);
+    let err = |reason: String| TrustError::Gpg {
+        cmd: format!("gpg --decrypt {what}"),
+        home: home.clone(),
+        reason,
+    };
+    if !home.is_dir() {
+        return Err(err(
+            "no keyring: trust the builder's key first with `gbuild host trust`".into(),
+        ));
+    }
+    let gpg = Gpg::new(home.clone());
+    let mut c = gpg.command();
+    c.args(["--status-fd", "2", "--output", "-", "--decrypt"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().map_err(|e| err(format!("cannot run gpg: {e}")))?;
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("piped");
+        stdin
+            .write_all(data)
+            .map_err(|e| err(format!("write to gpg: {e}")))?;
+    }
+    let out = child.wait_with_output().map_err(|e| err(e.to_string()))?;
+    let status = String::from_utf8_lossy(&out.stderr);
+    let st: Vec<&str> = status
+        .lines()
+        .filter_map(|l| l.strip_prefix("[GNUPG:] "))
+        .collect();
+    let count = |k: &str| st.iter().filter(|l| l.split(' ').next() == Some(k)).count();
+    if count("BADSIG") > 0 || count("ERRSIG") > 0 || count("GOODSIG") != 1 {
+        let why = st
+            .iter()
+            .find(|l| l.starts_with("BADSIG") || l.starts_with("ERRSIG") || l.starts_with("NO_"))
+            .map(|l| l.to_string())
+            .unwrap_or_else(|| "not exactly one good signature".into());
+        return Err(err(format!("not verified ({why})")));
+    }
+    let signer = st
+        .iter()
+        .find_map(|l| l.strip_prefix("VALIDSIG "))
+        .and_then(|l| l.split(' ').nth(9).or_else(|| l.split(' ').next()))
+        .unwrap_or("")
+        .to_string();
+    if count("TRUST_FULLY") + count("TRUST_ULTIMATE") == 0 || !out.status.success() {
+        return Err(err(format!(
+            "signed by {signer}, which the keyring does not trust (run `gbuild host trust` with the builder's fingerprint)"
+        )));
+    }
+    Ok(Verified {
+        body: out.stdout,
+        signer,
+    })
+}
+
 /// gpg's validity letters that Portage accepts (TRUST_FULLY, TRUST_ULTIMATE).
 fn valid(v: &str) -> bool {
     v == "f" || v == "u"

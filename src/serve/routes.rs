@@ -13,6 +13,8 @@
 //! /<M>/<PATH>                          a binpkg listed in it (application/x-tar)
 //! /<M>/binrepos.conf, /<M>/repos.conf  for the host's /etc/portage
 //! /<M>/key.asc                         the public keys the binpkgs are signed with
+//! /<M>/release.asc, /<M>/bundle.tar    the signed record of the publication and the
+//!                                      configuration it was built for (`host upgrade`)
 //! /<M>/snapshot, /<M>/snapshot.info    the ebuild-tree snapshot tarball and its identity (JSON)
 //! /<M>/snapshots/gentoo-<date>.tar.xz  the same in emerge-webrsync's mirror layout, with
 //!   (.md5sum, .gpgsig; also as          `.md5sum` and Gentoo's own `.gpgsig`, and as
@@ -153,6 +155,22 @@ async fn machine_files(
                 let info = read_info(&dir);
                 conf(&req, repos_conf(&machine, host.as_deref(), info.as_ref()))
             }
+            ["release.asc"] => serve_file(
+                &app.streams,
+                dir.published().path(),
+                crate::store::PublishedDir::RELEASE,
+                &req,
+                "text/plain; charset=utf-8",
+                Vec::new(),
+            ),
+            ["bundle.tar"] => serve_file(
+                &app.streams,
+                dir.published().path(),
+                crate::store::PublishedDir::BUNDLE,
+                &req,
+                "application/x-tar",
+                Vec::new(),
+            ),
             ["snapshot"] => snapshot(&app, &dir, &req),
             ["snapshot.info"] => snapshot_info(&app, &machine, &dir),
             [d, name] if *d == "snapshots" || *d == "repos" => webrsync(&app, &dir, name, &req),

@@ -450,7 +450,7 @@ fn sign(path: &Path, keys: &Keys) -> Result<FileFacts> {
 }
 
 /// The Manifest text, clearsigned with SHA512 as Portage's `BINPKG_GPG_SIGNING_DIGEST` default.
-fn clearsign(text: &str, keys: &Keys) -> pgp::errors::Result<String> {
+pub(crate) fn clearsign(text: &str, keys: &Keys) -> pgp::errors::Result<String> {
     let key = &keys.secret().primary_key;
     let mut config =
         SignatureConfig::v4(SignatureType::Text, key.algorithm(), HashAlgorithm::Sha512);

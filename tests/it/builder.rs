@@ -78,6 +78,16 @@ impl Env<'_> {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
+    /// `status --machine M --json`.
+    pub(crate) fn status_of(&self, machine: &str) -> serde_json::Value {
+        let out = util::output(
+            self.gbuild()
+                .args(["status", "--machine", machine, "--json"]),
+        );
+        assert!(out.status.success());
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
     fn machine(&self) -> PathBuf {
         self.store.join("machines/default")
     }
@@ -226,7 +236,7 @@ pub(crate) fn http_get(url: &str) -> String {
 }
 
 /// The stage3's layer in the store (hosts are made from it).
-fn stage3_layer(env: &Env) -> PathBuf {
+pub(crate) fn stage3_layer(env: &Env) -> PathBuf {
     let images = env.store.join("images/stage3");
     let img = std::fs::read_dir(&images)
         .unwrap()

@@ -6,8 +6,17 @@
 //!   `--getbinpkg` in EMERGE_DEFAULT_OPTS, signing and binhost FEATURES, BINPKG_FORMAT=xpak, its
 //!   own MAKEOPTS, a package.env file with a host-only PORTAGE_TMPDIR for one package and
 //!   MAKEOPTS=-j1 for another, its profile in a local overlay without sync source, a world
-//!   package from that overlay and one from a git-synced overlay) goes through export, import,
-//!   `run --once`, and installs its whole world from the binaries with nothing compiled.
+//!   package from that overlay and one from a git-synced overlay) goes through export, import
+//!   (on standard input, as a host's timer sends it), `run --once`, and installs its whole world
+//!   from the binaries with nothing compiled;
+//! - `gbuild host upgrade` on a host of that machine (gbuild itself run as the host's root in a
+//!   container of the stage3): with its configuration changed and a world package the builder
+//!   never got, it refuses with the drift lines and the request that builds the package; with
+//!   `--force` the binary-only check refuses the skipped package, nothing installed; `request
+//!   --wait` wakes the loop, which moves to the mirror's newest snapshot and publishes the package;
+//!   then the upgrade brings the host's tree to that snapshot (verified by the SHA512 the builder
+//!   signed), writes the binhost configuration and installs everything from binaries, and a
+//!   second `--pretend` finds nothing to do with the tree untouched.
 //!
 //! One store for both, so the stage3 is unpacked once.
 
@@ -244,6 +253,74 @@ fn host_install(env: &Env, s: &Scratch, root: &Path, snapshot: &str, serve: &Ser
     text
 }
 
+/// A host of machine `desk` for `gbuild host upgrade`: the stage3 with the host's
+/// /etc/portage and world as they are in `conf` (`etc/portage`, `world`) and the keyring that
+/// `gbuild host trust` made, its repositories in the writable `repos` (at /var/db/repos), its
+/// installed state kept in `dir/upper` from one run to the next. Runs `gbuild host upgrade
+/// --binhost URL ARGS` there, as the host's root.
+fn host_upgrade(
+    env: &Env,
+    dir: &Path,
+    conf: &Path,
+    repos: &Path,
+    keyring: &Path,
+    binhost: &str,
+    args: &[&str],
+) -> std::process::Output {
+    let bin = util::bin();
+    let bind = |src: &Path, dst: &str, ro: bool| {
+        format!("{}:{dst}{}", src.display(), if ro { ":ro" } else { "" })
+    };
+    util::output(
+        env.gbuild()
+            .args(["exec", "-T", "--layer"])
+            .arg(builder::stage3_layer(env))
+            .arg("--upper")
+            .arg(dir.join("upper"))
+            .arg("--bind")
+            .arg(bind(repos, "/var/db/repos", false))
+            .arg("--bind")
+            .arg(bind(conf, "/run/host-conf", true))
+            .arg("--bind")
+            .arg(bind(keyring, "/run/host-gnupg", true))
+            .arg("--bind")
+            .arg(bind(bin.parent().unwrap(), "/run/gbuild-bin", true))
+            .args([
+                "-e",
+                "FEATURES=-userpriv -usersandbox -userfetch",
+                "-e",
+                "TERM=dumb",
+                "-e",
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "--",
+                "/bin/sh",
+                "-c",
+            ])
+            .arg(format!(
+                "set -e; rm -rf /etc/portage && cp -a /run/host-conf/etc/portage /etc/portage && \
+                 cp -a /run/host-gnupg /etc/portage/gnupg && \
+                 cp /run/host-conf/world /var/lib/portage/world && \
+                 exec /run/gbuild-bin/{} host upgrade --binhost {binhost} {}",
+                bin.file_name().unwrap().to_string_lossy(),
+                args.join(" ")
+            )),
+    )
+}
+
+/// Whether the host of `host_upgrade` has a package of `cp` installed.
+fn installed_in(dir: &Path, cp: &str) -> bool {
+    let (cat, pn) = cp.split_once('/').unwrap();
+    std::fs::read_dir(dir.join("upper/var/db/pkg").join(cat))
+        .map(|rd| {
+            rd.flatten().any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{pn}-"))
+            })
+        })
+        .unwrap_or(false)
+}
+
 #[test]
 fn stage3_default_and_a_real_desktop_host() {
     if !util::require(
@@ -314,7 +391,12 @@ fn stage3_default_and_a_real_desktop_host() {
         );
     }
 
-    // 2. A real desktop host: export, import, run --once.
+    // 2. A real desktop host: export, import, run --once. Its kernel is the one its
+    //    containers run on (`host upgrade` there compares it).
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap()
+        .trim()
+        .to_string();
     let (root, head) = host_root(&s, &env.store, date);
     let bundle = s.path().join("desk.tar");
     sh(env
@@ -323,7 +405,7 @@ fn stage3_default_and_a_real_desktop_host() {
         .arg(&root)
         .args([
             "--kernel",
-            "6.1.0",
+            &kernel,
             "--hostname",
             "desk",
             "--no-emerge",
@@ -349,10 +431,12 @@ fn stage3_default_and_a_real_desktop_host() {
     assert_eq!(repo("gitrepo")["git_commit"], serde_json::json!(head));
     assert!(repo("localrepo")["captured"].is_string(), "{manifest}");
     assert_eq!(manifest["profile"]["repo"], "localrepo");
+    // Imported the way a host's timer does it: `host export -o - | ssh builder gbuild machine
+    // import - --name desk` (the bundle on standard input).
     sh(env
         .gbuild()
-        .args(["machine", "import", "--name", "desk"])
-        .arg(&bundle));
+        .args(["machine", "import", "-", "--name", "desk"])
+        .stdin(std::fs::File::open(&bundle).unwrap()));
     // The builder's own make parallelism, distinct from the host's -j16 and the -j1 of one
     // package.
     std::fs::write(env.store.join("gbuild.toml"), "jobs = 3\n").unwrap();
@@ -423,7 +507,7 @@ fn stage3_default_and_a_real_desktop_host() {
         .arg(&root)
         .args([
             "--kernel",
-            "6.1.0",
+            &kernel,
             "--hostname",
             "desk",
             "--no-emerge",
@@ -476,4 +560,181 @@ fn stage3_default_and_a_real_desktop_host() {
             "{p} from a binary: {binary:?}"
         );
     }
+
+    // 4. `gbuild host upgrade` on a host of desk, and a package asked for on demand.
+    let binhost = format!("{}/desk", serve.url);
+    let up = s.path().join("hostup");
+    let conf = up.join("conf");
+    let repos = up.join("repos");
+    std::fs::create_dir_all(&conf).unwrap();
+    std::fs::create_dir_all(&repos).unwrap();
+    sh(Command::new("cp")
+        .arg("-a")
+        .arg(root.join("etc"))
+        .arg(&conf));
+    let world = std::fs::read_to_string(root.join("var/lib/portage/world")).unwrap();
+    // The host wants a package that is not in the world the builder got.
+    std::fs::write(conf.join("world"), format!("{world}app-misc/quoter\n")).unwrap();
+    for (from, to) in [
+        (env.store.join("repos").join(date), "gentoo"),
+        (root.join("var/db/repos/localrepo"), "localrepo"),
+        (root.join("var/db/repos/gitrepo"), "gitrepo"),
+    ] {
+        sh(Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", from.display()))
+            .arg(repos.join(to)));
+    }
+    // ... and changed its configuration since the import.
+    let extra_use = conf.join("etc/portage/package.use/extra");
+    std::fs::write(&extra_use, "app-misc/failer debug\n").unwrap();
+    let trust_root = up.join("trust");
+    std::fs::create_dir_all(&trust_root).unwrap();
+    let key = sh(env.gbuild().args(["key", "--show"]));
+    sh(env
+        .gbuild()
+        .args(["host", "trust", "--root"])
+        .arg(&trust_root)
+        .args(["--binhost", &binhost, "--fingerprint", key.trim()]));
+    let keyring = trust_root.join("etc/portage/gnupg");
+    let tree_chk = |p: &Path| std::fs::read_to_string(p.join("metadata/timestamp.chk")).unwrap();
+    let host_tree = repos.join("gentoo");
+    let before = tree_chk(&host_tree);
+
+    // Drift: refused with the drift lines and the request that builds the missing package,
+    // before anything changed.
+    let out = host_upgrade(&env, &up, &conf, &repos, &keyring, &binhost, &[]);
+    let err = util::stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("drift: etc/portage/package.use/extra: (none) -> \"app-misc/failer debug\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("drift: var/lib/portage/world: (none) -> \"app-misc/quoter\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("gbuild request --machine desk app-misc/quoter"),
+        "{err}"
+    );
+    assert!(!installed_in(&up, "app-misc/hello"), "{err}");
+    assert!(!up.join("upper/etc/portage/binrepos.conf").exists());
+
+    // --force goes on to the check, which refuses: the world atom would be skipped.
+    let out = host_upgrade(&env, &up, &conf, &repos, &keyring, &binhost, &["--force"]);
+    let err = util::stderr(&out);
+    assert_eq!(out.status.code(), Some(4), "{err}\n{}", util::stdout(&out));
+    assert!(err.contains("would be skipped: app-misc/quoter"), "{err}");
+    assert!(err.contains("already the served snapshot"), "{err}");
+    for p in ["app-misc/hello", "app-misc/quoter", "dev-libs/libquote"] {
+        assert!(!installed_in(&up, p), "{p} installed by a refused upgrade");
+    }
+    std::fs::remove_file(&extra_use).unwrap();
+
+    // The builder's loop (woken by the request) moves to the mirror's newest snapshot and
+    // builds the requested package with the world; --wait returns once it is published.
+    let mut lp = env
+        .gbuild()
+        .args(["build", "--machine", "desk"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Asked for once the loop waits for its next pass (the request wakes it).
+    let t = std::time::Instant::now();
+    while env.status_of("desk")["state"] != "waiting" {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(600),
+            "the loop of desk never waited: {}",
+            env.status_of("desk")
+        );
+        assert!(lp.try_wait().unwrap().is_none(), "the loop of desk ended");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let req = util::output(env.gbuild().args([
+        "request",
+        "--machine",
+        "desk",
+        "app-misc/quoter",
+        "--wait",
+    ]));
+    let log = util::stdout(&util::output(env.gbuild().args([
+        "logs",
+        "--machine",
+        "desk",
+    ])));
+    let _ = lp.kill();
+    let _ = lp.wait();
+    assert_eq!(
+        req.status.code(),
+        Some(0),
+        "request --wait: {}\n{}",
+        util::stderr(&req),
+        log.lines().rev().take(40).collect::<Vec<_>>().join("\n")
+    );
+    assert!(
+        util::stdout(&req).contains("published app-misc/quoter: app-misc/quoter-1.0"),
+        "{}",
+        util::stdout(&req)
+    );
+    // Requests live beside the machine, never in its world.
+    let builder_world = sh(env.gbuild().args([
+        "shell",
+        "--machine",
+        "desk",
+        "--",
+        "cat",
+        "/var/lib/portage/world",
+    ]));
+    assert!(!builder_world.contains("quoter"), "{builder_world}");
+    let info: serde_json::Value =
+        serde_json::from_str(&builder::http_get(&format!("{binhost}/snapshot.info"))).unwrap();
+    let served_date = info["date"].as_str().unwrap().to_string();
+    assert_ne!(served_date, date, "the loop moved to the newest snapshot");
+
+    // Now the host upgrades: its tree brought to the served snapshot (verified by the SHA512
+    // the builder signed: the fixture's Gentoo key is not Gentoo's), the binhost configured,
+    // its world installed from binaries with the requested package, nothing compiled.
+    let out = host_upgrade(&env, &up, &conf, &repos, &keyring, &binhost, &[]);
+    let (text, err) = (util::stdout(&out), util::stderr(&out));
+    assert_eq!(out.status.code(), Some(0), "{err}\n{text}");
+    assert!(
+        err.contains(&format!("-> snapshot {served_date}"))
+            && err.contains("the SHA512 the builder signed"),
+        "{err}"
+    );
+    assert_eq!(
+        tree_chk(&host_tree),
+        tree_chk(&env.store.join("repos").join(&served_date))
+    );
+    assert_ne!(tree_chk(&host_tree), before);
+    let (compiled, binary) = builder::counts(&text);
+    assert!(compiled.is_empty(), "host compiled {compiled:?}:\n{text}");
+    for p in [
+        "app-misc/quoter-1.0",
+        "app-misc/hello-1.0",
+        "app-misc/localnote-1.0",
+    ] {
+        assert!(
+            binary.iter().any(|b| b.starts_with(p)),
+            "{p} from a binary: {binary:?}\n{text}"
+        );
+        assert!(text.contains(&format!("  {p}")), "{p} reported:\n{text}");
+    }
+    assert!(installed_in(&up, "app-misc/quoter"));
+    let binrepos =
+        std::fs::read_to_string(up.join("upper/etc/portage/binrepos.conf/gbuild-desk.conf"))
+            .unwrap();
+    assert!(
+        binrepos.contains(&format!("sync-uri = {binhost}")),
+        "{binrepos}"
+    );
+
+    // Again: nothing to do, the tree untouched.
+    let out = host_upgrade(&env, &up, &conf, &repos, &keyring, &binhost, &["--pretend"]);
+    let (text, err) = (util::stdout(&out), util::stderr(&out));
+    assert_eq!(out.status.code(), Some(0), "{err}\n{text}");
+    assert!(err.contains("already the served snapshot"), "{err}");
+    assert!(text.contains("0 package(s) would be installed"), "{text}");
 }
