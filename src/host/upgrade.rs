@@ -166,7 +166,8 @@ pub fn upgrade(o: &UpgradeOptions, say: &mut dyn FnMut(&str)) -> Result<Outcome>
             ..ExportOptions::default()
         },
     )?;
-    let index_url = format!("{base}/Packages");
+    // Portage's index name, on the binhost as in any PKGDIR.
+    let index_url = format!("{base}/{}", crate::store::PACKAGES);
     let index = String::from_utf8_lossy(&fetcher.get_small(&index_url, 256 << 20)?).into_owned();
     let missing = missing_world_atoms(&host, &index);
     let mut drift = Vec::new();
@@ -307,7 +308,7 @@ fn refresh_cached_index(
         .join("var/cache/edb/binhost")
         .join(host)
         .join(path.trim_matches('/'))
-        .join("Packages");
+        .join(crate::store::PACKAGES);
     let Ok(text) = std::fs::read_to_string(&cached) else {
         return Ok(());
     };
