@@ -448,7 +448,15 @@ pub fn pass(env: &BuildEnv, m: &MachineLock, state: &mut State) -> Result<PassRe
                 format!("GBUILD_FULL={}", u8::from(changed)),
                 format!("GBUILD_PRUNE={PRUNE}"),
                 format!("GBUILD_LANG_REBUILD={LANG_REBUILD}"),
-                format!("GBUILD_REQUESTED={}", requested.join(" ")),
+                format!(
+                    "GBUILD_REQUESTED={}",
+                    requested
+                        .iter()
+                        .filter_map(|a| super::requests::Atom::parse(a).ok())
+                        .map(|a| a.package_and_slot())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ),
             ];
             let code = s.run(vec!["/bin/sh".into(), "-c".into(), CLEANUP.into()])?;
             s.extra_env.clear();

@@ -142,6 +142,14 @@ impl Atom {
         format!("{}/{}", self.category, self.name)
     }
 
+    /// `category/name[:slot]`: the form emerge's `--exclude` takes (no version, no repository).
+    pub fn package_and_slot(&self) -> String {
+        match &self.slot {
+            Some(s) => format!("{}:{s}", self.cp()),
+            None => self.cp(),
+        }
+    }
+
     /// Whether a package `cpv` (`cat/pkg-1.0-r1`) of `slot` from `repo` matches.
     pub fn matches(&self, cpv: &str, slot: Option<&str>, repo: Option<&str>) -> bool {
         let Some((cat, pv)) = cpv.split_once('/') else {
@@ -472,6 +480,8 @@ mod tests {
         }
         let a = Atom::parse("media-fonts/font-adobe-100dpi").unwrap();
         assert_eq!(a.name, "font-adobe-100dpi");
+        let a = Atom::parse(">=dev-lang/perl-5.40.0-r1:0/5.40::gentoo").unwrap();
+        assert_eq!(a.package_and_slot(), "dev-lang/perl:0/5.40");
     }
 
     #[test]
