@@ -111,7 +111,12 @@ pub fn main() -> i32 {
     quiet_broken_pipe();
     gbuild::progress::set_quiet(cli.quiet);
     init_tracing(cli.verbose);
-    let ctx = cmd::Ctx::new(&cli);
+    let ctx = cmd::Ctx {
+        store_opt: cli.store.clone(),
+        config_opt: cli.config.clone(),
+        verbose: cli.verbose,
+        quiet: cli.quiet,
+    };
     let result = match cli.command {
         Command::Fetch(o) => cmd::fetch::run(&ctx, o),
         Command::Bootstrap(o) => cmd::bootstrap::run(&ctx, o),

@@ -13,7 +13,7 @@
 use std::path::Path;
 
 use super::emerge;
-use super::pass::{PassResult, Session};
+use super::session::{PassResult, Session};
 use super::state::{now, LastPass, LoopState, PassKind, PassOutcome, State};
 use super::{BuildEnv, BuilderError, ConfigMode, MachineLock, Result};
 use crate::fsutil::IoContext;

@@ -2,7 +2,7 @@
 //! pass: the builder's /etc/portage, world set and `emerge --info` are taken from inside the
 //! container and compared with the host bundle by the same engine as `gbuild diff`.
 
-use super::pass::Session;
+use super::session::Session;
 use super::{BuildEnv, Machine, Result};
 use crate::fsutil::IoContext;
 use crate::host::{Bundle, Diff, ExportOptions};

@@ -19,6 +19,7 @@ pub mod pass;
 pub mod publish;
 pub mod release;
 pub mod requests;
+pub mod session;
 pub mod state;
 
 use std::path::{Path, PathBuf};

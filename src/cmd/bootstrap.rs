@@ -21,14 +21,14 @@ pub fn run(ctx: &Ctx, o: BootstrapOpts) -> anyhow::Result<i32> {
         None => gbuild::builder::builtin_recipe().to_string(),
     };
     match gbuild::builder::bootstrap::bootstrap(&env, &m, &recipe)? {
-        gbuild::builder::pass::PassResult::Success => {
+        gbuild::builder::session::PassResult::Success => {
             ctx.note(&format!(
                 "bootstrap: image {} sealed",
                 m.meta()?.image.unwrap_or_default()
             ));
             Ok(0)
         }
-        gbuild::builder::pass::PassResult::Failed { package, log } => {
+        gbuild::builder::session::PassResult::Failed { package, log } => {
             eprintln!(
                 "gbuild: bootstrap of {} failed{}; log: {}",
                 m.name,

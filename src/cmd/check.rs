@@ -2,7 +2,7 @@
 //! left to do and no slot conflict, and (for an imported host configuration) it does not differ
 //! from the host, checked in a throwaway container.
 
-use gbuild::builder::pass::Session;
+use gbuild::builder::session::Session;
 use gbuild::builder::BuilderError;
 
 use super::{build_env, Ctx, MachineOpts};

@@ -112,5 +112,5 @@ pub fn run(ctx: &Ctx, o: LayerOpts) -> anyhow::Result<i32> {
 
 /// The hidden `__layer-helper REQUEST` verb (inside the user namespace).
 pub fn serve(request: &str) -> i32 {
-    layer::ns::serve(request)
+    layer::inside::serve(request)
 }

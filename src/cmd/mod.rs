@@ -44,15 +44,6 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    pub fn new(cli: &crate::cli::Cli) -> Ctx {
-        Ctx {
-            store_opt: cli.store.clone(),
-            config_opt: cli.config.clone(),
-            verbose: cli.verbose,
-            quiet: cli.quiet,
-        }
-    }
-
     /// The store, created if missing.
     pub fn store(&self) -> anyhow::Result<Store> {
         let s = Store::resolve(self.store_opt.as_deref())?;

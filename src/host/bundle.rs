@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -752,7 +752,7 @@ fn check_profile(m: &Manifest, label: &Path) -> Result<(), HostError> {
             ));
         }
     }
-    let found = super::export::profile_of(target, &m.repos);
+    let found = profile_of(target, &m.repos);
     if found.repo.is_none() || found.path.as_deref().is_none_or(str::is_empty) {
         let locs: Vec<String> = m
             .repos
@@ -851,6 +851,45 @@ pub fn utc(t: u64) -> String {
         s / 60 % 60,
         s % 60
     )
+}
+
+/// Lexically normalize an absolute path (no filesystem access).
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::from("/");
+    for c in p.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(n) => out.push(n),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The profile a `make.profile` target names: the repository whose location holds it and the
+/// path below that repository's `profiles/`.
+pub(crate) fn profile_of(target: &str, repos: &[Repo]) -> Profile {
+    let abs = normalize(&Path::new("/etc/portage").join(target));
+    let abs_s = abs.to_string_lossy().into_owned();
+    for r in repos {
+        let prefix = format!("{}/profiles/", r.location.trim_end_matches('/'));
+        if let Some(rest) = abs_s.strip_prefix(&prefix) {
+            return Profile {
+                link: target.to_string(),
+                repo: Some(r.name.clone()),
+                path: Some(rest.to_string()),
+            };
+        }
+    }
+    Profile {
+        link: target.to_string(),
+        repo: None,
+        path: abs_s
+            .rfind("/profiles/")
+            .map(|i| abs_s[i + "/profiles/".len()..].to_string()),
+    }
 }
 
 #[cfg(test)]

@@ -6,11 +6,11 @@
 //! release and `-march=native` as gcc resolves it.
 
 use std::collections::BTreeMap;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use super::bundle::{
-    sha256_hex, Bundle, Cpu, EntryKind, FileEntry, Manifest, Profile, Repo, Skipped, VarSource,
+    profile_of, sha256_hex, Bundle, Cpu, EntryKind, FileEntry, Manifest, Repo, Skipped, VarSource,
     FORMAT_VERSION, PROFILE_LINK,
 };
 use super::makeconf::is_config_name;
@@ -640,45 +640,6 @@ pub fn git_head(tree: &Path) -> Result<String, String> {
         .map(|(c, _)| c.to_string())
         .filter(|c| is_commit(c))
         .ok_or_else(|| format!("{r} not found"))
-}
-
-/// Lexically normalize an absolute path (no filesystem access).
-fn normalize(p: &Path) -> PathBuf {
-    let mut out = PathBuf::from("/");
-    for c in p.components() {
-        match c {
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::Normal(n) => out.push(n),
-            _ => {}
-        }
-    }
-    out
-}
-
-/// The profile a `make.profile` target names: the repository whose location holds it and the
-/// path below that repository's `profiles/`.
-pub(crate) fn profile_of(target: &str, repos: &[Repo]) -> Profile {
-    let abs = normalize(&Path::new("/etc/portage").join(target));
-    let abs_s = abs.to_string_lossy().into_owned();
-    for r in repos {
-        let prefix = format!("{}/profiles/", r.location.trim_end_matches('/'));
-        if let Some(rest) = abs_s.strip_prefix(&prefix) {
-            return Profile {
-                link: target.to_string(),
-                repo: Some(r.name.clone()),
-                path: Some(rest.to_string()),
-            };
-        }
-    }
-    Profile {
-        link: target.to_string(),
-        repo: None,
-        path: abs_s
-            .rfind("/profiles/")
-            .map(|i| abs_s[i + "/profiles/".len()..].to_string()),
-    }
 }
 
 /// Variables asked of `portageq envvar` when `emerge --info` is unavailable.

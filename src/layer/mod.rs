@@ -9,8 +9,10 @@
 //! kernel lets unprivileged users create since Linux 5.8) and an opaque directory carries
 //! `user.overlay.opaque=y`. The canonical tarball turns both into OCI whiteouts.
 
+pub mod blob;
 pub mod gc;
 pub mod image;
+pub mod inside;
 pub mod ns;
 pub mod oci;
 pub mod pack;

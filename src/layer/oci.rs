@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
+pub use super::blob::{BlobInfo, Compression, MT_LAYER};
 use super::image::{self, Image};
 use super::ns::{BlobToUnpack, Helper};
 use super::{is_layer_id, layer_dir, layer_info, HashWriter, LayerError, Result};
@@ -29,41 +30,9 @@ use crate::store::Store;
 pub const MT_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const MT_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const MT_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-pub const MT_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// zstd level used for layer blobs.
 pub const ZSTD_LEVEL: i32 = 3;
-
-/// Compression of layer blobs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Compression {
-    /// zstd level 3 on all cores (`tar+zstd`)
-    #[default]
-    Zstd,
-    /// gzip (`tar+gzip`), readable by older tools
-    Gzip,
-}
-
-impl Compression {
-    pub fn media_type(self) -> String {
-        match self {
-            Compression::Zstd => format!("{MT_LAYER}+zstd"),
-            Compression::Gzip => format!("{MT_LAYER}+gzip"),
-        }
-    }
-}
-
-/// A written layer blob.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BlobInfo {
-    /// sha256 (hex) of the uncompressed tarball (the layer id).
-    pub diff_id: String,
-    /// sha256 (hex) of the blob.
-    pub digest: String,
-    pub size: u64,
-    pub media_type: String,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Descriptor {
