@@ -463,3 +463,220 @@ fn string_literals_are_found_outside_comments_and_tests() {
     let texts: Vec<&str> = lits.iter().map(|(_, l)| l.as_str()).collect();
     assert_eq!(texts, ["state.json", "a\\\"b"]);
 }
+
+/// A file's module path (`src/layer/ns.rs` -> `layer::ns`, `src/layer/mod.rs` -> `layer`; the
+/// crate roots `lib.rs` and `main.rs` -> empty).
+fn module_of(path: &str) -> Vec<String> {
+    let rel = path.strip_prefix("src/").unwrap_or(path);
+    let rel = rel.strip_suffix(".rs").unwrap_or(rel);
+    let mut segs: Vec<String> = rel.split('/').map(str::to_string).collect();
+    if segs.last().is_some_and(|s| s == "mod") {
+        segs.pop();
+    }
+    if segs == ["lib"] || segs == ["main"] {
+        segs.clear();
+    }
+    segs
+}
+
+/// Every path a piece of code names through `crate::` or `super::` (use trees expanded: `use
+/// super::{a::{self, B}, c}` gives `super::a::self`, `super::a::B`, `super::c`).
+fn crate_paths(code: &str) -> Vec<Vec<String>> {
+    fn ident(c: char) -> bool {
+        c.is_alphanumeric() || c == '_'
+    }
+    fn skip_ws(s: &[char], i: &mut usize) {
+        while *i < s.len() && s[*i].is_whitespace() {
+            *i += 1;
+        }
+    }
+    // One use tree at `i` below `prefix`.
+    fn tree(s: &[char], i: &mut usize, mut prefix: Vec<String>, out: &mut Vec<Vec<String>>) {
+        loop {
+            skip_ws(s, i);
+            if *i < s.len() && s[*i] == '{' {
+                *i += 1;
+                loop {
+                    skip_ws(s, i);
+                    if *i >= s.len() || s[*i] == '}' {
+                        *i += 1;
+                        return;
+                    }
+                    tree(s, i, prefix.clone(), out);
+                    skip_ws(s, i);
+                    if *i < s.len() && s[*i] == ',' {
+                        *i += 1;
+                    }
+                }
+            }
+            let start = *i;
+            while *i < s.len() && ident(s[*i]) {
+                *i += 1;
+            }
+            if *i == start {
+                break;
+            }
+            prefix.push(s[start..*i].iter().collect());
+            if s.get(*i) == Some(&':') && s.get(*i + 1) == Some(&':') {
+                *i += 2;
+            } else {
+                break;
+            }
+        }
+        out.push(prefix);
+    }
+    let s: Vec<char> = code.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < s.len() {
+        let at_word = i == 0 || !(ident(s[i - 1]) || s[i - 1] == ':');
+        let rest = &s[i..];
+        let starts = |w: &str| {
+            let w: Vec<char> = w.chars().collect();
+            rest.starts_with(&w)
+        };
+        if at_word && (starts("crate::") || starts("super::")) {
+            tree(&s, &mut i, Vec::new(), &mut out);
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The module import graph of one crate: an edge `a -> b` when `a`'s code (before its tests)
+/// names a path into module `b` through `crate::` or `super::`. A module's uses of its own
+/// ancestors are not edges: a parent (`mod.rs`, `lib.rs`) declares its children and holds what
+/// they share (the error type, `Result`), so children naming it is the shape Rust gives modules.
+fn import_graph(
+    files: &[(String, String)],
+) -> std::collections::BTreeMap<Vec<String>, std::collections::BTreeSet<Vec<String>>> {
+    let modules: std::collections::BTreeSet<Vec<String>> =
+        files.iter().map(|(p, _)| module_of(p)).collect();
+    let mut graph = std::collections::BTreeMap::new();
+    for (path, text) in files {
+        let me = module_of(path);
+        let mut code = String::new();
+        for line in code_lines(text) {
+            if line.trim_start().starts_with("#[cfg(test)]") {
+                break;
+            }
+            code.push_str(&line);
+            code.push('\n');
+        }
+        let edges: &mut std::collections::BTreeSet<Vec<String>> =
+            graph.entry(me.clone()).or_default();
+        for p in crate_paths(&code) {
+            let mut base: Vec<String> = Vec::new();
+            let mut rest = p.as_slice();
+            if rest.first().is_some_and(|s| s == "crate") {
+                rest = &rest[1..];
+            } else {
+                base = me.clone();
+                while rest.first().is_some_and(|s| s == "super") {
+                    base.pop();
+                    rest = &rest[1..];
+                }
+            }
+            base.extend(rest.iter().filter(|s| *s != "self").cloned());
+            let target = (0..=base.len())
+                .rev()
+                .map(|n| base[..n].to_vec())
+                .find(|m| modules.contains(m));
+            if let Some(t) = target {
+                if !me.starts_with(&t) {
+                    edges.insert(t);
+                }
+            }
+        }
+    }
+    graph
+}
+
+/// One cycle of `graph`, if it has any, as the modules along it.
+fn find_cycle(
+    graph: &std::collections::BTreeMap<Vec<String>, std::collections::BTreeSet<Vec<String>>>,
+) -> Option<Vec<String>> {
+    fn visit(
+        g: &std::collections::BTreeMap<Vec<String>, std::collections::BTreeSet<Vec<String>>>,
+        v: &Vec<String>,
+        done: &mut std::collections::BTreeSet<Vec<String>>,
+        stack: &mut Vec<Vec<String>>,
+    ) -> Option<Vec<String>> {
+        if let Some(at) = stack.iter().position(|s| s == v) {
+            let mut cycle: Vec<String> = stack[at..].iter().map(|m| m.join("::")).collect();
+            cycle.push(v.join("::"));
+            return Some(cycle);
+        }
+        if done.contains(v) {
+            return None;
+        }
+        stack.push(v.clone());
+        for w in g.get(v).into_iter().flatten() {
+            if let Some(c) = visit(g, w, done, stack) {
+                return Some(c);
+            }
+        }
+        stack.pop();
+        done.insert(v.clone());
+        None
+    }
+    let mut done = std::collections::BTreeSet::new();
+    graph
+        .keys()
+        .find_map(|v| visit(graph, v, &mut done, &mut Vec::new()))
+}
+
+#[test]
+fn module_imports_have_no_cycle() {
+    // Two crates: the binary (main.rs and the modules it declares) and the library.
+    let files = rust_files("src");
+    let main = std::fs::read_to_string(top().join("src/main.rs")).unwrap();
+    let bin_mods: Vec<String> = main
+        .lines()
+        .filter_map(|l| l.strip_prefix("mod ")?.strip_suffix(';'))
+        .map(|m| format!("src/{m}"))
+        .collect();
+    assert!(!bin_mods.is_empty(), "src/main.rs declares no module");
+    let bin_mods: Vec<&str> = bin_mods.iter().map(String::as_str).collect();
+    let is_bin = |p: &str| p == "src/main.rs" || under(p.trim_end_matches(".rs"), &bin_mods);
+    let (bin, lib): (Vec<_>, Vec<_>) = files.into_iter().partition(|(p, _)| is_bin(p));
+    for (name, files) in [("library", lib), ("binary", bin)] {
+        let graph = import_graph(&files);
+        assert!(graph.len() > 3, "{name}: too few modules found");
+        if let Some(c) = find_cycle(&graph) {
+            panic!("{name}: import cycle {}", c.join(" -> "));
+        }
+    }
+}
+
+#[test]
+fn the_import_graph_sees_use_trees_and_finds_cycles() {
+    let files = vec![
+        (
+            "src/x/a.rs".to_string(),
+            "use super::{b::{self, B}, c::C};\nuse crate::d;\nfn f() { crate::x::c::g() }\n\
+             #[cfg(test)]\nuse super::e::E;"
+                .to_string(),
+        ),
+        ("src/x/b.rs".to_string(), "use super::Shared;".to_string()),
+        ("src/x/c.rs".to_string(), "// use super::a;\nfn g() { super::super::d::h() }".to_string()),
+        ("src/x/mod.rs".to_string(), "pub struct Shared;".to_string()),
+        ("src/x/e.rs".to_string(), String::new()),
+        ("src/d.rs".to_string(), String::new()),
+    ];
+    let g = import_graph(&files);
+    let names = |m: &str| -> Vec<String> {
+        let k: Vec<String> = m.split("::").map(str::to_string).collect();
+        g[&k].iter().map(|t| t.join("::")).collect()
+    };
+    assert_eq!(names("x::a"), ["d", "x::b", "x::c"]);
+    assert!(names("x::b").is_empty(), "a child's use of its parent is no edge");
+    assert_eq!(names("x::c"), ["d"]);
+    assert_eq!(find_cycle(&g), None);
+    let mut files = files;
+    files[2].1.push_str("\nuse super::a::A;");
+    let c = find_cycle(&import_graph(&files)).expect("a cycle");
+    assert_eq!(c.first(), c.last());
+    assert!(c.contains(&"x::a".to_string()) && c.contains(&"x::c".to_string()));
+}
