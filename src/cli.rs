@@ -185,19 +185,51 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
-/// Diagnostics from gbuild and libcontainer on stderr: warnings by default, debug with `-v`,
-/// anything with `GBUILD_LOG` (tracing's env-filter syntax).
+/// Diagnostics on stderr: gbuild's own events as the command line's lines (`gbuild: MESSAGE`,
+/// `gbuild: warning: MESSAGE`), everything else (libcontainer, libcgroups) in tracing's format.
+/// gbuild's notices, warnings and errors by default, debug with `-v`, anything with `GBUILD_LOG`
+/// (tracing's env-filter syntax).
 fn init_tracing(verbose: bool) {
     let default = if verbose {
         "debug"
     } else {
-        "warn,libcontainer=error,libcgroups=error"
+        "warn,gbuild=info,libcontainer=error,libcgroups=error"
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("GBUILD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .without_time()
+        .event_format(Lines(tracing_subscriber::fmt::format().without_time()))
         .try_init();
+}
+
+/// The event format: gbuild's events as one line each, prefixed like the binary's own messages.
+struct Lines(tracing_subscriber::fmt::format::Format<tracing_subscriber::fmt::format::Full, ()>);
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for Lines
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut w: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        use tracing_subscriber::fmt::FormatFields;
+        let meta = event.metadata();
+        if meta.target() != "gbuild" && !meta.target().starts_with("gbuild::") {
+            return self.0.format_event(ctx, w, event);
+        }
+        let prefix = match *meta.level() {
+            tracing::Level::WARN => "gbuild: warning: ",
+            tracing::Level::DEBUG | tracing::Level::TRACE => "gbuild: debug: ",
+            _ => "gbuild: ",
+        };
+        w.write_str(prefix)?;
+        ctx.format_fields(w.by_ref(), event)?;
+        writeln!(w)
+    }
 }

@@ -68,3 +68,11 @@ pub fn set_quiet(q: bool) {
 pub fn quiet() -> bool {
     QUIET.load(std::sync::atomic::Ordering::Relaxed)
 }
+
+/// A progress line on stderr (a package going by, a phase of the bootstrap), unless quiet.
+/// Messages that are not progress (warnings, errors, outcomes) are `tracing` events instead.
+pub fn note(line: &str) {
+    if !quiet() {
+        eprintln!("{line}");
+    }
+}

@@ -660,7 +660,10 @@ fn the_import_graph_sees_use_trees_and_finds_cycles() {
                 .to_string(),
         ),
         ("src/x/b.rs".to_string(), "use super::Shared;".to_string()),
-        ("src/x/c.rs".to_string(), "// use super::a;\nfn g() { super::super::d::h() }".to_string()),
+        (
+            "src/x/c.rs".to_string(),
+            "// use super::a;\nfn g() { super::super::d::h() }".to_string(),
+        ),
         ("src/x/mod.rs".to_string(), "pub struct Shared;".to_string()),
         ("src/x/e.rs".to_string(), String::new()),
         ("src/d.rs".to_string(), String::new()),
@@ -671,7 +674,10 @@ fn the_import_graph_sees_use_trees_and_finds_cycles() {
         g[&k].iter().map(|t| t.join("::")).collect()
     };
     assert_eq!(names("x::a"), ["d", "x::b", "x::c"]);
-    assert!(names("x::b").is_empty(), "a child's use of its parent is no edge");
+    assert!(
+        names("x::b").is_empty(),
+        "a child's use of its parent is no edge"
+    );
     assert_eq!(names("x::c"), ["d"]);
     assert_eq!(find_cycle(&g), None);
     let mut files = files;
@@ -679,4 +685,43 @@ fn the_import_graph_sees_use_trees_and_finds_cycles() {
     let c = find_cycle(&import_graph(&files)).expect("a cycle");
     assert_eq!(c.first(), c.last());
     assert!(c.contains(&"x::a".to_string()) && c.contains(&"x::c".to_string()));
+}
+
+/// Where text may be printed directly: the binary (its verbs print their results) and the
+/// progress module (bars and progress lines). Everything else reports through `tracing`
+/// events, which the binary renders (ARCHITECTURE.md, invariants).
+const PRINTING_ALLOWED: &[&str] = &["src/main.rs", "src/cli.rs", "src/cmd", "src/progress.rs"];
+
+#[test]
+fn no_printing_in_the_library() {
+    let needles = ["println!", "print!(", "eprint!", "dbg!(", "log::"];
+    let mut bad = Vec::new();
+    for (path, text) in rust_files("src") {
+        if under(&path, PRINTING_ALLOWED) || path.ends_with("src/tidy.rs") {
+            continue;
+        }
+        for (n, line) in code_lines(&text).iter().enumerate() {
+            if line.trim_start().starts_with("#[cfg(test)]") {
+                break;
+            }
+            let hit = needles.iter().any(|k| {
+                line.match_indices(k).any(|(i, _)| {
+                    // `log::` only as a path of its own (not `catalog::`).
+                    !k.starts_with("log")
+                        || !line[..i]
+                            .chars()
+                            .last()
+                            .is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':')
+                })
+            });
+            if hit {
+                bad.push(format!("{path}:{}: {}", n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "library code printing (use tracing events, or progress::note for progress lines):\n{}",
+        bad.join("\n")
+    );
 }

@@ -103,7 +103,7 @@ pub fn bootstrap(env: &BuildEnv, m: &MachineLock, recipe: &str) -> Result<PassRe
             lp.failed_package = s.progress.failed.clone();
             state.state = LoopState::Failed;
             state.save(m)?;
-            eprintln!("gbuild: {e}");
+            tracing::error!("{e}");
             return Ok(PassResult::Failed {
                 package: s.progress.failed.clone(),
                 log: s.log_path(),
@@ -241,10 +241,8 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
 }
 
 fn note(env: &BuildEnv, msg: &str) {
-    if !crate::progress::quiet() {
-        let _ = env;
-        eprintln!("{msg}");
-    }
+    let _ = env;
+    crate::progress::note(msg);
 }
 
 #[cfg(test)]

@@ -18,7 +18,6 @@ pub use super::session::{PassResult, Session};
 use super::state::{now, LastPass, LoopState, PassKind, PassOutcome, State};
 use super::{BuildEnv, BuilderError, Machine, MachineLock, Result};
 
-
 /// Inside the builder: remove binpkgs whose package is not installed or whose USE differs from
 /// the installed one (stale after a USE, config or tree change), and superseded builds of the
 /// same package and USE (all but the installed build, else the newest). Portage's own API
@@ -169,7 +168,6 @@ fn apply_config_script(mode: super::ConfigMode) -> String {
     }
 }
 
-
 /// Apply the configuration to the builder when it changed since it was last applied.
 pub fn apply_config_if_changed(env: &BuildEnv, m: &MachineLock) -> Result<bool> {
     let mode = m.ensure_config()?;
@@ -266,7 +264,7 @@ pub fn pass(env: &BuildEnv, m: &MachineLock, state: &mut State) -> Result<PassRe
             state.state = LoopState::Failed;
             state.save(m)?;
             for l in &lines {
-                eprintln!("gbuild: drift: {l}");
+                tracing::error!("drift: {l}");
             }
             return Ok(PassResult::Failed { package: None, log });
         }
@@ -400,8 +398,8 @@ pub fn run_loop(env: &BuildEnv, m: &MachineLock, opts: &LoopOptions) -> Result<i
     loop {
         let result = pass(env, m, &mut state)?;
         if let (Some(lp), false) = (&state.last_pass, crate::progress::quiet()) {
-            eprintln!(
-                "gbuild: pass of {}: {} (built {}, from binpkgs {}{}{})",
+            tracing::info!(
+                "pass of {}: {} (built {}, from binpkgs {}{}{})",
                 m.name,
                 lp.result,
                 lp.built.len(),
@@ -457,16 +455,16 @@ pub fn first_build(
 }
 
 fn report_failure(package: Option<&str>, log: &Path, what: &str) {
-    eprintln!(
-        "gbuild: {what} failed{}; log: {}",
+    tracing::error!(
+        "{what} failed{}; log: {}",
         package.map(|p| format!(" in {p}")).unwrap_or_default(),
         log.display(),
     );
 }
 
 fn idle_after_failure(m: &Machine, package: Option<String>, log: &Path) -> Result<()> {
-    eprintln!(
-        "gbuild: pass failed{}; log: {}. Fix the configuration, then `gbuild resume --machine {}`",
+    tracing::error!(
+        "pass failed{}; log: {}. Fix the configuration, then `gbuild resume --machine {}`",
         package.map(|p| format!(" in {p}")).unwrap_or_default(),
         log.display(),
         m.name
@@ -523,7 +521,7 @@ pub fn fetch_latest_snapshot(env: &BuildEnv, m: &Machine) {
     let meta = match m.meta() {
         Ok(meta) => meta,
         Err(e) => {
-            eprintln!("gbuild: warning: snapshot not re-synced ({e}); keeping the current tree");
+            tracing::warn!("snapshot not re-synced ({e}); keeping the current tree");
             return;
         }
     };
@@ -546,9 +544,9 @@ pub fn fetch_latest_snapshot(env: &BuildEnv, m: &Machine) {
         Ok(got.artifact.manifest.date)
     })();
     match r {
-        Ok(d) => eprintln!("gbuild: newest verified snapshot: {d}"),
+        Ok(d) => tracing::info!("newest verified snapshot: {d}"),
         Err(e) => {
-            eprintln!("gbuild: warning: snapshot not re-synced ({e}); keeping the current tree")
+            tracing::warn!("snapshot not re-synced ({e}); keeping the current tree")
         }
     }
 }

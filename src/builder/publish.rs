@@ -191,7 +191,7 @@ fn sign_all(m: &Machine, keys: &Keys, header: &str, all: &[String]) -> Result<Ve
                 Ok(s) => (s.facts, s.signer),
                 Err(e @ crate::sign::SignError::Corrupt(..))
                 | Err(e @ crate::sign::SignError::NotGpkg(..)) => {
-                    eprintln!("gbuild: warning: not published: {e}");
+                    tracing::warn!("not published: {e}");
                     updated.push(st.clone());
                     continue;
                 }
@@ -215,8 +215,8 @@ fn sign_all(m: &Machine, keys: &Keys, header: &str, all: &[String]) -> Result<Ve
         publish.push(new);
     }
     if xpak > 0 {
-        eprintln!(
-            "gbuild: warning: {xpak} xpak binpkg(s) not published: hosts verify signatures, \
+        tracing::warn!(
+            "{xpak} xpak binpkg(s) not published: hosts verify signatures, \
              which only gpkg carries (set BINPKG_FORMAT=gpkg)"
         );
     }
@@ -254,8 +254,8 @@ pub fn publish(
     let (header, all) = stanzas(&text);
     let (keys, opened) = Keys::open(&env.store).map_err(sign_error)?;
     if opened == crate::sign::Opened::Created {
-        eprintln!(
-            "gbuild: created the binpkg signing key {} (hosts: gbuild host trust --fingerprint {})",
+        tracing::info!(
+            "created the binpkg signing key {} (hosts: gbuild host trust --fingerprint {})",
             keys.fingerprint(),
             keys.fingerprint()
         );
@@ -403,7 +403,7 @@ fn abi_check(m: &Machine, stanzas: &[String], kernel: &str) -> Result<Vec<AbiWar
                     })
                     .collect(),
                 Err(e) => {
-                    eprintln!("gbuild: warning: {e}");
+                    tracing::warn!("{e}");
                     Vec::new()
                 }
             },

@@ -102,8 +102,11 @@ impl<'a> Session<'a> {
             }
             if progress.feed(b) {
                 if let (false, Some((pkg, i, n))) = (echo, progress.current.as_ref()) {
-                    if !crate::progress::quiet() && progress.phase != "install" {
-                        eprintln!("  ({i} of {n}) {pkg} [{}]", progress.phase);
+                    if progress.phase != "install" {
+                        crate::progress::note(&format!(
+                            "  ({i} of {n}) {pkg} [{}]",
+                            progress.phase
+                        ));
                     }
                 }
                 if let (Some(st), Some((pkg, i, n))) = (state.as_mut(), progress.current.as_ref()) {

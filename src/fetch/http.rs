@@ -279,7 +279,7 @@ impl Fetcher {
                     attempts: attempt,
                 });
             }
-            tracing::info!("{url}: {message}; retrying");
+            tracing::debug!("{url}: {message}; retrying");
             self.backoff(attempt);
         }
     }
@@ -344,7 +344,7 @@ impl Fetcher {
         let mut have = file.metadata().at("stat", partial)?.len();
         if have > max {
             // Longer than the file can be: none of it is worth resuming.
-            tracing::info!(
+            tracing::debug!(
                 "{}: longer than {max} bytes, starting over",
                 partial.display()
             );
@@ -375,7 +375,7 @@ impl Fetcher {
                             attempts: attempt,
                         });
                     }
-                    tracing::info!("{url}: {message}; retrying from byte {have}");
+                    tracing::debug!("{url}: {message}; retrying from byte {have}");
                     self.backoff(failed_in_a_row);
                 }
             }
@@ -443,7 +443,7 @@ impl Fetcher {
             return Ok(Attempt::Retry("unexpected Content-Range".into()));
         }
         if !resumed && *have > 0 {
-            tracing::info!("{url}: server ignored the range request; starting over");
+            tracing::debug!("{url}: server ignored the range request; starting over");
             restart(file, partial, pipe, have)?;
         }
         if pipe.fed() < *have {

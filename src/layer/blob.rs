@@ -37,4 +37,3 @@ pub struct BlobInfo {
     pub size: u64,
     pub media_type: String,
 }
-

@@ -2,6 +2,7 @@
 //! the user namespace, does the layer work the request asks for and prints the answer on stdout.
 //! `ns.rs` holds the protocol and the outside half that starts it.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -28,7 +29,18 @@ pub fn serve(json: &str) -> i32 {
         Err(e) => Answer::Error(format!("bad layer helper request: {e}")),
     };
     let code = matches!(answer, Answer::Error(_)) as i32;
-    println!("{}", serde_json::to_string(&answer).expect("serialisable"));
+    // The answer is the protocol's stdout, not a message: a failed write shows as a helper that
+    // answered nothing, which the outside half reports with the exit status.
+    let mut out = std::io::stdout().lock();
+    if writeln!(
+        out,
+        "{}",
+        serde_json::to_string(&answer).expect("serialisable")
+    )
+    .is_err()
+    {
+        return 1;
+    }
     code
 }
 

@@ -293,20 +293,17 @@ pub fn unpack_rootfs(store: &Store, tarball: &Path, source: &str) -> Result<Laye
 }
 
 fn report_skips(s: &UnpackStats, name: &str) {
-    if progress::quiet() {
-        return;
-    }
     if s.devices_skipped > 0 {
-        eprintln!(
+        progress::note(&format!(
             "{name}: skipped {} device node(s) (not creatable rootless; the container runtime provides /dev)",
             s.devices_skipped
-        );
+        ));
     }
     if s.xattrs_skipped > 0 {
-        eprintln!(
+        progress::note(&format!(
             "{name}: {} extended attribute(s) could not be set and were dropped",
             s.xattrs_skipped
-        );
+        ));
     }
 }
 
