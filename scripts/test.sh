@@ -45,8 +45,21 @@ for l in sys.stdin:
         print(m["executable"])')
 gbuild_bin=$(pwd)/target/debug/gbuild
 
+# libtest counts a skipped test as passed: skips are collected in a file and listed at the end.
+summarise_skips() {
+  if [ -s "$1" ]; then
+    echo "skipped $(wc -l <"$1") test(s) (GBUILD_MUST_WORK=1 makes each a failure):"
+    sed 's/^/  /' "$1"
+  fi
+}
+
 if [ "$(id -u)" != 0 ]; then
-  GBUILD_BIN=$gbuild_bin exec "$it_bin" "$@"
+  skips=$(mktemp)
+  status=0
+  GBUILD_BIN=$gbuild_bin GBUILD_SKIP_LOG=$skips "$it_bin" "$@" || status=$?
+  summarise_skips "$skips"
+  rm -f "$skips"
+  exit $status
 fi
 
 id "$user" >/dev/null 2>&1 || { echo "test user $user missing: run .ci/run or create it" >&2; exit 1; }
@@ -56,7 +69,10 @@ cp "$gbuild_bin" "$it_bin" "$stage/"
 mkdir "$stage/tmp"
 chmod 755 "$stage" "$stage/gbuild" "$stage/$(basename "$it_bin")"
 chown "$user": "$stage/tmp"
+touch "$stage/skips"
+chmod 666 "$stage/skips"
 run_env=(GBUILD_BIN="$stage/gbuild" GBUILD_TEST_TMP="$stage/tmp" GBUILD_MUST_WORK="${GBUILD_MUST_WORK:-}"
+         GBUILD_SKIP_LOG="$stage/skips"
          GBUILD_FIXTURE="${GBUILD_FIXTURE:-}" RUST_BACKTRACE=1)
 status=0
 ( cd "$stage/tmp" && runuser -u "$user" -- env -u XDG_RUNTIME_DIR HOME="$stage/tmp" USER="$user" \
@@ -64,4 +80,5 @@ status=0
 ( cd "$stage" && env "${run_env[@]}" "$stage/$(basename "$it_bin")" as_root:: ) || status=$?
 # Files owned by the user's subordinate ids are left for it to remove.
 runuser -u "$user" -- "$stage/gbuild" unshare -- rm -rf "$stage/tmp" 2>/dev/null || true
+summarise_skips "$stage/skips"
 exit $status

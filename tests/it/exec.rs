@@ -599,11 +599,10 @@ mod as_root {
     }
 
     fn is_root() -> bool {
-        if util::nix_uid() != 0 {
-            eprintln!("skipped: needs root (scripts/test.sh runs these in its root pass)");
-            return false;
-        }
-        true
+        util::require(
+            util::nix_uid() == 0,
+            "needs root (scripts/test.sh runs these in its root pass)",
+        )
     }
 
     #[test]

@@ -47,13 +47,27 @@ pub fn must_work() -> bool {
     std::env::var("GBUILD_MUST_WORK").as_deref() == Ok("1")
 }
 
-/// Skip (return false with a notice) when `ok` is false, unless CI demands it works.
+/// Skip (return false with a notice) when `ok` is false, unless CI demands it works. libtest
+/// counts a test that returns as passed, so a skip is also appended, with the test's name, to the
+/// file `GBUILD_SKIP_LOG` names: the test command lists those in its summary.
 pub fn require(ok: bool, what: &str) -> bool {
     if !ok {
         if must_work() {
             panic!("GBUILD_MUST_WORK=1 but {what}");
         }
-        eprintln!("skipped: {what}");
+        // libtest names each test's thread after the test.
+        let test = std::thread::current().name().unwrap_or("?").to_string();
+        eprintln!("skipped: {test}: {what}");
+        if let Some(log) = std::env::var_os("GBUILD_SKIP_LOG") {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .unwrap_or_else(|e| panic!("open {}: {e}", Path::new(&log).display()));
+            writeln!(f, "{test}: {what}")
+                .unwrap_or_else(|e| panic!("write {}: {e}", Path::new(&log).display()));
+        }
     }
     ok
 }
