@@ -28,4 +28,5 @@ pub mod sys;
 pub mod term;
 #[cfg(test)]
 mod tidy;
+pub mod time;
 pub mod userns;

@@ -199,12 +199,8 @@ impl PublishedInfo {
     }
 }
 
-pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+/// The builder's clock (re-exported for the pass, the bootstrap and the session).
+pub use crate::time::now;
 
 impl State {
     pub fn path(m: &Machine) -> std::path::PathBuf {

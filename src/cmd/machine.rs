@@ -107,7 +107,7 @@ fn import(ctx: &Ctx, o: ImportOpts) -> anyhow::Result<i32> {
 
 fn date(t: Option<u64>) -> String {
     t.map(|t| {
-        let (y, m, d) = gbuild::host::bundle::civil_from_days((t / 86400) as i64);
+        let (y, m, d) = gbuild::time::civil_from_days((t / 86400) as i64);
         let s = t % 86400;
         format!("{y:04}-{m:02}-{d:02} {:02}:{:02}", s / 3600, s / 60 % 60)
     })

@@ -66,7 +66,7 @@ impl TreeIdentity {
     /// The timestamp for messages: `2026-02-02 00:45:01 UTC`, else timestamp.chk as written.
     pub fn describe(&self) -> String {
         match (self.unix_time(), &self.timestamp_chk) {
-            (Some(t), _) => crate::host::bundle::utc(t),
+            (Some(t), _) => crate::time::utc(t),
             (None, Some(c)) => c.clone(),
             (None, None) => "unknown (no metadata/timestamp.*)".into(),
         }
@@ -77,7 +77,7 @@ const DAY: u64 = 86_400;
 
 /// `YYYYMMDD` of a day counted from 1970-01-01.
 fn date_of_days(days: i64) -> String {
-    let (y, m, d) = crate::host::bundle::civil_from_days(days);
+    let (y, m, d) = crate::time::civil_from_days(days);
     format!("{y:04}{m:02}{d:02}")
 }
 

@@ -190,12 +190,7 @@ impl Source {
     }
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+use crate::time::now as now_secs;
 
 fn stage3_manifest(store: &Store, arch: &str, variant: &str) -> PathBuf {
     store.stage3_manifest(arch, variant)

@@ -827,32 +827,6 @@ fn check_digest(f: &FileEntry, len: u64, h: &str, label: &Path) -> Result<(), Ho
     Ok(())
 }
 
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
-pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z.rem_euclid(146097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-/// A unix time as `YYYY-MM-DD HH:MM:SS UTC`.
-pub fn utc(t: u64) -> String {
-    let (y, m, d) = civil_from_days((t / 86400) as i64);
-    let s = t % 86400;
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        s / 3600,
-        s / 60 % 60,
-        s % 60
-    )
-}
-
 /// Lexically normalize an absolute path (no filesystem access).
 fn normalize(p: &Path) -> PathBuf {
     let mut out = PathBuf::from("/");
@@ -955,11 +929,5 @@ mod tests {
             assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "{target}");
             std::fs::remove_dir_all(&dir).unwrap();
         }
-    }
-
-    #[test]
-    fn dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(utc(1506665101), "2017-09-29 06:05:01 UTC");
     }
 }

@@ -315,7 +315,7 @@ fn describe_repo(r: Option<&Repo>) -> String {
         return "unknown (no metadata/timestamp.*)".into();
     }
     let mut s = match id.unix_time() {
-        Some(t) => super::bundle::utc(t),
+        Some(t) => crate::time::utc(t),
         None => id.timestamp_chk.clone().unwrap_or_default(),
     };
     if let Some(c) = &id.commit {

@@ -213,12 +213,7 @@ pub fn export_root(root: &Path, opts: &ExportOptions) -> Result<Bundle, HostErro
         std::env::var("SOURCE_DATE_EPOCH")
             .ok()
             .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0)
-            })
+            .unwrap_or_else(crate::time::now)
     });
     let mut manifest = Manifest {
         format: FORMAT_VERSION,

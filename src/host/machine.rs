@@ -73,12 +73,7 @@ pub enum MachineError {
     Requests(String),
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+use crate::time::now;
 
 fn check_name(name: &str) -> Result<(), MachineError> {
     if crate::store::valid_name(name) {
@@ -245,7 +240,7 @@ fn import_locked(
             "configuration changed by import of {} (host {}) at {}:\n",
             bundle.display(),
             new.manifest.host,
-            super::bundle::utc(now())
+            crate::time::utc(now())
         ));
         reason.push_str(broken_note.as_deref().unwrap_or(""));
         for x in changes.iter().flat_map(|d| &d.differences) {

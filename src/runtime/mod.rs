@@ -251,7 +251,7 @@ impl Runtime {
         self.prepare_state_root()?;
         self.reap_stale();
         self.reap_watchdogs();
-        let id = format!("gb-{}-{:x}", std::process::id(), nanos_now());
+        let id = format!("gb-{}-{:x}", std::process::id(), crate::time::now_nanos());
         let bundle = self.state_root.join("bundles").join(&id);
         let paths = plan::RunPaths {
             bundle: bundle.clone(),
@@ -403,13 +403,6 @@ impl Runtime {
             let _ = std::fs::remove_dir_all(self.state_root.join("bundles").join(&name));
         }
     }
-}
-
-fn nanos_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }
 
 /// Restores the caller's signal mask when a run ends.

@@ -7,7 +7,6 @@ use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
-use std::time::SystemTime;
 
 use serde_json::Value;
 
@@ -193,10 +192,11 @@ pub fn to_json(machines: &[MachineStatus]) -> Value {
 }
 
 fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+    crate::time::now() as i64
 }
+
+// The status page shows times as `2026-01-01 12:00 UTC`.
+use crate::time::utc_minutes as utc;
 
 /// Escape text for HTML content and attribute values.
 pub fn esc(s: &str) -> String {
@@ -212,27 +212,6 @@ pub fn esc(s: &str) -> String {
         }
     }
     out
-}
-
-/// `2026-01-01 12:00 UTC`.
-pub fn utc(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
-        rem / 3600,
-        (rem % 3600) / 60
-    )
 }
 
 fn ago(secs: i64) -> String {

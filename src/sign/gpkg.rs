@@ -372,10 +372,7 @@ fn sign(path: &Path, keys: &Keys) -> Result<FileFacts> {
         .split_once('/')
         .map(|(d, _)| d.to_string())
         .unwrap_or_default();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = crate::time::now();
     let mut out = crate::fsutil::AtomicFile::create(path)?;
     let tmp = out.tmp_path().to_path_buf();
     let old_mode = std::fs::metadata(path).at("stat", path)?;
