@@ -2,6 +2,8 @@
 //! crashed holder never leaves a stale lock behind. The holder writes its pid and command line
 //! into the file to make the refusal message useful; `holder` tells who has a lock without
 //! touching it (from /proc/locks), so asking never makes someone else's attempt fail.
+//! `RwLock` is the same `flock` shared or exclusive (the store's layer lock: creators share it,
+//! `gc` takes it alone); this module is the only place that calls `flock`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
@@ -150,6 +152,43 @@ impl Lock {
     }
 }
 
+/// A readers-writer lock on a file: `flock` shared by many holders or exclusive to one, waiting
+/// for the others either way. No holder is written (shared holders are many).
+#[derive(Debug)]
+pub struct RwLock {
+    _flock: Flock<File>,
+}
+
+impl RwLock {
+    /// Take the lock shared (waits while someone holds it exclusively).
+    pub fn shared(path: &Path) -> Result<RwLock, LockError> {
+        Self::take(path, FlockArg::LockShared)
+    }
+
+    /// Take the lock exclusively (waits until no one else holds it).
+    pub fn exclusive(path: &Path) -> Result<RwLock, LockError> {
+        Self::take(path, FlockArg::LockExclusive)
+    }
+
+    fn take(path: &Path, arg: FlockArg) -> Result<RwLock, LockError> {
+        let io = |source| LockError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(io)?;
+        }
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io)?;
+        let flock = Flock::lock(file, arg).map_err(|(_, e)| io(std::io::Error::from(e)))?;
+        Ok(RwLock { _flock: flock })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,5 +211,29 @@ mod tests {
         drop(l);
         assert_eq!(Lock::holder(&p), None);
         Lock::try_acquire(&p).unwrap();
+    }
+
+    #[test]
+    fn shared_holders_coexist_and_exclusive_waits_for_them() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("sub/.lock");
+        let a = RwLock::shared(&path).unwrap();
+        let b = RwLock::shared(&path).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = path.clone();
+        let t = std::thread::spawn(move || {
+            let l = RwLock::exclusive(&p).unwrap();
+            tx.send(()).unwrap();
+            drop(l);
+        });
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(300))
+                .is_err(),
+            "exclusive taken while shared holders exist"
+        );
+        drop(a);
+        drop(b);
+        rx.recv().unwrap();
+        t.join().unwrap();
     }
 }

@@ -725,3 +725,17 @@ fn no_printing_in_the_library() {
         bad.join("\n")
     );
 }
+
+#[test]
+fn flock_only_in_the_lock_module() {
+    let bad = offenders(
+        &rust_files("src"),
+        &["Flock::lock", "fcntl::flock", "libc::flock", "FlockArg::"],
+        &["src/lock.rs"],
+    );
+    assert!(
+        bad.is_empty(),
+        "flock outside src/lock.rs (use lock::Lock or lock::RwLock):\n{}",
+        bad.join("\n")
+    );
+}

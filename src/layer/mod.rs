@@ -275,28 +275,18 @@ pub fn empty_dir(dir: &Path) -> Result<()> {
 /// Store-wide lock of layer operations: creators share it, `gc` takes it alone, so a collection
 /// never removes a layer that is being made but not yet referenced by an image.
 pub struct StoreLock {
-    _flock: nix::fcntl::Flock<File>,
+    _lock: crate::lock::RwLock,
 }
 
 impl StoreLock {
     fn take(store: &Store, exclusive: bool) -> Result<StoreLock> {
-        use nix::fcntl::{Flock, FlockArg};
         let path = store.store_lock();
-        std::fs::create_dir_all(store.layers()).at("create directory", &store.layers())?;
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .at("open", &path)?;
-        let arg = if exclusive {
-            FlockArg::LockExclusive
+        let lock = if exclusive {
+            crate::lock::RwLock::exclusive(&path)?
         } else {
-            FlockArg::LockShared
+            crate::lock::RwLock::shared(&path)?
         };
-        let flock = Flock::lock(f, arg)
-            .map_err(|(_, e)| FsError::new("lock", &path, std::io::Error::from(e)))?;
-        Ok(StoreLock { _flock: flock })
+        Ok(StoreLock { _lock: lock })
     }
     /// Held while creating layers and the images that reference them.
     pub fn shared(store: &Store) -> Result<StoreLock> {
