@@ -239,6 +239,44 @@ pub fn rename_dir_into_place(tmp: &Path, dest: &Path) -> Result<(), FsError> {
     Ok(())
 }
 
+/// Remove a directory tree, including directories without write or search permission (overlay's
+/// `work/work` has mode 000). Inside the user namespace this also removes files owned by
+/// subordinate ids. A missing path is not an error. The one way a tree is removed in-process.
+pub fn remove_tree(path: &Path) -> Result<(), FsError> {
+    let md = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(FsError::new("stat", path, e)),
+    };
+    if !md.is_dir() {
+        std::fs::remove_file(path).at("remove", path)?;
+        return Ok(());
+    }
+    if std::fs::remove_dir_all(path).is_ok() {
+        return Ok(());
+    }
+    open_up(path)?;
+    std::fs::remove_dir_all(path).at("remove", path)?;
+    Ok(())
+}
+
+/// chmod u+rwx every directory under `dir` (depth first), so its content can be removed.
+fn open_up(dir: &Path) -> Result<(), FsError> {
+    use std::os::unix::fs::PermissionsExt;
+    let md = std::fs::symlink_metadata(dir).at("stat", dir)?;
+    if md.permissions().mode() & 0o700 != 0o700 {
+        let mode = md.permissions().mode() | 0o700;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).at("chmod", dir)?;
+    }
+    for ent in std::fs::read_dir(dir).at("read directory", dir)? {
+        let ent = ent.at("read directory", dir)?;
+        if ent.file_type().at("stat", &ent.path())?.is_dir() {
+            open_up(&ent.path())?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

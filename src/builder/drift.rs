@@ -12,7 +12,7 @@ pub fn builder_bundle(env: &BuildEnv, m: &Machine, s: &mut Session) -> Result<Bu
     let tmp = m.files().temp("drift");
     let r = capture(env, m, s, &tmp);
     if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).at("remove", &tmp)?;
+        crate::fsutil::remove_tree(&tmp)?;
     }
     r
 }

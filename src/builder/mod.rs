@@ -364,7 +364,7 @@ impl MachineLock {
         }
         std::fs::write(tmp.join(OVERLAY_MARKER), b"").at("write", &tmp)?;
         if dir.exists() {
-            std::fs::remove_dir_all(&dir).at("remove", &dir)?;
+            crate::fsutil::remove_tree(&dir)?;
         }
         crate::fsutil::rename_dir_into_place(&tmp, &dir)?;
         Ok(ConfigMode::Overlay)

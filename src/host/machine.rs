@@ -98,12 +98,7 @@ pub fn config_bundle(store: &Store, name: &str) -> Result<Bundle, MachineError> 
     Ok(Bundle::load(&dir)?)
 }
 
-fn remove_tree(p: &Path) -> Result<(), FsError> {
-    match std::fs::remove_dir_all(p) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).at("remove", p),
-        _ => Ok(()),
-    }
-}
+use crate::fsutil::remove_tree;
 
 /// Swap the completed `tmp` directory in as `dest`; the old `dest` (if any) becomes `prev`.
 fn swap_in(tmp: &Path, dest: &Path, prev: &Path) -> Result<(), FsError> {

@@ -225,43 +225,7 @@ pub fn publish_synced(
     Ok(info)
 }
 
-/// Remove a directory tree, including directories without write or search permission (overlay's
-/// `work/work` has mode 000). Inside the user namespace this also removes files owned by
-/// subordinate ids. A missing path is not an error.
-pub fn remove_tree(path: &Path) -> Result<()> {
-    let md = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(FsError::new("stat", path, e).into()),
-    };
-    if !md.is_dir() {
-        std::fs::remove_file(path).at("remove", path)?;
-        return Ok(());
-    }
-    if std::fs::remove_dir_all(path).is_ok() {
-        return Ok(());
-    }
-    open_up(path)?;
-    std::fs::remove_dir_all(path).at("remove", path)?;
-    Ok(())
-}
-
-/// chmod u+rwx every directory under `dir` (depth first), so its content can be removed.
-fn open_up(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let md = std::fs::symlink_metadata(dir).at("stat", dir)?;
-    if md.permissions().mode() & 0o700 != 0o700 {
-        let mode = md.permissions().mode() | 0o700;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).at("chmod", dir)?;
-    }
-    for ent in std::fs::read_dir(dir).at("read directory", dir)? {
-        let ent = ent.at("read directory", dir)?;
-        if ent.file_type().at("stat", &ent.path())?.is_dir() {
-            open_up(&ent.path())?;
-        }
-    }
-    Ok(())
-}
+pub use crate::fsutil::remove_tree;
 
 /// Remove everything inside `dir`, keeping `dir` itself (an overlay upper dir after a commit).
 pub fn empty_dir(dir: &Path) -> Result<()> {
