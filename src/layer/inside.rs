@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::ns::{Answer, BlobToUnpack, Envelope, Request};
+use super::ns::{Answer, BlobToUnpack, Envelope, Reply, Request};
 use super::{LayerError, LayerInfo, Result};
 use crate::store::Store;
 
@@ -44,22 +44,16 @@ pub fn serve(json: &str) -> i32 {
     code
 }
 
-fn handle(store: &Store, req: Request) -> Result<serde_json::Value> {
-    let v = |x: serde_json::Result<serde_json::Value>| x.expect("serialisable");
+fn handle(store: &Store, req: Request) -> Result<Reply> {
     Ok(match req {
-        Request::UnpackRootfs { tarball, source } => v(serde_json::to_value(
-            super::unpack::unpack_rootfs(store, &tarball, &source)?,
-        )),
+        Request::UnpackRootfs { tarball, source } => {
+            Reply::Layer(super::unpack::unpack_rootfs(store, &tarball, &source)?)
+        }
         Request::Commit {
             upper,
             parent,
             source,
-        } => v(serde_json::to_value(commit_upper(
-            store,
-            &upper,
-            parent.as_deref(),
-            &source,
-        )?)),
+        } => Reply::Committed(commit_upper(store, &upper, parent.as_deref(), &source)?),
         Request::PackBlobs {
             layers,
             blob_dir,
@@ -81,16 +75,16 @@ fn handle(store: &Store, req: Request) -> Result<serde_json::Value> {
                 )?);
             }
             bar.done();
-            v(serde_json::to_value(out))
+            Reply::Blobs(out)
         }
         Request::UnpackBlobs { blobs, source } => {
-            v(serde_json::to_value(unpack_blobs(store, &blobs, &source)?))
+            Reply::Layers(unpack_blobs(store, &blobs, &source)?)
         }
         Request::RemoveTrees { paths } => {
             for p in &paths {
                 super::remove_tree(p)?;
             }
-            serde_json::Value::Null
+            Reply::Removed
         }
     })
 }

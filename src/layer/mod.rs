@@ -67,8 +67,27 @@ pub enum LayerError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    /// Waiting for the layer helper failed.
+    #[error("layer helper: {0}")]
+    HelperWait(std::io::Error),
+    /// The helper answered something that is not the protocol's answer to the request.
+    #[error("layer helper answer: {0}")]
+    HelperAnswer(String),
+    /// The helper ran the request and it failed there; its error, as it reported it.
     #[error("{0}")]
-    Helper(String),
+    HelperReported(String),
+    /// The helper exited without an answer.
+    #[error("layer helper failed ({status}){}", if output.is_empty() { String::new() } else { format!(": {output}") })]
+    HelperExit {
+        status: std::process::ExitStatus,
+        output: String,
+    },
+    #[error("unpacker: {0}")]
+    Unpacker(std::io::Error),
+    #[error("decompression thread panicked")]
+    DecompressorPanicked,
+    #[error("invalid snapshot name {0:?}: use letters, digits, '-', '_', '.'")]
+    BadSnapshotName(String),
     #[error(transparent)]
     Userns(#[from] crate::userns::UsernsError),
     #[error(transparent)]

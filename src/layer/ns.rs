@@ -10,7 +10,6 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::blob::{BlobInfo, Compression};
@@ -64,8 +63,24 @@ pub(super) struct Envelope {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub(super) enum Answer {
-    Ok(serde_json::Value),
+    Ok(Reply),
     Error(String),
+}
+
+/// The answer to each request, typed: the outside half takes only the reply its request has.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "reply", content = "value", rename_all = "kebab-case")]
+pub(super) enum Reply {
+    /// `UnpackRootfs`.
+    Layer(LayerInfo),
+    /// `Commit` (`None`: the upper dir was empty).
+    Committed(Option<LayerInfo>),
+    /// `PackBlobs`.
+    Blobs(Vec<BlobInfo>),
+    /// `UnpackBlobs`.
+    Layers(Vec<LayerInfo>),
+    /// `RemoveTrees`.
+    Removed,
 }
 
 /// Runs layer requests inside a user namespace with `map`.
@@ -80,8 +95,8 @@ impl Helper {
         Helper { store, map }
     }
 
-    /// Send one request and wait for the answer.
-    pub fn call<T: DeserializeOwned>(&self, request: Request) -> Result<T> {
+    /// Send one request and wait for its reply.
+    fn call(&self, request: Request) -> Result<Reply> {
         let env = Envelope {
             store: self.store.root().to_path_buf(),
             quiet: crate::progress::quiet(),
@@ -93,31 +108,26 @@ impl Helper {
         cmd.arg(json).stdout(Stdio::piped()).stdin(Stdio::null());
         crate::sys::kill_child_with_parent(&mut cmd, nix::sys::signal::Signal::SIGKILL);
         let child = crate::userns::spawn(cmd, &self.map)?;
-        let out = child
-            .wait_with_output()
-            .map_err(|e| LayerError::Helper(format!("layer helper: {e}")))?;
+        let out = child.wait_with_output().map_err(LayerError::HelperWait)?;
         let text = String::from_utf8_lossy(&out.stdout);
         match serde_json::from_str::<Answer>(text.trim()) {
-            Ok(Answer::Ok(v)) => serde_json::from_value(v)
-                .map_err(|e| LayerError::Helper(format!("layer helper answer: {e}"))),
-            Ok(Answer::Error(msg)) => Err(LayerError::Helper(msg)),
-            Err(_) => Err(LayerError::Helper(format!(
-                "layer helper failed ({}){}",
-                out.status,
-                if text.trim().is_empty() {
-                    String::new()
-                } else {
-                    format!(": {}", text.trim())
-                }
-            ))),
+            Ok(Answer::Ok(reply)) => Ok(reply),
+            Ok(Answer::Error(msg)) => Err(LayerError::HelperReported(msg)),
+            Err(_) => Err(LayerError::HelperExit {
+                status: out.status,
+                output: text.trim().to_string(),
+            }),
         }
     }
 
     pub fn unpack_rootfs(&self, tarball: &Path, source: &str) -> Result<LayerInfo> {
-        self.call(Request::UnpackRootfs {
+        match self.call(Request::UnpackRootfs {
             tarball: abs(tarball),
             source: source.to_string(),
-        })
+        })? {
+            Reply::Layer(l) => Ok(l),
+            other => Err(unexpected("unpack-rootfs", &other)),
+        }
     }
 
     pub fn commit(
@@ -126,11 +136,14 @@ impl Helper {
         parent: Option<&str>,
         source: &str,
     ) -> Result<Option<LayerInfo>> {
-        self.call(Request::Commit {
+        match self.call(Request::Commit {
             upper: abs(upper),
             parent: parent.map(str::to_string),
             source: source.to_string(),
-        })
+        })? {
+            Reply::Committed(l) => Ok(l),
+            other => Err(unexpected("commit", &other)),
+        }
     }
 
     pub fn pack_blobs(
@@ -139,18 +152,24 @@ impl Helper {
         blob_dir: &Path,
         compression: Compression,
     ) -> Result<Vec<BlobInfo>> {
-        self.call(Request::PackBlobs {
+        match self.call(Request::PackBlobs {
             layers: layers.to_vec(),
             blob_dir: abs(blob_dir),
             compression,
-        })
+        })? {
+            Reply::Blobs(b) => Ok(b),
+            other => Err(unexpected("pack-blobs", &other)),
+        }
     }
 
     pub fn unpack_blobs(&self, blobs: Vec<BlobToUnpack>, source: &str) -> Result<Vec<LayerInfo>> {
-        self.call(Request::UnpackBlobs {
+        match self.call(Request::UnpackBlobs {
             blobs,
             source: source.to_string(),
-        })
+        })? {
+            Reply::Layers(l) => Ok(l),
+            other => Err(unexpected("unpack-blobs", &other)),
+        }
     }
 
     /// Remove trees that may hold files owned by subordinate ids (layers, upper and work dirs).
@@ -158,10 +177,18 @@ impl Helper {
         if paths.is_empty() {
             return Ok(());
         }
-        self.call(Request::RemoveTrees {
+        match self.call(Request::RemoveTrees {
             paths: paths.iter().map(|p| abs(p)).collect(),
-        })
+        })? {
+            Reply::Removed => Ok(()),
+            other => Err(unexpected("remove-trees", &other)),
+        }
     }
+}
+
+/// A reply of another request's kind: a helper of another gbuild version, or a bug.
+fn unexpected(op: &str, reply: &Reply) -> LayerError {
+    LayerError::HelperAnswer(format!("{op} answered with {reply:?}"))
 }
 
 fn abs(p: &Path) -> PathBuf {
@@ -171,5 +198,28 @@ fn abs(p: &Path) -> PathBuf {
         std::env::current_dir()
             .map(|d| d.join(p))
             .unwrap_or_else(|_| p.to_path_buf())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_round_trip_with_their_reply_kind() {
+        for a in [
+            Answer::Ok(Reply::Committed(None)),
+            Answer::Ok(Reply::Removed),
+            Answer::Ok(Reply::Layers(Vec::new())),
+            Answer::Error("no such layer".into()),
+        ] {
+            let text = serde_json::to_string(&a).unwrap();
+            let back: Answer = serde_json::from_str(&text).unwrap();
+            assert_eq!(format!("{a:?}"), format!("{back:?}"), "{text}");
+        }
+        // An untyped value is not an answer.
+        assert!(serde_json::from_str::<Answer>(r#"{"ok": null}"#).is_err());
+        let e = unexpected("commit", &Reply::Removed).to_string();
+        assert!(e.contains("commit") && e.contains("Removed"), "{e}");
     }
 }

@@ -167,10 +167,7 @@ where
             buf: Vec::with_capacity(CHUNK),
         });
         let r = producer(&mut w);
-        let r = r.and_then(|()| {
-            w.flush()
-                .map_err(|e| LayerError::Helper(format!("unpacker: {e}")))
-        });
+        let r = r.and_then(|()| w.flush().map_err(LayerError::Unpacker));
         let (hex, n, _) = w.finish();
         r.map(|()| (hex, n))
     });
@@ -187,7 +184,7 @@ where
     drop(reader);
     let prod = handle
         .join()
-        .map_err(|_| LayerError::Helper("decompression thread panicked".into()))?;
+        .map_err(|_| LayerError::DecompressorPanicked)?;
     match (res, prod) {
         (Ok(stats), Ok((tar_sha256, tar_bytes))) => Ok(PipelineResult {
             stats,
@@ -325,9 +322,7 @@ pub fn repo_name_of(tarball: &Path) -> String {
 /// the caller). An existing `repos/<name>/` is kept as is: snapshots are immutable.
 pub fn unpack_repo(store: &Store, tarball: &Path, name: &str) -> Result<PathBuf> {
     if !crate::store::valid_name(name) {
-        return Err(LayerError::Helper(format!(
-            "invalid snapshot name {name:?}: use letters, digits, '-', '_', '.'"
-        )));
+        return Err(LayerError::BadSnapshotName(name.to_string()));
     }
     let dest = store.repo(name);
     if dest.is_dir() {
