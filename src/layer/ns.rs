@@ -1,8 +1,9 @@
 //! Layer work that must happen inside the user namespace (files owned by subordinate ids can only
 //! be created, read and removed there), done by re-executing gbuild as a hidden helper
 //! (`gbuild __layer-helper REQUEST-JSON`) through `userns::spawn`. The request goes in as one
-//! argument, the answer comes back on stdout as `{"ok": ...}` or `{"error": "..."}`; stderr stays
-//! the terminal, so progress bars drawn by the helper show. The helper dies with its parent.
+//! argument, the answer comes back on stdout as `{"ok": {"reply": KIND, "value": ...}}` (one reply
+//! kind per request, checked by the outside half) or `{"error": "..."}`; stderr stays the
+//! terminal, so progress bars drawn by the helper show. The helper dies with its parent.
 //!
 //! This module is the protocol and its outside half, `Helper` (what the verbs and the builder
 //! call); `inside.rs` is the inside half, which runs the requests.
