@@ -136,7 +136,7 @@ pub fn upgrade(o: &UpgradeOptions, say: &mut dyn FnMut(&str)) -> Result<Outcome>
     }
     say(&format!(
         "builder: publication of {} signed by {}",
-        crate::host::bundle::utc(release.published_at),
+        crate::time::utc(release.published_at),
         v.signer
     ));
     let built_for = match &release.bundle {
