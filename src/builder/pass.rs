@@ -39,6 +39,8 @@ pub struct Session<'a> {
     /// Whether containers get the builder's own package.env entry (`buildside`); off for the
     /// drift check's capture.
     pub build_layer: bool,
+    /// The distcc helpers this session's emerges use (`distcc`).
+    pub distcc: Option<super::distcc::Plan>,
 }
 
 impl<'a> Session<'a> {
@@ -71,11 +73,58 @@ impl<'a> Session<'a> {
             extra_binds: Vec::new(),
             extra_env: Vec::new(),
             build_layer: true,
+            distcc: None,
         })
     }
 
     pub fn log_path(&self) -> PathBuf {
         self.log_path.clone()
+    }
+
+    /// A line of gbuild's own in the log (and on stderr).
+    pub fn note(&mut self, line: &str) {
+        let _ = writeln!(self.log, "gbuild: {line}");
+        if !crate::progress::quiet() {
+            eprintln!("gbuild: {line}");
+        }
+    }
+
+    /// Probe the machine's distcc helpers for this session's emerges, with a warning in the log
+    /// for each one that is down; give the builder distcc when helpers are up and it lacks it.
+    pub fn use_helpers(&mut self) -> Result<()> {
+        let Some(plan) = super::distcc::plan(self.env, self.machine)? else {
+            self.distcc = None;
+            return Ok(());
+        };
+        for w in plan.warnings() {
+            self.note(&w);
+        }
+        if plan.enabled() {
+            let up: Vec<String> = plan
+                .helpers
+                .iter()
+                .filter(|h| h.state.is_ok())
+                .map(|h| h.spec.to_string())
+                .collect();
+            self.note(&format!(
+                "distcc helpers {} (make -j{})",
+                up.join(" "),
+                plan.jobs()
+            ));
+            let has = |rel: &str| overlay_has(self.env, &self.upper, &self.image, rel);
+            if !(has("usr/bin/distcc") && has("usr/bin/distccd")) {
+                self.run_ok(
+                    "installing distcc",
+                    vec![
+                        "/bin/sh".into(),
+                        "-c".into(),
+                        super::distcc::ENSURE_DISTCC.into(),
+                    ],
+                )?;
+            }
+        }
+        self.distcc = Some(plan);
+        Ok(())
     }
 
     /// Run `argv` in the container; output goes to the log (and stderr when echoing) and through
@@ -90,6 +139,7 @@ impl<'a> Session<'a> {
             &self.snapshot,
             argv.clone(),
             self.build_layer,
+            self.distcc.as_ref(),
         )?;
         spec.binds.extend(self.extra_binds.iter().cloned());
         spec.env.extend(self.extra_env.iter().cloned());
@@ -270,7 +320,8 @@ for a in sorted(atoms):
 
 /// The cleanup half of a pass as one script (one container run), each step announced with a
 /// `gbuild: step NAME` line that `Progress` files what follows under. `GBUILD_FULL=1` runs every
-/// step; otherwise only `@preserved-rebuild`, when Portage kept old libraries.
+/// step; otherwise only `@preserved-rebuild`, when Portage kept old libraries. `GBUILD_KEEP`:
+/// a build-side package depclean keeps although no world set has it (distcc).
 const CLEANUP: &str = r#"set -e
 export CLEAN_DELAY=0 EMERGE_WARNING_DELAY=0
 if [ -s /var/lib/portage/preserved_libs_registry ] && \
@@ -280,10 +331,11 @@ if [ -s /var/lib/portage/preserved_libs_registry ] && \
 fi
 [ "$GBUILD_FULL" = 1 ] || exit 0
 echo "gbuild: step depclean"
-# Packages requested on demand stay installed (and their binpkgs published) like world's.
+# Packages requested on demand stay installed (and their binpkgs published) like world's;
+# GBUILD_KEEP: build-side tools (distcc) that no world set has.
 set -f
 keep=""
-for a in $GBUILD_REQUESTED; do keep="$keep --exclude $a"; done
+for a in $GBUILD_REQUESTED $GBUILD_KEEP; do keep="$keep --exclude $a"; done
 emerge --depclean --with-bdeps=y --color=n $keep
 set +f
 echo "gbuild: step language-rebuild"
@@ -338,6 +390,7 @@ pub fn apply_config_if_changed(env: &BuildEnv, m: &MachineLock) -> Result<bool> 
         &snapshot,
         vec!["/bin/sh".into(), "-c".into(), apply_config_script(mode)],
         false,
+        None,
     )?;
     spec.binds.push(crate::runtime::Bind {
         src: m.config_dir(),
@@ -419,6 +472,7 @@ pub fn pass(env: &BuildEnv, m: &MachineLock, state: &mut State) -> Result<PassRe
         s.state = Some(state.clone());
     }
 
+    s.use_helpers()?;
     let mut failed = None;
     let mut changed = true;
     // The build set: the host's world and the atoms requested on demand (`--oneshot`: they
@@ -446,6 +500,14 @@ pub fn pass(env: &BuildEnv, m: &MachineLock, state: &mut State) -> Result<PassRe
         if changed || preserved {
             s.extra_env = vec![
                 format!("GBUILD_FULL={}", u8::from(changed)),
+                format!(
+                    "GBUILD_KEEP={}",
+                    if s.distcc.is_some() {
+                        super::distcc::DISTCC_ATOM
+                    } else {
+                        ""
+                    }
+                ),
                 format!("GBUILD_PRUNE={PRUNE}"),
                 format!("GBUILD_LANG_REBUILD={LANG_REBUILD}"),
                 format!(
@@ -504,9 +566,19 @@ pub fn pass(env: &BuildEnv, m: &MachineLock, state: &mut State) -> Result<PassRe
 /// first, then the image's layers from the top. `None` when it is absent (or whited out), or
 /// when it cannot be read.
 fn overlay_read(env: &BuildEnv, m: &Machine, image: &str, rel: &str) -> Option<Vec<u8>> {
+    overlay_read_in(env, &m.upper(), image, rel)
+}
+
+/// As `overlay_read`, for upper dir `upper` (which may be absent) on `image`.
+pub(super) fn overlay_read_in(
+    env: &BuildEnv,
+    upper: &Path,
+    image: &str,
+    rel: &str,
+) -> Option<Vec<u8>> {
     use std::os::unix::fs::FileTypeExt;
     let img = crate::layer::image::load(&env.store, image).ok()?;
-    let mut dirs = vec![m.upper()];
+    let mut dirs = vec![upper.to_path_buf()];
     dirs.extend(crate::layer::image::lowerdirs(&env.store, &img));
     for d in dirs {
         let p = d.join(rel);
@@ -518,6 +590,25 @@ fn overlay_read(env: &BuildEnv, m: &Machine, image: &str, rel: &str) -> Option<V
         }
     }
     None
+}
+
+/// Whether `rel` is a file or a symlink in the root of `upper` on `image`, as overlayfs would
+/// show it (`upper` may be absent: then the image alone).
+pub(super) fn overlay_has(env: &BuildEnv, upper: &Path, image: &str, rel: &str) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(img) = crate::layer::image::load(&env.store, image) else {
+        return false;
+    };
+    let mut dirs = vec![upper.to_path_buf()];
+    dirs.extend(crate::layer::image::lowerdirs(&env.store, &img));
+    for d in dirs {
+        match std::fs::symlink_metadata(d.join(rel)) {
+            Ok(md) if md.file_type().is_char_device() => return false,
+            Ok(md) => return md.is_file() || md.file_type().is_symlink(),
+            Err(_) => continue,
+        }
+    }
+    false
 }
 
 /// The snapshot date of what is published now.
