@@ -150,10 +150,9 @@ mod tests {
 
     #[test]
     fn machine_settings() {
-        let c: Config = toml::from_str(
-            "jobs = 2\n[machines.laptop]\ndistcc_hosts = [\"10.0.0.2:3632/8\"]\n",
-        )
-        .unwrap();
+        let c: Config =
+            toml::from_str("jobs = 2\n[machines.laptop]\ndistcc_hosts = [\"10.0.0.2:3632/8\"]\n")
+                .unwrap();
         assert_eq!(c.machine("laptop").distcc_hosts, vec!["10.0.0.2:3632/8"]);
         assert!(c.machine("other").distcc_hosts.is_empty());
         assert!(toml::from_str::<Config>("[machines.x]\ndistcc = 1\n").is_err());

@@ -105,7 +105,13 @@ fn builder_conf(env: &BuildEnv, host: Option<&Bundle>, distcc: Option<&Plan>) ->
     // Also here, not only in emerge's environment: Portage's helpers (the one that packs and
     // signs a binpkg) read make.conf again with only the resolved FEATURES in their
     // environment, where a negation no longer is.
-    s.push_str(&format!("FEATURES=\"{}\"\n", features(distcc.is_some())));
+    let mut f = features(distcc.is_some());
+    if distcc.is_some_and(|p| p.no_proxy) {
+        // Inside Portage's network sandbox only its SOCKS5 proxy leads out, and this distcc
+        // cannot use it.
+        f.push_str(" -network-sandbox");
+    }
+    s.push_str(&format!("FEATURES=\"{f}\"\n"));
     if let Some(p) = distcc {
         s.push_str(&format!("DISTCC_HOSTS=\"{}\"\n", p.distcc_hosts()));
     }

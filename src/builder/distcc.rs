@@ -117,6 +117,12 @@ pub struct Plan {
     pub helpers: Vec<Helper>,
     /// Jobs the builder runs itself.
     pub local_jobs: usize,
+    /// Why no helper may be used now although some may be up (the builder's compiler is no
+    /// longer its image's).
+    pub held: Option<String>,
+    /// The builder's distcc cannot connect through Portage's SOCKS5 proxy, so the builds of
+    /// the pass run without Portage's network sandbox (else no job would leave it).
+    pub no_proxy: bool,
 }
 
 impl Plan {
@@ -127,9 +133,10 @@ impl Plan {
             .map(|h| &h.spec)
     }
 
-    /// Whether any helper is up (else the pass compiles locally, without distcc).
+    /// Whether any helper is up and may be used (else the pass compiles locally, without
+    /// distcc).
     pub fn enabled(&self) -> bool {
-        self.up().next().is_some()
+        self.held.is_none() && self.up().next().is_some()
     }
 
     /// MAKEOPTS' `-j`: the builder's own jobs plus every job slot of the helpers that are up.
@@ -146,6 +153,11 @@ impl Plan {
 
     /// One line per helper that is down.
     pub fn warnings(&self) -> Vec<String> {
+        if let Some(why) = &self.held {
+            return vec![format!(
+                "warning: distcc helpers not used: {why}; this pass compiles locally"
+            )];
+        }
         let mut out: Vec<String> = self
             .helpers
             .iter()
@@ -226,7 +238,46 @@ pub fn plan(env: &BuildEnv, m: &Machine) -> Result<Option<Plan>> {
     Ok(Some(Plan {
         helpers: probe(&specs),
         local_jobs: local_jobs(env),
+        held: None,
+        no_proxy: false,
     }))
+}
+
+/// Packages whose programs compile on a helper (distcc sends preprocessed code: the compiler
+/// and assembler are what must match, headers and libraries stay on the builder).
+const COMPILERS: &[&str] = &[
+    "sys-devel/gcc-",
+    "sys-devel/binutils-",
+    "sys-devel/clang-",
+    "llvm-core/clang-",
+];
+
+/// The compiler packages merged (or removed) in the builder's upper dir since its image was
+/// made: the helpers, which run that image, no longer have the builder's compiler.
+pub fn compilers_changed(upper: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for prefix in COMPILERS {
+        let (cat, pn) = prefix.split_once('/').unwrap_or(("", prefix));
+        let Ok(rd) = std::fs::read_dir(upper.join("var/db/pkg").join(cat)) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(pn) && name[pn.len()..].starts_with(|c: char| c.is_ascii_digit()) {
+                out.push(format!("{cat}/{name}"));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Whether a distcc client binary connects through `DISTCC_SOCKS_PROXY`, the SOCKS5 proxy on a
+/// UNIX socket that Portage starts under `FEATURES=network-sandbox` (Gentoo's distcc does;
+/// other distributions' builds may not).
+pub fn supports_socks_proxy(client: &[u8]) -> bool {
+    let needle = b"DISTCC_SOCKS_PROXY";
+    client.windows(needle.len()).any(|w| w == needle)
 }
 
 /// A shell step that gives a builder distcc when its image lacks it: `sys-devel/distcc` once,
@@ -261,7 +312,15 @@ mod tests {
         assert_eq!((h.port, h.limit, h.options.as_str()), (3700, 8, "lzo"));
         assert_eq!(h.to_string(), "box2:3700/8,lzo");
         assert_eq!(spec("[fd00::2]:3633").to_string(), "[fd00::2]:3633/4");
-        for bad in ["", "@box2", "box2:0", "box2/0", "localhost/2", "a b", "box:x"] {
+        for bad in [
+            "",
+            "@box2",
+            "box2:0",
+            "box2/0",
+            "localhost/2",
+            "a b",
+            "box:x",
+        ] {
             assert!(bad.parse::<HostSpec>().is_err(), "{bad}");
         }
     }
@@ -280,6 +339,8 @@ mod tests {
                 },
             ],
             local_jobs: 2,
+            held: None,
+            no_proxy: false,
         };
         assert!(p.enabled());
         assert_eq!(p.jobs(), 10);
@@ -287,5 +348,28 @@ mod tests {
         let w = p.warnings();
         assert_eq!(w.len(), 1);
         assert!(w[0].contains("10.0.0.3:3700/4 is down (connection refused)"));
+        let held = Plan {
+            held: Some("why".into()),
+            ..p
+        };
+        assert!(!held.enabled());
+        assert_eq!(held.warnings().len(), 1);
+    }
+
+    #[test]
+    fn a_compiler_merged_since_the_image_is_seen() {
+        let t = tempfile::tempdir().unwrap();
+        assert!(compilers_changed(t.path()).is_empty());
+        for d in [
+            "var/db/pkg/sys-devel/gcc-14.2.1_p20241221",
+            "var/db/pkg/sys-devel/gcc-config-2.11",
+            "var/db/pkg/app-misc/hello-1.0",
+        ] {
+            std::fs::create_dir_all(t.path().join(d)).unwrap();
+        }
+        assert_eq!(
+            compilers_changed(t.path()),
+            vec!["sys-devel/gcc-14.2.1_p20241221"]
+        );
     }
 }

@@ -38,14 +38,13 @@ impl std::str::FromStr for Cidr {
             .parse()
             .map_err(|_| format!("invalid address range {s:?}: expected ADDR[/BITS]"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
-        let bits = match b {
-            Some(b) => b
-                .parse::<u8>()
-                .ok()
-                .filter(|n| *n <= max)
-                .ok_or_else(|| format!("invalid address range {s:?}: BITS must be 0 to {max}"))?,
-            None => max,
-        };
+        let bits =
+            match b {
+                Some(b) => b.parse::<u8>().ok().filter(|n| *n <= max).ok_or_else(|| {
+                    format!("invalid address range {s:?}: BITS must be 0 to {max}")
+                })?,
+                None => max,
+            };
         if bits == 0 {
             return Err(format!(
                 "address range {s:?} is every address: name the network whose builders may send jobs"
@@ -100,7 +99,11 @@ pub fn parse_listen(s: &str) -> std::result::Result<SocketAddr, String> {
         .trim_end_matches(']')
         .parse::<IpAddr>()
         .map(|ip| SocketAddr::new(ip, super::distcc::DEFAULT_PORT))
-        .map_err(|_| format!("invalid listen address {s:?}: expected ADDR[:PORT] (an IP address of this box)"))
+        .map_err(|_| {
+            format!(
+                "invalid listen address {s:?}: expected ADDR[:PORT] (an IP address of this box)"
+            )
+        })
 }
 
 /// gbuild's own check: the helper listens on one address, inside the allowed ranges.
@@ -194,7 +197,8 @@ fn distcc_user(env: &BuildEnv, upper: &std::path::Path, image: &str) -> Option<(
     let entry = |name: &str| {
         passwd.lines().find_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
-            (f.len() >= 4 && f[0] == name).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+            (f.len() >= 4 && f[0] == name)
+                .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
         })
     };
     ["distcc", "distccd", "nobody"]
@@ -312,7 +316,6 @@ pub fn run(env: &BuildEnv, m: &Machine, o: &HelperOptions, echo: bool) -> Result
     Ok(code)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,8 +327,14 @@ mod tests {
         assert!(c.contains("192.168.1.200".parse().unwrap()));
         assert!(!c.contains("192.168.2.1".parse().unwrap()));
         assert!(!c.contains("::1".parse().unwrap()));
-        assert_eq!("127.0.0.1".parse::<Cidr>().unwrap().to_string(), "127.0.0.1/32");
-        assert!("fd00::/8".parse::<Cidr>().unwrap().contains("fd12::5".parse().unwrap()));
+        assert_eq!(
+            "127.0.0.1".parse::<Cidr>().unwrap().to_string(),
+            "127.0.0.1/32"
+        );
+        assert!("fd00::/8"
+            .parse::<Cidr>()
+            .unwrap()
+            .contains("fd12::5".parse().unwrap()));
         for bad in ["0.0.0.0/0", "10.0.0.0/33", "box", "::/0"] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad}");
         }
@@ -354,7 +363,13 @@ mod tests {
             log: None,
         };
         let a = distccd_argv(&o).join(" ");
-        assert!(a.contains("--listen 127.0.0.1 --port 3701 --allow 127.0.0.1/32 --jobs 2"), "{a}");
-        assert!(a.contains("--no-detach") && a.contains("--log-stderr"), "{a}");
+        assert!(
+            a.contains("--listen 127.0.0.1 --port 3701 --allow 127.0.0.1/32 --jobs 2"),
+            "{a}"
+        );
+        assert!(
+            a.contains("--no-detach") && a.contains("--log-stderr"),
+            "{a}"
+        );
     }
 }

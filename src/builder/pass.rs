@@ -92,10 +92,20 @@ impl<'a> Session<'a> {
     /// Probe the machine's distcc helpers for this session's emerges, with a warning in the log
     /// for each one that is down; give the builder distcc when helpers are up and it lacks it.
     pub fn use_helpers(&mut self) -> Result<()> {
-        let Some(plan) = super::distcc::plan(self.env, self.machine)? else {
+        let Some(mut plan) = super::distcc::plan(self.env, self.machine)? else {
             self.distcc = None;
             return Ok(());
         };
+        let changed = super::distcc::compilers_changed(&self.upper);
+        if !changed.is_empty() {
+            plan.held = Some(format!(
+                "the builder's compiler changed since its image {} ({}): snapshot it \
+                 (`gbuild snapshot --machine {}`) and restore that on the helpers",
+                self.image,
+                changed.join(", "),
+                self.machine.name
+            ));
+        }
         for w in plan.warnings() {
             self.note(&w);
         }
@@ -112,7 +122,8 @@ impl<'a> Session<'a> {
                 plan.jobs()
             ));
             let has = |rel: &str| overlay_has(self.env, &self.upper, &self.image, rel);
-            if !(has("usr/bin/distcc") && has("usr/bin/distccd")) {
+            let installed = has("usr/bin/distcc") && has("usr/bin/distccd");
+            if !installed {
                 self.run_ok(
                     "installing distcc",
                     vec![
@@ -121,6 +132,15 @@ impl<'a> Session<'a> {
                         super::distcc::ENSURE_DISTCC.into(),
                     ],
                 )?;
+            }
+            let client = overlay_read_in(self.env, &self.upper, &self.image, "usr/bin/distcc");
+            if !client.is_some_and(|c| super::distcc::supports_socks_proxy(&c)) {
+                plan.no_proxy = true;
+                self.note(
+                    "the builder's distcc cannot connect through Portage's SOCKS5 proxy \
+                     (no DISTCC_SOCKS_PROXY): its builds run without network-sandbox so that \
+                     compile jobs reach the helpers",
+                );
             }
         }
         self.distcc = Some(plan);

@@ -44,7 +44,12 @@ impl Helper {
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             if let Some(st) = child.try_wait().unwrap() {
                 let mut err = String::new();
-                child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+                child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err)
+                    .unwrap();
                 panic!("gbuild helper on port {port} exited {st}: {err}");
             }
             assert!(
@@ -53,9 +58,9 @@ impl Helper {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        let log = env
-            .store
-            .join(format!("machines/{machine}/logs/helper/127.0.0.1-{port}.log"));
+        let log = env.store.join(format!(
+            "machines/{machine}/logs/helper/127.0.0.1-{port}.log"
+        ));
         Helper {
             child: Some(child),
             port,
@@ -225,7 +230,10 @@ fn helper_refuses_to_listen_beyond_allow() {
             &["--listen", "0.0.0.0:3632", "--allow", "192.168.1.0/24"][..],
             "every network",
         ),
-        (&["--listen", "127.0.0.1", "--allow", "0.0.0.0/0"][..], "every address"),
+        (
+            &["--listen", "127.0.0.1", "--allow", "0.0.0.0/0"][..],
+            "every address",
+        ),
         (&["--listen", "box2:3632"][..], "invalid listen address"),
     ] {
         let out = util::output(util::gbuild(&store).arg("helper").args(args));
@@ -243,5 +251,9 @@ fn helper_refuses_to_listen_beyond_allow() {
         "127.0.0.1:3632",
     ]));
     assert_eq!(out.status.code(), Some(1));
-    assert!(util::stderr(&out).contains("nosuch"), "{}", util::stderr(&out));
+    assert!(
+        util::stderr(&out).contains("nosuch"),
+        "{}",
+        util::stderr(&out)
+    );
 }
