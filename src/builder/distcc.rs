@@ -363,7 +363,7 @@ mod tests {
         for d in [
             "var/db/pkg/sys-devel/gcc-14.2.1_p20241221",
             "var/db/pkg/sys-devel/gcc-config-2.11",
-            "var/db/pkg/app-misc/hello-1.0",
+            "var/db/pkg/app-editors/vim-9.1.0",
         ] {
             std::fs::create_dir_all(t.path().join(d)).unwrap();
         }

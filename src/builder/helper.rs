@@ -154,11 +154,11 @@ impl HelperOptions {
     }
 }
 
-/// The default log of a helper of `m`.
+/// The log of a helper of `m`: `--log`, else the machine's helper log for its address.
 pub fn log_path(m: &Machine, o: &HelperOptions) -> PathBuf {
     o.log
         .clone()
-        .unwrap_or_else(|| m.logs().join("helper").join(format!("{}.log", o.tag())))
+        .unwrap_or_else(|| m.files().helper_log(&o.tag()))
 }
 
 /// distccd's command line.
@@ -219,10 +219,13 @@ pub fn run(env: &BuildEnv, m: &Machine, o: &HelperOptions, echo: bool) -> Result
         ));
     }
     let image = m
-        .meta()
+        .meta()?
         .image
         .ok_or_else(|| BuilderError::NotBootstrapped(m.name.clone()))?;
-    let scratch = m.dir().join(format!("helper-{}.tmp", o.tag()));
+    // The container's root: the image under a temporary upper dir of its own (the store's
+    // temporary-name scheme, so a helper killed before its cleanup leaves nothing gc misses).
+    let files = m.files();
+    let scratch = files.temp("helper");
     let absent = scratch.join("absent");
     if !super::pass::overlay_has(env, &absent, &image, "usr/bin/distccd") {
         return Err(BuilderError::Other(format!(
@@ -245,8 +248,9 @@ pub fn run(env: &BuildEnv, m: &Machine, o: &HelperOptions, echo: bool) -> Result
         .append(true)
         .open(&log_path)
         .at("open log", &log_path)?;
-    // A helper killed before it could clean up leaves its scratch root: start afresh.
-    env.helper().remove_trees(std::slice::from_ref(&scratch))?;
+    // Scratch roots of helpers that died before their cleanup.
+    let stale = files.stale_temps("helper")?;
+    env.helper().remove_trees(&stale)?;
     let (upper, work) = (scratch.join("upper"), scratch.join("work"));
     for d in [&upper, &work] {
         std::fs::create_dir_all(d).at("create directory", d)?;
