@@ -81,6 +81,8 @@ pub enum Command {
     Snapshot(cmd::snapshot::SnapshotOpts),
     /// Rebuild an image from an OCI image layout, offline
     Restore(cmd::restore::RestoreOpts),
+    /// A distccd in the machine's own image, for builders whose gbuild.toml names it
+    Helper(cmd::helper::HelperOpts),
     /// Remove unreferenced layers and leftovers of interrupted runs
     Gc(cmd::gc::GcOpts),
     /// Shell completions generated from this command line: bash, zsh, fish, elvish, powershell
@@ -143,6 +145,7 @@ pub fn main() -> i32 {
         Command::Image(o) => cmd::image::run(&ctx, o),
         Command::Snapshot(o) => cmd::snapshot::run(&ctx, o),
         Command::Restore(o) => cmd::restore::run(&ctx, o),
+        Command::Helper(o) => cmd::helper::run(&ctx, o),
         Command::Gc(o) => cmd::gc::run(&ctx, o),
         Command::Completions(o) => cmd::completions::completions(&ctx, o),
         Command::Man(o) => cmd::completions::man(&ctx, o),

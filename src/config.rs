@@ -1,6 +1,8 @@
-//! `gbuild.toml`: the user's defaults (mirror, arch, variant, keyring, loop interval, jobs). A
-//! missing file means the built-in defaults; a malformed one is an error naming the file.
+//! `gbuild.toml`: the user's defaults (mirror, arch, variant, keyring, loop interval, jobs) and
+//! per-machine settings (`[machines.<M>]`: the distcc helpers its passes use). A missing file
+//! means the built-in defaults; a malformed one is an error naming the file.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -24,6 +26,17 @@ pub struct Config {
     pub interval: String,
     /// Parallel make jobs inside the builder; 0 = number of cores.
     pub jobs: u32,
+    /// Settings of one machine, by name (`[machines.laptop]`).
+    pub machines: BTreeMap<String, MachineSettings>,
+}
+
+/// What `[machines.<M>]` may set.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MachineSettings {
+    /// distcc helpers (`gbuild helper`) the machine's passes compile on, in distcc's host
+    /// syntax: `HOST[:PORT][/LIMIT]`, e.g. `"192.168.1.20:3632/8"`. Build side only.
+    pub distcc_hosts: Vec<String>,
 }
 
 impl Default for Config {
@@ -36,6 +49,7 @@ impl Default for Config {
             trusted_fingerprints: Vec::new(),
             interval: "24h".to_string(),
             jobs: 0,
+            machines: BTreeMap::new(),
         }
     }
 }
@@ -71,6 +85,11 @@ impl Config {
 }
 
 impl Config {
+    /// The settings of machine `name` (the defaults when gbuild.toml has none).
+    pub fn machine(&self, name: &str) -> MachineSettings {
+        self.machines.get(name).cloned().unwrap_or_default()
+    }
+
     /// The stage3 variant for a machine whose profile is `profile` (a path below `profiles/`):
     /// `variant` when set, else the profile's family, else `openrc`.
     pub fn variant_for(
@@ -127,6 +146,16 @@ mod tests {
         std::fs::write(&p, "mirrorr = 3\n").unwrap();
         let e = Config::load(&p, false).unwrap_err().to_string();
         assert!(e.contains("gbuild.toml"), "{e}");
+    }
+
+    #[test]
+    fn machine_settings() {
+        let c: Config =
+            toml::from_str("jobs = 2\n[machines.laptop]\ndistcc_hosts = [\"10.0.0.2:3632/8\"]\n")
+                .unwrap();
+        assert_eq!(c.machine("laptop").distcc_hosts, vec!["10.0.0.2:3632/8"]);
+        assert!(c.machine("other").distcc_hosts.is_empty());
+        assert!(toml::from_str::<Config>("[machines.x]\ndistcc = 1\n").is_err());
     }
 
     #[test]

@@ -277,6 +277,11 @@ impl MachineDir {
     pub fn logs(&self) -> PathBuf {
         self.dir.join("logs")
     }
+    /// The log of a distcc helper (`gbuild helper`) of the machine's image, by its listen
+    /// address: `logs/helper/<tag>.log`, beside the run logs (`gbuild logs` shows those only).
+    pub fn helper_log(&self, tag: &str) -> PathBuf {
+        self.logs().join("helper").join(format!("{tag}.log"))
+    }
     /// The log of one container run, `logs/<what>-<unix time>.log` (`what`: pass, bootstrap, ...).
     pub fn log(&self, what: &str, at: u64) -> PathBuf {
         self.logs().join(format!("{what}-{at}.log"))

@@ -88,7 +88,20 @@ pub fn bootstrap(env: &BuildEnv, m: &MachineLock, recipe: &str) -> Result<PassRe
             argv.extend(step);
             s.run_ok(&format!("bootstrap recipe step {}", i + 1), argv)?;
         }
-        s.run_ok("emerge @world", emerge::world_update_args())
+        s.run_ok("emerge @world", emerge::world_update_args())?;
+        // A machine with helpers carries distcc in its image: the builder's client, and the
+        // distccd its helpers run (`gbuild helper`).
+        if !super::distcc::hosts_of(env, m)?.is_empty() {
+            s.run_ok(
+                "installing distcc",
+                vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    super::distcc::ENSURE_DISTCC.into(),
+                ],
+            )?;
+        }
+        Ok(())
     })();
     let mut state = s.state.take().unwrap_or_else(|| State::load(m));
     state.current = None;

@@ -20,9 +20,16 @@
 //!
 //! The entry and the builder's env file are read-only bind mounts, made for each container and
 //! never written into the machine's configuration; the drift check's capture runs without them.
+//!
+//! distcc helpers (`distcc`) are build side too: when a pass has helpers that are up, the
+//! entry adds `distcc` to FEATURES, sets DISTCC_HOSTS and scales MAKEOPTS to them (a host's own
+//! per-package `FEATURES=-distcc` still wins); otherwise `-distcc` goes into emerge's
+//! environment as well, so that a host's own distcc settings never send the builder's compiles
+//! to the host's network. Portage keeps DISTCC_* out of the environment it saves in a binpkg.
 
 use std::path::{Path, PathBuf};
 
+use super::distcc::Plan;
 use super::{BuildEnv, Machine, Result};
 use crate::fsutil::IoContext;
 use crate::host::Bundle;
@@ -81,14 +88,13 @@ pub fn tmpdirs(b: &Bundle) -> Vec<String> {
     out
 }
 
-/// The builder's own env file: MAKEOPTS and the resolved `-march=native` flags.
-fn builder_conf(env: &BuildEnv, host: Option<&Bundle>) -> String {
-    let jobs = if env.config.jobs > 0 {
-        env.config.jobs as usize
-    } else {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
+/// The builder's own env file: MAKEOPTS, the resolved `-march=native` flags, and the pass's
+/// distcc settings.
+fn builder_conf(env: &BuildEnv, host: Option<&Bundle>, distcc: Option<&Plan>) -> String {
+    let distcc = distcc.filter(|p| p.enabled());
+    let jobs = match distcc {
+        Some(p) => p.jobs(),
+        None => super::distcc::local_jobs(env),
     };
     let mut s = String::from(
         "# The builder's own values, written by gbuild for each container (not the host's\n\
@@ -99,7 +105,16 @@ fn builder_conf(env: &BuildEnv, host: Option<&Bundle>) -> String {
     // Also here, not only in emerge's environment: Portage's helpers (the one that packs and
     // signs a binpkg) read make.conf again with only the resolved FEATURES in their
     // environment, where a negation no longer is.
-    s.push_str(&format!("FEATURES=\"{NEUTRAL_FEATURES}\"\n"));
+    let mut f = features(distcc.is_some());
+    if distcc.is_some_and(|p| p.no_proxy) {
+        // Inside Portage's network sandbox only its SOCKS5 proxy leads out, and this distcc
+        // cannot use it.
+        f.push_str(" -network-sandbox");
+    }
+    s.push_str(&format!("FEATURES=\"{f}\"\n"));
+    if let Some(p) = distcc {
+        s.push_str(&format!("DISTCC_HOSTS=\"{}\"\n", p.distcc_hosts()));
+    }
     if let Some(b) = host {
         for (k, v) in super::native_flags_of(b) {
             s.push_str(&format!(
@@ -109,6 +124,14 @@ fn builder_conf(env: &BuildEnv, host: Option<&Bundle>) -> String {
         }
     }
     s
+}
+
+/// The builder's FEATURES: the neutral ones, and distcc on or off.
+fn features(distcc: bool) -> String {
+    format!(
+        "{NEUTRAL_FEATURES} {}",
+        if distcc { "distcc" } else { "-distcc" }
+    )
 }
 
 /// Whether the machine's /etc/portage/package.env is a regular file (else a directory or absent).
@@ -123,15 +146,23 @@ fn package_env_is_file(m: &Machine, host: Option<&Bundle>) -> bool {
 
 /// Write the build-side files of machine `m` under `machines/M/build-side/` and return what a
 /// container gets. `with_layer: false` leaves out the package.env entry (the drift check's
-/// capture, which must see the host's configuration only).
+/// capture, which must see the host's configuration only). `distcc`: the pass's helpers.
 pub fn prepare(
     env: &BuildEnv,
     m: &Machine,
     host: Option<&Bundle>,
     with_layer: bool,
+    distcc: Option<&Plan>,
 ) -> Result<BuildSide> {
     let mut out = BuildSide::default();
-    out.env.push(format!("FEATURES={NEUTRAL_FEATURES}"));
+    let distcc = distcc.filter(|p| p.enabled() && with_layer);
+    // With helpers, distcc comes from the package.env entry, where a host's per-package
+    // `FEATURES=-distcc` can still turn it off; without, nothing turns it on.
+    if distcc.is_some() {
+        out.env.push(format!("FEATURES={NEUTRAL_FEATURES}"));
+    } else {
+        out.env.push(format!("FEATURES={}", features(false)));
+    }
     out.env.push("BINPKG_FORMAT=gpkg".into());
     // The host's options are for a person at a terminal (`--ask`), for its binhosts
     // (`--getbinpkg`, `--usepkgonly`) or for its hardware (`--jobs`, `--load-average`); the
@@ -160,7 +191,7 @@ pub fn prepare(
     std::fs::create_dir_all(&conf_dir).at("create directory", &conf_dir)?;
     write_if_changed(
         &conf_dir.join("builder.conf"),
-        builder_conf(env, host).as_bytes(),
+        builder_conf(env, host, distcc).as_bytes(),
     )?;
     out.binds.push(Bind {
         src: conf_dir,

@@ -13,8 +13,10 @@
 
 pub mod bootstrap;
 pub mod buildside;
+pub mod distcc;
 pub mod drift;
 pub mod emerge;
+pub mod helper;
 pub mod pass;
 pub mod publish;
 pub mod release;
@@ -85,6 +87,12 @@ pub enum BuilderError {
     Busy {
         machine: String,
         holder: crate::lock::Holder,
+    },
+    #[error("gbuild.toml: machines.{machine}.distcc_hosts: {value:?}: {why}")]
+    BadDistccHost {
+        machine: String,
+        value: String,
+        why: String,
     },
     #[error("{0}")]
     Other(String),
@@ -413,11 +421,12 @@ impl BuildEnv {
         snapshot: &str,
         argv: Vec<String>,
     ) -> Result<ContainerSpec> {
-        self.spec_with(machine, image, upper, work, snapshot, argv, true)
+        self.spec_with(machine, image, upper, work, snapshot, argv, true, None)
     }
 
     /// As `spec`; `build_layer: false` leaves out the builder's own package.env entry (the drift
-    /// check's capture of the host's configuration as the builder has it).
+    /// check's capture of the host's configuration as the builder has it); `distcc`: the
+    /// helpers of a pass.
     #[allow(clippy::too_many_arguments)]
     pub fn spec_with(
         &self,
@@ -428,6 +437,7 @@ impl BuildEnv {
         snapshot: &str,
         argv: Vec<String>,
         build_layer: bool,
+        distcc: Option<&distcc::Plan>,
     ) -> Result<ContainerSpec> {
         // Never `repos/` itself as the ebuild tree.
         if snapshot.is_empty() {
@@ -479,7 +489,7 @@ impl BuildEnv {
             }
         }
         spec.env = emerge::environment(self);
-        let side = buildside::prepare(self, machine, host.as_ref(), build_layer)?;
+        let side = buildside::prepare(self, machine, host.as_ref(), build_layer, distcc)?;
         spec.env.extend(side.env);
         spec.binds.extend(side.binds);
         Ok(spec)

@@ -133,7 +133,8 @@ for a in sorted(atoms):
 
 /// The cleanup half of a pass as one script (one container run), each step announced with a
 /// `gbuild: step NAME` line that `Progress` files what follows under. `GBUILD_FULL=1` runs every
-/// step; otherwise only `@preserved-rebuild`, when Portage kept old libraries.
+/// step; otherwise only `@preserved-rebuild`, when Portage kept old libraries. `GBUILD_KEEP`:
+/// a build-side package depclean keeps although no world set has it (distcc).
 const CLEANUP: &str = r#"set -e
 export CLEAN_DELAY=0 EMERGE_WARNING_DELAY=0
 if [ -s /var/lib/portage/preserved_libs_registry ] && \
@@ -143,10 +144,11 @@ if [ -s /var/lib/portage/preserved_libs_registry ] && \
 fi
 [ "$GBUILD_FULL" = 1 ] || exit 0
 echo "gbuild: step depclean"
-# Packages requested on demand stay installed (and their binpkgs published) like world's.
+# Packages requested on demand stay installed (and their binpkgs published) like world's;
+# GBUILD_KEEP: build-side tools (distcc) that no world set has.
 set -f
 keep=""
-for a in $GBUILD_REQUESTED; do keep="$keep --exclude $a"; done
+for a in $GBUILD_REQUESTED $GBUILD_KEEP; do keep="$keep --exclude $a"; done
 emerge --depclean --with-bdeps=y --color=n $keep
 set +f
 echo "gbuild: step language-rebuild"
@@ -191,6 +193,7 @@ pub fn apply_config_if_changed(env: &BuildEnv, m: &MachineLock) -> Result<bool> 
         &snapshot,
         vec!["/bin/sh".into(), "-c".into(), apply_config_script(mode)],
         false,
+        None,
     )?;
     spec.binds.push(crate::runtime::Bind {
         src: m.config_dir(),
@@ -272,6 +275,7 @@ pub fn pass(env: &BuildEnv, m: &MachineLock, state: &mut State) -> Result<PassRe
         s.state = Some(state.clone());
     }
 
+    s.use_helpers()?;
     let mut failed = None;
     let mut changed = true;
     // The build set: the host's world and the atoms requested on demand (`--oneshot`: they
@@ -299,6 +303,14 @@ pub fn pass(env: &BuildEnv, m: &MachineLock, state: &mut State) -> Result<PassRe
         if changed || preserved {
             s.extra_env = vec![
                 format!("GBUILD_FULL={}", u8::from(changed)),
+                format!(
+                    "GBUILD_KEEP={}",
+                    if s.distcc.is_some() {
+                        super::distcc::DISTCC_ATOM
+                    } else {
+                        ""
+                    }
+                ),
                 format!("GBUILD_PRUNE={PRUNE}"),
                 format!("GBUILD_LANG_REBUILD={LANG_REBUILD}"),
                 format!(
@@ -357,20 +369,7 @@ pub fn pass(env: &BuildEnv, m: &MachineLock, state: &mut State) -> Result<PassRe
 /// first, then the image's layers from the top. `None` when it is absent (or whited out), or
 /// when it cannot be read.
 fn overlay_read(env: &BuildEnv, m: &Machine, image: &str, rel: &str) -> Option<Vec<u8>> {
-    use std::os::unix::fs::FileTypeExt;
-    let img = crate::layer::image::load(&env.store, image).ok()?;
-    let mut dirs = vec![m.upper()];
-    dirs.extend(crate::layer::image::lowerdirs(&env.store, &img));
-    for d in dirs {
-        let p = d.join(rel);
-        match std::fs::symlink_metadata(&p) {
-            Ok(md) if md.file_type().is_char_device() => return None,
-            Ok(md) if md.is_file() => return std::fs::read(&p).ok(),
-            Ok(_) => return None,
-            Err(_) => continue,
-        }
-    }
-    None
+    super::session::overlay_read_in(env, &m.upper(), image, rel)
 }
 
 /// The snapshot date of what is published now.

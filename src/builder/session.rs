@@ -30,6 +30,8 @@ pub struct Session<'a> {
     /// Whether containers get the builder's own package.env entry (`buildside`); off for the
     /// drift check's capture.
     pub build_layer: bool,
+    /// The distcc helpers this session's emerges use (`distcc`).
+    pub distcc: Option<super::distcc::Plan>,
 }
 
 impl<'a> Session<'a> {
@@ -62,11 +64,77 @@ impl<'a> Session<'a> {
             extra_binds: Vec::new(),
             extra_env: Vec::new(),
             build_layer: true,
+            distcc: None,
         })
     }
 
     pub fn log_path(&self) -> PathBuf {
         self.log_path.clone()
+    }
+
+    /// A line of gbuild's own in the log, and a notice through tracing.
+    pub fn note(&mut self, line: &str) {
+        // Best effort: a log that cannot take a line does not stop the pass.
+        let _ = writeln!(self.log, "gbuild: {line}");
+        tracing::info!("{line}");
+    }
+
+    /// Probe the machine's distcc helpers for this session's emerges, with a warning in the log
+    /// for each one that is down; give the builder distcc when helpers are up and it lacks it.
+    pub fn use_helpers(&mut self) -> Result<()> {
+        let Some(mut plan) = super::distcc::plan(self.env, self.machine)? else {
+            self.distcc = None;
+            return Ok(());
+        };
+        let changed = super::distcc::compilers_changed(&self.upper);
+        if !changed.is_empty() {
+            plan.held = Some(format!(
+                "the builder's compiler changed since its image {} ({}): snapshot it \
+                 (`gbuild snapshot --machine {}`) and restore that on the helpers",
+                self.image,
+                changed.join(", "),
+                self.machine.name
+            ));
+        }
+        for w in plan.warnings() {
+            self.note(&w);
+        }
+        if plan.enabled() {
+            let up: Vec<String> = plan
+                .helpers
+                .iter()
+                .filter(|h| h.state.is_ok())
+                .map(|h| h.spec.to_string())
+                .collect();
+            self.note(&format!(
+                "distcc helpers {} (make -j{})",
+                up.join(" "),
+                plan.jobs()
+            ));
+            let has = |rel: &str| overlay_has(self.env, &self.upper, &self.image, rel);
+            let installed = has("usr/bin/distcc") && has("usr/bin/distccd");
+            if !installed {
+                self.run_ok(
+                    "installing distcc",
+                    vec![
+                        "/bin/sh".into(),
+                        "-c".into(),
+                        super::distcc::ENSURE_DISTCC.into(),
+                    ],
+                )?;
+            }
+            let client = overlay_read_in(self.env, &self.upper, &self.image, "usr/bin/distcc");
+            if !client.is_some_and(|c| super::distcc::supports_socks_proxy(&c)) {
+                plan.no_proxy = true;
+                self.note(
+                    "the builder's distcc cannot connect through Portage's SOCKS5 proxy \
+                     (no DISTCC_SOCKS_PROXY): its builds run without network-sandbox so that \
+                     compile jobs reach the helpers",
+                );
+            }
+        }
+        self.distcc = Some(plan);
+        Ok(())
     }
 
     /// Run `argv` in the container; output goes to the log (and stderr when echoing) and through
@@ -81,6 +149,7 @@ impl<'a> Session<'a> {
             &self.snapshot,
             argv.clone(),
             self.build_layer,
+            self.distcc.as_ref(),
         )?;
         spec.binds.extend(self.extra_binds.iter().cloned());
         spec.env.extend(self.extra_env.iter().cloned());
@@ -157,4 +226,47 @@ pub enum PassResult {
         package: Option<String>,
         log: PathBuf,
     },
+}
+
+/// The bytes of file `rel` as overlayfs would show it on `upper` (which may be absent) over
+/// `image`'s layers; `None` when it is absent, whited out or unreadable.
+pub(super) fn overlay_read_in(
+    env: &BuildEnv,
+    upper: &Path,
+    image: &str,
+    rel: &str,
+) -> Option<Vec<u8>> {
+    use std::os::unix::fs::FileTypeExt;
+    let img = crate::layer::image::load(&env.store, image).ok()?;
+    let mut dirs = vec![upper.to_path_buf()];
+    dirs.extend(crate::layer::image::lowerdirs(&env.store, &img));
+    for d in dirs {
+        let p = d.join(rel);
+        match std::fs::symlink_metadata(&p) {
+            Ok(md) if md.file_type().is_char_device() => return None,
+            Ok(md) if md.is_file() => return std::fs::read(&p).ok(),
+            Ok(_) => return None,
+            Err(_) => continue,
+        }
+    }
+    None
+}
+
+/// Whether `rel` is a file or a symlink in the root of `upper` on `image`, as overlayfs would
+/// show it (`upper` may be absent: then the image alone).
+pub(super) fn overlay_has(env: &BuildEnv, upper: &Path, image: &str, rel: &str) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(img) = crate::layer::image::load(&env.store, image) else {
+        return false;
+    };
+    let mut dirs = vec![upper.to_path_buf()];
+    dirs.extend(crate::layer::image::lowerdirs(&env.store, &img));
+    for d in dirs {
+        match std::fs::symlink_metadata(d.join(rel)) {
+            Ok(md) if md.file_type().is_char_device() => return false,
+            Ok(md) => return md.is_file() || md.file_type().is_symlink(),
+            Err(_) => continue,
+        }
+    }
+    false
 }

@@ -10,6 +10,7 @@ pub mod diff;
 pub mod exec;
 pub mod fetch;
 pub mod gc;
+pub mod helper;
 pub mod host;
 pub mod image;
 pub mod key;

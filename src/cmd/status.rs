@@ -1,4 +1,5 @@
-//! `gbuild status [--machine M] [--json]`: the loop's state, current package, last pass.
+//! `gbuild status [--machine M] [--json]`: the loop's state, current package, last pass, and
+//! the state of each distcc helper the machine's gbuild.toml names (probed now).
 
 use gbuild::builder::state::{LoopState, PassKind, State};
 
@@ -25,8 +26,25 @@ pub fn run(ctx: &Ctx, o: StatusOpts) -> anyhow::Result<i32> {
             st.state = LoopState::Stopped;
         }
     }
+    let config = ctx.config(&store)?;
+    let helpers = helpers(&config, &m)?;
     if o.json {
-        println!("{}", serde_json::to_string_pretty(&st)?);
+        let mut v = serde_json::to_value(&st)?;
+        if !helpers.is_empty() {
+            v["helpers"] = serde_json::Value::Array(
+                helpers
+                    .iter()
+                    .map(|h| {
+                        serde_json::json!({
+                            "host": h.spec.to_string(),
+                            "state": if h.state.is_ok() { "up" } else { "down" },
+                            "error": h.state.as_ref().err(),
+                        })
+                    })
+                    .collect(),
+            );
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(0);
     }
     let meta = m.meta()?;
@@ -70,6 +88,12 @@ pub fn run(ctx: &Ctx, o: StatusOpts) -> anyhow::Result<i32> {
         "binpkgs:  {} published, {} bytes",
         st.counts.binpkgs, st.counts.bytes
     );
+    for h in &helpers {
+        match &h.state {
+            Ok(()) => println!("helper:   {} up", h.spec),
+            Err(e) => println!("helper:   {} down ({e})", h.spec),
+        }
+    }
     for d in &st.drift {
         println!("drift:    {}", gbuild::term::printable(d));
     }
@@ -80,4 +104,13 @@ pub fn run(ctx: &Ctx, o: StatusOpts) -> anyhow::Result<i32> {
         );
     }
     Ok(0)
+}
+
+/// The machine's distcc helpers, probed.
+fn helpers(
+    config: &gbuild::config::Config,
+    m: &gbuild::builder::Machine,
+) -> anyhow::Result<Vec<gbuild::builder::distcc::Helper>> {
+    let specs = gbuild::builder::distcc::parse_hosts(config, &m.name)?;
+    Ok(gbuild::builder::distcc::probe(&specs))
 }

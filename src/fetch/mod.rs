@@ -20,6 +20,7 @@ pub mod hashing;
 pub mod http;
 pub mod identity;
 pub mod latest;
+pub mod probe;
 pub mod verify;
 
 use std::path::{Path, PathBuf};

@@ -235,7 +235,10 @@ fn build_side_feature(f: &str) -> bool {
 }
 
 fn build_side_var(k: &str) -> bool {
-    BUILD_SIDE_VARS.contains(&k) || k.starts_with("FETCHCOMMAND") || k.starts_with("RESUMECOMMAND")
+    BUILD_SIDE_VARS.contains(&k)
+        || k.starts_with("FETCHCOMMAND")
+        || k.starts_with("RESUMECOMMAND")
+        || k.starts_with("DISTCC_")
 }
 
 /// Variables whose value is a set of tokens (Portage's incremental variables and USE_EXPAND).

@@ -93,6 +93,9 @@ pub struct ContainerSpec {
     /// Allocate a terminal (stdin must be one).
     pub tty: bool,
     pub map: IdMapping,
+    /// The uid and gid the command runs as inside (0: the container's root, with its
+    /// capabilities; any other: an unprivileged user without capabilities). Must be mapped.
+    pub user: (u32, u32),
 }
 
 impl ContainerSpec {
@@ -107,6 +110,7 @@ impl ContainerSpec {
             hostname: "gbuild".into(),
             tty: false,
             map,
+            user: (0, 0),
         }
     }
 }

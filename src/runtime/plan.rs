@@ -252,6 +252,18 @@ pub fn plan(r: &Resolved, host: &HostFacts, paths: &RunPaths) -> Result<Plan, Ru
         .iter()
         .filter_map(|c| serde_json::from_value::<Capability>(c.as_str().into()).ok())
         .collect();
+    if spec.map.host_uid(spec.user.0).is_none() || spec.map.host_gid(spec.user.1).is_none() {
+        return Err(RuntimeError::Spec(format!(
+            "user {}:{} is not in the container's id mapping",
+            spec.user.0, spec.user.1
+        )));
+    }
+    // An unprivileged user inside gets no capability at all (as after setuid() from root).
+    let caps = if spec.user.0 == 0 {
+        caps
+    } else {
+        Capabilities::new()
+    };
     let capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
         .effective(caps.clone())
@@ -264,8 +276,8 @@ pub fn plan(r: &Resolved, host: &HostFacts, paths: &RunPaths) -> Result<Plan, Ru
         .terminal(spec.tty)
         .user(
             UserBuilder::default()
-                .uid(0u32)
-                .gid(0u32)
+                .uid(spec.user.0)
+                .gid(spec.user.1)
                 .build()
                 .map_err(spec_err)?,
         )
@@ -452,6 +464,7 @@ mod tests {
             hostname: "gbuild".into(),
             tty: false,
             map: mapping(),
+            user: (0, 0),
         }
     }
 

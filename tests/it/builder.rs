@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::helpers;
 use crate::mirror;
 use crate::signing;
 use crate::util::{self, Scratch};
@@ -179,6 +180,23 @@ fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
         assert!(t.elapsed() < limit, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Every file below `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                todo.push(e.path());
+            } else if t.is_file() {
+                out.push(e.path());
+            }
+        }
+    }
+    out
 }
 
 /// `gbuild serve` on an ephemeral port of 127.0.0.1, stopped when dropped.
@@ -839,6 +857,17 @@ fn builder_scenario_with_real_emerge() {
     env.fetch(Some("20260201"));
     let out = util::output(env.gbuild().args(["update"]));
     assert!(out.status.success(), "{}", util::stderr(&out));
+    // The passes of this step compile on two distcc helpers run from the machine's own image
+    // (the fixture's stand-in stage3 carries its distribution's distcc); a client outside a
+    // helper's --allow range is turned away.
+    let mut h1 = helpers::Helper::start(&env, "default");
+    let mut h2 = helpers::Helper::start(&env, "default");
+    helpers::use_helpers(&env, "default", &[h1.host(), h2.host()]);
+    helpers::refuses_outside_allow(&h2);
+    assert_eq!(
+        helpers::states(&env),
+        vec![(h1.host(), "up".into()), (h2.host(), "up".into())]
+    );
     let mut lp = env
         .gbuild()
         .args(["build", "--once"])
@@ -856,6 +885,20 @@ fn builder_scenario_with_real_emerge() {
     });
     let _ = lp.kill();
     lp.wait().unwrap();
+    // plang's compile went to the first helper (distcc fills its hosts in order).
+    assert!(
+        h1.jobs().iter().any(|j| j.contains("plang.c")),
+        "no plang.c job in {}:\n{}",
+        h1.log.display(),
+        h1.log()
+    );
+    // The first helper goes down: the restart pass warns, leaves it out and still succeeds; the
+    // binding's compile goes to the second one.
+    h1.stop();
+    assert_eq!(
+        helpers::states(&env),
+        vec![(h1.host(), "down".into()), (h2.host(), "up".into())]
+    );
     let out = util::output(env.gbuild().args(["build", "--once"]));
     let log = env.newest_log();
     assert!(
@@ -864,6 +907,18 @@ fn builder_scenario_with_real_emerge() {
         util::stderr(&out),
         log.lines().rev().take(40).collect::<Vec<_>>().join("\n")
     );
+    let warning = format!("gbuild: warning: distcc helper {} is down", h1.host());
+    assert!(log.contains(&warning), "{log}");
+    assert!(util::stderr(&out).contains(&warning));
+    assert!(
+        h2.jobs().iter().any(|j| j.contains("binding.c")),
+        "no binding.c job in {}:\n{}",
+        h2.log.display(),
+        h2.log()
+    );
+    assert!(!h1.jobs().iter().any(|j| j.contains("binding.c")));
+    h2.stop();
+    helpers::use_helpers(&env, "default", &[]);
     let (built, _) = counts(&log);
     assert!(
         !built.iter().any(|p| p.starts_with("dev-lang/plang-5.40.0")),
@@ -873,6 +928,19 @@ fn builder_scenario_with_real_emerge() {
     assert!(index.contains("CPV: dev-lang/plang-5.40.0\n"));
     let (_, plang) = signing::stanza_of(&index, "dev-lang/plang-5.40.0");
     let plang = env.machine().join("binpkgs").join(plang);
+    // Compiled on a helper, and nothing of the helpers in the package: no DISTCC_* variable
+    // and no helper address in its metadata (the environment the host's pkg_* phases source
+    // included), the builder's own configuration (config/) untouched.
+    for (name, data) in helpers::gpkg_metadata(&plang) {
+        let text = String::from_utf8_lossy(&data);
+        assert!(!text.contains("DISTCC_"), "{name}: {text}");
+        assert!(!text.contains(&format!(":{}", h1.port)), "{name}");
+        assert!(!text.contains(&format!(":{}", h2.port)), "{name}");
+    }
+    for e in walk(&env.machine().join("config")) {
+        let text = String::from_utf8_lossy(&std::fs::read(&e).unwrap()).into_owned();
+        assert!(!text.contains("distcc"), "{}: {text}", e.display());
+    }
     assert_eq!(
         signing::signer(&env.store, &plang).as_deref(),
         Some(&key2[..])

@@ -6,6 +6,7 @@ mod builder;
 mod cli;
 mod exec;
 mod fetch;
+mod helpers;
 mod host;
 mod layer;
 mod mirror;

@@ -247,7 +247,7 @@ fn request(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)
 }
 
 /// A connection to `addr` from the local address `from` (any 127.x.y.z is a loopback address).
-fn connect_from(from: [u8; 4], addr: SocketAddr) -> TcpStream {
+pub(crate) fn connect_from(from: [u8; 4], addr: SocketAddr) -> TcpStream {
     use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
     let fd = socket(
         AddressFamily::Inet,
