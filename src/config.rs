@@ -1,4 +1,5 @@
-//! `gbuild.toml`: the user's defaults (mirror, arch, variant, keyring, loop interval, jobs). A
+//! `gbuild.toml`: the user's defaults (mirror, arch, variant, keyring, loop interval, jobs,
+//! whether a pass the publish gate holds is published anyway). A
 //! missing file means the built-in defaults; a malformed one is an error naming the file.
 
 use std::path::{Path, PathBuf};
@@ -24,6 +25,9 @@ pub struct Config {
     pub interval: String,
     /// Parallel make jobs inside the builder; 0 = number of cores.
     pub jobs: u32,
+    /// Publish a pass that the publish gate holds (the host's upgrade would compile, conflict or
+    /// leave something out) all the same; status then says `published-anyway`.
+    pub publish_held: bool,
 }
 
 impl Default for Config {
@@ -36,6 +40,7 @@ impl Default for Config {
             trusted_fingerprints: Vec::new(),
             interval: "24h".to_string(),
             jobs: 0,
+            publish_held: false,
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod bootstrap;
 pub mod buildside;
 pub mod drift;
 pub mod emerge;
+pub mod gate;
 pub mod pass;
 pub mod publish;
 pub mod state;

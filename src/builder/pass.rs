@@ -34,8 +34,11 @@ pub struct Session<'a> {
     pub state: Option<State>,
     /// Bind mounts beyond the usual ones.
     pub extra_binds: Vec<crate::runtime::Bind>,
-    /// Environment beyond the usual one.
+    /// Environment beyond the usual one (a variable given here replaces the usual value).
     pub extra_env: Vec<String>,
+    /// Read-only layers laid over the image, below the upper dir (the gate runs on the
+    /// builder's own upper dir this way, leaving it untouched).
+    pub lowers: Vec<PathBuf>,
     /// Whether containers get the builder's own package.env entry (`buildside`); off for the
     /// drift check's capture.
     pub build_layer: bool,
@@ -70,6 +73,7 @@ impl<'a> Session<'a> {
             state: None,
             extra_binds: Vec::new(),
             extra_env: Vec::new(),
+            lowers: Vec::new(),
             build_layer: true,
         })
     }
@@ -92,7 +96,14 @@ impl<'a> Session<'a> {
             self.build_layer,
         )?;
         spec.binds.extend(self.extra_binds.iter().cloned());
-        spec.env.extend(self.extra_env.iter().cloned());
+        for e in &self.extra_env {
+            let key = e.split('=').next().unwrap_or("");
+            spec.env.retain(|x| x.split('=').next() != Some(key));
+            spec.env.push(e.clone());
+        }
+        if let crate::runtime::Rootfs::Overlay { layers, .. } = &mut spec.rootfs {
+            layers.extend(self.lowers.iter().cloned());
+        }
         let _ = writeln!(self.log, ">>> gbuild: {}", argv.join(" "));
         let echo = self.env.echo;
         let log = &mut self.log;
@@ -304,6 +315,8 @@ fn apply_config_script(mode: super::ConfigMode) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PassResult {
     Success,
+    /// Built, but the publish gate kept the previous publication (`super::gate`).
+    Held,
     Failed {
         package: Option<String>,
         log: PathBuf,
@@ -457,12 +470,35 @@ pub fn pass(env: &BuildEnv, m: &MachineLock, state: &mut State) -> Result<PassRe
             lp.result = PassOutcome::Success;
             lp.failed_package = None;
             state.state = LoopState::Idle;
+            let mut result = PassResult::Success;
             if changed || super::publish::stale(env, m)? {
-                let (counts, held) = super::publish::publish(env, m, &snapshot)?;
-                state.counts = counts;
-                state.abi_warnings = held;
+                let staged = super::publish::stage(env, m, &snapshot)?;
+                let mut gate = match super::gate::run(env, m, &image, &snapshot, &staged) {
+                    Ok(g) => g,
+                    Err(e) => {
+                        super::publish::discard(staged);
+                        return Err(e);
+                    }
+                };
+                let held = gate.result == super::gate::GateResult::Held;
+                if held && env.config.publish_held {
+                    gate.result = super::gate::GateResult::PublishedAnyway;
+                }
+                if held && !env.config.publish_held {
+                    super::publish::discard(staged);
+                    let lp = state.last_pass.get_or_insert_with(LastPass::default);
+                    lp.result = PassOutcome::Held;
+                    state.state = LoopState::Held;
+                    result = PassResult::Held;
+                } else {
+                    let (counts, held) = super::publish::commit(m, staged)?;
+                    state.counts = counts;
+                    state.abi_warnings = held;
+                }
+                report_gate(m, &gate);
+                state.gate = Some(gate);
             }
-            PassResult::Success
+            result
         }
         Some(_) => {
             lp.result = PassOutcome::Failed;
@@ -476,6 +512,23 @@ pub fn pass(env: &BuildEnv, m: &MachineLock, state: &mut State) -> Result<PassRe
     };
     state.save(m)?;
     Ok(result)
+}
+
+/// The gate's outcome on stderr: one line, then one per problem.
+fn report_gate(m: &Machine, g: &super::gate::Gate) {
+    use super::gate::GateResult;
+    if crate::progress::quiet() && g.result == GateResult::Passed {
+        return;
+    }
+    let what = g.headline();
+    eprintln!("gbuild: publish gate of {}: {what}", m.name);
+    for p in &g.problems {
+        eprintln!(
+            "gbuild: gate: {}: {}",
+            crate::term::printable(&p.package),
+            crate::term::printable(&p.reason)
+        );
+    }
 }
 
 /// A file of the builder's root as overlayfs would show it, read from outside: the upper dir
@@ -510,6 +563,9 @@ fn opts_allow_drift() -> bool {
     std::env::var("GBUILD_ALLOW_DRIFT").as_deref() == Ok("1")
 }
 
+/// Exit status of `run --once` / `build --once` when the publish gate held the pass.
+pub const HELD_EXIT: i32 = 3;
+
 /// Options of the loop.
 pub struct LoopOptions {
     pub once: bool,
@@ -536,10 +592,17 @@ pub fn run_loop(env: &BuildEnv, m: &MachineLock, opts: &LoopOptions) -> Result<i
         if opts.once {
             return Ok(match result {
                 PassResult::Success => 0,
+                PassResult::Held => HELD_EXIT,
                 PassResult::Failed { .. } => 1,
             });
         }
         match result {
+            PassResult::Held => {
+                // Built; a new configuration, `resume` or the interval tries again.
+                wait_for(m, Some(opts.interval), true)?;
+                fetch_latest_snapshot(env, m);
+                update(env, m)?;
+            }
             PassResult::Success => {
                 state.state = LoopState::Waiting;
                 state.save(m)?;
@@ -567,7 +630,7 @@ pub fn first_build(
     crate::fsutil::remove_file_if_exists(&m.resume_path())?;
     loop {
         match super::bootstrap::bootstrap(env, m, recipe)? {
-            PassResult::Success => return Ok(None),
+            PassResult::Success | PassResult::Held => return Ok(None),
             PassResult::Failed { package, log } => {
                 if once {
                     report_failure(package.as_deref(), &log, "the first build of the world set");
