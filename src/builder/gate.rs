@@ -23,8 +23,8 @@ use std::path::Path;
 
 use super::pass::Session;
 use super::publish::Staged;
-pub use super::state::{Gate, GateProblem, GateResult};
 use super::state::now;
+pub use super::state::{Gate, GateProblem, GateResult};
 use super::{BuildEnv, MachineLock, Result};
 use crate::beneath::Beneath;
 use crate::fsutil::IoContext;
@@ -63,10 +63,9 @@ impl Gate {
             GateResult::PublishedAnyway => {
                 "would hold; published anyway (publish_held in gbuild.toml)".to_string()
             }
-            GateResult::Skipped => format!(
-                "skipped: {}",
-                self.reason.as_deref().unwrap_or("not run")
-            ),
+            GateResult::Skipped => {
+                format!("skipped: {}", self.reason.as_deref().unwrap_or("not run"))
+            }
             GateResult::Unknown => "unknown".to_string(),
         }
     }
@@ -319,7 +318,7 @@ fn host_root(
             "gbuild: warning: publish gate: {copied} binpkg(s) copied, not linked (another owner or filesystem)"
         );
     }
-    let p = upper.join(GATE_PKGDIR).join("Packages");
+    let p = upper.join(GATE_PKGDIR).join(crate::store::PACKAGES);
     std::fs::write(&p, &staged.index).at("write", &p)?;
     Ok(())
 }
