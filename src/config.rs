@@ -1,6 +1,7 @@
-//! `gbuild.toml`: the user's defaults (mirror, arch, variant, keyring, loop interval, jobs) and
-//! per-machine settings (`[machines.<M>]`: the distcc helpers its passes use). A missing file
-//! means the built-in defaults; a malformed one is an error naming the file.
+//! `gbuild.toml`: the user's defaults (mirror, arch, variant, keyring, loop interval, jobs,
+//! whether a pass the publish gate holds is published anyway) and per-machine settings
+//! (`[machines.<M>]`: the distcc helpers its passes use). A missing file means the built-in
+//! defaults; a malformed one is an error naming the file.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,6 +27,9 @@ pub struct Config {
     pub interval: String,
     /// Parallel make jobs inside the builder; 0 = number of cores.
     pub jobs: u32,
+    /// Publish a pass that the publish gate holds (the host's upgrade would compile, conflict or
+    /// leave something out) all the same; status then says `published-anyway`.
+    pub publish_held: bool,
     /// Settings of one machine, by name (`[machines.laptop]`).
     pub machines: BTreeMap<String, MachineSettings>,
 }
@@ -50,6 +54,7 @@ impl Default for Config {
             interval: "24h".to_string(),
             jobs: 0,
             machines: BTreeMap::new(),
+            publish_held: false,
         }
     }
 }

@@ -217,7 +217,11 @@ pub fn write_config_upper(config: &Path, mode: ConfigMode, upper: &Path) -> Resu
     if captured.is_dir() {
         std::fs::remove_dir_all(&captured).at("remove", &captured)?;
     }
-    for f in ["gbuild-bundle.json", "MANIFEST.json"] {
+    for f in [
+        "gbuild-bundle.json",
+        "MANIFEST.json",
+        crate::host::installed::INSTALLED_NAME,
+    ] {
         crate::fsutil::remove_file_if_exists(&upper.join(f))?;
     }
     if mode == ConfigMode::Replace {

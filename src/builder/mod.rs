@@ -16,6 +16,7 @@ pub mod buildside;
 pub mod distcc;
 pub mod drift;
 pub mod emerge;
+pub mod gate;
 pub mod helper;
 pub mod pass;
 pub mod publish;

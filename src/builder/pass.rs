@@ -344,12 +344,35 @@ pub fn pass(env: &BuildEnv, m: &MachineLock, state: &mut State) -> Result<PassRe
             lp.result = PassOutcome::Success;
             lp.failed_package = None;
             state.state = LoopState::Idle;
+            let mut result = PassResult::Success;
             if changed || super::publish::stale(env, m)? {
-                let (counts, held) = super::publish::publish(env, m, &snapshot)?;
-                state.counts = counts;
-                state.abi_warnings = held;
+                let staged = super::publish::stage(env, m, &snapshot)?;
+                let mut gate = match super::gate::run(env, m, &image, &snapshot, &staged) {
+                    Ok(g) => g,
+                    Err(e) => {
+                        super::publish::discard(staged);
+                        return Err(e);
+                    }
+                };
+                let held = gate.result == super::gate::GateResult::Held;
+                if held && env.config.publish_held {
+                    gate.result = super::gate::GateResult::PublishedAnyway;
+                }
+                if held && !env.config.publish_held {
+                    super::publish::discard(staged);
+                    let lp = state.last_pass.get_or_insert_with(LastPass::default);
+                    lp.result = PassOutcome::Held;
+                    state.state = LoopState::Held;
+                    result = PassResult::Held;
+                } else {
+                    let (counts, held) = super::publish::commit(m, staged)?;
+                    state.counts = counts;
+                    state.abi_warnings = held;
+                }
+                report_gate(m, &gate);
+                state.gate = Some(gate);
             }
-            PassResult::Success
+            result
         }
         Some(_) => {
             lp.result = PassOutcome::Failed;
@@ -363,6 +386,24 @@ pub fn pass(env: &BuildEnv, m: &MachineLock, state: &mut State) -> Result<PassRe
     };
     state.save(m)?;
     Ok(result)
+}
+
+/// The gate's outcome as notices: one line, then one per problem (warnings unless it passed).
+fn report_gate(m: &Machine, g: &super::gate::Gate) {
+    use super::gate::GateResult;
+    let what = g.headline();
+    if g.result == GateResult::Passed {
+        tracing::info!("publish gate of {}: {what}", m.name);
+        return;
+    }
+    tracing::warn!("publish gate of {}: {what}", m.name);
+    for p in &g.problems {
+        tracing::warn!(
+            "gate: {}: {}",
+            crate::term::printable(&p.package),
+            crate::term::printable(&p.reason)
+        );
+    }
 }
 
 /// A file of the builder's root as overlayfs would show it, read from outside: the upper dir
@@ -383,6 +424,9 @@ fn published_snapshot(m: &Machine) -> Result<Option<String>> {
 fn opts_allow_drift() -> bool {
     std::env::var("GBUILD_ALLOW_DRIFT").as_deref() == Ok("1")
 }
+
+/// Exit status of `run --once` / `build --once` when the publish gate held the pass.
+pub const HELD_EXIT: i32 = 3;
 
 /// Options of the loop.
 pub struct LoopOptions {
@@ -410,10 +454,17 @@ pub fn run_loop(env: &BuildEnv, m: &MachineLock, opts: &LoopOptions) -> Result<i
         if opts.once {
             return Ok(match result {
                 PassResult::Success => 0,
+                PassResult::Held => HELD_EXIT,
                 PassResult::Failed { .. } => 1,
             });
         }
         match result {
+            PassResult::Held => {
+                // Built; a new configuration, `resume` or the interval tries again.
+                wait_for(m, Some(opts.interval), true)?;
+                fetch_latest_snapshot(env, m);
+                update(env, m)?;
+            }
             PassResult::Success => {
                 state.state = LoopState::Waiting;
                 state.save(m)?;
@@ -441,7 +492,7 @@ pub fn first_build(
     crate::fsutil::remove_file_if_exists(&m.resume_path())?;
     loop {
         match super::bootstrap::bootstrap(env, m, recipe)? {
-            PassResult::Success => return Ok(None),
+            PassResult::Success | PassResult::Held => return Ok(None),
             PassResult::Failed { package, log } => {
                 if once {
                     report_failure(package.as_deref(), &log, "the first build of the world set");

@@ -243,12 +243,31 @@ fn without_timestamp(text: &str) -> String {
     format!("{}\n\n{rest}", header.join("\n"))
 }
 
-/// Publish; returns the counts and the binpkgs held back.
+/// A publication written beside `published/` but not yet in place: what the gate checks.
+#[derive(Debug)]
+pub struct Staged {
+    /// The directory that becomes `published/`.
+    pub dir: std::path::PathBuf,
+    /// Its `Packages` index.
+    pub index: String,
+    /// The binpkgs it names, relative to PKGDIR.
+    pub paths: Vec<String>,
+    pub counts: Counts,
+    pub held: Vec<AbiWarning>,
+}
+
+/// Publish at once (stage and commit); returns the counts and the binpkgs held back.
 pub fn publish(
     env: &BuildEnv,
     m: &MachineLock,
     snapshot: &str,
 ) -> Result<(Counts, Vec<AbiWarning>)> {
+    let staged = stage(env, m, snapshot)?;
+    commit(m, staged)
+}
+
+/// Sign, hold back, and write the next publication beside `published/` (see `Staged`).
+pub fn stage(env: &BuildEnv, m: &MachineLock, snapshot: &str) -> Result<Staged> {
     let index = m.files().binpkgs_index();
     let text = std::fs::read_to_string(&index).unwrap_or_default();
     let (header, all) = stanzas(&text);
@@ -352,6 +371,21 @@ pub fn publish(
     filetime::set_file_mtime(&pk, filetime::FileTime::from_unix_time(timestamp as i64, 0))
         .at("set mtime", &pk)?;
     crate::fsutil::fsync_dir(&tmp)?;
+    Ok(Staged {
+        dir: tmp,
+        paths: kept.iter().filter_map(|st| stanza_path(st)).collect(),
+        index: out,
+        counts: Counts {
+            binpkgs: count,
+            bytes,
+        },
+        held,
+    })
+}
+
+/// Put a staged publication in place of `published/` (one rename).
+pub fn commit(m: &MachineLock, staged: Staged) -> Result<(Counts, Vec<AbiWarning>)> {
+    let tmp = staged.dir;
     let dest = m.published().path().to_path_buf();
     let old = m.files().temp(PUBLISH_TMP);
     if dest.exists() {
@@ -361,13 +395,13 @@ pub fn publish(
     // Best effort: the new publication is in place; a replaced one left behind has a temporary
     // name, which the next publication or `gc` removes.
     let _ = std::fs::remove_dir_all(&old);
-    Ok((
-        Counts {
-            binpkgs: count,
-            bytes,
-        },
-        held,
-    ))
+    Ok((staged.counts, staged.held))
+}
+
+/// Drop a staged publication: what is published stays. Best effort: a directory left behind
+/// has a temporary name, which the next publication or `gc` removes.
+pub fn discard(staged: Staged) {
+    let _ = std::fs::remove_dir_all(&staged.dir);
 }
 
 /// Scan the binpkgs of `stanzas` for ABI notes newer than `kernel` (cached per file).

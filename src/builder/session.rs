@@ -25,8 +25,11 @@ pub struct Session<'a> {
     pub state: Option<State>,
     /// Bind mounts beyond the usual ones.
     pub extra_binds: Vec<crate::runtime::Bind>,
-    /// Environment beyond the usual one.
+    /// Environment beyond the usual one (a variable given here replaces the usual value).
     pub extra_env: Vec<String>,
+    /// Read-only layers laid over the image, below the upper dir (the gate runs on the
+    /// builder's own upper dir this way, leaving it untouched).
+    pub lowers: Vec<PathBuf>,
     /// Whether containers get the builder's own package.env entry (`buildside`); off for the
     /// drift check's capture.
     pub build_layer: bool,
@@ -63,6 +66,7 @@ impl<'a> Session<'a> {
             state: None,
             extra_binds: Vec::new(),
             extra_env: Vec::new(),
+            lowers: Vec::new(),
             build_layer: true,
             distcc: None,
         })
@@ -152,7 +156,14 @@ impl<'a> Session<'a> {
             self.distcc.as_ref(),
         )?;
         spec.binds.extend(self.extra_binds.iter().cloned());
-        spec.env.extend(self.extra_env.iter().cloned());
+        for e in &self.extra_env {
+            let key = e.split('=').next().unwrap_or("");
+            spec.env.retain(|x| x.split('=').next() != Some(key));
+            spec.env.push(e.clone());
+        }
+        if let crate::runtime::Rootfs::Overlay { layers, .. } = &mut spec.rootfs {
+            layers.extend(self.lowers.iter().cloned());
+        }
         let _ = writeln!(self.log, ">>> gbuild: {}", argv.join(" "));
         let echo = self.env.echo;
         let log = &mut self.log;
@@ -222,6 +233,8 @@ impl<'a> Session<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PassResult {
     Success,
+    /// Built, but the publish gate kept the previous publication (`super::gate`).
+    Held,
     Failed {
         package: Option<String>,
         log: PathBuf,

@@ -66,6 +66,9 @@ word_enum! {
         Waiting => "waiting",
         /// Shown when the recorded loop's process is gone (never written by a loop).
         Stopped => "stopped",
+        /// The last pass built, but the publish gate kept the previous publication; the loop
+        /// waits for the interval, `resume` or a configuration change.
+        Held => "held",
     }
 }
 
@@ -75,7 +78,51 @@ word_enum! {
         Success => "success",
         Failed => "failed",
         Running => "running",
+        /// Built, but the publish gate kept the previous publication.
+        Held => "held",
     }
+}
+
+word_enum! {
+    /// What the publish gate decided (`state.json` `gate.result`, `super::gate`).
+    GateResult {
+        /// The host's upgrade takes everything from this builder's binpkgs: published.
+        Passed => "passed",
+        /// It would not: the previous publication stays.
+        Held => "held",
+        /// It would not, and gbuild.toml's `publish_held` published it all the same.
+        PublishedAnyway => "published-anyway",
+        /// Not run (no host installed-package database); published as before.
+        Skipped => "skipped",
+    }
+}
+
+/// A package the host's upgrade would compile or could not install, with emerge's reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct GateProblem {
+    /// A CPV, an atom, or `emerge` when emerge failed without naming a package.
+    pub package: String,
+    pub reason: String,
+}
+
+/// What the publish gate found (`state.json` `gate`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct Gate {
+    pub result: GateResult,
+    /// When it ran (unix seconds).
+    pub checked: u64,
+    /// Why it did not run (`skipped`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The upgrade as run, e.g. `emerge --pretend --usepkg --update --deep --newuse ... @world`.
+    pub command: String,
+    /// The merges the host would do from binpkgs (`[binary ...]` lines).
+    pub merges: Vec<String>,
+    pub problems: Vec<GateProblem>,
+    /// Relative to the machine directory.
+    pub log: String,
 }
 
 word_enum! {
@@ -145,6 +192,8 @@ pub struct State {
     pub drift: Vec<String>,
     pub abi_warnings: Vec<AbiWarning>,
     pub counts: Counts,
+    /// The publish gate of the last pass that would publish (`super::gate`).
+    pub gate: Option<Gate>,
 }
 
 /// `machines/<M>/published/info.json`: what the last completed publication holds.

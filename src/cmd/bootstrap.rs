@@ -21,7 +21,8 @@ pub fn run(ctx: &Ctx, o: BootstrapOpts) -> anyhow::Result<i32> {
         None => gbuild::builder::builtin_recipe().to_string(),
     };
     match gbuild::builder::bootstrap::bootstrap(&env, &m, &recipe)? {
-        gbuild::builder::session::PassResult::Success => {
+        gbuild::builder::session::PassResult::Success
+        | gbuild::builder::session::PassResult::Held => {
             ctx.note(&format!(
                 "bootstrap: image {} sealed",
                 m.meta()?.image.unwrap_or_default()

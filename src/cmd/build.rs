@@ -8,7 +8,7 @@ use super::{build_env, Ctx, MachineOpts};
 pub struct BuildOpts {
     #[command(flatten)]
     pub m: MachineOpts,
-    /// One pass, exit with its status
+    /// One pass, exit with its status (0 published, 1 failed, 3 held by the publish gate)
     #[arg(long)]
     pub once: bool,
     /// Wait between successful passes (e.g. 30m, 24h) [default: from gbuild.toml, 24h]

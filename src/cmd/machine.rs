@@ -90,6 +90,9 @@ fn import(ctx: &Ctx, o: ImportOpts) -> anyhow::Result<i32> {
             r.machine
         );
     }
+    if let Some(n) = &r.gate_notice {
+        ctx.note(&format!("gbuild: notice: machine {}: {n}", r.machine));
+    }
     if r.needs_update {
         ctx.note(&format!("machine {}: builder marked for update", r.machine));
     }

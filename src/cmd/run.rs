@@ -12,7 +12,7 @@ pub struct RunOpts {
     /// Run as the invoking user in user namespaces (the default when not root)
     #[arg(long)]
     pub rootless: bool,
-    /// One build pass, then exit with its status
+    /// One build pass, then exit with its status (0 published, 1 failed, 3 held by the publish gate)
     #[arg(long)]
     pub once: bool,
     /// Wait between successful passes [default: from gbuild.toml, 24h]

@@ -94,6 +94,17 @@ pub fn run(ctx: &Ctx, o: StatusOpts) -> anyhow::Result<i32> {
             Err(e) => println!("helper:   {} down ({e})", h.spec),
         }
     }
+    if let Some(g) = &st.gate {
+        let what = g.headline();
+        println!("gate:     {}", gbuild::term::printable(&what));
+        for p in &g.problems {
+            println!(
+                "  {}: {}",
+                gbuild::term::printable(&p.package),
+                gbuild::term::printable(&p.reason)
+            );
+        }
+    }
     for d in &st.drift {
         println!("drift:    {}", gbuild::term::printable(d));
     }

@@ -15,6 +15,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::installed::{Installed, INSTALLED_NAME, MAX_INSTALLED_SIZE};
 use super::makeconf::{self, MakeConfError, Vars};
 use super::HostError;
 use crate::beneath::{set_mode_mtime, Beneath};
@@ -23,8 +24,10 @@ use crate::fsutil::{FsError, IoContext};
 
 /// Name of the manifest, at the top of the bundle and of an unpacked config directory.
 pub const MANIFEST_NAME: &str = "gbuild-bundle.json";
-/// Version of the manifest format; a newer one is refused.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the manifest format; a newer one is refused. Format 2 adds the host's
+/// installed-package database (`installed.json`, see `super::installed`); format 1 bundles load
+/// without it.
+pub const FORMAT_VERSION: u32 = 2;
 /// Largest regular file a bundle may carry: /etc/portage holds small text files, the largest
 /// real ones being patches under `etc/portage/patches` (a few MB).
 pub const MAX_FILE_SIZE: u64 = 64 << 20;
@@ -188,6 +191,8 @@ pub struct Manifest {
 pub struct Bundle {
     pub manifest: Manifest,
     data: BTreeMap<String, Vec<u8>>,
+    /// The host's installed packages (`installed.json`), checked when the bundle was loaded.
+    installed: Option<Installed>,
 }
 
 /// Lowercase hex sha256.
@@ -219,9 +224,10 @@ fn path_problem(path: &str) -> Option<&'static str> {
         || path == "var/lib/portage/world"
         || path == "var/lib/portage/world_sets"
         || path == CAPTURED_DIR
-        || path.starts_with("repos/");
+        || path.starts_with("repos/")
+        || path == INSTALLED_NAME;
     if !allowed {
-        return Some("path not allowed in a bundle (only etc/portage/**, var/lib/portage/world, var/lib/portage/world_sets, repos/**)");
+        return Some("path not allowed in a bundle (only etc/portage/**, var/lib/portage/world, var/lib/portage/world_sets, repos/**, installed.json)");
     }
     None
 }
@@ -230,7 +236,38 @@ impl Bundle {
     /// A bundle from a manifest and its files' contents (the exporter's constructor). The
     /// manifest's file entries must describe `data` (not checked here).
     pub fn from_parts(manifest: Manifest, data: BTreeMap<String, Vec<u8>>) -> Bundle {
-        Bundle { manifest, data }
+        let installed = data
+            .get(INSTALLED_NAME)
+            .and_then(|d| Installed::parse(d).ok());
+        Bundle {
+            manifest,
+            data,
+            installed,
+        }
+    }
+
+    /// Check `installed.json` (when there is one) and make the bundle.
+    fn checked(
+        manifest: Manifest,
+        data: BTreeMap<String, Vec<u8>>,
+        label: &Path,
+    ) -> Result<Bundle, HostError> {
+        let installed = match data.get(INSTALLED_NAME) {
+            Some(d) => {
+                Some(Installed::parse(d).map_err(|e| HostError::entry(label, INSTALLED_NAME, e))?)
+            }
+            None => None,
+        };
+        Ok(Bundle {
+            manifest,
+            data,
+            installed,
+        })
+    }
+
+    /// The host's installed-package database (format 2 bundles of a root with `var/db/pkg`).
+    pub fn installed(&self) -> Option<&Installed> {
+        self.installed.as_ref()
     }
 
     /// Load a bundle tar file, or an unpacked bundle directory (a machine's `config/`). A
@@ -378,7 +415,7 @@ impl Bundle {
                 "listed in the manifest but missing",
             ));
         }
-        Ok(Bundle { manifest, data })
+        Self::checked(manifest, data, label)
     }
 
     /// Read and validate an unpacked bundle directory (manifest at its top).
@@ -429,7 +466,7 @@ impl Bundle {
                 }
             }
         }
-        Ok(Bundle { manifest, data })
+        Self::checked(manifest, data, dir)
     }
 
     /// Content of a captured regular file.
@@ -657,6 +694,19 @@ fn check_manifest(m: &Manifest, label: &Path) -> Result<(), HostError> {
                 &f.path,
                 "symlink not allowed (only etc/portage/make.profile)",
             ));
+        }
+        if f.path == INSTALLED_NAME {
+            if f.kind != EntryKind::File {
+                return Err(HostError::entry(label, &f.path, "must be a regular file"));
+            }
+            let size = f.size.unwrap_or(0);
+            if size > MAX_INSTALLED_SIZE {
+                return Err(HostError::entry(
+                    label,
+                    &f.path,
+                    format!("{size} bytes, more than the {MAX_INSTALLED_SIZE} the installed-package database may have"),
+                ));
+            }
         }
         if f.kind == EntryKind::File && (f.sha256.is_none() || f.size.is_none()) {
             return Err(HostError::entry(

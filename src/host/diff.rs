@@ -58,6 +58,9 @@ pub struct Ignored {
 pub struct Diff {
     pub differences: Vec<Difference>,
     pub ignored: Vec<Ignored>,
+    /// Installed-set differences (`super::installed::differences`) when both bundles carry an
+    /// installed-package database: information, never drift.
+    pub installed: Vec<String>,
 }
 
 impl Diff {
@@ -110,6 +113,12 @@ impl fmt::Display for Diff {
         if !self.ignored.is_empty() {
             writeln!(f, "ignored:")?;
             for i in &self.ignored {
+                writeln!(f, "  {i}")?;
+            }
+        }
+        if !self.installed.is_empty() {
+            writeln!(f, "installed packages (information, not a difference):")?;
+            for i in &self.installed {
                 writeln!(f, "  {i}")?;
             }
         }
@@ -306,6 +315,9 @@ pub fn diff(a: &Bundle, b: &Bundle) -> Diff {
     variables(a, b, &mut d);
     files(a, b, &mut d);
     world(a, b, &mut d);
+    if let (Some(x), Some(y)) = (a.installed(), b.installed()) {
+        d.installed = super::installed::differences(x, y);
+    }
     // The main tree snapshot is always reported first.
     d.differences.sort_by_key(|x| x.kind != Kind::Snapshot);
     d

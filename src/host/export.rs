@@ -13,6 +13,7 @@ use super::bundle::{
     profile_of, sha256_hex, Bundle, Cpu, EntryKind, FileEntry, Manifest, Repo, Skipped, VarSource,
     FORMAT_VERSION, PROFILE_LINK,
 };
+use super::installed::INSTALLED_NAME;
 use super::makeconf::is_config_name;
 use super::HostError;
 
@@ -37,6 +38,8 @@ pub struct ExportOptions {
     /// Most bytes the trees of local overlays (no sync source) may take in the bundle
     /// [0: `DEFAULT_OVERLAY_LIMIT`].
     pub overlay_limit: u64,
+    /// Capture the installed-package database (`var/db/pkg` metadata, `super::installed`).
+    pub installed: bool,
 }
 
 /// Default bound of the local overlay trees a bundle captures (64 MiB).
@@ -49,6 +52,7 @@ impl ExportOptions {
             effective: true,
             cpu: true,
             detect_kernel: true,
+            installed: true,
             ..ExportOptions::default()
         }
     }
@@ -205,6 +209,33 @@ pub fn export_root(root: &Path, opts: &ExportOptions) -> Result<Bundle, HostErro
         let abs = root.join(w);
         if abs.exists() {
             walk(root, w, &mut cap, 0);
+        }
+    }
+    if opts.installed {
+        let mut skipped = Vec::new();
+        match super::installed::capture(root, &mut skipped) {
+            Some(doc) => {
+                let d = doc.to_json();
+                cap.files.push(FileEntry {
+                    path: INSTALLED_NAME.to_string(),
+                    kind: EntryKind::File,
+                    mode: 0o644,
+                    mtime: std::fs::metadata(root.join("var/db/pkg"))
+                        .map(|m| mtime_of(&m))
+                        .unwrap_or(0),
+                    size: Some(d.len() as u64),
+                    sha256: Some(sha256_hex(&d)),
+                    target: None,
+                });
+                cap.data.insert(INSTALLED_NAME.to_string(), d);
+            }
+            None => cap.skip(
+                "var/db/pkg",
+                "not found: without the installed-package database the builder cannot check its publications against this host",
+            ),
+        }
+        for (p, r) in skipped {
+            cap.skip(&p, r);
         }
     }
     cap.files.sort_by(|a, b| a.path.cmp(&b.path));

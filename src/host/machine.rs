@@ -41,6 +41,23 @@ pub struct ImportReport {
     pub needs_update: bool,
     /// Requests (`gbuild request`) removed because the host's world has them now.
     pub satisfied: Vec<String>,
+    /// Why the publish gate cannot use this bundle (no installed-package database), if so.
+    pub gate_notice: Option<String>,
+}
+
+/// Why the publish gate cannot check publications against the host of `b`, if it cannot.
+pub fn gate_notice(b: &Bundle) -> Option<String> {
+    if b.installed().is_some() {
+        return None;
+    }
+    Some(if b.manifest.format < 2 {
+        format!(
+            "bundle format {} carries no installed-package database: publications are not checked against this host until it is exported again with this gbuild (`gbuild host export`)",
+            b.manifest.format
+        )
+    } else {
+        "the bundle carries no installed-package database (its root has no var/db/pkg): publications are not checked against this host".to_string()
+    })
 }
 
 /// One machine as `machine list` shows it.
@@ -267,6 +284,7 @@ fn import_locked(
         changes,
         previous_host,
         needs_update,
+        gate_notice: gate_notice(&new),
     })
 }
 
@@ -341,6 +359,7 @@ pub fn import_overlay(store: &Store, name: &str, dir: &Path) -> Result<ImportRep
         previous_host: None,
         needs_update: false,
         satisfied: Vec::new(),
+        gate_notice: None,
     })
 }
 

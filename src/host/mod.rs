@@ -1,7 +1,8 @@
 //! Host configuration bundles (docs/design.md): what `gbuild host export` captures on a
 //! Gentoo host (its /etc/portage, world, profile, tree snapshot identities, kernel, CPU flags and
 //! the variables Portage uses), how a bundle is stored and validated (`bundle`), and the
-//! comparison of two bundles that tells whether a builder still mirrors its host (`diff`).
+//! comparison of two bundles that tells whether a builder still mirrors its host (`diff`), and
+//! the host's installed-package database a bundle carries for the publish gate (`installed`).
 //!
 //! The same code captures the builder's side: `export_root` works on any root directory, so the
 //! build loop compares the machine's imported bundle with an export of the builder's rootfs.
@@ -9,6 +10,7 @@
 pub mod bundle;
 pub mod diff;
 pub mod export;
+pub mod installed;
 pub mod machine;
 pub mod makeconf;
 pub mod trust;

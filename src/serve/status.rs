@@ -250,7 +250,7 @@ fn state_class(s: LoopState) -> &'static str {
         LoopState::Idle => "ok",
         LoopState::Building => "busy",
         LoopState::Waiting => "wait",
-        LoopState::Failed => "bad",
+        LoopState::Failed | LoopState::Held => "bad",
         LoopState::Stopped | LoopState::Unknown => "off",
     }
 }
@@ -380,7 +380,11 @@ fn summary(h: &mut String, machines: &[MachineStatus]) {
                 ))
                 .unwrap_or_default()
         );
-        let nwarn = s.drift.len() + s.abi_warnings.len() + p.held_back.len() + m.problems.len();
+        let nwarn = s.drift.len()
+            + s.abi_warnings.len()
+            + p.held_back.len()
+            + m.problems.len()
+            + s.gate.as_ref().map_or(0, |g| g.problems.len());
         let _ = writeln!(
             h,
             "<td>{}</td></tr>",
@@ -521,6 +525,18 @@ fn details(h: &mut String, m: &MachineStatus) {
             )
         }
     };
+    if let Some(g) = &s.gate {
+        let problems: Vec<String> = g
+            .problems
+            .iter()
+            .map(|p| format!("{}: {}", esc(&p.package), esc(&p.reason)))
+            .collect();
+        let mut cell = esc(&g.headline());
+        if !problems.is_empty() {
+            cell.push_str(&list(problems));
+        }
+        row(h, "publish gate", cell);
+    }
     row(h, "drift", list(s.drift.iter().map(|d| esc(d)).collect()));
     row(
         h,

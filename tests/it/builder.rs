@@ -854,6 +854,22 @@ fn builder_scenario_with_real_emerge() {
     let key2 = util::stdout(&out).trim().to_string();
     assert_ne!(key2, key1);
     assert_eq!(key_fingerprint(&env), key2);
+    // The host's installed state travels with its bundle: a host with the builder's
+    // configuration and what host1 installed from the binaries in step 1 (plang 5.38 and the
+    // binding built against it). Every pass now ends with this host's upgrade, simulated.
+    let slothost = hostroot_from_builder(&env, &s.path().join("slothost"), "20260101");
+    let cp = util::output(
+        Command::new("cp")
+            .arg("-a")
+            .arg(s.path().join("host1/upper/var/db"))
+            .arg(slothost.join("var")),
+    );
+    assert!(cp.status.success(), "{}", util::stderr(&cp));
+    assert!(slothost
+        .join("var/db/pkg/dev-lang/plang-5.38.2/SLOT")
+        .is_file());
+    let bs = export_root(&env, &slothost, &s.path().join("slothost.tar"));
+    import(&env, "default", &bs);
     env.fetch(Some("20260201"));
     let out = util::output(env.gbuild().args(["update"]));
     assert!(out.status.success(), "{}", util::stderr(&out));
@@ -926,6 +942,30 @@ fn builder_scenario_with_real_emerge() {
     );
     let index = std::fs::read_to_string(env.machine().join("published/Packages")).unwrap();
     assert!(index.contains("CPV: dev-lang/plang-5.40.0\n"));
+    // The gate: that host would upgrade the language and rebuild the binding, both from this
+    // builder's binaries, nothing compiled, no conflict.
+    let st = env.status();
+    assert_eq!(st["gate"]["result"], "passed", "{st}");
+    let merges: Vec<&str> = st["gate"]["merges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    for cpv in ["dev-lang/plang-5.40.0", "dev-plang/plang-binding-1.0"] {
+        assert!(
+            merges
+                .iter()
+                .any(|m| m.starts_with("[binary") && m.contains(&format!("] {cpv}-"))),
+            "{cpv} from a binary: {merges:?}"
+        );
+    }
+    assert!(
+        merges
+            .iter()
+            .any(|m| m.contains("dev-lang/plang-5.40.0") && m.contains("[5.38.2")),
+        "{merges:?}"
+    );
     let (_, plang) = signing::stanza_of(&index, "dev-lang/plang-5.40.0");
     let plang = env.machine().join("binpkgs").join(plang);
     // Compiled on a helper, and nothing of the helpers in the package: no DISTCC_* variable
@@ -1125,6 +1165,115 @@ fn builder_scenario_with_real_emerge() {
             .any(|d| d.as_str().unwrap().contains("zz-local")),
         "{st}"
     );
+
+    // A host whose installed goodbye was built with USE=wave, which its configuration no
+    // longer sets (and that wants greetd now), while the builder, built past the drift, keeps
+    // the flag: the host's upgrade would compile goodbye. The gate holds the pass, names the
+    // package and the flag, and published/ stays as it was.
+    let fixture_use = hostroot.join("etc/portage/package.use/fixture");
+    let text = std::fs::read_to_string(&fixture_use).unwrap();
+    assert!(text.contains("app-misc/goodbye wave"), "{text}");
+    std::fs::write(&fixture_use, text.replace("app-misc/goodbye wave\n", "")).unwrap();
+    let world = hostroot.join("var/lib/portage/world");
+    let w: String = std::fs::read_to_string(&world)
+        .unwrap()
+        .lines()
+        .filter(|l| *l != "app-misc/abinote")
+        .map(|l| format!("{l}\n"))
+        .chain(["app-misc/greetd\n".to_string()])
+        .collect();
+    std::fs::write(&world, w).unwrap();
+    let saved = hostroot.join("etc/portage/savedconfig/app-misc");
+    std::fs::create_dir_all(&saved).unwrap();
+    std::fs::write(saved.join("greetd"), "#define GREETING \"Hi\"\n").unwrap();
+    let cp = util::output(
+        Command::new("cp")
+            .arg("-a")
+            .arg(s.path().join("host2/upper/var/db"))
+            .arg(hostroot.join("var")),
+    );
+    assert!(cp.status.success(), "{}", util::stderr(&cp));
+    let use_of = std::fs::read_to_string(hostroot.join("var/db/pkg/app-misc/goodbye-1.0/USE"));
+    assert!(use_of.unwrap().split_whitespace().any(|f| f == "wave"));
+    let b2 = export_root(&env, &hostroot, &s.path().join("laptop2.tar"));
+    import(&env, "default", &b2);
+    // The configuration applied first, then the builder drifts.
+    let out = util::output(env.gbuild().args(["update"]));
+    assert!(out.status.success(), "{}", util::stderr(&out));
+    let out = util::output(env.gbuild().args([
+        "shell",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo 'app-misc/goodbye wave' > /etc/portage/package.use/zz-local",
+    ]));
+    assert!(out.status.success());
+    let before = std::fs::read(env.machine().join("published/Packages")).unwrap();
+    let out = util::output(
+        env.gbuild()
+            .env("GBUILD_ALLOW_DRIFT", "1")
+            .args(["build", "--once"]),
+    );
+    let err = util::stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "held pass: {err}");
+    let st = env.status();
+    assert_eq!(st["state"], "held", "{st}");
+    assert_eq!(st["last_pass"]["result"], "held", "{st}");
+    assert_eq!(st["gate"]["result"], "held", "{st}");
+    let problems = st["gate"]["problems"].as_array().unwrap();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p["package"] == "app-misc/goodbye-1.0"
+                && p["reason"].as_str().unwrap().contains("wave")),
+        "{st}"
+    );
+    assert!(
+        err.contains("gate: app-misc/goodbye-1.0:") && err.contains("wave"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(env.machine().join("published/Packages")).unwrap(),
+        before,
+        "published/ changed"
+    );
+    let index = std::fs::read_to_string(env.machine().join("binpkgs/Packages")).unwrap();
+    assert!(index.contains("CPV: app-misc/greetd-1.0\n"), "greetd built");
+    let text = util::stdout(&util::output(env.gbuild().args(["status"])));
+    assert!(
+        text.contains("gate:     held") && text.contains("app-misc/goodbye-1.0: "),
+        "{text}"
+    );
+    let api: serde_json::Value =
+        serde_json::from_str(&http_get(&format!("{}/api/status", serve.url))).unwrap();
+    let mine = api["machines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "default")
+        .unwrap();
+    assert_eq!(mine["state"]["gate"]["result"], "held", "{api}");
+    let page = http_get(&format!("{}/", serve.url));
+    assert!(
+        page.contains("publish gate") && page.contains("app-misc/goodbye-1.0: "),
+        "{page}"
+    );
+    // gbuild.toml can publish a held pass anyway; status says so.
+    std::fs::write(env.store.join("gbuild.toml"), "publish_held = true\n").unwrap();
+    let out = util::output(
+        env.gbuild()
+            .env("GBUILD_ALLOW_DRIFT", "1")
+            .args(["build", "--once"]),
+    );
+    assert!(out.status.success(), "{}", util::stderr(&out));
+    let st = env.status();
+    assert_eq!(st["gate"]["result"], "published-anyway", "{st}");
+    let published = std::fs::read_to_string(env.machine().join("published/Packages")).unwrap();
+    assert!(
+        published.contains("CPV: app-misc/greetd-1.0\n"),
+        "{published}"
+    );
+    std::fs::remove_file(env.store.join("gbuild.toml")).unwrap();
 
     secret_nowhere(&env, &s, &serve);
 

@@ -99,6 +99,53 @@ impl HostRoot {
         );
         write(&root.join("var/lib/portage/world_sets"), "@desktop\n");
         write(&root.join("etc/hostname"), "testhost\n");
+        // The installed-package database as Portage leaves it, file lists and saved
+        // environments included, and the leftover of an interrupted merge.
+        let pkg = |cpv: &str, files: &[(&str, &[u8])]| {
+            let dir = root.join("var/db/pkg").join(cpv);
+            std::fs::create_dir_all(&dir).unwrap();
+            for (k, v) in files {
+                std::fs::write(dir.join(k), v).unwrap();
+            }
+        };
+        pkg(
+            "app-misc/foo-1.2",
+            &[
+                ("CATEGORY", b"app-misc\n"),
+                ("PF", b"foo-1.2\n"),
+                ("SLOT", b"0\n"),
+                ("EAPI", b"8\n"),
+                ("IUSE", b"bar baz\n"),
+                ("USE", b"amd64 baz elibc_glibc kernel_linux\n"),
+                ("KEYWORDS", b"~amd64\n"),
+                ("repository", b"gentoo\n"),
+                ("RDEPEND", b"dev-libs/libbar:=\n"),
+                ("COUNTER", b"1234\n"),
+                ("BUILD_TIME", b"1700000000\n"),
+                (
+                    "CONTENTS",
+                    b"dir /usr/bin\nobj /usr/bin/foo 0123 1700000000\n",
+                ),
+                ("environment.bz2", b"BZh91AY&SY\x00\xff"),
+                ("foo-1.2.ebuild", b"EAPI=8\n"),
+                ("NEEDED.ELF.2", b"X86_64;/usr/bin/foo;;;libc.so.6\n"),
+            ],
+        );
+        pkg(
+            "dev-lang/python-3.12.3",
+            &[
+                ("SLOT", b"3.12/3.12\n"),
+                ("IUSE", b"+sqlite tk\n"),
+                ("USE", b"amd64 sqlite\n"),
+                ("EAPI", b"8\n"),
+                ("repository", b"gentoo\n"),
+                ("PROVIDES", b"x86_64: libpython3.12.so.1.0\n"),
+            ],
+        );
+        pkg(
+            "dev-lang/-MERGING-python-3.12.4",
+            &[("SLOT", b"3.12/3.12\n")],
+        );
         HostRoot {
             root: root.to_path_buf(),
         }
@@ -237,7 +284,7 @@ fn export_captures_the_host() {
         assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
     }
     let m = manifest(&b);
-    assert_eq!(m["format"], 1);
+    assert_eq!(m["format"], 2);
     assert_eq!(m["host"], "testhost");
     assert_eq!(m["kernel"], "6.1.0-13-amd64");
     assert_eq!(m["profile"]["path"], "default/linux/amd64/23.0");
@@ -1218,4 +1265,217 @@ fn status_reports_a_corrupt_state_file() {
     assert!(err.contains(&state.display().to_string()), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(!util::stdout(&o).contains("idle"));
+}
+
+/// The `installed.json` of a bundle, parsed.
+fn installed_of(bundle: &Path) -> serde_json::Value {
+    let e = read_entries(bundle);
+    let i = e
+        .iter()
+        .find(|e| e.0 == b"installed.json")
+        .expect("installed.json in the bundle");
+    serde_json::from_slice(&i.2).unwrap()
+}
+
+/// `entries` with `installed.json` replaced by `data` (the manifest entry made to match).
+fn with_installed(entries: &[RawEntry], data: &[u8]) -> Vec<RawEntry> {
+    let mut out = with_manifest(entries, |m| {
+        for f in m["files"].as_array_mut().unwrap() {
+            if f["path"] == "installed.json" {
+                *f = listed_file("installed.json", data);
+            }
+        }
+    });
+    for e in &mut out {
+        if e.0 == b"installed.json" {
+            e.2 = data.to_vec();
+        }
+    }
+    out
+}
+
+#[test]
+fn installed_packages_travel_in_the_bundle() {
+    let mut w = World::new();
+    let b = w.export("6.1.0");
+    let names = tar_names(&b);
+    assert!(names.iter().any(|n| n == "installed.json"), "{names:?}");
+    assert!(
+        !names.iter().any(|n| n.starts_with("var/db")),
+        "no vdb path in the tar: {names:?}"
+    );
+    let doc = installed_of(&b);
+    let pkgs = doc["packages"].as_array().unwrap();
+    let cpvs: Vec<String> = pkgs
+        .iter()
+        .map(|p| {
+            format!(
+                "{}/{}",
+                p["category"].as_str().unwrap(),
+                p["pf"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(cpvs, ["app-misc/foo-1.2", "dev-lang/python-3.12.3"]);
+    let foo = &pkgs[0]["files"];
+    assert_eq!(foo["SLOT"], "0\n");
+    assert_eq!(foo["RDEPEND"], "dev-libs/libbar:=\n");
+    assert_eq!(foo["COUNTER"], "1234\n");
+    assert_eq!(foo["repository"], "gentoo\n");
+    for left_out in [
+        "CONTENTS",
+        "environment.bz2",
+        "foo-1.2.ebuild",
+        "NEEDED.ELF.2",
+    ] {
+        assert!(foo.get(left_out).is_none(), "{left_out} carried: {foo}");
+    }
+    assert_eq!(
+        pkgs[1]["files"]["PROVIDES"],
+        "x86_64: libpython3.12.so.1.0\n"
+    );
+
+    // Imported as it is: the machine's configuration carries it, and nothing says the gate is
+    // blind.
+    let o = w.import(&b, "laptop");
+    assert!(o.status.success(), "{}", util::stderr(&o));
+    assert!(
+        !util::stderr(&o).contains("installed-package database"),
+        "{}",
+        util::stderr(&o)
+    );
+    let stored = std::fs::read(w.machine("laptop").join("config/installed.json")).unwrap();
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&stored).unwrap(),
+        doc
+    );
+
+    // The host upgrades foo and drops a USE flag of python: `diff` shows it as information,
+    // not as a difference (exit 0).
+    let vdb = w.host.path("var/db/pkg");
+    std::fs::rename(vdb.join("app-misc/foo-1.2"), vdb.join("app-misc/foo-1.3")).unwrap();
+    std::fs::write(vdb.join("app-misc/foo-1.3/PF"), "foo-1.3\n").unwrap();
+    std::fs::write(vdb.join("dev-lang/python-3.12.3/USE"), "amd64\n").unwrap();
+    let b2 = w.export("6.1.0");
+    let o = w.diff(&b2);
+    let out = util::stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    let info: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("installed packages"))
+        .skip(1)
+        .map(str::trim)
+        .collect();
+    assert_eq!(
+        info,
+        [
+            "installed app-misc/foo:0: foo-1.2 -> foo-1.3",
+            "installed dev-lang/python-3.12.3: USE \"sqlite\" -> \"\"",
+        ],
+        "{out}"
+    );
+
+    // A format-1 bundle (no installed-package database) still imports, with a notice.
+    let entries = read_entries(&b);
+    let mut old: Vec<RawEntry> = with_manifest(&entries, |m| {
+        m["format"] = 1.into();
+        m["files"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|f| f["path"] != "installed.json");
+    });
+    old.retain(|e| e.0 != b"installed.json");
+    let p = w.scratch.path().join("format1.tar");
+    std::fs::write(&p, raw_tar(&old)).unwrap();
+    let o = w.import(&p, "old");
+    assert!(o.status.success(), "{}", util::stderr(&o));
+    let err = util::stderr(&o);
+    assert!(
+        err.contains("format 1") && err.contains("exported again"),
+        "{err}"
+    );
+
+    // Unsafe or oversized databases are refused before anything changes.
+    let config_manifest = w.machine("laptop").join("config/gbuild-bundle.json");
+    let before = std::fs::read(&config_manifest).unwrap();
+    let doc_with = |edit: &dyn Fn(&mut serde_json::Value)| -> Vec<u8> {
+        let mut d = doc.clone();
+        edit(&mut d);
+        serde_json::to_vec(&d).unwrap()
+    };
+    let cases: Vec<(&str, Vec<RawEntry>, &str)> = vec![
+        (
+            "dotdot category",
+            with_installed(
+                &entries,
+                &doc_with(&|d| d["packages"][0]["category"] = "..".into()),
+            ),
+            "not a category or package name",
+        ),
+        (
+            "slash in pf",
+            with_installed(
+                &entries,
+                &doc_with(&|d| d["packages"][0]["pf"] = "../../../etc/x-1".into()),
+            ),
+            "not a category or package name",
+        ),
+        (
+            "file list",
+            with_installed(
+                &entries,
+                &doc_with(&|d| d["packages"][0]["files"]["CONTENTS"] = "obj /etc/shadow\n".into()),
+            ),
+            "\"CONTENTS\" is not one a bundle carries",
+        ),
+        (
+            "value too large",
+            with_installed(
+                &entries,
+                &doc_with(&|d| {
+                    d["packages"][0]["files"]["DEPEND"] = "x".repeat((1 << 20) + 1).into()
+                }),
+            ),
+            "more than the 1048576 allowed",
+        ),
+        (
+            "database too large",
+            with_manifest(&entries, |m| {
+                for f in m["files"].as_array_mut().unwrap() {
+                    if f["path"] == "installed.json" {
+                        f["size"] = (64u64 << 20).into();
+                    }
+                }
+            }),
+            "the installed-package database may have",
+        ),
+        (
+            "not json",
+            with_installed(&entries, b"{\"format\":1,\"packages\":[{"),
+            "invalid document",
+        ),
+    ];
+    for (name, e, want) in cases {
+        let p = w
+            .scratch
+            .path()
+            .join(format!("bad-installed-{}.tar", name.replace(' ', "-")));
+        std::fs::write(&p, raw_tar(&e)).unwrap();
+        for machine in ["laptop", "fresh"] {
+            let o = w.import(&p, machine);
+            let err = util::stderr(&o);
+            assert_eq!(
+                o.status.code(),
+                Some(1),
+                "{name}: import into {machine} must fail"
+            );
+            assert!(
+                err.contains("\"installed.json\"") && err.contains(want),
+                "{name}: error names installed.json and {want:?}: {err}"
+            );
+            assert_eq!(err.lines().count(), 1, "{name}: one line: {err}");
+        }
+        assert!(!w.machine("fresh").exists(), "{name}: nothing imported");
+        assert_eq!(std::fs::read(&config_manifest).unwrap(), before, "{name}");
+    }
 }
