@@ -185,13 +185,15 @@ pub fn command(opts: &str) -> Vec<String> {
     argv
 }
 
-/// Run the gate for `staged` on machine `m` (the caller decides what a held result means).
+/// Run the gate for `staged` on machine `m`, appending to the pass's log `log` (the caller
+/// decides what a held result means).
 pub fn run(
     env: &BuildEnv,
     m: &MachineLock,
     image: &str,
     snapshot: &str,
     staged: &Staged,
+    log: &Path,
 ) -> Result<Gate> {
     let Some(host) = m.host_bundle() else {
         return Ok(Gate::skipped(
@@ -209,7 +211,15 @@ pub fn run(
     let dir = m.files().temp("gate");
     let upper = dir.join("upper");
     host_root(m, &host, installed, staged, &upper)?;
-    let mut s = Session::new(env, m, image, &upper, &dir.join("work"), snapshot, "gate")?;
+    let mut s = Session::with_log(
+        env,
+        m,
+        image,
+        &upper,
+        &dir.join("work"),
+        snapshot,
+        log.to_path_buf(),
+    )?;
     s.build_layer = false;
     s.lowers = vec![m.upper()];
     s.extra_env = vec![format!("PKGDIR=/{GATE_PKGDIR}")];

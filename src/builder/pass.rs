@@ -347,7 +347,7 @@ pub fn pass(env: &BuildEnv, m: &MachineLock, state: &mut State) -> Result<PassRe
             let mut result = PassResult::Success;
             if changed || super::publish::stale(env, m)? {
                 let staged = super::publish::stage(env, m, &snapshot)?;
-                let mut gate = match super::gate::run(env, m, &image, &snapshot, &staged) {
+                let mut gate = match super::gate::run(env, m, &image, &snapshot, &staged, &log) {
                     Ok(g) => g,
                     Err(e) => {
                         super::publish::discard(staged);

@@ -48,6 +48,20 @@ impl<'a> Session<'a> {
         what: &str,
     ) -> Result<Session<'a>> {
         let log_path = machine.files().log(what, now());
+        Session::with_log(env, machine, image, upper, work, snapshot, log_path)
+    }
+
+    /// As `new`, appending to the existing log `log_path` (a step run inside another's log,
+    /// like the publish gate inside its pass's).
+    pub fn with_log(
+        env: &'a BuildEnv,
+        machine: &'a MachineLock,
+        image: &str,
+        upper: &Path,
+        work: &Path,
+        snapshot: &str,
+        log_path: PathBuf,
+    ) -> Result<Session<'a>> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
