@@ -35,6 +35,7 @@ pub use super::RebaseLock;
 
 /// A staged builder, checked and ready to be swapped in (`rebase/staged.json`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Staged {
     /// Names the attempt: the images and the marker files carry it.
     pub id: String,
@@ -59,7 +60,6 @@ pub struct Staged {
     pub started: u64,
     pub finished: u64,
     /// Set when the swap began (a crashed swap is finished, never staged again).
-    #[serde(default)]
     pub swapping: bool,
 }
 
