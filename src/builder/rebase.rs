@@ -201,7 +201,10 @@ pub fn prepare(
     // A failed attempt leaves no image behind (its layers go with the next `gc`).
     let drop_images = |names: &[&str]| {
         for n in names {
-            let _ = crate::layer::image::remove(store, n);
+            // Best effort: a leftover image name only keeps its layers from `gc`.
+            if let Err(e) = crate::layer::image::remove(store, n) {
+                tracing::warn!("{e}");
+            }
         }
     };
     let fail = |s: &Session, why: String| Failure {
@@ -295,7 +298,7 @@ pub fn prepare(
 
 /// Hard-link every file of `from` that `to` lacks into `to` (the same tree; directories made as
 /// needed), copying where a link is refused; `Packages` is copied, never linked (emerge
-/// rewrites it). Files `to` already has are kept: a staged PKGDIR's own builds win. Returns how
+/// rewrites it); names starting with a dot are left out. Files `to` already has are kept: a staged PKGDIR's own builds win. Returns how
 /// many files were added.
 fn link_missing(from: &Path, to: &Path) -> Result<usize> {
     std::fs::create_dir_all(to).at("create directory", to)?;
@@ -303,7 +306,8 @@ fn link_missing(from: &Path, to: &Path) -> Result<usize> {
     for e in std::fs::read_dir(from).at("read directory", from)? {
         let e = e.at("read directory", from)?;
         let name = e.file_name();
-        if name.to_string_lossy().starts_with(".gbuild-rebase-") {
+        // Not Portage's: markers of an earlier rebase, temporary files of a running writer.
+        if name.to_string_lossy().starts_with('.') {
             continue;
         }
         let src = e.path();
