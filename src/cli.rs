@@ -46,6 +46,8 @@ pub enum Command {
     Update(cmd::update::UpdateOpts),
     /// The build loop (forever, or --once)
     Build(cmd::build::BuildOpts),
+    /// A new builder on the newest stage3, reusing every still-valid binpkg, swapped in when complete
+    Rebase(cmd::rebase::RebaseOpts),
     /// Wake a loop that idles after a failure or waits for its next pass
     Resume(cmd::resume::ResumeOpts),
     /// Show (-f: follow) the machine's newest log
@@ -127,6 +129,7 @@ pub fn main() -> i32 {
         Command::Shell(o) => cmd::shell::run(&ctx, o),
         Command::Update(o) => cmd::update::run(&ctx, o),
         Command::Build(o) => cmd::build::run(&ctx, o),
+        Command::Rebase(o) => cmd::rebase::run(&ctx, o),
         Command::Resume(o) => cmd::resume::run(&ctx, o),
         Command::Logs(o) => cmd::logs::run(&ctx, o),
         Command::Status(o) => cmd::status::run(&ctx, o),

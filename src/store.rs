@@ -336,6 +336,27 @@ impl MachineDir {
     pub fn build_side(&self) -> PathBuf {
         self.dir.join("build-side")
     }
+    /// The builder `rebase` stages beside the machine's (`builder::rebase`): `rebase/` with its
+    /// own PKGDIR, container and scratch directories.
+    pub fn rebase(&self) -> PathBuf {
+        self.dir.join("rebase")
+    }
+    /// The staged builder's PKGDIR (hard links to the machine's files, plus its own builds).
+    pub fn rebase_binpkgs(&self) -> PathBuf {
+        self.rebase().join("binpkgs")
+    }
+    /// The staged builder's container (upper, work), empty until it is swapped in.
+    pub fn rebase_container(&self) -> PathBuf {
+        self.rebase().join("container")
+    }
+    /// The staged builder, checked and ready to swap in (`builder::rebase::Staged`).
+    pub fn rebase_staged(&self) -> PathBuf {
+        self.rebase().join("staged.json")
+    }
+    /// One rebase per machine at a time (flock; names its holder). Not the build lock.
+    pub fn rebase_lock(&self) -> PathBuf {
+        self.dir.join("rebase.lock")
+    }
     /// A fresh temporary path in the machine's directory (the scheme `gc` knows).
     pub fn temp(&self, purpose: &str) -> PathBuf {
         crate::fsutil::temp_path(&self.dir, purpose)
@@ -344,6 +365,12 @@ impl MachineDir {
     pub fn stale_temps(&self, purpose: &str) -> Result<Vec<PathBuf>, crate::fsutil::FsError> {
         crate::fsutil::stale_temps(&self.dir, Some(purpose))
     }
+}
+
+/// The marker file a staged directory of rebase attempt `id` carries (in its PKGDIR and its
+/// container), so an interrupted swap knows which side each directory is on.
+pub fn rebase_marker(id: &str) -> String {
+    format!(".gbuild-rebase-{id}")
 }
 
 /// `machines/<M>/published/`: the index and its description, replaced as a whole.

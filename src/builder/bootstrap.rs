@@ -15,7 +15,7 @@ use std::path::Path;
 use super::emerge;
 use super::session::{PassResult, Session};
 use super::state::{now, LastPass, LoopState, PassKind, PassOutcome, State};
-use super::{BuildEnv, BuilderError, ConfigMode, MachineLock, Result};
+use super::{BuildEnv, BuilderError, ConfigMode, Machine, MachineLock, Result};
 use crate::fsutil::IoContext;
 use crate::layer;
 
@@ -32,28 +32,11 @@ pub fn bootstrap(env: &BuildEnv, m: &MachineLock, recipe: &str) -> Result<PassRe
     let snapshot = super::pinned_snapshot(env, m)?;
     let helper = env.helper();
 
-    let stem = stage3
-        .manifest
-        .file
-        .trim_end_matches(".tar.xz")
-        .trim_end_matches(".tar.zst")
-        .trim_end_matches(".tar.gz")
-        .trim_end_matches(".tar.bz2")
-        .to_string();
-    let stage3_img = format!("stage3/{stem}");
-    if layer::image::load(store, &stage3_img).is_err() {
-        note(env, &format!("unpacking {}", stage3.manifest.file));
-        layer::image::from_rootfs(store, &helper, &stage3.path, Some(&stage3_img))?;
-    }
-
-    // The configuration layer.
+    let stage3_img = stage3_image(env, &stage3)?;
     let cfg_img = m.image_name("config");
     helper.remove_trees(&m.files().stale_temps("config-layer")?)?;
     let tmp = m.files().temp("config-layer");
-    let upper = tmp.join("upper");
-    write_config_upper(&m.config_dir(), mode, &upper)?;
-    layer::image::commit(store, &helper, &stage3_img, &upper, Some(&cfg_img))?;
-    helper.remove_trees(std::slice::from_ref(&tmp))?;
+    config_image(env, m, mode, &stage3_img, &cfg_img, &tmp)?;
 
     // The bootstrap layer: the world set, built.
     helper.remove_trees(&m.files().stale_temps("bootstrap")?)?;
@@ -81,28 +64,7 @@ pub fn bootstrap(env: &BuildEnv, m: &MachineLock, recipe: &str) -> Result<PassRe
     state.save(m)?;
     s.state = Some(state);
 
-    let built = (|| -> Result<()> {
-        break_cycles(&mut s, m)?;
-        for (i, step) in recipe_steps(recipe).into_iter().enumerate() {
-            let mut argv = vec!["emerge".to_string(), "--buildpkg".into(), "--usepkg".into()];
-            argv.extend(step);
-            s.run_ok(&format!("bootstrap recipe step {}", i + 1), argv)?;
-        }
-        s.run_ok("emerge @world", emerge::world_update_args())?;
-        // A machine with helpers carries distcc in its image: the builder's client, and the
-        // distccd its helpers run (`gbuild helper`).
-        if !super::distcc::hosts_of(env, m)?.is_empty() {
-            s.run_ok(
-                "installing distcc",
-                vec![
-                    "/bin/sh".into(),
-                    "-c".into(),
-                    super::distcc::ENSURE_DISTCC.into(),
-                ],
-            )?;
-        }
-        Ok(())
-    })();
+    let built = build_world(&mut s, env, m, recipe);
     let mut state = s.state.take().unwrap_or_else(|| State::load(m));
     state.current = None;
     let lp = state.last_pass.get_or_insert_with(LastPass::default);
@@ -148,10 +110,72 @@ pub fn bootstrap(env: &BuildEnv, m: &MachineLock, recipe: &str) -> Result<PassRe
     Ok(PassResult::Success)
 }
 
+/// The image of a verified stage3 (`stage3/<tarball stem>`, shared by machines), unpacked the
+/// first time.
+pub fn stage3_image(env: &BuildEnv, stage3: &crate::fetch::Artifact) -> Result<String> {
+    let stem = stage3
+        .manifest
+        .file
+        .trim_end_matches(".tar.xz")
+        .trim_end_matches(".tar.zst")
+        .trim_end_matches(".tar.gz")
+        .trim_end_matches(".tar.bz2")
+        .to_string();
+    let stage3_img = format!("stage3/{stem}");
+    if layer::image::load(&env.store, &stage3_img).is_err() {
+        note(env, &format!("unpacking {}", stage3.manifest.file));
+        layer::image::from_rootfs(&env.store, &env.helper(), &stage3.path, Some(&stage3_img))?;
+    }
+    Ok(stage3_img)
+}
+
+/// Image `name`: `base` plus the machine's configuration layer, made in scratch dir `tmp`.
+pub fn config_image(
+    env: &BuildEnv,
+    m: &Machine,
+    mode: ConfigMode,
+    base: &str,
+    name: &str,
+    tmp: &Path,
+) -> Result<()> {
+    let helper = env.helper();
+    helper.remove_trees(&[tmp.to_path_buf()])?;
+    let upper = tmp.join("upper");
+    write_config_upper(&m.config_dir(), mode, &upper)?;
+    layer::image::commit(&env.store, &helper, base, &upper, Some(name))?;
+    helper.remove_trees(&[tmp.to_path_buf()])?;
+    Ok(())
+}
+
+/// Build the world set in session `s` on a fresh image: break dependency cycles, run the
+/// recipe's steps, then the world update (every valid binpkg in PKGDIR is reused).
+pub fn build_world(s: &mut Session, env: &BuildEnv, m: &Machine, recipe: &str) -> Result<()> {
+    break_cycles(s, m)?;
+    for (i, step) in recipe_steps(recipe).into_iter().enumerate() {
+        let mut argv = vec!["emerge".to_string(), "--buildpkg".into(), "--usepkg".into()];
+        argv.extend(step);
+        s.run_ok(&format!("bootstrap recipe step {}", i + 1), argv)?;
+    }
+    s.run_ok("emerge @world", emerge::world_update_args())?;
+    // A machine with helpers carries distcc in its image: the builder's client, and the
+    // distccd its helpers run (`gbuild helper`).
+    if !super::distcc::hosts_of(env, m)?.is_empty() {
+        s.run_ok(
+            "installing distcc",
+            vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                super::distcc::ENSURE_DISTCC.into(),
+            ],
+        )?;
+    }
+    Ok(())
+}
+
 /// Resolve the world set; while emerge reports a cycle with a USE hint, build the hinted
 /// package once with that change.
-fn break_cycles(s: &mut Session, m: &MachineLock) -> Result<()> {
-    let pretend = emerge::pretend_world_args();
+fn break_cycles(s: &mut Session, m: &Machine) -> Result<()> {
+    let pretend = emerge::pretend_update_args();
     for _ in 0..MAX_CYCLE_ROUNDS {
         let code = s.run(pretend.clone())?;
         if code == 0 {

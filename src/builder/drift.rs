@@ -48,24 +48,24 @@ fn capture(env: &BuildEnv, m: &Machine, s: &mut Session, tmp: &std::path::Path) 
     a.set_preserve_ownerships(false);
     a.unpack(&root).at("unpack", &tar)?;
     let info = std::fs::read_to_string(out.join("info.txt")).unwrap_or_default();
-    export_with_tree(env, m, &root, info)
+    export_with_tree(env, m, s.snapshot(), &root, info)
 }
 
 fn export_with_tree(
     env: &BuildEnv,
     m: &Machine,
+    snapshot: &str,
     root: &std::path::Path,
     info: String,
 ) -> Result<Bundle> {
     // The ebuild tree the builder uses, where its repos.conf says it is.
-    let snapshot = m.meta()?.recorded_snapshot(&m.name)?.to_string();
     let loc = super::repo_location(m);
     let link = root.join(loc.trim_start_matches('/'));
     if let Some(parent) = link.parent() {
         std::fs::create_dir_all(parent).at("create directory", parent)?;
     }
     crate::fsutil::remove_file_if_exists(&link)?;
-    std::os::unix::fs::symlink(env.store.repo(&snapshot), &link).at("symlink", &link)?;
+    std::os::unix::fs::symlink(env.store.repo(snapshot), &link).at("symlink", &link)?;
     // The overlays, from where the builder binds them.
     if let Some(host) = m.host_bundle() {
         for r in host.manifest.repos.iter().filter(|r| !r.main) {

@@ -40,6 +40,7 @@ pub fn world_update_args() -> Vec<String> {
         "--buildpkg",
         "--usepkg",
         "--binpkg-respect-use=y",
+        "--binpkg-changed-deps=y",
         "--verbose",
         "--color=n",
         "@world",
@@ -47,6 +48,15 @@ pub fn world_update_args() -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect()
+}
+
+/// The world update's plan, without doing it: what bootstrapping resolves (and breaks cycles
+/// in) before it builds, with the same binpkg rules as the update itself, so the plan sees the
+/// binpkgs that will be reused.
+pub fn pretend_update_args() -> Vec<String> {
+    let mut v = world_update_args();
+    v.insert(1, "--pretend".into());
+    v
 }
 
 /// What the world update would do, without doing it (cycle detection, `check`).

@@ -13,6 +13,8 @@
 
 pub mod bootstrap;
 pub mod buildside;
+pub mod check;
+pub mod cleanup;
 pub mod distcc;
 pub mod drift;
 pub mod emerge;
@@ -20,6 +22,7 @@ pub mod gate;
 pub mod helper;
 pub mod pass;
 pub mod publish;
+pub mod rebase;
 pub mod release;
 pub mod requests;
 pub mod session;
@@ -132,6 +135,9 @@ pub struct Machine {
     pub store: Store,
 }
 
+/// Where PKGDIR is bound in every builder container.
+pub const PKGDIR: &str = "/var/cache/binpkgs";
+
 /// The machine that is the stage3's own configuration and world when nothing else configures it.
 pub const STAGE3_MACHINE: &str = "default";
 
@@ -197,6 +203,18 @@ impl Machine {
     }
     pub fn dir(&self) -> PathBuf {
         self.files().path().to_path_buf()
+    }
+
+    /// How the materialised configuration is applied (`None` before `ensure_config` made it).
+    pub fn config_mode(&self) -> Option<ConfigMode> {
+        let dir = self.config_dir();
+        if dir.join(OVERLAY_MARKER).exists() {
+            Some(ConfigMode::Overlay)
+        } else if dir.join("etc/portage").is_dir() || dir.join("var").is_dir() {
+            Some(ConfigMode::Replace)
+        } else {
+            None
+        }
     }
     pub fn config_dir(&self) -> PathBuf {
         self.files().config()
@@ -338,16 +356,9 @@ impl MachineLock {
     /// (an empty overlay).
     pub fn ensure_config(&self) -> Result<ConfigMode> {
         let dir = self.config_dir();
-        if dir.join("etc/portage").is_dir()
-            || dir.join("var").is_dir()
-            || dir.join(OVERLAY_MARKER).exists()
-        {
+        if let Some(mode) = self.config_mode() {
             // Materialised once; edits made there by the user are the machine's configuration.
-            return Ok(if dir.join(OVERLAY_MARKER).exists() {
-                ConfigMode::Overlay
-            } else {
-                ConfigMode::Replace
-            });
+            return Ok(mode);
         }
         let prefix = format!("{}/", self.name);
         let files: Vec<_> = embedded::OVERLAY_FILES
@@ -392,6 +403,42 @@ fn collect_files(base: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The lock of a machine's staged builder (`machines/<M>/rebase.lock`): one rebase per machine
+/// at a time; the machine's own lock is not held while staging.
+pub struct RebaseLock {
+    machine: Machine,
+    _lock: crate::lock::Lock,
+}
+
+impl std::fmt::Debug for RebaseLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RebaseLock({})", self.machine.name)
+    }
+}
+
+impl RebaseLock {
+    /// Lock the staged builder of existing machine `name`, or refuse at once naming the holder.
+    pub fn acquire(store: &Store, name: &str) -> Result<RebaseLock> {
+        let machine = Machine::open(store, name)?;
+        let path = machine.files().rebase_lock();
+        let lock = crate::lock::Lock::try_acquire(&path).map_err(|e| match e {
+            crate::lock::LockError::Busy { holder, .. } => BuilderError::Busy {
+                machine: format!("{name} (its rebase)"),
+                holder,
+            },
+            e => e.into(),
+        })?;
+        Ok(RebaseLock {
+            machine,
+            _lock: lock,
+        })
+    }
+
+    pub fn machine(&self) -> &Machine {
+        &self.machine
+    }
 }
 
 /// Everything a builder operation needs: the store, settings, the id mapping, the runtime.
@@ -469,7 +516,7 @@ impl BuildEnv {
             },
             Bind {
                 src: machine.binpkgs(),
-                dst: "/var/cache/binpkgs".into(),
+                dst: PKGDIR.into(),
                 readonly: false,
             },
             Bind {

@@ -18,149 +18,6 @@ pub use super::session::{PassResult, Session};
 use super::state::{now, LastPass, LoopState, PassKind, PassOutcome, State};
 use super::{BuildEnv, BuilderError, Machine, MachineLock, Result};
 
-/// Inside the builder: remove binpkgs whose package is not installed or whose USE differs from
-/// the installed one (stale after a USE, config or tree change), and superseded builds of the
-/// same package and USE (all but the installed build, else the newest). Portage's own API
-/// decides, as eclean-pkg would; `emaint --fix binhost` rewrites the index afterwards.
-const PRUNE: &str = r#"
-import os, portage
-vardb = portage.db[portage.root]["vartree"].dbapi
-bintree = portage.db[portage.root]["bintree"]
-bintree.populate()
-bindb = bintree.dbapi
-def remove(cpv, why):
-    path = bintree.getname(cpv)
-    if path and os.path.exists(path):
-        os.unlink(path)
-        print("gbuild: pruned %s (%s)" % (os.path.relpath(path, bintree.pkgdir), why))
-kept = {}
-for cpv in bindb.cpv_all():
-    inst = vardb.match("=" + str(cpv))
-    if not inst:
-        remove(cpv, "not installed")
-        continue
-    iuse = set(f.lstrip("+-") for f in vardb.aux_get(inst[0], ["IUSE"])[0].split())
-    use_i = set(vardb.aux_get(inst[0], ["USE"])[0].split()) & iuse
-    use_b = set(bindb.aux_get(cpv, ["USE"])[0].split()) & iuse
-    if use_i != use_b:
-        remove(cpv, "USE differs from the installed package")
-        continue
-    kept.setdefault(str(cpv), []).append(cpv)
-def num(v):
-    try:
-        return int(v)
-    except ValueError:
-        return 0
-for key, builds in kept.items():
-    if len(builds) < 2:
-        continue
-    installed = vardb.aux_get(vardb.match("=" + key)[0], ["BUILD_TIME"])[0]
-    def rank(c):
-        bt, bid = bindb.aux_get(c, ["BUILD_TIME", "BUILD_ID"])
-        return (bt == installed, num(bid), num(bt))
-    builds.sort(key=rank)
-    for c in builds[:-1]:
-        remove(c, "superseded by a newer build")
-# Empty files left by interrupted builds (they only reserve a BUILD_ID).
-for d, _, files in os.walk(bintree.pkgdir):
-    for f in files:
-        p = os.path.join(d, f)
-        if f.endswith((".gpkg.tar", ".tbz2", ".xpak")) and os.path.getsize(p) == 0:
-            os.unlink(p)
-            print("gbuild: pruned %s (empty)" % os.path.relpath(p, bintree.pkgdir))
-"#;
-
-/// Inside the builder, in the spirit of perl-cleaner: the packages to rebuild because they own
-/// files under a directory of a language version that is no longer installed. For every
-/// installed `dev-lang/*` package, its directories whose name ends in its version (full,
-/// major.minor or sub-slot: `/usr/lib64/perl5/vendor_perl/5.40`, `/usr/lib/python3.12`) have
-/// siblings named for other versions (`.../5.38`); those no installed instance of the package
-/// owns are stale, and the packages owning files under them are printed as `cat/pn:slot`
-/// atoms (the reasons go to stderr, hence the log). Stateless, so a pass killed half-way
-/// finds the same work again.
-const LANG_REBUILD: &str = r#"
-import os, re, sys, portage
-vardb = portage.db[portage.root]["vartree"].dbapi
-VER = re.compile(r"^(.*?)(\d+(?:\.\d+)*)$")
-contents = {}
-for cpv in vardb.cpv_all():
-    contents[cpv] = vardb._dblink(cpv).getcontents()
-langs = [c for c in contents if c.startswith("dev-lang/")]
-stale = set()
-for lang in langs:
-    cp = portage.cpv_getkey(lang)
-    pv = portage.catpkgsplit(lang)[2]
-    slot = vardb.aux_get(lang, ["SLOT"])[0]
-    vers = {pv, ".".join(pv.split(".")[:2])}
-    if "/" in slot:
-        vers.add(slot.split("/", 1)[1])
-    owned = set()
-    for c in contents:
-        if portage.cpv_getkey(c) == cp:
-            owned.update(p.rstrip("/") for p, e in contents[c].items() if e[0] == "dir")
-    for d, e in contents[lang].items():
-        d = d.rstrip("/")
-        m = VER.match(os.path.basename(d))
-        if e[0] != "dir" or not m or m.group(2) not in vers:
-            continue
-        parent = os.path.dirname(d)
-        try:
-            names = os.listdir(parent)
-        except OSError:
-            continue
-        for n in names:
-            m2 = VER.match(n)
-            sib = os.path.join(parent, n)
-            if (m2 and m2.group(1) == m.group(1) and m2.group(2) not in vers
-                    and sib not in owned and os.path.isdir(sib)):
-                stale.add(sib + "/")
-atoms = set()
-lang_cps = set(portage.cpv_getkey(c) for c in langs)
-for cpv, files in contents.items():
-    if portage.cpv_getkey(cpv) in lang_cps:
-        continue
-    for p, e in files.items():
-        hit = next((s for s in stale if p.startswith(s)), None)
-        if e[0] != "dir" and hit:
-            slot = vardb.aux_get(cpv, ["SLOT"])[0].split("/")[0]
-            atoms.add("%s:%s" % (portage.cpv_getkey(cpv), slot))
-            print("gbuild: %s owns %s under %s, a language version no longer installed"
-                  % (cpv, p, hit), file=sys.stderr)
-            break
-for a in sorted(atoms):
-    print(a)
-"#;
-
-/// The cleanup half of a pass as one script (one container run), each step announced with a
-/// `gbuild: step NAME` line that `Progress` files what follows under. `GBUILD_FULL=1` runs every
-/// step; otherwise only `@preserved-rebuild`, when Portage kept old libraries. `GBUILD_KEEP`:
-/// a build-side package depclean keeps although no world set has it (distcc).
-const CLEANUP: &str = r#"set -e
-export CLEAN_DELAY=0 EMERGE_WARNING_DELAY=0
-if [ -s /var/lib/portage/preserved_libs_registry ] && \
-   grep -q '[[:alnum:]]' /var/lib/portage/preserved_libs_registry; then
-  echo "gbuild: step preserved-rebuild"
-  emerge --buildpkg --usepkg=n --color=n @preserved-rebuild
-fi
-[ "$GBUILD_FULL" = 1 ] || exit 0
-echo "gbuild: step depclean"
-# Packages requested on demand stay installed (and their binpkgs published) like world's;
-# GBUILD_KEEP: build-side tools (distcc) that no world set has.
-set -f
-keep=""
-for a in $GBUILD_REQUESTED $GBUILD_KEEP; do keep="$keep --exclude $a"; done
-emerge --depclean --with-bdeps=y --color=n $keep
-set +f
-echo "gbuild: step language-rebuild"
-atoms=$(python3 -c "$GBUILD_LANG_REBUILD")
-if [ -n "$atoms" ]; then
-  emerge --oneshot --buildpkg --usepkg=n --color=n $atoms
-fi
-echo "gbuild: step prune"
-python3 -c "$GBUILD_PRUNE"
-emaint --fix binhost
-"#;
-
 /// Shell script that applies the machine's configuration (bound at /run/gbuild-config).
 fn apply_config_script(mode: super::ConfigMode) -> String {
     let copy = "cd /run/gbuild-config && for d in etc var; do [ -d \"$d\" ] && cp -a \"$d\" /; done; rm -f /.gbuild-builtin";
@@ -301,30 +158,13 @@ pub fn pass(env: &BuildEnv, m: &MachineLock, state: &mut State) -> Result<PassRe
         let preserved = overlay_read(env, m, &image, "var/lib/portage/preserved_libs_registry")
             .is_some_and(|r| r.iter().any(u8::is_ascii_alphanumeric));
         if changed || preserved {
-            s.extra_env = vec![
-                format!("GBUILD_FULL={}", u8::from(changed)),
-                format!(
-                    "GBUILD_KEEP={}",
-                    if s.distcc.is_some() {
-                        super::distcc::DISTCC_ATOM
-                    } else {
-                        ""
-                    }
-                ),
-                format!("GBUILD_PRUNE={PRUNE}"),
-                format!("GBUILD_LANG_REBUILD={LANG_REBUILD}"),
-                format!(
-                    "GBUILD_REQUESTED={}",
-                    requested
-                        .iter()
-                        .filter_map(|a| super::requests::Atom::parse(a).ok())
-                        .map(|a| a.package_and_slot())
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                ),
-            ];
-            let code = s.run(vec!["/bin/sh".into(), "-c".into(), CLEANUP.into()])?;
-            s.extra_env.clear();
+            let requested = requested
+                .iter()
+                .filter_map(|a| super::requests::Atom::parse(a).ok())
+                .map(|a| a.package_and_slot())
+                .collect::<Vec<_>>()
+                .join(" ");
+            let code = super::cleanup::run_cleanup(&mut s, changed, false, &requested)?;
             if code != 0 {
                 failed = Some(code);
             }
@@ -439,6 +279,10 @@ pub fn run_loop(env: &BuildEnv, m: &MachineLock, opts: &LoopOptions) -> Result<i
     crate::fsutil::remove_file_if_exists(&m.resume_path())?;
     let mut state = State::load(m);
     loop {
+        // A builder `rebase` staged and checked takes over between passes.
+        if super::rebase::swap_if_staged(env, m)?.is_some() {
+            state = State::load(m);
+        }
         let result = pass(env, m, &mut state)?;
         if let (Some(lp), false) = (&state.last_pass, crate::progress::quiet()) {
             tracing::info!(
@@ -469,6 +313,9 @@ pub fn run_loop(env: &BuildEnv, m: &MachineLock, opts: &LoopOptions) -> Result<i
                 state.state = LoopState::Waiting;
                 state.save(m)?;
                 wait_for(m, Some(opts.interval), false)?;
+                if super::rebase::swap_if_staged(env, m)?.is_some() {
+                    state = State::load(m);
+                }
                 fetch_latest_snapshot(env, m);
                 update(env, m)?;
             }

@@ -7,13 +7,16 @@ use std::path::{Path, PathBuf};
 
 use super::emerge::Progress;
 use super::state::{now, Current, State};
-use super::{BuildEnv, BuilderError, MachineLock, Result};
+use super::{BuildEnv, BuilderError, Machine, MachineLock, Result};
 use crate::fsutil::IoContext;
 
 /// One container configuration (image + upper + tree) in which commands run, with a log.
 pub struct Session<'a> {
     env: &'a BuildEnv,
-    machine: &'a MachineLock,
+    machine: &'a Machine,
+    /// The machine's lock, when the session works on the machine's own builder (the loop's
+    /// state is saved as packages go by); `None` for a staged builder (`rebase`).
+    lock: Option<&'a MachineLock>,
     image: String,
     upper: PathBuf,
     work: PathBuf,
@@ -35,6 +38,8 @@ pub struct Session<'a> {
     pub build_layer: bool,
     /// The distcc helpers this session's emerges use (`distcc`).
     pub distcc: Option<super::distcc::Plan>,
+    /// PKGDIR bound into the containers instead of the machine's own (a staged builder's).
+    pkgdir: Option<PathBuf>,
 }
 
 impl<'a> Session<'a> {
@@ -47,8 +52,41 @@ impl<'a> Session<'a> {
         snapshot: &str,
         what: &str,
     ) -> Result<Session<'a>> {
+        let mut s = Self::open(env, machine, image, upper, work, snapshot, what)?;
+        s.lock = Some(machine);
+        Ok(s)
+    }
+
+    /// A session on a builder staged beside the machine's (`rebase`): the staged image, upper
+    /// and PKGDIR. The rebase lock proves that no other process works on the staged builder;
+    /// the machine's own builder is not touched.
+    #[allow(clippy::too_many_arguments)]
+    pub fn staged(
+        env: &'a BuildEnv,
+        lock: &'a super::RebaseLock,
+        image: &str,
+        upper: &Path,
+        work: &Path,
+        snapshot: &str,
+        what: &str,
+        pkgdir: &Path,
+    ) -> Result<Session<'a>> {
+        let mut s = Self::open(env, lock.machine(), image, upper, work, snapshot, what)?;
+        s.pkgdir = Some(pkgdir.to_path_buf());
+        Ok(s)
+    }
+
+    fn open(
+        env: &'a BuildEnv,
+        machine: &'a Machine,
+        image: &str,
+        upper: &Path,
+        work: &Path,
+        snapshot: &str,
+        what: &str,
+    ) -> Result<Session<'a>> {
         let log_path = machine.files().log(what, now());
-        Session::with_log(env, machine, image, upper, work, snapshot, log_path)
+        Self::open_at(env, machine, image, upper, work, snapshot, log_path)
     }
 
     /// As `new`, appending to the existing log `log_path` (a step run inside another's log,
@@ -56,6 +94,20 @@ impl<'a> Session<'a> {
     pub fn with_log(
         env: &'a BuildEnv,
         machine: &'a MachineLock,
+        image: &str,
+        upper: &Path,
+        work: &Path,
+        snapshot: &str,
+        log_path: PathBuf,
+    ) -> Result<Session<'a>> {
+        let mut s = Self::open_at(env, machine, image, upper, work, snapshot, log_path)?;
+        s.lock = Some(machine);
+        Ok(s)
+    }
+
+    fn open_at(
+        env: &'a BuildEnv,
+        machine: &'a Machine,
         image: &str,
         upper: &Path,
         work: &Path,
@@ -70,6 +122,7 @@ impl<'a> Session<'a> {
         Ok(Session {
             env,
             machine,
+            lock: None,
             image: image.to_string(),
             upper: upper.to_path_buf(),
             work: work.to_path_buf(),
@@ -83,6 +136,7 @@ impl<'a> Session<'a> {
             lowers: Vec::new(),
             build_layer: true,
             distcc: None,
+            pkgdir: None,
         })
     }
 
@@ -155,6 +209,11 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
+    /// The snapshot date of the ebuild tree the session's containers see.
+    pub fn snapshot(&self) -> &str {
+        &self.snapshot
+    }
+
     /// Run `argv` in the container; output goes to the log (and stderr when echoing) and through
     /// `progress` as it comes, never into memory whole. What the run said is in
     /// `progress.facts`.
@@ -169,6 +228,13 @@ impl<'a> Session<'a> {
             self.build_layer,
             self.distcc.as_ref(),
         )?;
+        if let Some(p) = &self.pkgdir {
+            for b in spec.binds.iter_mut() {
+                if b.dst == Path::new(super::PKGDIR) {
+                    b.src = p.clone();
+                }
+            }
+        }
         spec.binds.extend(self.extra_binds.iter().cloned());
         for e in &self.extra_env {
             let key = e.split('=').next().unwrap_or("");
@@ -184,7 +250,7 @@ impl<'a> Session<'a> {
         let progress = &mut self.progress;
         progress.start_run();
         let state = &mut self.state;
-        let machine = self.machine;
+        let lock = self.lock;
         let mut log_error: Option<std::io::Error> = None;
         let mut sink = |b: &[u8]| {
             if let Err(e) = log.write_all(b) {
@@ -203,7 +269,9 @@ impl<'a> Session<'a> {
                         ));
                     }
                 }
-                if let (Some(st), Some((pkg, i, n))) = (state.as_mut(), progress.current.as_ref()) {
+                if let (Some(st), Some((pkg, i, n)), Some(lock)) =
+                    (state.as_mut(), progress.current.as_ref(), lock)
+                {
                     st.current = Some(Current {
                         package: pkg.clone(),
                         phase: progress.phase.clone(),
@@ -214,7 +282,7 @@ impl<'a> Session<'a> {
                         lp.cleanup = progress.steps.clone();
                     }
                     // Best effort: a progress update; the pass saves its outcome checked.
-                    if let Err(e) = st.save(machine) {
+                    if let Err(e) = st.save(lock) {
                         tracing::warn!("{e}");
                     }
                 }

@@ -131,6 +131,8 @@ word_enum! {
         /// The first build of the world set.
         Bootstrap => "bootstrap",
         Pass => "pass",
+        /// The swap to a builder `rebase` staged on a newer stage3.
+        Rebase => "rebase",
     }
 }
 

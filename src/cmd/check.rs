@@ -49,27 +49,7 @@ pub fn check(
         &snapshot,
         "check",
     )?;
-    let argv = gbuild::builder::emerge::pretend_world_args();
-    let code = s.run(argv)?;
-    let facts = s.progress.facts.clone();
-    // The same comparison as every build pass: the image against the host configuration.
-    let drift = gbuild::builder::drift::check(env, m, &mut s)?;
+    let p = gbuild::builder::check::check(env, m, &mut s)?;
     helper.remove_trees(std::slice::from_ref(&tmp))?;
-    let mut problems = Vec::new();
-    if let Some(d) = drift {
-        problems.extend(d.differences.iter().map(|x| format!("drift: {x}")));
-    }
-    if code != 0 {
-        problems.push(format!(
-            "emerge --pretend @world fails (exit {code}); log: {}",
-            s.log_path().display()
-        ));
-    }
-    if facts.slot_conflict {
-        problems.push("slot conflict in the world set".to_string());
-    }
-    for l in &facts.planned {
-        problems.push(format!("not up to date: {l}"));
-    }
-    Ok(problems)
+    Ok(p.snapshot_drift.into_iter().chain(p.lines).collect())
 }

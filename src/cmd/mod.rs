@@ -17,6 +17,7 @@ pub mod key;
 pub mod layer;
 pub mod logs;
 pub mod machine;
+pub mod rebase;
 pub mod request;
 pub mod restore;
 pub mod resume;
@@ -100,11 +101,6 @@ pub fn build_env(
     o: &MachineOpts,
 ) -> anyhow::Result<(gbuild::builder::BuildEnv, gbuild::builder::MachineLock)> {
     let store = ctx.store()?;
-    let config = ctx.config(&store)?;
-    let map =
-        gbuild::idmap::IdMapping::for_current_user(gbuild::idmap::IdPolicy::Auto, &mut |w| {
-            ctx.note(w)
-        })?;
     // The machine's lock first: a second writer is refused before it does anything.
     let m = gbuild::builder::MachineLock::acquire(&store, &o.machine)?;
     // An explicit --mirror is remembered for the machine's later passes.
@@ -113,15 +109,35 @@ pub fn build_env(
         meta.mirror = o.mirror.clone();
         m.save_meta(&meta)?;
     }
-    let mirror = meta.mirror.clone().unwrap_or_else(|| config.mirror.clone());
+    let env = env_for(ctx, store, &meta, o.mirror.as_deref())?;
+    Ok((env, m))
+}
+
+/// The builder environment without taking a machine's lock (`rebase` stages a builder beside
+/// the machine's and takes the lock only to swap it in): distfiles come from `mirror`, else the
+/// machine's, else gbuild.toml's.
+pub fn env_for(
+    ctx: &Ctx,
+    store: Store,
+    meta: &gbuild::builder::MachineMeta,
+    mirror: Option<&str>,
+) -> anyhow::Result<gbuild::builder::BuildEnv> {
+    let config = ctx.config(&store)?;
+    let map =
+        gbuild::idmap::IdMapping::for_current_user(gbuild::idmap::IdPolicy::Auto, &mut |w| {
+            ctx.note(w)
+        })?;
+    let mirror = mirror
+        .map(str::to_string)
+        .or(meta.mirror.clone())
+        .unwrap_or_else(|| config.mirror.clone());
     let mirror = (mirror.trim_end_matches('/') != gbuild::config::DEFAULT_MIRROR).then_some(mirror);
-    let env = gbuild::builder::BuildEnv {
+    Ok(gbuild::builder::BuildEnv {
         store,
         config,
         map,
         runtime: gbuild::runtime::Runtime::new(gbuild::runtime::default_state_root()),
         mirror,
         echo: ctx.verbose,
-    };
-    Ok((env, m))
+    })
 }

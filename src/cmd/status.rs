@@ -63,10 +63,10 @@ pub fn run(ctx: &Ctx, o: StatusOpts) -> anyhow::Result<i32> {
     if let Some(lp) = &st.last_pass {
         println!(
             "last pass: {}{} (built {}, from binpkgs {}){}",
-            if lp.kind == PassKind::Bootstrap {
-                "first build "
-            } else {
-                ""
+            match lp.kind {
+                PassKind::Bootstrap => "first build ",
+                PassKind::Rebase => "rebase onto a new stage3 ",
+                _ => "",
             },
             lp.result,
             lp.built.len(),

@@ -463,8 +463,10 @@ fn details(h: &mut String, m: &MachineStatus) {
                 }
             );
         }
-        if lp.kind == PassKind::Bootstrap {
-            t.push_str("<br>the first build of the world set");
+        match lp.kind {
+            PassKind::Bootstrap => t.push_str("<br>the first build of the world set"),
+            PassKind::Rebase => t.push_str("<br>a new builder on a newer stage3 (rebase)"),
+            _ => {}
         }
         row(h, "last pass", t);
         if !lp.cleanup.is_empty() {

@@ -89,11 +89,11 @@ impl Env<'_> {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
-    fn machine(&self) -> PathBuf {
+    pub(crate) fn machine(&self) -> PathBuf {
         self.store.join("machines/default")
     }
 
-    fn newest_log(&self) -> String {
+    pub(crate) fn newest_log(&self) -> String {
         let out = util::output(self.gbuild().args(["logs"]));
         util::stdout(&out)
     }
@@ -155,7 +155,7 @@ fn hostroot_from_builder(env: &Env, dir: &Path, date: &str) -> PathBuf {
 }
 
 /// The log files of a machine whose name starts with `prefix`, oldest first, as text.
-fn logs_named(env: &Env, machine: &str, prefix: &str) -> Vec<String> {
+pub(crate) fn logs_named(env: &Env, machine: &str, prefix: &str) -> Vec<String> {
     let mut v: Vec<_> = std::fs::read_dir(env.store.join("machines").join(machine).join("logs"))
         .unwrap()
         .flatten()
@@ -174,7 +174,7 @@ fn file_contains(path: &Path, needle: &str) -> bool {
     b.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
 
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let t = Instant::now();
     while !f() {
         assert!(t.elapsed() < limit, "timed out waiting for {what}");
@@ -269,7 +269,7 @@ pub(crate) fn stage3_layer(env: &Env) -> PathBuf {
 }
 
 /// The store's current signing key (`gbuild key --show`).
-fn key_fingerprint(env: &Env) -> String {
+pub(crate) fn key_fingerprint(env: &Env) -> String {
     let out = util::output(env.gbuild().args(["key", "--show"]));
     assert!(out.status.success(), "{}", util::stderr(&out));
     util::stdout(&out).trim().to_string()
@@ -351,7 +351,7 @@ fn host_emerge(
 
 /// `host_emerge` of the world set, which must succeed.
 #[allow(clippy::too_many_arguments)]
-fn host_install(
+pub(crate) fn host_install(
     env: &Env,
     s: &Scratch,
     name: &str,

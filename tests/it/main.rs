@@ -11,6 +11,7 @@ mod host;
 mod layer;
 mod mirror;
 mod realhost;
+mod rebase;
 mod serve;
 mod signing;
 mod util;
