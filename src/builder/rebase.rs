@@ -155,8 +155,9 @@ pub fn prepare(
     let variant = super::stage3_variant(&env.config, m)?;
     let stage3 = crate::fetch::latest_verified_stage3(store, &env.config.arch, &variant)
         .ok_or(BuilderError::NoStage3)?;
-    // The tree `update` would bring the builder to now.
-    let (snapshot, _) = super::newest_snapshot(store)?;
+    // The machine's own tree: a rebase changes the stage3, not the snapshot hosts follow
+    // (`update` moves the tree).
+    let snapshot = m.meta()?.recorded_snapshot(&m.name)?.to_string();
     let config_hash = m.config_hash()?;
     let helper = env.helper();
     let d = m.files().rebase();
