@@ -353,6 +353,10 @@ impl MachineDir {
     pub fn rebase_staged(&self) -> PathBuf {
         self.rebase().join("staged.json")
     }
+    /// The last swap: the staged builder as swapped in, with what its publication did.
+    pub fn rebase_swapped(&self) -> PathBuf {
+        self.rebase().join("swapped.json")
+    }
     /// One rebase per machine at a time (flock; names its holder). Not the build lock.
     pub fn rebase_lock(&self) -> PathBuf {
         self.dir.join("rebase.lock")

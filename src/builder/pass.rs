@@ -13,7 +13,6 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::emerge;
 pub use super::session::{PassResult, Session};
 use super::state::{now, LastPass, LoopState, PassKind, PassOutcome, State};
 use super::{BuildEnv, BuilderError, Machine, MachineLock, Result};
@@ -138,12 +137,7 @@ pub fn pass(env: &BuildEnv, m: &MachineLock, state: &mut State) -> Result<PassRe
     // The build set: the host's world and the atoms requested on demand (`--oneshot`: they
     // never enter the builder's world file, which must stay the host's).
     let requested = super::requests::active(m);
-    let mut args = emerge::world_update_args();
-    if !requested.is_empty() {
-        args.insert(1, "--oneshot".into());
-        args.extend(requested.iter().cloned());
-    }
-    let code = s.run(args)?;
+    let code = s.run(super::requests::world_update_args(&requested))?;
     if code != 0 {
         failed = Some(code);
     }
@@ -158,13 +152,8 @@ pub fn pass(env: &BuildEnv, m: &MachineLock, state: &mut State) -> Result<PassRe
         let preserved = overlay_read(env, m, &image, "var/lib/portage/preserved_libs_registry")
             .is_some_and(|r| r.iter().any(u8::is_ascii_alphanumeric));
         if changed || preserved {
-            let requested = requested
-                .iter()
-                .filter_map(|a| super::requests::Atom::parse(a).ok())
-                .map(|a| a.package_and_slot())
-                .collect::<Vec<_>>()
-                .join(" ");
-            let code = super::cleanup::run_cleanup(&mut s, changed, false, &requested)?;
+            let keep = super::requests::keep_list(&requested);
+            let code = super::cleanup::run_cleanup(&mut s, changed, false, &keep)?;
             if code != 0 {
                 failed = Some(code);
             }
@@ -184,35 +173,11 @@ pub fn pass(env: &BuildEnv, m: &MachineLock, state: &mut State) -> Result<PassRe
             lp.result = PassOutcome::Success;
             lp.failed_package = None;
             state.state = LoopState::Idle;
-            let mut result = PassResult::Success;
             if changed || super::publish::stale(env, m)? {
-                let staged = super::publish::stage(env, m, &snapshot)?;
-                let mut gate = match super::gate::run(env, m, &image, &snapshot, &staged, &log) {
-                    Ok(g) => g,
-                    Err(e) => {
-                        super::publish::discard(staged);
-                        return Err(e);
-                    }
-                };
-                let held = gate.result == super::gate::GateResult::Held;
-                if held && env.config.publish_held {
-                    gate.result = super::gate::GateResult::PublishedAnyway;
-                }
-                if held && !env.config.publish_held {
-                    super::publish::discard(staged);
-                    let lp = state.last_pass.get_or_insert_with(LastPass::default);
-                    lp.result = PassOutcome::Held;
-                    state.state = LoopState::Held;
-                    result = PassResult::Held;
-                } else {
-                    let (counts, held) = super::publish::commit(m, staged)?;
-                    state.counts = counts;
-                    state.abi_warnings = held;
-                }
-                report_gate(m, &gate);
-                state.gate = Some(gate);
+                gated_publish(env, m, &image, &snapshot, &log, state)?
+            } else {
+                PassResult::Success
             }
-            result
         }
         Some(_) => {
             lp.result = PassOutcome::Failed;
@@ -225,6 +190,49 @@ pub fn pass(env: &BuildEnv, m: &MachineLock, state: &mut State) -> Result<PassRe
         }
     };
     state.save(m)?;
+    Ok(result)
+}
+
+/// Publish what the builder's PKGDIR holds now, through the publish gate: stage the next
+/// publication, run the host's own upgrade against it (`super::gate`), then put it in place,
+/// or, when the gate holds it (and gbuild.toml's `publish_held` is off), keep the previous
+/// publication and mark `state` (and its last pass) `held`. Every publication goes this way:
+/// a pass's and a rebase's swap. `log` is the log the gate appends to; `state` is updated but
+/// not saved.
+pub(super) fn gated_publish(
+    env: &BuildEnv,
+    m: &MachineLock,
+    image: &str,
+    snapshot: &str,
+    log: &Path,
+    state: &mut State,
+) -> Result<PassResult> {
+    let staged = super::publish::stage(env, m, snapshot)?;
+    let mut gate = match super::gate::run(env, m, image, snapshot, &staged, log) {
+        Ok(g) => g,
+        Err(e) => {
+            super::publish::discard(staged);
+            return Err(e);
+        }
+    };
+    let held = gate.result == super::gate::GateResult::Held;
+    let mut result = PassResult::Success;
+    if held && env.config.publish_held {
+        gate.result = super::gate::GateResult::PublishedAnyway;
+    }
+    if held && !env.config.publish_held {
+        super::publish::discard(staged);
+        let lp = state.last_pass.get_or_insert_with(LastPass::default);
+        lp.result = PassOutcome::Held;
+        state.state = LoopState::Held;
+        result = PassResult::Held;
+    } else {
+        let (counts, held) = super::publish::commit(m, staged)?;
+        state.counts = counts;
+        state.abi_warnings = held;
+    }
+    report_gate(m, &gate);
+    state.gate = Some(gate);
     Ok(result)
 }
 

@@ -256,16 +256,6 @@ pub struct Staged {
     pub held: Vec<AbiWarning>,
 }
 
-/// Publish at once (stage and commit); returns the counts and the binpkgs held back.
-pub fn publish(
-    env: &BuildEnv,
-    m: &MachineLock,
-    snapshot: &str,
-) -> Result<(Counts, Vec<AbiWarning>)> {
-    let staged = stage(env, m, snapshot)?;
-    commit(m, staged)
-}
-
 /// Sign, hold back, and write the next publication beside `published/` (see `Staged`).
 pub fn stage(env: &BuildEnv, m: &MachineLock, snapshot: &str) -> Result<Staged> {
     let index = m.files().binpkgs_index();

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::session::Session;
+use super::session::{PassResult, Session};
 use super::state::{now, CleanupStep, LastPass, LoopState, PassKind, PassOutcome, State};
 use super::{BuildEnv, BuilderError, Machine, MachineLock, Result};
 use crate::fsutil::IoContext;
@@ -61,6 +61,8 @@ pub struct Staged {
     pub finished: u64,
     /// Set when the swap began (a crashed swap is finished, never staged again).
     pub swapping: bool,
+    /// After the swap: the publish gate held the new builder's publication.
+    pub held: bool,
 }
 
 /// Why a rebase did not produce a builder: the machine is as it was.
@@ -224,7 +226,19 @@ pub fn prepare(
             format!("emaint --fix binhost failed in the staged builder (exit {code})"),
         )));
     }
-    match super::bootstrap::build_world(&mut s, env, m, &opts.recipe) {
+    // The world, then the packages requested on demand, exactly as a pass builds them: the new
+    // builder must publish all that the running one does.
+    let requested = super::requests::active(m);
+    let built = super::bootstrap::build_world(&mut s, env, m, &opts.recipe).and_then(|()| {
+        if requested.is_empty() {
+            return Ok(());
+        }
+        s.run_ok(
+            "emerge of the requested packages",
+            super::requests::world_update_args(&requested),
+        )
+    });
+    match built {
         Ok(()) => {}
         Err(e @ (BuilderError::Emerge { .. } | BuilderError::Cycle { .. })) => {
             drop_images(&[&cfg_img]);
@@ -232,7 +246,8 @@ pub fn prepare(
         }
         Err(e) => return Err(e),
     }
-    let code = super::cleanup::run_cleanup(&mut s, true, true, "")?;
+    let keep = super::requests::keep_list(&requested);
+    let code = super::cleanup::run_cleanup(&mut s, true, true, &keep)?;
     if code != 0 {
         drop_images(&[&cfg_img]);
         return Ok(Err(fail(
@@ -292,6 +307,7 @@ pub fn prepare(
         started,
         finished: now(),
         swapping: false,
+        held: false,
     };
     crate::fsutil::write_json(&staged_path(m), &staged)?;
     Ok(Ok(staged))
@@ -368,8 +384,10 @@ fn exchange_once(live: &Path, staged: &Path, id: &str) -> Result<()> {
 }
 
 /// Swap the staged builder in, when one is ready (or finish a swap a crash interrupted), and
-/// publish its PKGDIR. The caller holds the machine's lock: the build loop calls this between
-/// passes. `None` when nothing is staged.
+/// publish its PKGDIR through the publish gate, as a pass does: a held gate leaves what hosts
+/// see as it was (state `held`; the next pass tries again), the builder is swapped all the
+/// same (it passed `check`). The caller holds the machine's lock: the build loop calls this
+/// between passes. `None` when nothing is staged.
 pub fn swap_if_staged(env: &BuildEnv, m: &MachineLock) -> Result<Option<Staged>> {
     let Some(mut st) = staged(m)? else {
         return Ok(None);
@@ -392,11 +410,8 @@ pub fn swap_if_staged(env: &BuildEnv, m: &MachineLock) -> Result<Option<Staged>>
     for live in [m.binpkgs(), m.container()] {
         crate::fsutil::remove_file_if_exists(&live.join(marker(&st.id)))?;
     }
-    let (counts, held) = super::publish::publish(env, m, &st.snapshot)?;
     let mut state = State::load(m);
     state.snapshot = Some(st.snapshot.clone());
-    state.counts = counts;
-    state.abi_warnings = held;
     state.current = None;
     if state.state != LoopState::Building {
         state.state = LoopState::Idle;
@@ -412,15 +427,28 @@ pub fn swap_if_staged(env: &BuildEnv, m: &MachineLock) -> Result<Option<Staged>>
         kind: PassKind::Rebase,
         cleanup: st.cleanup.clone(),
     });
+    let log = m.dir().join(&st.log);
+    let published = super::pass::gated_publish(env, m, &st.image, &st.snapshot, &log, &mut state)?;
+    st.held = published == PassResult::Held;
     state.save(m)?;
     // The previous builder's container and PKGDIR (now under rebase/) go; its image stays
     // until `gc`.
     env.helper()
         .remove_trees(&[m.files().rebase_container(), m.files().rebase_binpkgs()])?;
+    // What the swap did stays readable (`swap` waiting on a loop reads it).
+    crate::fsutil::write_json(&m.files().rebase_swapped(), &st)?;
     std::fs::remove_file(staged_path(m)).at("remove", &staged_path(m))?;
     note(&format!(
-        "gbuild: {} now builds on {} ({}), snapshot {}",
-        m.name, st.image, st.stage3, st.snapshot
+        "gbuild: {} now builds on {} ({}), snapshot {}{}",
+        m.name,
+        st.image,
+        st.stage3,
+        st.snapshot,
+        if st.held {
+            "; the publish gate held its publication (hosts keep the previous one)"
+        } else {
+            ""
+        }
     ));
     Ok(Some(st))
 }
@@ -432,6 +460,15 @@ pub enum Swap {
     Done(Staged),
     /// The build loop holding the machine's lock swapped it.
     ByLoop(Staged),
+}
+
+/// The record of the swap of `st` (what its publication did), as the swapping process left it.
+fn swapped(m: &Machine, st: Staged) -> Result<Staged> {
+    Ok(
+        crate::fsutil::read_json::<Staged>(&m.files().rebase_swapped())?
+            .filter(|s| s.id == st.id)
+            .unwrap_or(st),
+    )
 }
 
 /// Swap the staged builder in: now when the machine's lock is free, else wake the build loop
@@ -447,12 +484,12 @@ pub fn swap(env: &BuildEnv, lock: &RebaseLock) -> Result<Swap> {
                 return match swap_if_staged(env, &ml)? {
                     Some(s) => Ok(Swap::Done(s)),
                     // The loop swapped it and exited in between.
-                    None => Ok(Swap::ByLoop(st)),
+                    None => Ok(Swap::ByLoop(swapped(m, st)?)),
                 };
             }
             Err(BuilderError::Busy { holder, .. }) => {
                 if staged(m)?.is_none() && m.meta()?.image.as_deref() == Some(st.image.as_str()) {
-                    return Ok(Swap::ByLoop(st));
+                    return Ok(Swap::ByLoop(swapped(m, st)?));
                 }
                 if !told {
                     note(&format!(

@@ -340,6 +340,29 @@ pub fn active(m: &Machine) -> Vec<String> {
         .collect()
 }
 
+/// The world update of a pass with the requested atoms `active` returned: `--oneshot` and the
+/// atoms appended, so they are built and kept without entering the builder's world file (which
+/// must stay the host's).
+pub fn world_update_args(requested: &[String]) -> Vec<String> {
+    let mut args = super::emerge::world_update_args();
+    if !requested.is_empty() {
+        args.insert(1, "--oneshot".into());
+        args.extend(requested.iter().cloned());
+    }
+    args
+}
+
+/// The `cat/pn:slot` of each requested atom, space-separated: what the cleanup half's depclean
+/// keeps.
+pub fn keep_list(requested: &[String]) -> String {
+    requested
+        .iter()
+        .filter_map(|a| Atom::parse(a).ok())
+        .map(|a| a.package_and_slot())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// What `change` did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Changed {

@@ -1,7 +1,8 @@
 //! `gbuild rebase [--machine M]`: a new builder on the newest stage3 of the machine's family,
 //! bootstrapped beside the running one with every still-valid binpkg reused, checked, then
 //! swapped in; prints what emerge reused and what it compiled. A failure leaves the machine as
-//! it was (exit 1, naming the package or the problem and the log).
+//! it was (exit 1, naming the package or the problem and the log). The swap publishes through
+//! the publish gate like a pass: exit 3 when the gate held the publication.
 
 use std::path::PathBuf;
 
@@ -81,17 +82,30 @@ pub fn run(ctx: &Ctx, o: RebaseOpts) -> anyhow::Result<i32> {
     for st in staged.cleanup.iter().filter(|s| !s.items.is_empty()) {
         println!("{}: {}", st.name, st.items.join(" "));
     }
-    match rebase::swap(&env, &lock)? {
-        Swap::Done(s) => ctx.note(&format!(
-            "rebase: {name} now builds on image {} ({}); the previous image {} stays until `gbuild gc`",
-            s.image,
-            s.stage3,
-            s.previous_image.as_deref().unwrap_or("-")
-        )),
-        Swap::ByLoop(s) => ctx.note(&format!(
-            "rebase: the build loop of {name} swapped to image {} ({})",
-            s.image, s.stage3
-        )),
+    let s = match rebase::swap(&env, &lock)? {
+        Swap::Done(s) => {
+            ctx.note(&format!(
+                "rebase: {name} now builds on image {} ({}); the previous image {} stays until `gbuild gc`",
+                s.image,
+                s.stage3,
+                s.previous_image.as_deref().unwrap_or("-")
+            ));
+            s
+        }
+        Swap::ByLoop(s) => {
+            ctx.note(&format!(
+                "rebase: the build loop of {name} swapped to image {} ({})",
+                s.image, s.stage3
+            ));
+            s
+        }
+    };
+    if s.held {
+        // Like a pass: built, but hosts keep the previous publication (`gbuild status`).
+        eprintln!(
+            "gbuild: the publish gate held the new builder's publication of {name}; hosts keep the previous one (gbuild status --machine {name})"
+        );
+        return Ok(gbuild::builder::pass::HELD_EXIT);
     }
     Ok(0)
 }

@@ -4,11 +4,15 @@
 //!
 //! A rebase whose new image cannot build a package of the world (pre-C99 code the stricter
 //! compiler rejects) fails naming it, while a build loop started meanwhile on the same machine is
-//! not blocked: it builds and publishes on the old builder, which keeps serving. After the
-//! language upgrade (a snapshot with a new plang slot), a rebase onto the newer stage3 reuses every
-//! binpkg that is still valid (counted in emerge's output), compiles only the new language and
-//! its binding (built against the slot that is gone), swaps the builder, and a host installs the
-//! publication from binaries with no conflict and nothing compiled.
+//! not blocked: it builds and publishes on the old builder, which keeps serving. Then the
+//! language upgrade: `update` moves the machine to the snapshot with a new plang sub-slot, and a
+//! rebase onto the newer stage3 builds that snapshot (the machine's: a rebase changes the stage3,
+//! not the tree) while the loop does the same upgrade in place on the old builder. The rebase
+//! reuses every binpkg that is still valid (counted in emerge's output, and what `rebase`
+//! reports), compiles only the new language and its binding (whose binpkg was built against the
+//! sub-slot that is gone), keeps the package requested on demand, swaps the builder through the
+//! publish gate, and a host installs the publication from binaries with no conflict and nothing
+//! compiled.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -33,6 +37,15 @@ fn rebase_log(env: &Env) -> String {
 /// The newest pass log.
 fn pass_log(env: &Env) -> String {
     builder::logs_named(env, "default", "pass-").pop().unwrap()
+}
+
+/// The CPV of every entry of a `Packages` index.
+fn builder_cpvs(index: &str) -> Vec<String> {
+    index
+        .lines()
+        .filter_map(|l| l.strip_prefix("CPV: "))
+        .map(str::to_string)
+        .collect()
 }
 
 fn meta(env: &Env) -> serde_json::Value {
@@ -97,6 +110,9 @@ fn rebase_onto_a_newer_stage3() {
             .arg("--keyring")
             .arg(&keyring);
     };
+    // A package requested on demand, not in the world: every builder of the machine builds it.
+    let out = util::output(env.gbuild().args(["request", "app-misc/abinote"]));
+    assert!(out.status.success(), "request: {}", util::stderr(&out));
     let world = env.machine().join("config/var/lib/portage/world");
     let mut w = std::fs::read_to_string(&world).unwrap();
     w.push_str("app-misc/oldstyle\n");
@@ -154,22 +170,51 @@ fn rebase_onto_a_newer_stage3() {
     );
     let published = served();
     assert!(published.contains("CPV: app-misc/oldstyle-1.0\n"));
+    assert!(published.contains("CPV: app-misc/abinote-1.0\n"));
     assert!(published.contains("CPV: dev-lang/plang-5.38.2\n"));
 
-    // 2. The language upgrade, then the rebase onto the later stage3 while a build loop holds
-    //    the machine: the loop swaps the staged builder in between two passes.
+    // 2. The language upgrade: `update` moves the machine to the snapshot with plang 5.40 (a new
+    //    sub-slot). The rebase onto the later stage3 builds that snapshot; once its staged PKGDIR
+    //    is linked, a loop starts and does the same upgrade in place on the old builder; the loop
+    //    swaps the staged builder in between two passes.
     env.fetch(Some("20260201"));
+    let out = util::output(env.gbuild().arg("update"));
+    assert!(out.status.success(), "update: {}", util::stderr(&out));
+    assert_eq!(meta(&env)["snapshot"], "20260201");
     let index_before = std::fs::read_to_string(env.machine().join("binpkgs/Packages")).unwrap();
+    let rebase_logs = || {
+        std::fs::read_dir(env.machine().join("logs"))
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.starts_with("rebase-") && !n.starts_with("rebase-check-")
+            })
+            .count()
+    };
+    let (logs_before, passes_before) = (
+        rebase_logs(),
+        builder::logs_named(&env, "default", "pass-").len(),
+    );
+    let mut c = env.gbuild();
+    rebase_args(&mut c);
+    let rebase = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the second rebase's log", Duration::from_secs(300), || {
+        rebase_logs() > logs_before
+    });
+    let loop_err = s.path().join("loop.err");
     let mut lp = env
         .gbuild()
         .args(["build", "--interval", "1h"])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&loop_err).unwrap())
         .spawn()
         .unwrap();
-    let mut c = env.gbuild();
-    rebase_args(&mut c);
-    let out = util::output(&mut c);
+    let out = rebase.wait_with_output().unwrap();
     assert!(
         out.status.success(),
         "rebase: {}\n{}",
@@ -193,35 +238,48 @@ fn rebase_onto_a_newer_stage3() {
         )),
         "{said}"
     );
-    // Compiled: the new language and the binding built against the slot that is gone, nothing
-    // else.
-    let mut c: Vec<&str> = compiled
-        .iter()
-        .map(|p| p.split("::").next().unwrap())
-        .collect();
-    c.sort();
+    let cpvs = |v: &[String]| {
+        let mut c: Vec<String> = v
+            .iter()
+            .map(|p| p.split("::").next().unwrap().to_string())
+            .collect();
+        c.sort();
+        c.dedup();
+        c
+    };
+    // Compiled: the new language and the binding built against the sub-slot that is gone,
+    // nothing else.
     assert_eq!(
-        c,
+        cpvs(&compiled),
         ["dev-lang/plang-5.40.0", "dev-plang/plang-binding-1.0"],
         "compiled {compiled:?}"
     );
-    // Reused: every other package of the world, each a binpkg of the old PKGDIR (built by the old
-    // stage3's compiler, still valid by Portage's rules), oldstyle included.
-    for cpv in [
-        "app-misc/hello-1.0",
-        "app-misc/goodbye-1.0",
-        "app-misc/oldstyle-1.0",
-        "dev-libs/libgreet-1.0",
-        "media-libs/ftype-2.13",
-        "media-libs/shaper-8.0",
-    ] {
-        assert!(index_before.contains(&format!("CPV: {cpv}\n")));
-        assert!(
-            reused.iter().any(|p| p.starts_with(&format!("{cpv}::"))),
-            "{cpv} not reused: {reused:?}"
-        );
-    }
-    // The builder now runs on the later stage3; the old image is still in the store.
+    // Reused: every binpkg of the old PKGDIR that is still valid (built by the old stage3's
+    // compiler; oldstyle, which the new one cannot compile, and the requested abinote
+    // included): all but the old language and the binding built against it.
+    let mut valid: Vec<String> = builder_cpvs(&index_before)
+        .into_iter()
+        .filter(|c| c != "dev-lang/plang-5.38.2" && c != "dev-plang/plang-binding-1.0")
+        .collect();
+    valid.sort();
+    valid.dedup();
+    assert!(
+        valid.contains(&"app-misc/oldstyle-1.0".to_string()),
+        "{valid:?}"
+    );
+    assert!(
+        valid.contains(&"app-misc/abinote-1.0".to_string()),
+        "{valid:?}"
+    );
+    assert_eq!(cpvs(&reused), valid, "reused {reused:?}");
+    // The loop's pass on the old builder (started before the swap) did the same upgrade in
+    // place: the same two packages compiled.
+    let passes = builder::logs_named(&env, "default", "pass-");
+    let in_place = passes.get(passes_before).expect("the loop's in-place pass");
+    let (built, _) = counts(in_place);
+    assert_eq!(cpvs(&built), cpvs(&compiled), "in place: {built:?}");
+    // The builder now runs on the later stage3, on the machine's snapshot; the old image is
+    // still in the store.
     let m = meta(&env);
     assert!(m["stage3"].as_str().unwrap().contains(&next_ts), "{m}");
     assert_ne!(m["image"], first["image"]);
@@ -231,12 +289,22 @@ fn rebase_onto_a_newer_stage3() {
         .join("images")
         .join(format!("{old_image}.json"))
         .is_file());
-    // Published right at the swap: one binding (the old one pruned), the new language.
-    let published = served();
+    // Published at the swap, through the publish gate (this machine has no host bundle, so the
+    // gate says it skipped; it ran after the loop's in-place pass): one binding (the old one
+    // pruned), the new language, the requested package.
+    let err = std::fs::read_to_string(&loop_err).unwrap();
+    let swap_at = err.find("default now builds on").expect("the loop's swap");
+    let last_pass = err[..swap_at]
+        .rfind("pass of default:")
+        .expect("the in-place pass");
     assert!(
-        published.contains("CPV: dev-lang/plang-5.40.0\n"),
-        "{published}"
+        err[last_pass..swap_at].contains("publish gate of default:"),
+        "{err}"
     );
+    let published = served();
+    for cpv in ["dev-lang/plang-5.40.0", "app-misc/abinote-1.0"] {
+        assert!(published.contains(&format!("CPV: {cpv}\n")), "{published}");
+    }
     assert_eq!(
         published
             .matches("CPV: dev-plang/plang-binding-1.0\n")
