@@ -22,10 +22,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::publish::Staged;
-use super::session::Session;
-use super::state::now;
+use super::session::{PassResult, Session};
+use super::state::{now, LastPass, LoopState, PassOutcome, State};
 pub use super::state::{Gate, GateProblem, GateResult};
-use super::{BuildEnv, MachineLock, Result};
+use super::{BuildEnv, Machine, MachineLock, Result};
 use crate::beneath::Beneath;
 use crate::fsutil::IoContext;
 use crate::host::installed::Installed;
@@ -183,6 +183,67 @@ pub fn command(opts: &str) -> Vec<String> {
     argv.extend(host_options(opts));
     argv.push("@world".to_string());
     argv
+}
+
+/// Publish what the builder's PKGDIR holds now, through the publish gate: stage the next
+/// publication, run the host's own upgrade against it (`run`), then put it in place,
+/// or, when the gate holds it (and gbuild.toml's `publish_held` is off), keep the previous
+/// publication and mark `state` (and its last pass) `held`. Every publication goes this way:
+/// a pass's and a rebase's swap. `log` is the log the gate appends to; `state` is updated but
+/// not saved.
+pub fn publish(
+    env: &BuildEnv,
+    m: &MachineLock,
+    image: &str,
+    snapshot: &str,
+    log: &Path,
+    state: &mut State,
+) -> Result<PassResult> {
+    let staged = super::publish::stage(env, m, snapshot)?;
+    let mut gate = match run(env, m, image, snapshot, &staged, log) {
+        Ok(g) => g,
+        Err(e) => {
+            super::publish::discard(staged);
+            return Err(e);
+        }
+    };
+    let held = gate.result == GateResult::Held;
+    let mut result = PassResult::Success;
+    if held && env.config.publish_held {
+        gate.result = GateResult::PublishedAnyway;
+    }
+    if held && !env.config.publish_held {
+        super::publish::discard(staged);
+        let lp = state.last_pass.get_or_insert_with(LastPass::default);
+        lp.result = PassOutcome::Held;
+        state.state = LoopState::Held;
+        result = PassResult::Held;
+    } else {
+        let (counts, held) = super::publish::commit(m, staged)?;
+        state.counts = counts;
+        state.abi_warnings = held;
+    }
+    report_gate(m, &gate);
+    state.gate = Some(gate);
+    Ok(result)
+}
+
+/// The gate's outcome as notices: one line, then one per problem (warnings unless it passed).
+fn report_gate(m: &Machine, g: &super::gate::Gate) {
+    use GateResult;
+    let what = g.headline();
+    if g.result == GateResult::Passed {
+        tracing::info!("publish gate of {}: {what}", m.name);
+        return;
+    }
+    tracing::warn!("publish gate of {}: {what}", m.name);
+    for p in &g.problems {
+        tracing::warn!(
+            "gate: {}: {}",
+            crate::term::printable(&p.package),
+            crate::term::printable(&p.reason)
+        );
+    }
 }
 
 /// Run the gate for `staged` on machine `m`, appending to the pass's log `log` (the caller

@@ -174,7 +174,7 @@ pub fn pass(env: &BuildEnv, m: &MachineLock, state: &mut State) -> Result<PassRe
             lp.failed_package = None;
             state.state = LoopState::Idle;
             if changed || super::publish::stale(env, m)? {
-                gated_publish(env, m, &image, &snapshot, &log, state)?
+                super::gate::publish(env, m, &image, &snapshot, &log, state)?
             } else {
                 PassResult::Success
             }
@@ -191,67 +191,6 @@ pub fn pass(env: &BuildEnv, m: &MachineLock, state: &mut State) -> Result<PassRe
     };
     state.save(m)?;
     Ok(result)
-}
-
-/// Publish what the builder's PKGDIR holds now, through the publish gate: stage the next
-/// publication, run the host's own upgrade against it (`super::gate`), then put it in place,
-/// or, when the gate holds it (and gbuild.toml's `publish_held` is off), keep the previous
-/// publication and mark `state` (and its last pass) `held`. Every publication goes this way:
-/// a pass's and a rebase's swap. `log` is the log the gate appends to; `state` is updated but
-/// not saved.
-pub(super) fn gated_publish(
-    env: &BuildEnv,
-    m: &MachineLock,
-    image: &str,
-    snapshot: &str,
-    log: &Path,
-    state: &mut State,
-) -> Result<PassResult> {
-    let staged = super::publish::stage(env, m, snapshot)?;
-    let mut gate = match super::gate::run(env, m, image, snapshot, &staged, log) {
-        Ok(g) => g,
-        Err(e) => {
-            super::publish::discard(staged);
-            return Err(e);
-        }
-    };
-    let held = gate.result == super::gate::GateResult::Held;
-    let mut result = PassResult::Success;
-    if held && env.config.publish_held {
-        gate.result = super::gate::GateResult::PublishedAnyway;
-    }
-    if held && !env.config.publish_held {
-        super::publish::discard(staged);
-        let lp = state.last_pass.get_or_insert_with(LastPass::default);
-        lp.result = PassOutcome::Held;
-        state.state = LoopState::Held;
-        result = PassResult::Held;
-    } else {
-        let (counts, held) = super::publish::commit(m, staged)?;
-        state.counts = counts;
-        state.abi_warnings = held;
-    }
-    report_gate(m, &gate);
-    state.gate = Some(gate);
-    Ok(result)
-}
-
-/// The gate's outcome as notices: one line, then one per problem (warnings unless it passed).
-fn report_gate(m: &Machine, g: &super::gate::Gate) {
-    use super::gate::GateResult;
-    let what = g.headline();
-    if g.result == GateResult::Passed {
-        tracing::info!("publish gate of {}: {what}", m.name);
-        return;
-    }
-    tracing::warn!("publish gate of {}: {what}", m.name);
-    for p in &g.problems {
-        tracing::warn!(
-            "gate: {}: {}",
-            crate::term::printable(&p.package),
-            crate::term::printable(&p.reason)
-        );
-    }
 }
 
 /// A file of the builder's root as overlayfs would show it, read from outside: the upper dir

@@ -428,7 +428,7 @@ pub fn swap_if_staged(env: &BuildEnv, m: &MachineLock) -> Result<Option<Staged>>
         cleanup: st.cleanup.clone(),
     });
     let log = m.dir().join(&st.log);
-    let published = super::pass::gated_publish(env, m, &st.image, &st.snapshot, &log, &mut state)?;
+    let published = super::gate::publish(env, m, &st.image, &st.snapshot, &log, &mut state)?;
     st.held = published == PassResult::Held;
     state.save(m)?;
     // The previous builder's container and PKGDIR (now under rebase/) go; its image stays
