@@ -470,6 +470,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn requests_join_the_world_update_once_and_are_kept_by_slot() {
+        assert_eq!(
+            world_update_args(&[]),
+            crate::builder::emerge::world_update_args()
+        );
+        let req = vec![
+            ">=app-misc/hello-1.0:0".to_string(),
+            "dev-libs/libgreet".into(),
+        ];
+        let args = world_update_args(&req);
+        assert_eq!(args[..2], ["emerge".to_string(), "--oneshot".into()]);
+        assert!(args.contains(&"@world".to_string()));
+        assert_eq!(args[args.len() - 2..], req[..]);
+        assert_eq!(keep_list(&req), "app-misc/hello:0 dev-libs/libgreet");
+    }
+
+    #[test]
     fn atoms_are_validated() {
         for ok in [
             "app-editors/vim",
