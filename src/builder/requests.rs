@@ -483,7 +483,7 @@ mod tests {
         assert_eq!(args[..2], ["emerge".to_string(), "--oneshot".into()]);
         assert!(args.contains(&"@world".to_string()));
         assert_eq!(args[args.len() - 2..], req[..]);
-        assert_eq!(keep_list(&req), "app-misc/hello:0 dev-libs/libgreet");
+        assert_eq!(keep_list(&req), "app-editors/vim:0 dev-libs/openssl");
     }
 
     #[test]
