@@ -476,8 +476,8 @@ mod tests {
             crate::builder::emerge::world_update_args()
         );
         let req = vec![
-            ">=app-misc/hello-1.0:0".to_string(),
-            "dev-libs/libgreet".into(),
+            ">=app-editors/vim-9.0:0".to_string(),
+            "dev-libs/openssl".into(),
         ];
         let args = world_update_args(&req);
         assert_eq!(args[..2], ["emerge".to_string(), "--oneshot".into()]);
