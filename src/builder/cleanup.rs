@@ -146,7 +146,8 @@ for cpv in sorted(requires):
 
 /// The cleanup half of a pass as one script (one container run), each step announced with a
 /// `gbuild: step NAME` line that `Progress` files what follows under. `GBUILD_FULL=1` runs every
-/// step; otherwise only `@preserved-rebuild`, when Portage kept old libraries. `GBUILD_KEEP`:
+/// step; otherwise only `@preserved-rebuild`, when Portage kept old libraries. `GBUILD_SONAME=1`
+/// adds the soname rebuild after depclean (what it removed provides nothing). `GBUILD_KEEP`:
 /// a build-side package depclean keeps although no world set has it (distcc).
 const CLEANUP: &str = r#"set -e
 export CLEAN_DELAY=0 EMERGE_WARNING_DELAY=0
@@ -164,6 +165,13 @@ keep=""
 for a in $GBUILD_REQUESTED $GBUILD_KEEP; do keep="$keep --exclude $a"; done
 emerge --depclean --with-bdeps=y --color=n $keep
 set +f
+if [ "$GBUILD_SONAME" = 1 ]; then
+  echo "gbuild: step soname-rebuild"
+  atoms=$(python3 -c "$GBUILD_SONAME_REBUILD")
+  if [ -n "$atoms" ]; then
+    emerge --oneshot --buildpkg --usepkg=n --color=n $atoms
+  fi
+fi
 echo "gbuild: step language-rebuild"
 atoms=$(python3 -c "$GBUILD_LANG_REBUILD")
 if [ -n "$atoms" ]; then

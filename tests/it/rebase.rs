@@ -9,8 +9,9 @@
 //! rebase onto the newer stage3 builds that snapshot (the machine's: a rebase changes the stage3,
 //! not the tree) while the loop does the same upgrade in place on the old builder. The rebase
 //! reuses every binpkg that is still valid (counted in emerge's output, and what `rebase`
-//! reports), compiles only the new language and its binding (whose binpkg was built against the
-//! sub-slot that is gone), keeps the package requested on demand, swaps the builder through the
+//! reports), compiles only the new versions, the binding (whose binpkg was built against the
+//! sub-slot that is gone) and the program whose binpkg links the old library's soname (the soname
+//! step: `--usepkg` ignores soname dependencies), keeps the package requested on demand, swaps the builder through the
 //! publish gate, and a host installs the publication from binaries with no conflict and nothing
 //! compiled.
 
@@ -115,7 +116,9 @@ fn rebase_onto_a_newer_stage3() {
     assert!(out.status.success(), "request: {}", util::stderr(&out));
     let world = env.machine().join("config/var/lib/portage/world");
     let mut w = std::fs::read_to_string(&world).unwrap();
-    w.push_str("app-misc/oldstyle\n");
+    // And a program linking a library that has no sub-slot (its next version changes the
+    // soname), as a user's world has.
+    w.push_str("app-misc/oldstyle\napp-misc/quoter\n");
     std::fs::write(&world, w).unwrap();
     let before = served();
     assert!(!before.contains("CPV: app-misc/oldstyle-1.0\n"));
@@ -247,19 +250,36 @@ fn rebase_onto_a_newer_stage3() {
         c.dedup();
         c
     };
-    // Compiled: the new language and the binding built against the sub-slot that is gone,
-    // nothing else.
+    // Compiled: the new language and library versions, the binding built against the
+    // sub-slot that is gone, and the program whose binpkg links the old library's soname
+    // (installed from its binpkg, then rebuilt by the soname step), nothing else.
     assert_eq!(
         cpvs(&compiled),
-        ["dev-lang/plang-5.40.0", "dev-plang/plang-binding-1.0"],
+        [
+            "app-misc/quoter-1.0",
+            "dev-lang/plang-5.40.0",
+            "dev-libs/libquote-2.0",
+            "dev-plang/plang-binding-1.0"
+        ],
         "compiled {compiled:?}"
+    );
+    assert!(
+        rebase_log(&env).contains("app-misc/quoter-1.0 needs"),
+        "the soname step names quoter"
     );
     // Reused: every binpkg of the old PKGDIR that is still valid (built by the old stage3's
     // compiler; oldstyle, which the new one cannot compile, and the requested abinote
     // included): all but the old language and the binding built against it.
     let mut valid: Vec<String> = builder_cpvs(&index_before)
         .into_iter()
-        .filter(|c| c != "dev-lang/plang-5.38.2" && c != "dev-plang/plang-binding-1.0")
+        .filter(|c| {
+            ![
+                "dev-lang/plang-5.38.2",
+                "dev-plang/plang-binding-1.0",
+                "dev-libs/libquote-1.0",
+            ]
+            .contains(&c.as_str())
+        })
         .collect();
     valid.sort();
     valid.dedup();
@@ -273,7 +293,7 @@ fn rebase_onto_a_newer_stage3() {
     );
     assert_eq!(cpvs(&reused), valid, "reused {reused:?}");
     // The loop's pass on the old builder (started before the swap) did the same upgrade in
-    // place: the same two packages compiled.
+    // place: the same packages compiled (quoter by `@preserved-rebuild`).
     let passes = builder::logs_named(&env, "default", "pass-");
     let in_place = passes.get(passes_before).expect("the loop's in-place pass");
     let (built, _) = counts(in_place);
