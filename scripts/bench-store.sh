@@ -10,7 +10,8 @@
 #   day 2     the next day's tree (0.5% of the files changed) beside the first: time and disk
 # The plain tools run inside `gbuild unshare` where they touch files owned by subordinate ids,
 # like gbuild does. gbuild's unpack also hashes the layer and syncs it to disk before sealing.
-# Data: GBUILD_BENCH_STAGE3 (a stage3 tarball), else a generated xz tarball of part of /usr; the
+# Data: GBUILD_BENCH_STAGE3 (a stage3 tarball), else a generated xz tarball of part of /usr
+# (GBUILD_BENCH_SINGLE: the same content as a single-block xz, else recompressed here); the
 # ebuild trees come from scripts/gen-tree.py (GBUILD_BENCH_TREE: a directory it wrote, reused;
 # else generated at GBUILD_BENCH_TREE_SCALE, default 1 = full size, which takes minutes).
 # Each round runs gbuild and the plain tool back to back on fresh targets, RUNS rounds (default
@@ -49,10 +50,14 @@ else
     xz -T0 -6 > "$data"
 fi
 chmod 644 "$data"
-# The same content as a single-block xz.
+# The same content as a single-block xz (GBUILD_BENCH_SINGLE: one made before, reused).
 single="$work/single.tar.xz"
-echo "recompressing $(basename "$data") as a single-block xz ..." >&2
-xz -dc "$data" | xz -T1 -6 > "$single"
+if [ -n "${GBUILD_BENCH_SINGLE:-}" ]; then
+  cp "$GBUILD_BENCH_SINGLE" "$single"
+else
+  echo "recompressing $(basename "$data") as a single-block xz ..." >&2
+  xz -dc "$data" | xz -T1 -6 > "$single"
+fi
 chmod 644 "$single"
 if [ -n "${GBUILD_BENCH_TREE:-}" ]; then
   trees=$GBUILD_BENCH_TREE

@@ -24,20 +24,6 @@ pub fn kill_child_with_parent(cmd: &mut Command, sig: nix::sys::signal::Signal) 
     }
 }
 
-/// Start writing the dirty pages of `f` to disk without waiting (`sync_file_range` with
-/// `SYNC_FILE_RANGE_WRITE`): an unpack that syncs its tree at the end overlaps most of that
-/// writeback with its own work. Durability still comes from the final sync.
-pub fn start_writeback(f: &std::fs::File) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: sync_file_range takes a valid open fd (borrowed from `f` for the call) and plain
-    // integers; it reads and writes no memory of ours.
-    let r = unsafe { libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// Open a pidfd for `pid` (Linux 5.3+): a handle that cannot be confused with a reused pid.
 pub fn pidfd_open(pid: i32) -> std::io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;

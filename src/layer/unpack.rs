@@ -843,12 +843,6 @@ impl Writer<'_> {
             .at("chmod", path)?;
         self.set_xattrs(path, Some(&f), &m)?;
         filetime::set_file_handle_times(&f, Some(m.mtime), Some(m.mtime)).at("set times", path)?;
-        // Layers and ebuild trees are synced before they are published: start this file's
-        // writeback now, so that the final sync has little left (a failure here only makes
-        // that sync longer).
-        if e.size() > 0 {
-            let _ = crate::sys::start_writeback(&f);
-        }
         Ok(())
     }
 

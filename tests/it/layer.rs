@@ -666,7 +666,7 @@ fn commit_snapshot_restore_round_trip() {
         let o = util::output(
             Command::new("skopeo")
                 .arg("inspect")
-                .arg(format!("oci:{}", s1.display())),
+                .arg(format!("oci:{}", s2.display())),
         );
         assert!(o.status.success(), "skopeo: {}", util::stderr(&o));
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -714,7 +714,7 @@ fn commit_snapshot_restore_round_trip() {
         .collect();
     assert_eq!(cache.len(), 2, "{cache:?}");
     assert!(cache.iter().all(|n| n.starts_with(&base)), "{cache:?}");
-    let blobs: Vec<(String, u64)> = inodes(&env.store().join("blobs"));
+    let blobs: Vec<(String, u64)> = inodes(&env.store());
     assert_eq!(blobs.len(), 2, "{blobs:?}");
 }
 
