@@ -498,19 +498,7 @@ fn digest_hex(d: &str, path: &Path) -> Result<String> {
 fn verified_blob(dir: &Path, d: &Descriptor) -> Result<PathBuf> {
     let hex = digest_hex(&d.digest, &dir.join("index.json"))?;
     let path = dir.join("blobs/sha256").join(&hex);
-    let mut f = File::open(&path).at("open", &path)?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0u64;
-    loop {
-        let k = f.read(&mut buf).at("read", &path)?;
-        if k == 0 {
-            break;
-        }
-        h.update(&buf[..k]);
-        n += k as u64;
-    }
-    let actual = hex::encode(h.finalize());
+    let (actual, n) = hash_file(&path)?;
     if actual != hex {
         return Err(LayerError::Digest {
             what: "blob",
