@@ -2,13 +2,16 @@
 # Benchmark of the store's layer operations against the plain tools, same data, same run, printed
 # as ratios with peak RSS:
 #   unpack    gbuild layer unpack        vs  tar -xJf  and  xz -T0 -dc | tar -x   (multi-block xz)
-#   snapshot  gbuild snapshot (zstd)     vs  tar -c | zstd -3 -T0
+#   unpack-1  the same, single-block xz (what `xz` writes without -T) vs tar -xJf
+#   snapshot  gbuild snapshot (zstd)     vs  tar -c | zstd -3 -T0   (empty blob cache)
+#   snap 1%   commit of an upper dir with 1% of the bytes changed + snapshot, beside a full one
 #   restore   gbuild restore             vs  zstd -dc | tar -x
 #   tree      gbuild layer unpack-repo   vs  tar -xJf  (a Gentoo-sized ebuild tree, single-block xz)
 #   day 2     the next day's tree (0.5% of the files changed) beside the first: time and disk
 # The plain tools run inside `gbuild unshare` where they touch files owned by subordinate ids,
 # like gbuild does. gbuild's unpack also hashes the layer and syncs it to disk before sealing.
-# Data: GBUILD_BENCH_STAGE3 (a stage3 tarball), else a generated xz tarball of part of /usr; the
+# Data: GBUILD_BENCH_STAGE3 (a stage3 tarball), else a generated xz tarball of part of /usr
+# (GBUILD_BENCH_SINGLE: the same content as a single-block xz, else recompressed here); the
 # ebuild trees come from scripts/gen-tree.py (GBUILD_BENCH_TREE: a directory it wrote, reused;
 # else generated at GBUILD_BENCH_TREE_SCALE, default 1 = full size, which takes minutes).
 # Each round runs gbuild and the plain tool back to back on fresh targets, RUNS rounds (default
@@ -47,6 +50,15 @@ else
     xz -T0 -6 > "$data"
 fi
 chmod 644 "$data"
+# The same content as a single-block xz (GBUILD_BENCH_SINGLE: one made before, reused).
+single="$work/single.tar.xz"
+if [ -n "${GBUILD_BENCH_SINGLE:-}" ]; then
+  cp "$GBUILD_BENCH_SINGLE" "$single"
+else
+  echo "recompressing $(basename "$data") as a single-block xz ..." >&2
+  xz -dc "$data" | xz -T1 -6 > "$single"
+fi
+chmod 644 "$single"
 if [ -n "${GBUILD_BENCH_TREE:-}" ]; then
   trees=$GBUILD_BENCH_TREE
 else
@@ -85,15 +97,59 @@ for _ in $(seq "$runs"); do
 done
 show gb_unpack "gbuild layer unpack"; show tar_unpack "tar -xJf"; show xz_unpack "xz -T0 -dc | tar -x"
 
+for _ in $(seq "$runs"); do
+  once "fresh $work/s0" env GBUILD_STORE="$work/s0" $S layer unpack "$single" --image bench; keep gb_unpack1
+  once "fresh $work/x0" tar -xJf "$single" -C "$work/x0"; keep tar_unpack1
+done
+show gb_unpack1 "gbuild layer unpack (single-block)"; show tar_unpack1 "tar -xJf (single-block)"
+g unshare -- rm -rf "$work/s0" "$work/x0"
+
 layer=$(GBUILD_STORE="$work/s1" g image lowerdir bench)
 for _ in $(seq "$runs"); do
-  once "g unshare -- rm -rf $work/oci" env GBUILD_STORE="$work/s1" $S snapshot --image bench -o "$work/oci"; keep gb_snap
+  # A full snapshot: without the blob cache an earlier round filled.
+  once "rm -rf $work/s1/blobs; g unshare -- rm -rf $work/oci" env GBUILD_STORE="$work/s1" $S snapshot --image bench -o "$work/oci"; keep gb_snap
   once "" $S unshare -- sh -c "tar -C '$layer' -cf - . | zstd -3 -T0 -q -f -o '$work/plain.tar.zst'"; keep tar_snap
 done
 show gb_snap "gbuild snapshot (zstd -3, all cores)"; show tar_snap "tar -c | zstd -3 -T0"
+g unshare -- cp -a "$work/oci" "$work/oci-full"
+
+# The next snapshot of a builder whose upper dir holds 1% of the image's bytes, changed: the
+# commit of that upper dir and the snapshot (the unchanged layer's blob comes from the cache).
+# Each round changes other bytes, so each commits a new layer that has no cached blob yet.
+u python3 - "$work/x1" "$work/changed.list" <<'PY'
+import os, sys
+root, out = sys.argv[1], sys.argv[2]
+files = []
+for d, _, names in os.walk(root):
+    for n in names:
+        p = os.path.join(d, n)
+        if os.path.isfile(p) and not os.path.islink(p):
+            files.append((os.path.relpath(p, root), os.path.getsize(p)))
+files.sort()
+total = sum(s for _, s in files)
+pick, got = [], 0
+for i, (p, s) in enumerate(files):
+    if i % 37 == 0 and got < total // 100:
+        pick.append(p); got += s
+open(out, "w").write("\n".join(pick) + "\n")
+PY
+changed=$(wc -l < "$work/changed.list")
+# upper_dir N: a fresh upper dir holding the chosen files, each with a line of round N appended
+upper_dir() {
+  g unshare -- rm -rf "$work/upper" "$work/oci-inc"
+  u mkdir "$work/upper"
+  (cd "$work/x1" && u tar -cf - -T "$work/changed.list") | u tar -xf - -C "$work/upper"
+  u sh -c 'while read -r f; do echo "round $1" >> "$2/$f"; done' sh "$1" "$work/upper" < "$work/changed.list"
+}
+for round in $(seq "$runs"); do
+  once "upper_dir $round" sh -c "env GBUILD_STORE='$work/s1' $S layer commit --image bench \
+    --upper '$work/upper' --new-image bench-next >/dev/null && \
+    env GBUILD_STORE='$work/s1' $S snapshot --image bench-next -o '$work/oci-inc'"; keep gb_snap_inc
+done
+show gb_snap_inc "commit 1% + snapshot ($changed files)"
 
 for _ in $(seq "$runs"); do
-  once "fresh $work/s2" env GBUILD_STORE="$work/s2" $S restore "$work/oci"; keep gb_restore
+  once "fresh $work/s2" env GBUILD_STORE="$work/s2" $S restore "$work/oci-full"; keep gb_restore
   once "fresh $work/x3" $S unshare -- sh -c "zstd -dc '$work/plain.tar.zst' | tar -x -C '$work/x3'"; keep tar_restore
 done
 show gb_restore "gbuild restore"; show tar_restore "zstd -dc | tar -x"
@@ -114,18 +170,21 @@ d2=$(($(du -sk --total "$r1" "$r2" | tail -1 | cut -f1) - d1))
 dirs=$(find "$r2" -type d | wc -l)
 echo "disk: day 1 $((d1 / 1024)) MiB, day 2 adds $((d2 / 1024)) MiB, of which $((dirs * 4 / 1024)) MiB are its $dirs directories" >&2
 
-blob=$(du -b "$work"/oci/blobs/sha256/* | sort -n | tail -1 | cut -f1)
+blob=$(du -b "$work"/oci-full/blobs/sha256/* | sort -n | tail -1 | cut -f1)
 plain=$(stat -c %s "$work/plain.tar.zst")
 echo "layer blob $((blob / 1048576)) MiB, tar|zstd $((plain / 1048576)) MiB" >&2
 
 python3 - "${best[gb_unpack]}" "${best[tar_unpack]}" "${best[xz_unpack]}" "${best[gb_snap]}" "${best[tar_snap]}" \
   "${best[gb_restore]}" "${best[tar_restore]}" "${best[gb_tree]}" "${best[tar_tree]}" "${best[gb_day2]}" \
-  "$d1" "$d2" "${rss[gb_unpack]}" "${rss[tar_unpack]}" "${rss[gb_snap]}" "${rss[gb_restore]}" "${rss[gb_tree]}" <<'PY'
+  "$d1" "$d2" "${rss[gb_unpack]}" "${rss[tar_unpack]}" "${rss[gb_snap]}" "${rss[gb_restore]}" "${rss[gb_tree]}" \
+  "${best[gb_unpack1]}" "${best[tar_unpack1]}" "${rss[gb_unpack1]}" "${best[gb_snap_inc]}" <<'PY'
 import sys
-gu, tu, xu, gs, ts, gr, tr, gt, tt, g2, d1, d2, ru, rt, rs, rr, rtree = map(float, sys.argv[1:])
+gu, tu, xu, gs, ts, gr, tr, gt, tt, g2, d1, d2, ru, rt, rs, rr, rtree, g1, t1, r1, gi = map(float, sys.argv[1:])
 print(f"unpack   gbuild/tar -xJf          {gu/tu:5.2f}x   rss {ru/1024:.0f} vs {rt/1024:.0f} MiB")
 print(f"unpack   gbuild/xz -T0 | tar -x   {gu/xu:5.2f}x")
+print(f"unpack-1 gbuild/tar -xJf          {g1/t1:5.2f}x   rss {r1/1024:.0f} MiB (single-block xz)")
 print(f"snapshot gbuild/tar | zstd -3 -T0 {gs/ts:5.2f}x   rss {rs/1024:.0f} MiB")
+print(f"snap 1%  (commit + snapshot)/full {gi/gs:5.3f}x")
 print(f"restore  gbuild/zstd -dc | tar -x {gr/tr:5.2f}x   rss {rr/1024:.0f} MiB")
 print(f"tree     gbuild/tar -xJf          {gt/tt:5.2f}x   rss {rtree/1024:.0f} MiB (single-block xz)")
 print(f"day 2    time/day 1               {g2/gt:5.2f}x   disk {d2/d1:.3f}x")
@@ -134,8 +193,10 @@ def res(name, target, measured, fmt="{:.2f}x"):
     ok = measured <= float(lim) if op == "<=" else measured >= float(lim)
     print(f"RESULT {name}|{target}|{fmt.format(measured)}|{'met' if ok else 'NOT met'}")
 res("store unpack multi-block xz / tar -xJf", "<= 0.65", gu / tu)
-res("store unpack peak RSS MiB", "<= 160", max(ru, rtree) / 1024, "{:.0f}")
+res("store unpack single-block xz / tar -xJf", "<= 1.0", g1 / t1)
+res("store unpack peak RSS MiB", "<= 160", max(ru, r1, rtree) / 1024, "{:.0f}")
 res("store snapshot / tar | zstd -3 -T0", "<= 1.0", gs / ts)
+res("store snapshot, 1% changed / full snapshot", "<= 0.02", gi / gs, "{:.3f}x")
 res("store restore / zstd -dc | tar -x", "<= 0.9", gr / tr)
 res("ebuild tree unpack (single-block xz) / tar -xJf", "<= 1.0", gt / tt)
 res("ebuild tree day 2 time / day 1", "<= 0.05", g2 / gt)

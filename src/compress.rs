@@ -66,6 +66,20 @@ pub enum Decoder<R: BufRead> {
     None(R),
 }
 
+impl<R: BufRead> Decoder<R> {
+    /// The reader under the decoder, positioned somewhere after the last byte it consumed
+    /// (buffered input is lost): for reading what follows the compressed stream.
+    pub fn into_inner(self) -> R {
+        match self {
+            Decoder::Xz(d) => d.into_inner(),
+            Decoder::Gzip(d) => d.into_inner(),
+            Decoder::Bzip2(d) => d.into_inner(),
+            Decoder::Zstd(d) => d.finish(),
+            Decoder::None(d) => d,
+        }
+    }
+}
+
 impl<R: BufRead> Read for Decoder<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {

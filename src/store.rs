@@ -149,6 +149,24 @@ impl Store {
     pub fn fetch_lock(&self) -> PathBuf {
         self.downloads().join(".fetch.lock")
     }
+    /// The compressed blobs of exported layers, kept for the next snapshot of the same layers:
+    /// `blobs/sha256/<digest>` (read-only) and, per layer and encoding, the record
+    /// `blobs/<layer id>.<encoding>.json` that names its blob.
+    pub fn blob_cache(&self) -> PathBuf {
+        self.root.join("blobs")
+    }
+    /// The cached blobs themselves, `blobs/sha256/`.
+    pub fn cached_blobs(&self) -> PathBuf {
+        self.blob_cache().join("sha256")
+    }
+    /// A cached blob by its digest, `blobs/sha256/<digest>`.
+    pub fn cached_blob(&self, digest: &str) -> PathBuf {
+        self.cached_blobs().join(digest)
+    }
+    /// The record of layer `id`'s blob in `encoding`, `blobs/<id>.<encoding>.json`.
+    pub fn cached_blob_record(&self, id: &str, encoding: &str) -> PathBuf {
+        self.blob_cache().join(format!("{id}.{encoding}.json"))
+    }
     /// An exported snapshot (OCI layout), `exports/<name>/`.
     pub fn export(&self, name: &str) -> PathBuf {
         self.exports().join(name)
@@ -184,6 +202,8 @@ impl Store {
             self.exports(),
             self.keys(),
             self.tmp(),
+            self.blob_cache(),
+            self.cached_blobs(),
         ];
         dirs.extend(subdirs(&self.exports())?);
         dirs.extend(subdirs(&self.images())?);

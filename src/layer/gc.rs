@@ -7,7 +7,8 @@
 //! scheme (`.tmp-<purpose>-<pid>-<n>`, anywhere in the store's directories, in machine
 //! directories and PKGDIRs too): it goes once its process is gone (and, in a machine's directory,
 //! while nobody holds the machine's lock).
-//! Layer content (files owned by subordinate ids) is removed inside the user namespace.
+//! Layer content (files owned by subordinate ids) is removed inside the user namespace; the blob
+//! cache of snapshots loses the blobs of removed layers.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -101,6 +102,7 @@ pub fn gc(store: &Store, helper: &Helper) -> Result<GcReport> {
         }
     }
     helper.remove_trees(&trees)?;
+    super::oci::prune_blob_cache(store, &ids)?;
     report.layers_removed = ids.into_iter().collect();
     Ok(report)
 }

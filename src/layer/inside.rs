@@ -186,7 +186,11 @@ pub fn unpack_blobs(store: &Store, blobs: &[BlobToUnpack], source: &str) -> Resu
                 link_from: None,
             };
             let what = format!("restore layer {}/{}", i + 1, blobs.len());
-            let res = super::unpack::unpack_file(&b.path, &tmp, &opts, &what)?;
+            let expected = super::unpack::Expected {
+                sha256: b.digest.clone(),
+                size: b.size,
+            };
+            let res = super::unpack::unpack_verified(&b.path, &expected, &tmp, &opts, &what)?;
             if res.tar_sha256 != b.diff_id {
                 return Err(LayerError::Digest {
                     what: "uncompressed layer",

@@ -86,6 +86,8 @@ pub enum LayerError {
     Unpacker(std::io::Error),
     #[error("decompression thread panicked")]
     DecompressorPanicked,
+    #[error("{0} thread panicked")]
+    Panicked(&'static str),
     #[error("invalid snapshot name {0:?}: use letters, digits, '-', '_', '.'")]
     BadSnapshotName(String),
     #[error(transparent)]

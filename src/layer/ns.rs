@@ -22,6 +22,10 @@ use crate::store::Store;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BlobToUnpack {
     pub path: PathBuf,
+    /// Expected sha256 (hex) and length of the blob file itself, checked in the same read that
+    /// decompresses it.
+    pub digest: String,
+    pub size: u64,
     /// Expected sha256 (hex) of the uncompressed tarball.
     pub diff_id: String,
 }

@@ -8,9 +8,10 @@
 //! level and parameters but not on the number of workers; gzip (`--compression gzip`, for older
 //! tools) writes a header without name or time.
 //!
-//! Restore checks every digest (manifest, config, each compressed blob before anything is
-//! unpacked, each uncompressed tarball against its diff id while unpacking) and publishes the
-//! layers only when all of them unpacked; the image is written last.
+//! Restore checks every digest (manifest and config before anything else; each compressed blob's
+//! size first, its sha256 in the same read that decompresses and unpacks it, and the uncompressed
+//! tarball against its diff id) and publishes the layers only when all of them unpacked and
+//! verified; the image is written last.
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
@@ -125,8 +126,27 @@ impl<W: Write> Write for Encoder<W> {
     }
 }
 
-/// Write the compressed canonical tarball of layer `id` as `blob_dir/<digest>`, checking that the
-/// content still hashes to the id. Runs inside the namespace.
+/// Version of the blob encoding beyond the codec and level (job size, header fields, ...): part
+/// of the blob cache's key, bumped whenever the same layer would be written to other bytes.
+const BLOB_FORMAT: u32 = 1;
+
+/// The key of blobs written with `c` in the blob cache: codec, level, format and library
+/// version, so that a cached blob is always the one this build would write.
+fn encoding(c: Compression) -> String {
+    match c {
+        Compression::Zstd => format!(
+            "zstd{ZSTD_LEVEL}-f{BLOB_FORMAT}-{}",
+            zstd::zstd_safe::version_number()
+        ),
+        Compression::Gzip => format!("gzip6-f{BLOB_FORMAT}-{}", env!("CARGO_PKG_VERSION")),
+    }
+}
+
+/// Write the compressed canonical tarball of layer `id` as `blob_dir/<digest>`. A blob of the
+/// same layer and encoding from an earlier snapshot is reused (linked, or copied across
+/// filesystems) after its digest is checked; otherwise the layer is packed, its content checked
+/// to still hash to the id, and the new blob kept in the store's blob cache. Runs inside the
+/// namespace.
 pub fn pack_blob(
     store: &Store,
     id: &str,
@@ -134,20 +154,44 @@ pub fn pack_blob(
     compression: Compression,
     progress: Option<&Progress>,
 ) -> Result<BlobInfo> {
-    layer_info(store, id)?;
+    let info = layer_info(store, id)?;
+    if let Some(b) = reuse_cached(store, id, blob_dir, compression)? {
+        if let Some(p) = progress {
+            p.inc(info.size);
+        }
+        return Ok(b);
+    }
+    let b = pack_new_blob(store, id, blob_dir, compression, progress)?;
+    keep_in_cache(store, &b, &blob_dir.join(&b.digest), compression)?;
+    Ok(b)
+}
+
+fn pack_new_blob(
+    store: &Store,
+    id: &str,
+    blob_dir: &Path,
+    compression: Compression,
+    progress: Option<&Progress>,
+) -> Result<BlobInfo> {
+    use std::os::unix::fs::PermissionsExt;
     let dir = layer_dir(store, id);
     let tmp = crate::fsutil::temp_path(blob_dir, id);
     let io = |e: std::io::Error| FsError::new("write", &tmp, e);
     let f = File::create(&tmp).at("create", &tmp)?;
     let compressed = HashWriter::new(BufWriter::with_capacity(1 << 20, f));
     let enc = Encoder::new(compressed, compression).map_err(io)?;
-    let mut plain = HashWriter::new(enc);
+    // The packer writes many small headers: hand the hasher and encoder large pieces.
+    let mut plain = BufWriter::with_capacity(1 << 20, HashWriter::new(enc));
     let r = super::pack::pack_dir(&dir, &mut plain, progress);
     let done = r.and_then(|_| {
+        let plain = plain.into_inner().map_err(|e| io(e.into_error()))?;
         let (diff_id, _, enc) = plain.finish();
         let compressed = enc.finish().map_err(io)?;
         let (digest, size, bw) = compressed.finish();
         let f = bw.into_inner().map_err(|e| io(e.into_error()))?;
+        // Blobs are content-addressed: never written again (the cache shares the file).
+        f.set_permissions(std::fs::Permissions::from_mode(0o444))
+            .map_err(io)?;
         f.sync_all().map_err(io)?;
         if diff_id != id {
             return Err(LayerError::Damaged {
@@ -169,6 +213,145 @@ pub fn pack_blob(
         let _ = std::fs::remove_file(&tmp);
     }
     done
+}
+
+/// sha256 (hex) and length of a file.
+fn hash_file(path: &Path) -> Result<(String, u64)> {
+    let mut f = File::open(path).at("open", path)?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let k = f.read(&mut buf).at("read", path)?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        n += k as u64;
+    }
+    Ok((hex::encode(h.finalize()), n))
+}
+
+/// `dest` becomes the same file as `src` (a hardlink), or a synced copy under a temporary name
+/// renamed into place when they are on different filesystems.
+fn link_or_copy(src: &Path, dest: &Path) -> Result<()> {
+    match std::fs::hard_link(src, dest) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            let tmp = crate::fsutil::temp_sibling(dest);
+            let r = (|| {
+                std::fs::copy(src, &tmp).at("copy to", &tmp)?;
+                File::open(&tmp)
+                    .and_then(|f| f.sync_all())
+                    .at("fsync", &tmp)?;
+                std::fs::rename(&tmp, dest).at("rename into place", dest)?;
+                Ok(())
+            })();
+            if r.is_err() {
+                // Best effort beside the step's own error; gc removes a temporary-named leftover.
+                let _ = std::fs::remove_file(&tmp);
+            }
+            r
+        }
+        Err(e) => Err(FsError::new("link", dest, e).into()),
+    }
+}
+
+/// The cached blob of layer `id` in `compression`, placed in `blob_dir` once its digest and size
+/// are those of its record; `None` when there is none. A record or blob that does not check out
+/// is dropped (and the blob written anew).
+fn reuse_cached(
+    store: &Store,
+    id: &str,
+    blob_dir: &Path,
+    compression: Compression,
+) -> Result<Option<BlobInfo>> {
+    let record = store.cached_blob_record(id, &encoding(compression));
+    let Ok(info) = super::read_json::<BlobInfo>(&record) else {
+        return Ok(None);
+    };
+    let drop_entry = |info: &BlobInfo| {
+        // Best effort: a stale entry is overwritten by the next write anyway.
+        let _ = std::fs::remove_file(&record);
+        if is_layer_id(&info.digest) {
+            let _ = std::fs::remove_file(store.cached_blob(&info.digest));
+        }
+    };
+    if info.diff_id != id
+        || info.media_type != compression.media_type()
+        || !is_layer_id(&info.digest)
+    {
+        drop_entry(&info);
+        return Ok(None);
+    }
+    let cached = store.cached_blob(&info.digest);
+    if !cached.is_file() {
+        drop_entry(&info);
+        return Ok(None);
+    }
+    let dest = blob_dir.join(&info.digest);
+    link_or_copy(&cached, &dest)?;
+    if hash_file(&dest)? != (info.digest.clone(), info.size) {
+        std::fs::remove_file(&dest).at("remove", &dest)?;
+        drop_entry(&info);
+        return Ok(None);
+    }
+    Ok(Some(info))
+}
+
+/// Keep the blob `blob` (just written, synced) in the blob cache: the file first, then the
+/// record that names it.
+fn keep_in_cache(store: &Store, b: &BlobInfo, blob: &Path, compression: Compression) -> Result<()> {
+    let cached = store.cached_blob(&b.digest);
+    let dir = store.cached_blobs();
+    if !cached.is_file() {
+        std::fs::create_dir_all(&dir).at("create directory", &dir)?;
+        link_or_copy(blob, &cached)?;
+        crate::fsutil::fsync_dir(&dir)?;
+    }
+    super::write_json(
+        &store.cached_blob_record(&b.diff_id, &encoding(compression)),
+        b,
+    )
+}
+
+/// Drop blob cache entries of layers no longer in the store (`removed`, or missing), then the
+/// cached blobs no record names. Blobs belong to the caller: no namespace needed.
+pub fn prune_blob_cache(store: &Store, removed: &std::collections::BTreeSet<String>) -> Result<()> {
+    let root = store.blob_cache();
+    let rd = match std::fs::read_dir(&root) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(FsError::new("read directory", &root, e).into()),
+    };
+    let mut named = std::collections::BTreeSet::new();
+    for e in rd {
+        let e = e.at("read directory", &root)?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(stem) = name.strip_suffix(".json") else {
+            continue;
+        };
+        let id = stem.split('.').next().unwrap_or_default();
+        let keep = is_layer_id(id) && !removed.contains(id) && layer_info(store, id).is_ok();
+        match super::read_json::<BlobInfo>(&e.path()) {
+            Ok(b) if keep => {
+                named.insert(b.digest);
+            }
+            _ => std::fs::remove_file(e.path()).at("remove", &e.path())?,
+        }
+    }
+    let blobs = store.cached_blobs();
+    if let Ok(rd) = std::fs::read_dir(&blobs) {
+        for e in rd {
+            let e = e.at("read directory", &blobs)?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if is_layer_id(&name) && !named.contains(&name) {
+                std::fs::remove_file(e.path()).at("remove", &e.path())?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What an export wrote.
@@ -311,26 +494,11 @@ fn digest_hex(d: &str, path: &Path) -> Result<String> {
     }
 }
 
-/// Path of a blob, after checking its size and sha256 (streamed; `progress` counts bytes).
-fn verified_blob(dir: &Path, d: &Descriptor, progress: Option<&Progress>) -> Result<PathBuf> {
+/// Path of a (JSON) blob, after checking its size and sha256 (streamed).
+fn verified_blob(dir: &Path, d: &Descriptor) -> Result<PathBuf> {
     let hex = digest_hex(&d.digest, &dir.join("index.json"))?;
     let path = dir.join("blobs/sha256").join(&hex);
-    let mut f = File::open(&path).at("open", &path)?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0u64;
-    loop {
-        let k = f.read(&mut buf).at("read", &path)?;
-        if k == 0 {
-            break;
-        }
-        h.update(&buf[..k]);
-        n += k as u64;
-        if let Some(p) = progress {
-            p.inc(k as u64);
-        }
-    }
-    let actual = hex::encode(h.finalize());
+    let (actual, n) = hash_file(&path)?;
     if actual != hex {
         return Err(LayerError::Digest {
             what: "blob",
@@ -349,7 +517,7 @@ fn verified_blob(dir: &Path, d: &Descriptor, progress: Option<&Progress>) -> Res
 }
 
 fn read_verified<T: serde::de::DeserializeOwned>(dir: &Path, d: &Descriptor) -> Result<T> {
-    let path = verified_blob(dir, d, None)?;
+    let path = verified_blob(dir, d)?;
     super::read_json(&path)
 }
 
@@ -427,8 +595,8 @@ pub fn import(store: &Store, helper: &Helper, dir: &Path, name: Option<&str>) ->
             "config lists a different number of layers than the manifest",
         ));
     }
-    let total: u64 = manifest.layers.iter().map(|l| l.size).sum();
-    let bar = crate::progress::bytes("verify snapshot", Some(total));
+    // Each blob's digest is checked in the read that unpacks it (inside the helper); its size
+    // is checked here first, so a truncated or overlong blob is refused before any work.
     let mut blobs = Vec::new();
     for (l, diff) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
         if !l.media_type.starts_with(MT_LAYER) {
@@ -437,13 +605,22 @@ pub fn import(store: &Store, helper: &Helper, dir: &Path, name: Option<&str>) ->
                 format!("unsupported layer type {}", l.media_type),
             ));
         }
-        let path = verified_blob(dir, l, Some(&bar))?;
+        let digest = digest_hex(&l.digest, &dir.join("index.json"))?;
+        let path = dir.join("blobs/sha256").join(&digest);
+        let len = std::fs::metadata(&path).at("stat", &path)?.len();
+        if len != l.size {
+            return Err(layout_err(
+                &path,
+                format!("size {len} differs from the descriptor's {}", l.size),
+            ));
+        }
         blobs.push(BlobToUnpack {
             path,
+            digest,
+            size: l.size,
             diff_id: digest_hex(diff, dir)?,
         });
     }
-    bar.done();
     let _lock = super::StoreLock::shared(store)?;
     let infos = helper.unpack_blobs(blobs, &format!("restore of {}", dir.display()))?;
     let img = Image {

@@ -24,6 +24,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 
 use filetime::FileTime;
+use sha2::Digest as _;
 use xattr::FileExt;
 
 use super::pack::{keep_xattr, parse_mtime, OPAQUE_MARKER, WHITEOUT_PREFIX};
@@ -191,8 +192,10 @@ where
             tar_sha256,
             tar_bytes,
         }),
-        // A stream that ends early is the producer's fault when it failed (bad compression).
+        // A stream that ends early is the producer's fault when it failed (bad compression),
+        // and anything the unpacker refused in a file that is not the expected one is that.
         (Err(LayerError::Archive { .. }), Err(pe)) => Err(pe),
+        (Err(_), Err(pe @ (LayerError::Digest { .. } | LayerError::Layout { .. }))) => Err(pe),
         (Err(e), _) => Err(e),
         (Ok(_), Err(pe)) => Err(pe),
     }
@@ -205,37 +208,124 @@ pub fn unpack_file(
     opts: &UnpackOptions,
     what: &str,
 ) -> Result<PipelineResult> {
+    unpack_checked(archive, None, dest, opts, what)
+}
+
+/// What an archive file must be: its sha256 (hex) and length, as a descriptor states them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expected {
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// Sha256 and length of the bytes read through it.
+struct HashReader<R> {
+    inner: R,
+    hasher: sha2::Sha256,
+    count: u64,
+}
+
+impl<R: Read> Read for HashReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+/// `unpack_file` of an archive that must hash to `expected` (an OCI blob): the compressed bytes
+/// are hashed as the decoder reads them, in the same read, and the whole file is read. A file
+/// that differs fails with a digest or size error (preferred to whatever the decoder or the
+/// unpacker made of the damaged bytes); `dest` then holds what was written, which the caller
+/// removes.
+pub fn unpack_verified(
+    archive: &Path,
+    expected: &Expected,
+    dest: &Path,
+    opts: &UnpackOptions,
+    what: &str,
+) -> Result<PipelineResult> {
+    unpack_checked(archive, Some(expected), dest, opts, what)
+}
+
+fn unpack_checked(
+    archive: &Path,
+    expected: Option<&Expected>,
+    dest: &Path,
+    opts: &UnpackOptions,
+    what: &str,
+) -> Result<PipelineResult> {
     let f = File::open(archive).at("open", archive)?;
     let len = f.metadata().at("stat", archive)?.len();
     let bar = Arc::new(progress::bytes(what, Some(len)));
     let label = opts.label.clone();
     let p2 = bar.clone();
+    let path = archive.to_path_buf();
+    let expected = expected.cloned();
     let producer = move |w: &mut dyn Write| -> Result<()> {
         let r = ProgressReader {
-            inner: f,
+            inner: HashReader {
+                inner: f,
+                hasher: sha2::Sha256::new(),
+                count: 0,
+            },
             progress: p2,
         };
         let arch = |source| LayerError::Archive {
             archive: label.clone(),
             source,
         };
+        // The file's own check: read what the decoder left, then compare.
+        let check = |r: ProgressReader<HashReader<File>>| -> Result<()> {
+            let Some(exp) = &expected else {
+                return Ok(());
+            };
+            let mut h = r.inner;
+            io::copy(&mut h, &mut io::sink()).at("read", &path)?;
+            let actual = hex::encode(sha2::Digest::finalize(h.hasher));
+            if actual != exp.sha256 {
+                return Err(LayerError::Digest {
+                    what: "blob",
+                    path: path.clone(),
+                    expected: format!("sha256:{}", exp.sha256),
+                    actual: format!("sha256:{actual}"),
+                });
+            }
+            if h.count != exp.size {
+                return Err(LayerError::Layout {
+                    path: path.clone(),
+                    reason: format!(
+                        "size {} differs from the descriptor's {}",
+                        h.count, exp.size
+                    ),
+                });
+            }
+            Ok(())
+        };
         let mut d = decoder(r).map_err(arch)?;
         // Large reads: each one is a round trip through the (multithreaded) decoder.
         let mut buf = vec![0u8; CHUNK];
         loop {
             let n = match d.read(&mut buf) {
-                Ok(0) => return Ok(()),
+                Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(arch(e)),
+                Err(e) => {
+                    // Damaged bytes are reported as such, not as what the decoder saw.
+                    check(d.into_inner().into_inner())?;
+                    return Err(arch(e));
+                }
             };
             match w.write_all(&buf[..n]) {
                 Ok(()) => {}
-                // The unpacker stopped (its error is the one reported).
-                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
+                // The unpacker stopped (its error is the one reported, unless the file
+                // itself is not the one expected).
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => break,
                 Err(e) => return Err(arch(e)),
             }
         }
+        check(d.into_inner().into_inner())
     };
     let r = pipeline(producer, dest, opts);
     if r.is_ok() {
@@ -263,12 +353,16 @@ pub fn unpack_rootfs(store: &Store, tarball: &Path, source: &str) -> Result<Laye
             .unwrap_or_default();
         let res = unpack_file(tarball, &tmp, &opts, &format!("unpack {name}"))?;
         report_skips(&res.stats, &name);
+        // The tree is complete: sync it while the checksum pass reads it (which writes nothing).
+        let t2 = tmp.clone();
+        let sync = std::thread::spawn(move || super::sync_tree(&t2));
         let bar = progress::bytes("checksum layer", Some(res.stats.content_bytes));
-        let mut hw = HashWriter::new(io::sink());
-        let ps = super::pack::pack_dir(&tmp, &mut hw, Some(&bar))?;
+        let hashed = hash_tree(&tmp, &bar);
+        let synced = sync.join().map_err(|_| LayerError::Panicked("sync"))?;
+        let (id, ps) = hashed?;
+        synced?;
         bar.done();
-        let (id, _, _) = hw.finish();
-        super::publish(
+        super::publish_synced(
             store,
             &tmp,
             LayerInfo {
@@ -280,6 +374,7 @@ pub fn unpack_rootfs(store: &Store, tarball: &Path, source: &str) -> Result<Laye
                 created: super::now_secs(),
                 devices_skipped: res.stats.devices_skipped,
             },
+            true,
         )
     })();
     if r.is_err() {
@@ -287,6 +382,27 @@ pub fn unpack_rootfs(store: &Store, tarball: &Path, source: &str) -> Result<Laye
         let _ = super::remove_tree(&tmp);
     }
     r
+}
+
+/// The layer id of the tree `dir` (the sha256 of its canonical tarball) and what the tarball
+/// holds: the tree is read on this thread and hashed on another one.
+fn hash_tree(dir: &Path, bar: &Progress) -> Result<(String, super::pack::PackStats)> {
+    let (tx, rx) = sync_channel::<Vec<u8>>(CHANNEL_DEPTH);
+    let hasher = std::thread::spawn(move || {
+        let mut h = sha2::Sha256::new();
+        for chunk in rx {
+            h.update(&chunk);
+        }
+        hex::encode(h.finalize())
+    });
+    let mut w = ChanWriter {
+        tx,
+        buf: Vec::with_capacity(CHUNK),
+    };
+    let packed = super::pack::pack_dir(dir, &mut w, Some(bar));
+    drop(w);
+    let id = hasher.join().map_err(|_| LayerError::Panicked("hashing"))?;
+    Ok((id, packed?))
 }
 
 fn report_skips(s: &UnpackStats, name: &str) {
@@ -1013,6 +1129,62 @@ mod tests {
             e.contains("entry h") && e.contains("leaves the layer"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn verified_unpack_checks_the_compressed_file_in_the_same_read() {
+        use sha2::Digest;
+        let data = tar_with(|b| {
+            for i in 0..32u32 {
+                let body: Vec<u8> = (0..8192u32).map(|k| (k * 13 + i) as u8).collect();
+                let mut h = header(tar::EntryType::Regular, body.len() as u64);
+                raw_name(&mut h, &format!("f{i}"));
+                h.set_cksum();
+                b.append(&h, &body[..]).unwrap();
+            }
+        });
+        let zst = zstd::encode_all(&data[..], 3).unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let blob = d.path().join("blob");
+        let good = Expected {
+            sha256: hex::encode(sha2::Sha256::digest(&zst)),
+            size: zst.len() as u64,
+        };
+        let run = |content: &[u8], exp: &Expected| {
+            std::fs::write(&blob, content).unwrap();
+            let root = d.path().join(format!("root-{}", rand::random::<u32>()));
+            std::fs::create_dir(&root).unwrap();
+            unpack_verified(&blob, exp, &root, &opts(), "test")
+        };
+        let ok = run(&zst, &good).unwrap();
+        assert_eq!(ok.tar_sha256, hex::encode(sha2::Sha256::digest(&data)));
+        assert_eq!(ok.stats.entries, 32);
+        // Trailing bytes after the last frame are part of the file, hence of its digest.
+        let mut longer = zst.clone();
+        longer.extend_from_slice(&[0u8; 7]);
+        let e = run(&longer, &good).unwrap_err().to_string();
+        assert!(e.contains("digest mismatch"), "{e}");
+        // Truncated, damaged in the middle: a digest error, not the decoder's complaint.
+        for bad in [zst[..zst.len() / 2].to_vec(), {
+            let mut v = zst.clone();
+            let mid = v.len() / 2;
+            v[mid] ^= 0xff;
+            v
+        }] {
+            let exp = Expected {
+                sha256: good.sha256.clone(),
+                size: bad.len() as u64,
+            };
+            let e = run(&bad, &exp).unwrap_err().to_string();
+            assert!(e.contains("digest mismatch") && e.contains("blob"), "{e}");
+        }
+        // Right digest, wrong length stated.
+        let exp = Expected {
+            sha256: good.sha256.clone(),
+            size: good.size + 1,
+        };
+        let e = run(&zst, &exp).unwrap_err().to_string();
+        assert!(e.contains("differs from the descriptor"), "{e}");
     }
 
     #[test]

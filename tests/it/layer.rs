@@ -4,7 +4,7 @@
 //! interrupted runs.
 
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -535,6 +535,9 @@ fn commit_snapshot_restore_round_trip() {
         "--image",
         "fx/base",
     ]);
+    // A first snapshot of the base image fills the store's blob cache.
+    let s0 = env.p("snap0");
+    env.ok(&["snapshot", "--image", "fx/base", "-o", s0.to_str().unwrap()]);
     for d in ["upper", "work", "merged"] {
         std::fs::create_dir(env.p(d)).unwrap();
     }
@@ -576,10 +579,36 @@ fn commit_snapshot_restore_round_trip() {
     let seen = with_image_mounted(&env, &env.store(), "fx/next", check);
     assert_eq!(seen, want);
 
-    // Snapshot, restore into a fresh store, snapshot again: identical layouts.
+    // Snapshot (the base layer's blob reused from the cache, the same file as in the first
+    // snapshot), restore into a fresh store, snapshot there (everything packed anew): identical
+    // layouts.
     let s1 = env.p("snap1");
     let manifest = env.ok(&["snapshot", "--image", "fx/next", "-o", s1.to_str().unwrap()]);
     assert!(manifest.starts_with("sha256:"), "{manifest}");
+    let inodes = |dir: &Path| -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = std::fs::read_dir(dir.join("blobs/sha256"))
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                (
+                    e.file_name().into_string().unwrap(),
+                    e.metadata().unwrap().ino(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let base_blobs = inodes(&s0);
+    let reused: Vec<_> = inodes(&s1)
+        .into_iter()
+        .filter(|b| base_blobs.contains(b))
+        .collect();
+    assert_eq!(
+        reused.len(),
+        1,
+        "the base layer's blob is reused: {reused:?}"
+    );
     let store2 = env.p("store2");
     std::fs::create_dir(&store2).unwrap();
     let o = env.gb_in(&store2, &["restore", s1.to_str().unwrap()]);
@@ -598,12 +627,46 @@ fn commit_snapshot_restore_round_trip() {
     assert_eq!(util::stdout(&o).trim(), manifest);
     assert_eq!(tree_bytes(&s1), tree_bytes(&s2));
     assert_eq!(with_image_mounted(&env, &store2, "fx/next", check), want);
+    // Twice in the same store (every blob from the cache): the same bytes again.
+    let s3 = env.p("snap3");
+    let again = env.ok(&["snapshot", "--image", "fx/next", "-o", s3.to_str().unwrap()]);
+    assert_eq!(again, manifest);
+    assert_eq!(tree_bytes(&s3), tree_bytes(&s2));
+    // A damaged cached blob is not handed out: the layer is packed again.
+    let json = |dir: &Path, digest: &str| -> serde_json::Value {
+        let d = digest.strip_prefix("sha256:").unwrap();
+        serde_json::from_slice(&std::fs::read(dir.join("blobs/sha256").join(d)).unwrap()).unwrap()
+    };
+    let layers = json(&s1, manifest.trim())["layers"].clone();
+    let damaged = layers[1]["digest"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("sha256:")
+        .unwrap()
+        .to_string();
+    let cached = env.store().join("blobs/sha256").join(&damaged);
+    std::fs::set_permissions(&cached, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut data = std::fs::read(&cached).unwrap();
+    let mid = data.len() / 2;
+    data[mid] ^= 0x55;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&cached)
+        .unwrap()
+        .write_all(&data)
+        .unwrap();
+    let s4 = env.p("snap4");
+    let fresh = env.ok(&["snapshot", "--image", "fx/next", "-o", s4.to_str().unwrap()]);
+    assert_eq!(fresh, manifest);
+    assert_eq!(tree_bytes(&s4), tree_bytes(&s2));
+    std::fs::remove_dir_all(&s1).unwrap();
+    std::fs::remove_dir_all(&s3).unwrap();
 
     if require(util::which("skopeo"), "skopeo installed") {
         let o = util::output(
             Command::new("skopeo")
                 .arg("inspect")
-                .arg(format!("oci:{}", s1.display())),
+                .arg(format!("oci:{}", s2.display())),
         );
         assert!(o.status.success(), "skopeo: {}", util::stderr(&o));
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -636,11 +699,23 @@ fn commit_snapshot_restore_round_trip() {
 
     // gc keeps what images reference, removes the rest (subordinate-owned files included).
     env.ok(&["image", "rm", "fx/next"]);
-    std::fs::remove_dir_all(&s1).unwrap();
+    std::fs::remove_dir_all(&s4).unwrap();
     std::fs::remove_dir_all(&sg).unwrap();
     env.ok(&["gc"]);
     assert_eq!(env.layers(&env.store()).len(), 1);
     assert!(!env.store().join("layers").join(&id).exists());
+    // The blob cache keeps the base layer's blobs only (zstd and gzip).
+    let base = env.layers(&env.store())[0].clone();
+    let cache: Vec<String> = std::fs::read_dir(env.store().join("blobs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".json"))
+        .collect();
+    assert_eq!(cache.len(), 2, "{cache:?}");
+    assert!(cache.iter().all(|n| n.starts_with(&base)), "{cache:?}");
+    let blobs: Vec<(String, u64)> = inodes(&env.store());
+    assert_eq!(blobs.len(), 2, "{blobs:?}");
 }
 
 fn tree_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
@@ -668,6 +743,12 @@ fn sha256_hex(data: &[u8]) -> String {
 
 /// A one-layer OCI layout around the uncompressed tar `layer`.
 fn layout_with(dir: &Path, layer: &[u8]) {
+    layout_blob(dir, layer, layer, "application/vnd.oci.image.layer.v1.tar");
+}
+
+/// A one-layer OCI layout whose layer is `blob` (the tar `layer`, compressed as `media_type`
+/// says); returns the blob's path. The layer descriptor states the blob's digest and size.
+fn layout_blob(dir: &Path, layer: &[u8], blob: &[u8], media_type: &str) -> PathBuf {
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).unwrap();
     let put = |data: &[u8]| {
@@ -675,20 +756,41 @@ fn layout_with(dir: &Path, layer: &[u8]) {
         std::fs::write(blobs.join(&d), data).unwrap();
         (format!("sha256:{d}"), data.len())
     };
-    let (ld, ls) = put(layer);
+    let diff = format!("sha256:{}", sha256_hex(layer));
+    let (ld, ls) = put(blob);
     let config = serde_json::json!({"architecture": "amd64", "os": "linux",
-        "rootfs": {"type": "layers", "diff_ids": [ld]}});
+        "rootfs": {"type": "layers", "diff_ids": [diff]}});
     let (cd, cs) = put(&serde_json::to_vec(&config).unwrap());
     let manifest = serde_json::json!({"schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ld, "size": ls}]});
+        "layers": [{"mediaType": media_type, "digest": ld, "size": ls}]});
     let (md, ms) = put(&serde_json::to_vec(&manifest).unwrap());
     let index = serde_json::json!({"schemaVersion": 2, "manifests": [{"mediaType":
         "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": ms,
         "annotations": {"org.opencontainers.image.ref.name": "evil"}}]});
     std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
     std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    blobs.join(ld.strip_prefix("sha256:").unwrap())
+}
+
+/// Rewrite the layer descriptor of the one-layer layout `dir` to state `size`.
+fn restate_layer_size(dir: &Path, size: usize) {
+    let blobs = dir.join("blobs/sha256");
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let md = index["manifests"][0]["digest"].as_str().unwrap();
+    let old = blobs.join(md.strip_prefix("sha256:").unwrap());
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&old).unwrap()).unwrap();
+    manifest["layers"][0]["size"] = size.into();
+    let data = serde_json::to_vec(&manifest).unwrap();
+    let d = sha256_hex(&data);
+    std::fs::write(blobs.join(&d), &data).unwrap();
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{"mediaType":
+        "application/vnd.oci.image.manifest.v1+json", "digest": format!("sha256:{d}"),
+        "size": data.len(), "annotations": {"org.opencontainers.image.ref.name": "evil"}}]});
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
 }
 
 #[test]
@@ -718,6 +820,42 @@ fn bad_layouts_are_refused_and_nothing_is_restored() {
         "{}",
         util::stderr(&o)
     );
+    // A truncated zstd blob: refused by its size before anything is unpacked, and, when the
+    // descriptor states the truncated size, by its digest (not by what the decoder saw).
+    let mut b = tar::Builder::new(Vec::new());
+    dir(&mut b, "usr/", 0o755, 0);
+    for i in 0..64 {
+        let data: Vec<u8> = (0..4096u32).map(|k| (k * 7 + i) as u8).collect();
+        file(&mut b, &format!("usr/f{i}"), 0o644, 0, &data);
+    }
+    let tar = b.into_inner().unwrap();
+    let zst = zstd::encode_all(&tar[..], 3).unwrap();
+    let half = zst.len() / 2;
+    for restated in [false, true] {
+        let lt = env.p(&format!("truncated-{restated}"));
+        let blob = layout_blob(
+            &lt,
+            &tar,
+            &zst,
+            "application/vnd.oci.image.layer.v1.tar+zstd",
+        );
+        std::fs::write(&blob, &zst[..half]).unwrap();
+        if restated {
+            restate_layer_size(&lt, half);
+        }
+        let o = env.gb(&["restore", lt.to_str().unwrap()]);
+        assert!(!o.status.success());
+        let err = util::stderr(&o);
+        let want = if restated {
+            "digest mismatch".to_string()
+        } else {
+            format!("size {half} differs from the descriptor's {}", zst.len())
+        };
+        assert!(
+            err.contains(&want) && err.contains(&*blob.to_string_lossy()),
+            "{err}"
+        );
+    }
     // A layout with a traversal entry (digests all correct).
     let l2 = env.p("traversal");
     let mut b = tar::Builder::new(Vec::new());
