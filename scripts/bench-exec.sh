@@ -2,8 +2,11 @@
 # Benchmark: median start-to-exit of `true` through `gbuild exec`, beside `unshare -Urmpf` and
 # bubblewrap on the same busybox rootfs, same run, printed as ratios. Target: gbuild <= 2x bwrap
 # (bubblewrap: `apt install bubblewrap`; without it the ratio to unshare is the one judged).
+# Also `gbuild exec --idmap single` (the one-id mapping bwrap and unshare make, without
+# newuidmap/newgidmap) and the median of each step of gbuild's start path (its debug event).
 # Usage: scripts/bench-exec.sh [RUNS]   (as root it runs as GBUILD_TEST_USER, default gbuild-test;
-# GBUILD_BENCH_BIN=PATH measures that gbuild binary instead of building the release one)
+# GBUILD_BENCH_BIN=PATH measures that gbuild binary instead of building the release one;
+# GBUILD_BENCH_BEFORE=PATH measures that one too, in the same run, as "before")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-50}
@@ -16,6 +19,8 @@ fi
 work=$(mktemp -d /tmp/gbuild-bench-exec.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 cp "$bin" "$work/gbuild"
+before=${GBUILD_BENCH_BEFORE:-}
+[ -z "$before" ] || cp "$before" "$work/gbuild-before"
 root="$work/rootfs"
 mkdir -p "$root"/{bin,etc,proc,dev,sys,tmp}
 cp "$(command -v busybox)" "$root/bin/busybox"
@@ -39,9 +44,36 @@ for _ in range(runs):
 print(f"{statistics.median(t) * 1000:.2f}")
 PY
 
+cat > "$work/steps.py" <<'PY'
+import subprocess, sys, statistics, re
+runs = int(sys.argv[1]); cmd = sys.argv[2:]
+steps = {}
+for _ in range(runs):
+    err = subprocess.run(cmd, check=True, stderr=subprocess.PIPE, text=True).stderr
+    m = re.search(r"steps \(ms\): (.*)", err)
+    if not m:
+        sys.exit("no steps event in: " + err)
+    for part in m.group(1).split(", "):
+        name, ms = part.rsplit(" ", 1)
+        steps.setdefault(name, []).append(float(ms))
+print("  ".join(f"{k} {statistics.median(v):.2f}" for k, v in steps.items()))
+PY
+
 measure() { "${as_user[@]}" python3 "$work/measure.py" "$runs" "$@"; }
+steps() {
+  local b=$1; shift
+  "${as_user[@]}" env GBUILD_LOG=warn,gbuild::runtime=debug GBUILD_SELF_EXE="$b" \
+    python3 "$work/steps.py" "$runs" "$b" exec -T "$@" --rootfs "$root" -- /bin/true
+}
 
 gb=$(measure env GBUILD_SELF_EXE="$work/gbuild" "$work/gbuild" -q exec -T --rootfs "$root" -- /bin/true)
+gb1=$(measure env GBUILD_SELF_EXE="$work/gbuild" "$work/gbuild" -q exec -T --idmap single --rootfs "$root" -- /bin/true)
+gbsteps=$(steps "$work/gbuild")
+if [ -n "$before" ]; then
+  gbb=$(measure env GBUILD_SELF_EXE="$work/gbuild-before" "$work/gbuild-before" -q exec -T --rootfs "$root" -- /bin/true)
+  gbb1=$(measure env GBUILD_SELF_EXE="$work/gbuild-before" "$work/gbuild-before" -q exec -T --idmap single --rootfs "$root" -- /bin/true)
+  gbbsteps=$(steps "$work/gbuild-before" 2>/dev/null || echo "(no steps event)")
+fi
 un=$(measure unshare -Urmpf chroot "$root" /bin/true)
 if command -v bwrap >/dev/null; then
   bw=$(measure bwrap --unshare-user --unshare-pid --unshare-ipc --unshare-uts \
@@ -53,11 +85,22 @@ host=$(measure /bin/true)
 
 printf '%-28s %8s ms\n' "host /bin/true" "$host" "unshare -Urmpf" "$un"
 [ -n "$bw" ] && printf '%-28s %8s ms\n' "bwrap" "$bw"
+if [ -n "$before" ]; then
+  printf '%-28s %8s ms\n' "gbuild exec (before)" "$gbb" "gbuild exec --idmap single (before)" "$gbb1"
+  echo "  steps (before, median ms): $gbbsteps"
+fi
+printf '%-28s %8s ms\n' "gbuild exec --idmap single" "$gb1"
 printf '%-28s %8s ms\n' "gbuild exec" "$gb"
-python3 - "$gb" "$un" "${bw:-0}" <<'PY'
+echo "  steps (median ms): $gbsteps"
+python3 - "$gb" "$un" "${bw:-0}" "$gb1" "${gbb:-0}" "${gbb1:-0}" <<'PY'
 import sys
-gb, un, bw = map(float, sys.argv[1:])
+gb, un, bw, gb1, gbb, gbb1 = map(float, sys.argv[1:])
 target = 2.0
+base = bw or un
+name = "bwrap" if bw else "unshare"
+if gbb:
+    print(f"before: gbuild/{name} {gbb/base:.2f}x, --idmap single {gbb1/base:.2f}x")
+print(f"ratio gbuild --idmap single/{name}: {gb1/base:.2f}x")
 print(f"ratio gbuild/unshare: {gb/un:.2f}x   overhead vs unshare: {gb-un:.1f} ms")
 if bw:
     r = gb / bw
