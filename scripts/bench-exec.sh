@@ -35,13 +35,19 @@ if [ "$(id -u)" = 0 ]; then
 fi
 
 cat > "$work/measure.py" <<'PY'
-import subprocess, sys, time, statistics
+import subprocess, sys, time, statistics, resource
 runs = int(sys.argv[1]); cmd = sys.argv[2:]
 subprocess.run(cmd, check=True)  # warm up
-t = []
+t = []; c = []
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 for _ in range(runs):
-    s = time.perf_counter(); subprocess.run(cmd, check=True); t.append(time.perf_counter() - s)
-print(f"{statistics.median(t) * 1000:.2f}")
+    c0 = cpu(); s = time.perf_counter(); subprocess.run(cmd, check=True)
+    t.append(time.perf_counter() - s); c.append(cpu() - c0)
+# Wall time (what is judged), and the CPU time of the processes waited for (user + system), which
+# a busy machine inflates less.
+print(f"{statistics.median(t) * 1000:.2f} {statistics.median(c) * 1000:.2f}")
 PY
 
 cat > "$work/steps.py" <<'PY'
@@ -66,40 +72,43 @@ steps() {
     python3 "$work/steps.py" "$runs" "$b" exec -T "$@" --rootfs "$root" -- /bin/true
 }
 
-gb=$(measure env GBUILD_SELF_EXE="$work/gbuild" "$work/gbuild" -q exec -T --rootfs "$root" -- /bin/true)
-gb1=$(measure env GBUILD_SELF_EXE="$work/gbuild" "$work/gbuild" -q exec -T --idmap single --rootfs "$root" -- /bin/true)
+read -r gb gbc < <(measure env GBUILD_SELF_EXE="$work/gbuild" "$work/gbuild" -q exec -T --rootfs "$root" -- /bin/true)
+read -r gb1 gb1c < <(measure env GBUILD_SELF_EXE="$work/gbuild" "$work/gbuild" -q exec -T --idmap single --rootfs "$root" -- /bin/true)
 gbsteps=$(steps "$work/gbuild")
 if [ -n "$before" ]; then
-  gbb=$(measure env GBUILD_SELF_EXE="$work/gbuild-before" "$work/gbuild-before" -q exec -T --rootfs "$root" -- /bin/true)
-  gbb1=$(measure env GBUILD_SELF_EXE="$work/gbuild-before" "$work/gbuild-before" -q exec -T --idmap single --rootfs "$root" -- /bin/true)
+  read -r gbb gbbc < <(measure env GBUILD_SELF_EXE="$work/gbuild-before" "$work/gbuild-before" -q exec -T --rootfs "$root" -- /bin/true)
+  read -r gbb1 gbb1c < <(measure env GBUILD_SELF_EXE="$work/gbuild-before" "$work/gbuild-before" -q exec -T --idmap single --rootfs "$root" -- /bin/true)
   gbbsteps=$(steps "$work/gbuild-before" 2>/dev/null || echo "(no steps event)")
 fi
-un=$(measure unshare -Urmpf chroot "$root" /bin/true)
+read -r un unc < <(measure unshare -Urmpf chroot "$root" /bin/true)
 if command -v bwrap >/dev/null; then
-  bw=$(measure bwrap --unshare-user --unshare-pid --unshare-ipc --unshare-uts \
+  read -r bw bwc < <(measure bwrap --unshare-user --unshare-pid --unshare-ipc --unshare-uts \
          --bind "$root" / --proc /proc --dev /dev /bin/true)
 else
-  bw=""
+  bw=""; bwc=""
 fi
-host=$(measure /bin/true)
+read -r host hostc < <(measure /bin/true)
 
-printf '%-28s %8s ms\n' "host /bin/true" "$host" "unshare -Urmpf" "$un"
-[ -n "$bw" ] && printf '%-28s %8s ms\n' "bwrap" "$bw"
+echo "                                 wall    cpu (median ms; load: $(cut -d' ' -f1-3 /proc/loadavg))"
+printf '%-28s %8s %8s\n' "host /bin/true" "$host" "$hostc" "unshare -Urmpf" "$un" "$unc"
+[ -n "$bw" ] && printf '%-28s %8s %8s\n' "bwrap" "$bw" "$bwc"
 if [ -n "$before" ]; then
-  printf '%-28s %8s ms\n' "gbuild exec (before)" "$gbb" "gbuild exec --idmap single (before)" "$gbb1"
+  printf '%-28s %8s %8s\n' "gbuild exec (before)" "$gbb" "$gbbc" "gbuild exec --idmap single (before)" "$gbb1" "$gbb1c"
   echo "  steps (before, median ms): $gbbsteps"
 fi
-printf '%-28s %8s ms\n' "gbuild exec --idmap single" "$gb1"
-printf '%-28s %8s ms\n' "gbuild exec" "$gb"
+printf '%-28s %8s %8s\n' "gbuild exec --idmap single" "$gb1" "$gb1c"
+printf '%-28s %8s %8s\n' "gbuild exec" "$gb" "$gbc"
 echo "  steps (median ms): $gbsteps"
-python3 - "$gb" "$un" "${bw:-0}" "$gb1" "${gbb:-0}" "${gbb1:-0}" <<'PY'
+python3 - "$gb" "$un" "${bw:-0}" "$gb1" "${gbb:-0}" "${gbb1:-0}" "$gbc" "${bwc:-0}" "${gbbc:-0}" <<'PY'
 import sys
-gb, un, bw, gb1, gbb, gbb1 = map(float, sys.argv[1:])
+gb, un, bw, gb1, gbb, gbb1, gbc, bwc, gbbc = map(float, sys.argv[1:])
 target = 2.0
 base = bw or un
 name = "bwrap" if bw else "unshare"
 if gbb:
     print(f"before: gbuild/{name} {gbb/base:.2f}x, --idmap single {gbb1/base:.2f}x")
+if bwc:
+    print(f"cpu time gbuild/bwrap: {gbc/bwc:.2f}x" + (f" (before {gbbc/bwc:.2f}x)" if gbbc else ""))
 print(f"ratio gbuild --idmap single/{name}: {gb1/base:.2f}x")
 print(f"ratio gbuild/unshare: {gb/un:.2f}x   overhead vs unshare: {gb-un:.1f} ms")
 if bw:

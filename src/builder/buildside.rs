@@ -92,7 +92,7 @@ fn usable_tmpdir(d: &str) -> bool {
 /// build directories (`portage/`).
 pub fn main_tmpdir(host: Option<&Bundle>) -> String {
     host.and_then(|b| host_var(b, "PORTAGE_TMPDIR"))
-        .filter(|d| usable_tmpdir(d) && d.trim_end_matches('/') != "")
+        .filter(|d| usable_tmpdir(d) && !d.trim_end_matches('/').is_empty())
         .map(|d| d.trim_end_matches('/').to_string())
         .unwrap_or_else(|| "/var/tmp".to_string())
 }

@@ -749,7 +749,21 @@ fn stage3_default_and_a_real_desktop_host() {
         format!("{toml}emerge_jobs = 2\nload_average = 7.5\n"),
     )
     .unwrap();
-    // The first builder's compiles filled the machine's cache in the store.
+    // The first builder's compiles fill the machine's cache in the store: the bootstrap's, and
+    // the language package's (compiled with -c, then linked, as most real builds are: ccache
+    // caches compiles, not a compile and link in one gcc call).
+    sh(env.gbuild().args([
+        "shell",
+        "--machine",
+        "desk",
+        "--",
+        "emerge",
+        "--oneshot",
+        "--usepkg=n",
+        "--buildpkg=n",
+        "--color=n",
+        "dev-lang/plang",
+    ]));
     let cache = env.store.join("machines/desk/ccache");
     assert!(
         std::fs::read_dir(&cache).unwrap().next().is_some(),
@@ -767,7 +781,7 @@ fn stage3_default_and_a_real_desktop_host() {
         "set -e; export CCACHE_DIR=/var/cache/ccache; ccache -z >/dev/null; \
          echo \"opts: $EMERGE_DEFAULT_OPTS\"; \
          FEATURES=\"$FEATURES keepwork\" emerge --oneshot --usepkg=n --buildpkg=n --color=n \
-           dev-libs/libgreet app-misc/hello; \
+           dev-libs/libgreet app-misc/hello dev-lang/plang; \
          for d in /var/tmp/portage/dev-libs/libgreet-1.0 /var/tmp/notmpfs/portage/app-misc/hello-1.0; do \
            echo \"fs $d $(stat -f -c %T $d/work)\"; done; \
          echo \"tmpfs $(stat -f -c '%b %S' /var/tmp/portage)\"; ccache -s",
