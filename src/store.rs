@@ -381,6 +381,10 @@ impl MachineDir {
     pub fn rebase_lock(&self) -> PathBuf {
         self.dir.join("rebase.lock")
     }
+    /// The machine's ccache (gbuild.toml's `ccache`): outlives builders, like PKGDIR.
+    pub fn ccache(&self) -> PathBuf {
+        self.dir.join("ccache")
+    }
     /// A fresh temporary path in the machine's directory (the scheme `gc` knows).
     pub fn temp(&self, purpose: &str) -> PathBuf {
         crate::fsutil::temp_path(&self.dir, purpose)

@@ -148,7 +148,7 @@ for cpv in sorted(requires):
 /// `gbuild: step NAME` line that `Progress` files what follows under. `GBUILD_FULL=1` runs every
 /// step; otherwise only `@preserved-rebuild`, when Portage kept old libraries. `GBUILD_SONAME=1`
 /// adds the soname rebuild after depclean (what it removed provides nothing). `GBUILD_KEEP`:
-/// a build-side package depclean keeps although no world set has it (distcc).
+/// the build-side packages depclean keeps although no world set has them (ccache, distcc).
 const CLEANUP: &str = r#"set -e
 export CLEAN_DELAY=0 EMERGE_WARNING_DELAY=0
 if [ -s /var/lib/portage/preserved_libs_registry ] && \
@@ -159,7 +159,7 @@ fi
 [ "$GBUILD_FULL" = 1 ] || exit 0
 echo "gbuild: step depclean"
 # Packages requested on demand stay installed (and their binpkgs published) like world's;
-# GBUILD_KEEP: build-side tools (distcc) that no world set has.
+# GBUILD_KEEP: build-side tools (ccache, distcc) that no world set has.
 set -f
 keep=""
 for a in $GBUILD_REQUESTED $GBUILD_KEEP; do keep="$keep --exclude $a"; done
@@ -189,14 +189,7 @@ emaint --fix binhost
 pub fn run_cleanup(s: &mut Session, full: bool, soname: bool, requested: &str) -> Result<i32> {
     s.extra_env = vec![
         format!("GBUILD_REQUESTED={requested}"),
-        format!(
-            "GBUILD_KEEP={}",
-            if s.distcc.is_some() {
-                super::distcc::DISTCC_ATOM
-            } else {
-                ""
-            }
-        ),
+        format!("GBUILD_KEEP={}", s.kept_atoms().join(" ")),
         format!("GBUILD_FULL={}", u8::from(full)),
         format!("GBUILD_SONAME={}", u8::from(soname)),
         format!("GBUILD_SONAME_REBUILD={SONAME_REBUILD}"),

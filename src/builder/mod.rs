@@ -540,6 +540,7 @@ impl BuildEnv {
         let side = buildside::prepare(self, machine, host.as_ref(), build_layer, distcc)?;
         spec.env.extend(side.env);
         spec.binds.extend(side.binds);
+        spec.tmpfs.extend(side.tmpfs);
         Ok(spec)
     }
 }

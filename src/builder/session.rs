@@ -151,9 +151,26 @@ impl<'a> Session<'a> {
         tracing::info!("{line}");
     }
 
-    /// Probe the machine's distcc helpers for this session's emerges, with a warning in the log
+    /// Give the builder the build-side tools gbuild.toml asks for (ccache) when it lacks them;
+    /// probe the machine's distcc helpers for this session's emerges, with a warning in the log
     /// for each one that is down; give the builder distcc when helpers are up and it lacks it.
     pub fn use_helpers(&mut self) -> Result<()> {
+        let ccache = self
+            .env
+            .config
+            .build_options(&self.machine.name)
+            .ccache_bytes()
+            .is_some();
+        if ccache && !overlay_has(self.env, &self.upper, &self.image, "usr/bin/ccache") {
+            self.run_ok(
+                "installing ccache",
+                vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    super::buildside::ENSURE_CCACHE.into(),
+                ],
+            )?;
+        }
         let Some(mut plan) = super::distcc::plan(self.env, self.machine)? else {
             self.distcc = None;
             return Ok(());
@@ -212,6 +229,11 @@ impl<'a> Session<'a> {
     /// The snapshot date of the ebuild tree the session's containers see.
     pub fn snapshot(&self) -> &str {
         &self.snapshot
+    }
+
+    /// The build-side packages depclean keeps in this session's builder (`buildside`).
+    pub fn kept_atoms(&self) -> Vec<&'static str> {
+        super::buildside::kept_atoms(self.env, self.machine, self.distcc.is_some())
     }
 
     /// Run `argv` in the container; output goes to the log (and stderr when echoing) and through

@@ -20,7 +20,7 @@ mod watchdog;
 use std::cell::{OnceCell, RefCell};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus};
+use std::process::ExitStatus;
 
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
@@ -80,11 +80,20 @@ impl std::str::FromStr for Bind {
     }
 }
 
+/// A tmpfs of `size` (the kernel's `size=` syntax: `512M`, `16G`, `50%`) mounted at `dst` inside
+/// the container, after the binds (so it may lie inside a bound directory), mode 0775.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tmpfs {
+    pub dst: PathBuf,
+    pub size: String,
+}
+
 /// Everything that defines one container run.
 #[derive(Debug, Clone)]
 pub struct ContainerSpec {
     pub rootfs: Rootfs,
     pub binds: Vec<Bind>,
+    pub tmpfs: Vec<Tmpfs>,
     pub argv: Vec<String>,
     /// `KEY=VALUE` entries; the process gets exactly these.
     pub env: Vec<String>,
@@ -104,6 +113,7 @@ impl ContainerSpec {
         ContainerSpec {
             rootfs,
             binds: Vec::new(),
+            tmpfs: Vec::new(),
             argv,
             env: default_env(),
             cwd: "/".into(),
@@ -209,7 +219,7 @@ pub struct Runtime {
     state_root: PathBuf,
     host: OnceCell<Host>,
     /// Watchdogs of finished runs, told so, not yet reaped.
-    released: RefCell<Vec<Child>>,
+    released: RefCell<Vec<watchdog::Proc>>,
 }
 
 impl Runtime {
@@ -249,12 +259,15 @@ impl Runtime {
         spec: &ContainerSpec,
         sink: Option<Sink<'_>>,
     ) -> Result<i32, RuntimeError> {
+        let mut steps = Steps::new();
         // Plan: nothing is created until the guard below exists.
         let resolved = prepare::resolve(spec)?;
         let host = self.host()?;
+        steps.mark("host facts");
         self.prepare_state_root()?;
         self.reap_stale();
         self.reap_watchdogs();
+        steps.mark("state root");
         let id = format!("gb-{}-{:x}", std::process::id(), crate::time::now_nanos());
         let bundle = self.state_root.join("bundles").join(&id);
         let paths = plan::RunPaths {
@@ -262,6 +275,7 @@ impl Runtime {
             cgroups_path: cgroup::container_path(&host.cgroup_base, &id),
         };
         let plan = plan::plan(&resolved, &host.facts, &paths)?;
+        steps.mark("plan");
 
         // Execute.
         let mut cleanup = Cleanup {
@@ -272,7 +286,9 @@ impl Runtime {
             released: &self.released,
         };
         prepare::prepare(&plan, &bundle)?;
+        steps.mark("bundle");
         cleanup.watchdog = Some(watchdog::Watchdog::spawn(&self.state_root, &id, &bundle)?);
+        steps.mark("watchdog");
 
         let console = if spec.tty {
             Some(tty::ConsoleSocket::bind(&bundle.join("console.sock"))?)
@@ -312,6 +328,7 @@ impl Runtime {
             .with_detach(spec.tty)
             .build()
             .map_err(lib_err(&id))?;
+        steps.mark("create");
         // build() leaves the caller non-dumpable (it guards the namespaces being joined).
         let _ = nix::sys::prctl::set_dumpable(true);
         let pid = container.pid().ok_or_else(|| RuntimeError::Container {
@@ -330,6 +347,7 @@ impl Runtime {
         let result = match container.start().map_err(lib_err(&id)) {
             Err(e) => Err(e),
             Ok(()) => {
+                steps.mark("start");
                 let output = match (output_rx, sink) {
                     (Some(rx), Some(f)) => Some((rx, f)),
                     _ => None,
@@ -337,20 +355,22 @@ impl Runtime {
                 supervise::supervise(pid, &mask, master, output)
             }
         };
+        steps.mark("run");
         if result.is_err() {
             let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
             let _ = waitpid(pid, None);
         }
         let _ = container.delete(true);
+        steps.mark("delete");
         drop(cleanup);
+        steps.mark("cleanup");
+        steps.report(&id);
         result
     }
 
     /// Reap the watchdogs of earlier runs that have exited.
     fn reap_watchdogs(&self) {
-        self.released
-            .borrow_mut()
-            .retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_)) | Err(_)));
+        self.released.borrow_mut().retain_mut(|p| !p.try_reap());
     }
 
     fn prepare_state_root(&self) -> Result<(), RuntimeError> {
@@ -409,6 +429,37 @@ impl Runtime {
     }
 }
 
+/// How long each step of a run took, reported as one debug event (`-v`; the start-up
+/// benchmark shows them).
+struct Steps {
+    last: std::time::Instant,
+    done: Vec<(&'static str, std::time::Duration)>,
+}
+
+impl Steps {
+    fn new() -> Steps {
+        Steps {
+            last: std::time::Instant::now(),
+            done: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, step: &'static str) {
+        let now = std::time::Instant::now();
+        self.done.push((step, now - self.last));
+        self.last = now;
+    }
+
+    fn report(&self, id: &str) {
+        let parts: Vec<String> = self
+            .done
+            .iter()
+            .map(|(s, d)| format!("{s} {:.2}", d.as_secs_f64() * 1000.0))
+            .collect();
+        tracing::debug!("container {id} steps (ms): {}", parts.join(", "));
+    }
+}
+
 /// Restores the caller's signal mask when a run ends.
 struct RestoreMask(nix::sys::signal::SigSet);
 
@@ -442,7 +493,7 @@ struct Cleanup<'a> {
     id: String,
     bundle: PathBuf,
     watchdog: Option<watchdog::Watchdog>,
-    released: &'a RefCell<Vec<Child>>,
+    released: &'a RefCell<Vec<watchdog::Proc>>,
 }
 
 impl Drop for Runtime {

@@ -244,6 +244,27 @@ pub fn plan(r: &Resolved, host: &HostFacts, paths: &RunPaths) -> Result<Plan, Ru
         };
         mounts.push(mount(dst, "bind", &b.src, opts)?);
     }
+    for t in &spec.tmpfs {
+        let dst = t.dst.to_str().ok_or_else(|| {
+            RuntimeError::Spec(format!(
+                "tmpfs destination {} is not UTF-8",
+                t.dst.display()
+            ))
+        })?;
+        if t.size.is_empty() || t.size.contains(',') {
+            return Err(RuntimeError::Spec(format!(
+                "invalid tmpfs size {:?}",
+                t.size
+            )));
+        }
+        let size = format!("size={}", t.size);
+        mounts.push(mount(
+            dst,
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "nodev", "mode=775", &size],
+        )?);
+    }
 
     // Every capability, in every set: they are scoped to the container's user namespace and
     // Portage's own sandboxes need CAP_SYS_ADMIN and CAP_NET_ADMIN there.
@@ -458,6 +479,7 @@ mod tests {
         ContainerSpec {
             rootfs,
             binds: Vec::new(),
+            tmpfs: Vec::new(),
             argv: vec!["/bin/sh".into(), "-c".into(), "true".into()],
             env: vec!["PATH=/usr/bin:/bin".into(), "HOME=/root".into()],
             cwd: "/".into(),
@@ -517,6 +539,10 @@ mod tests {
                 readonly: false,
             },
         ];
+        d.tmpfs = vec![super::super::Tmpfs {
+            dst: "/var/tmp/portage".into(),
+            size: "8G".into(),
+        }];
         let r = Resolved {
             spec: d,
             rootfs_has_resolv_conf: true,

@@ -438,8 +438,11 @@ fn stage3_default_and_a_real_desktop_host() {
         .args(["machine", "import", "-", "--name", "desk"])
         .stdin(std::fs::File::open(&bundle).unwrap()));
     // The builder's own make parallelism, distinct from the host's -j16 and the -j1 of one
-    // package.
-    std::fs::write(env.store.join("gbuild.toml"), "jobs = 3\n").unwrap();
+    // package; build directories on a tmpfs, and ccache (the machine's own options over the
+    // global ones).
+    let toml = "jobs = 3\n[build]\ntmpfs = \"1G\"\nmakeopts = \"-j2\"\n\
+                [machines.desk.build]\nmakeopts = \"-j3 -l5\"\nccache = \"256M\"\n";
+    std::fs::write(env.store.join("gbuild.toml"), toml).unwrap();
     run_once(&env, "desk", date);
     let st: serde_json::Value = serde_json::from_str(&sh(env.gbuild().args([
         "status",
@@ -487,7 +490,7 @@ fn stage3_default_and_a_real_desktop_host() {
     let j1 = emake("app-misc/goodbye-1.0");
     assert!(j1.starts_with("make -j1 "), "{j1}");
     let own = emake("app-misc/hello-1.0");
-    assert!(own.starts_with("make -j3 "), "{own}");
+    assert!(own.starts_with("make -j3 -l5 "), "{own}");
     // The host-only PORTAGE_TMPDIR was honoured (it exists in the builder).
     assert!(
         build_output(&env, "desk", "app-misc/hello-1.0")
@@ -737,4 +740,87 @@ fn stage3_default_and_a_real_desktop_host() {
     assert_eq!(out.status.code(), Some(0), "{err}\n{text}");
     assert!(err.contains("already the served snapshot"), "{err}");
     assert!(text.contains("0 package(s) would be installed"), "{text}");
+
+    // 5. The build options on a rebuilt builder: emerge's --jobs and --load-average from
+    //    gbuild.toml, build directories on the tmpfs (but a host's per-package PORTAGE_TMPDIR
+    //    still on disk), and the compiles of the first builder's ccache as hits.
+    std::fs::write(
+        env.store.join("gbuild.toml"),
+        format!("{toml}emerge_jobs = 2\nload_average = 7.5\n"),
+    )
+    .unwrap();
+    // The first builder's compiles fill the machine's cache in the store: the bootstrap's, and
+    // the language package's (compiled with -c, then linked, as most real builds are: ccache
+    // caches compiles, not a compile and link in one gcc call).
+    sh(env.gbuild().args([
+        "shell",
+        "--machine",
+        "desk",
+        "--",
+        "emerge",
+        "--oneshot",
+        "--usepkg=n",
+        "--buildpkg=n",
+        "--color=n",
+        "dev-lang/plang",
+    ]));
+    let cache = env.store.join("machines/desk/ccache");
+    assert!(
+        std::fs::read_dir(&cache).unwrap().next().is_some(),
+        "nothing in {}",
+        cache.display()
+    );
+    sh(env.gbuild().args(["builder", "--machine", "desk"]));
+    let out = sh(env.gbuild().args([
+        "shell",
+        "--machine",
+        "desk",
+        "--",
+        "sh",
+        "-c",
+        "set -e; export CCACHE_DIR=/var/cache/ccache; ccache -z >/dev/null; \
+         echo \"opts: $EMERGE_DEFAULT_OPTS\"; \
+         FEATURES=\"$FEATURES keepwork\" emerge --oneshot --usepkg=n --buildpkg=n --color=n \
+           dev-libs/libgreet app-misc/hello dev-lang/plang; \
+         for d in /var/tmp/portage/dev-libs/libgreet-1.0 /var/tmp/notmpfs/portage/app-misc/hello-1.0; do \
+           echo \"fs $d $(stat -f -c %T $d/work)\"; done; \
+         echo \"tmpfs $(stat -f -c '%b %S' /var/tmp/portage)\"; ccache -s",
+    ]));
+    assert!(out.contains("opts: --jobs=2 --load-average=7.5"), "{out}");
+    // With --jobs emerge reports its jobs, and each build's output goes to its log only.
+    assert!(
+        out.contains("Jobs: ") && out.contains("Load avg: "),
+        "{out}"
+    );
+    assert!(!out.lines().any(|l| l.starts_with("make ")), "{out}");
+    assert!(
+        out.contains("fs /var/tmp/portage/dev-libs/libgreet-1.0 tmpfs"),
+        "{out}"
+    );
+    let hello_fs = out
+        .lines()
+        .find_map(|l| l.strip_prefix("fs /var/tmp/notmpfs/portage/app-misc/hello-1.0 "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert_ne!(hello_fs, "tmpfs", "{out}");
+    let size: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("tmpfs "))
+        .map(|l| {
+            l.split_whitespace()
+                .map(|n| n.parse::<u64>().unwrap())
+                .product()
+        })
+        .unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(size, 1 << 30, "{out}");
+    let hits: u64 = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Hits:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no hit count in ccache -s:\n{out}"));
+    assert!(
+        hits > 0,
+        "the rebuilt builder's compiles missed the cache:\n{out}"
+    );
+    println!("ccache on a rebuilt builder: {hits} hit(s)");
 }
