@@ -272,6 +272,36 @@ fn architecture_code_map_names_what_exists() {
         unmapped.is_empty(),
         "modules missing from ARCHITECTURE.md's code map: {unmapped:?}"
     );
+    // A directory's row names each of its files (but `mod.rs`), and only files it has.
+    let mut wrong = Vec::new();
+    for line in arch.lines().filter(|l| l.starts_with("| `src/")) {
+        let dir = line[3..].split('`').next().unwrap_or("");
+        if !dir.ends_with('/') {
+            continue;
+        }
+        let named: Vec<&str> = line
+            .split('`')
+            .skip(3)
+            .step_by(2)
+            .filter(|t| {
+                t.ends_with(".rs")
+                    && t.chars()
+                        .all(|c| c.is_ascii_lowercase() || "_.".contains(c))
+            })
+            .collect();
+        for n in &named {
+            if !top().join(dir).join(n).is_file() {
+                wrong.push(format!("{dir}{n} is on the map but not in the tree"));
+            }
+        }
+        for e in std::fs::read_dir(top().join(dir)).unwrap() {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            if name.ends_with(".rs") && name != "mod.rs" && !named.contains(&name.as_str()) {
+                wrong.push(format!("{dir}{name} is in the tree but not on the map"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "ARCHITECTURE.md's code map: {wrong:#?}");
 }
 
 #[test]

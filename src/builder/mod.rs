@@ -13,6 +13,7 @@
 
 pub mod bootstrap;
 pub mod buildside;
+pub mod chain;
 pub mod check;
 pub mod cleanup;
 pub mod distcc;
@@ -97,6 +98,11 @@ pub enum BuilderError {
         machine: String,
         value: String,
         why: String,
+    },
+    #[error("check of {machine} failed after bootstrap: {}", chain::problems_line(.problems))]
+    CheckFailed {
+        machine: String,
+        problems: Vec<String>,
     },
     #[error("{0}")]
     Other(String),

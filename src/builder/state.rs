@@ -282,6 +282,25 @@ impl State {
         Ok(crate::fsutil::read_json(&Self::path(m))?.unwrap_or_else(|| Self::idle(m)))
     }
 
+    /// Whether the loop that wrote this state still runs (None when no loop recorded its pid):
+    /// the one liveness check of `status` and the status page.
+    pub fn loop_alive(&self) -> Option<bool> {
+        self.pid
+            .filter(|p| *p > 0)
+            .map(crate::fsutil::process_alive)
+    }
+
+    /// The loop's state as it is now: a loop that died while building or waiting left that
+    /// state behind, and is `stopped`.
+    pub fn live_state(&self) -> LoopState {
+        match self.state {
+            LoopState::Building | LoopState::Waiting if self.loop_alive() == Some(false) => {
+                LoopState::Stopped
+            }
+            s => s,
+        }
+    }
+
     pub fn save(&mut self, m: &MachineLock) -> super::Result<()> {
         self.machine = m.name.clone();
         self.updated = now();
@@ -294,6 +313,25 @@ impl State {
 mod tests {
     use super::*;
     use crate::store::Store;
+
+    #[test]
+    fn a_dead_loop_is_stopped_and_a_live_one_keeps_its_state() {
+        let mut st = State {
+            state: LoopState::Building,
+            ..State::default()
+        };
+        assert_eq!(st.loop_alive(), None);
+        assert_eq!(st.live_state(), LoopState::Building);
+        st.pid = Some(std::process::id());
+        assert_eq!(st.loop_alive(), Some(true));
+        assert_eq!(st.live_state(), LoopState::Building);
+        // Above any pid_max the kernel allows (2^22).
+        st.pid = Some(1 << 23);
+        assert_eq!(st.loop_alive(), Some(false));
+        assert_eq!(st.live_state(), LoopState::Stopped);
+        st.state = LoopState::Failed;
+        assert_eq!(st.live_state(), LoopState::Failed);
+    }
 
     fn machine() -> (tempfile::TempDir, MachineLock) {
         let d = tempfile::tempdir().unwrap();

@@ -66,9 +66,7 @@ fn machine(store: &Store, index: &IndexCache, name: &str) -> MachineStatus {
         Ok(ix) => st.index_packages = ix.map(|i| i.packages),
         Err(e) => st.problems.push(e.to_string()),
     }
-    if let Some(pid) = st.state.as_ref().and_then(|s| s.pid).filter(|p| *p > 0) {
-        st.loop_alive = Some(crate::fsutil::process_alive(pid));
-    }
+    st.loop_alive = st.state.as_ref().and_then(|s| s.loop_alive());
     let log = st
         .state
         .as_ref()
