@@ -614,10 +614,7 @@ fn import_graph(
                 .map(|n| base[..n].to_vec())
                 .find(|m| modules.contains(m));
             if let Some(t) = target {
-                let known = KNOWN_CYCLE_EDGES
-                    .iter()
-                    .any(|(a, b)| me.join("::") == *a && t.starts_with(&[b.to_string()]));
-                if !me.starts_with(&t) && !known {
+                if !me.starts_with(&t) {
                     edges.insert(t);
                 }
             }
@@ -625,12 +622,6 @@ fn import_graph(
     }
     graph
 }
-
-/// Known exceptions, to be removed: `host::machine` reaches into `builder` (a `Machine` and its
-/// pending requests, for `machine import`) while `builder` reads the imported configuration
-/// from `host::machine`. Only edges from the first module into the second (or below it) are left
-/// out; any other cycle fails.
-const KNOWN_CYCLE_EDGES: &[(&str, &str)] = &[("host::machine", "builder")];
 
 /// One cycle of `graph`, if it has any, as the modules along it.
 fn find_cycle(

@@ -25,7 +25,6 @@ pub mod pass;
 pub mod publish;
 pub mod rebase;
 pub mod release;
-pub mod requests;
 pub mod session;
 pub mod state;
 
@@ -260,14 +259,7 @@ impl Machine {
 
     /// The imported host bundle of this machine (none for a built-in overlay machine).
     pub fn host_bundle(&self) -> Option<crate::host::Bundle> {
-        if !self
-            .config_dir()
-            .join(crate::host::bundle::MANIFEST_NAME)
-            .is_file()
-        {
-            return None;
-        }
-        crate::host::machine::config_bundle(&self.store, &self.name).ok()
+        crate::host::bundle::imported(&self.config_dir())
     }
 
     /// A hash of the configuration files (what `update` and the loop compare).

@@ -136,8 +136,8 @@ pub fn pass(env: &BuildEnv, m: &MachineLock, state: &mut State) -> Result<PassRe
     let mut changed = true;
     // The build set: the host's world and the atoms requested on demand (`--oneshot`: they
     // never enter the builder's world file, which must stay the host's).
-    let requested = super::requests::active(m);
-    let code = s.run(super::requests::world_update_args(&requested))?;
+    let requested = crate::host::requests::active(&m.store, &m.name);
+    let code = s.run(super::emerge::world_update_with(&requested))?;
     if code != 0 {
         failed = Some(code);
     }
@@ -152,7 +152,7 @@ pub fn pass(env: &BuildEnv, m: &MachineLock, state: &mut State) -> Result<PassRe
         let preserved = overlay_read(env, m, &image, "var/lib/portage/preserved_libs_registry")
             .is_some_and(|r| r.iter().any(u8::is_ascii_alphanumeric));
         if changed || preserved {
-            let keep = super::requests::keep_list(&requested);
+            let keep = crate::host::requests::keep_list(&requested);
             let code = super::cleanup::run_cleanup(&mut s, changed, false, &keep)?;
             if code != 0 {
                 failed = Some(code);

@@ -228,14 +228,14 @@ pub fn prepare(
     }
     // The world, then the packages requested on demand, exactly as a pass builds them: the new
     // builder must publish all that the running one does.
-    let requested = super::requests::active(m);
+    let requested = crate::host::requests::active(&m.store, &m.name);
     let built = super::bootstrap::build_world(&mut s, env, m, &opts.recipe).and_then(|()| {
         if requested.is_empty() {
             return Ok(());
         }
         s.run_ok(
             "emerge of the requested packages",
-            super::requests::world_update_args(&requested),
+            super::emerge::world_update_with(&requested),
         )
     });
     match built {
@@ -246,7 +246,7 @@ pub fn prepare(
         }
         Err(e) => return Err(e),
     }
-    let keep = super::requests::keep_list(&requested);
+    let keep = crate::host::requests::keep_list(&requested);
     let code = super::cleanup::run_cleanup(&mut s, true, true, &keep)?;
     if code != 0 {
         drop_images(&[&cfg_img]);

@@ -103,7 +103,7 @@ pub fn write(
         published_at: super::state::now(),
         snapshot: snap,
         bundle,
-        requests: super::requests::active(m),
+        requests: crate::host::requests::active(&m.store, &m.name),
     };
     let mut text = serde_json::to_string_pretty(&release).expect("release serializes");
     text.push('\n');

@@ -86,8 +86,8 @@ pub enum MachineError {
     Lock(#[from] crate::lock::LockError),
     #[error(transparent)]
     Layer(#[from] crate::layer::LayerError),
-    #[error("{0}")]
-    Requests(String),
+    #[error(transparent)]
+    Requests(#[from] super::requests::RequestError),
 }
 
 use crate::time::now;
@@ -271,12 +271,7 @@ fn import_locked(
     json.write_all(b"\n").expect("vec write");
     crate::fsutil::atomic_write(&mdir.import_record(), &json)?;
     // Packages requested on demand that the host's world has now are no longer requests.
-    let m = crate::builder::Machine {
-        name: name.to_string(),
-        store: store.clone(),
-    };
-    let satisfied = crate::builder::requests::prune_locked(&m)
-        .map_err(|e| MachineError::Requests(e.to_string()))?;
+    let satisfied = super::requests::prune_locked(store, name)?;
     Ok(ImportReport {
         machine: name.to_string(),
         config,

@@ -28,9 +28,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use super::bundle::{Bundle, MAX_MANIFEST_SIZE, MAX_TOTAL_SIZE};
+use super::requests::{published_matches, Atom};
 use super::{diff, ExportOptions, Kind};
 use crate::builder::release::{Release, ReleaseSnapshot, BUNDLE_FILE, RELEASE_FILE};
-use crate::builder::requests::{published_matches, Atom};
 use crate::fsutil::IoContext;
 
 #[derive(Debug, thiserror::Error)]
