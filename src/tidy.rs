@@ -170,6 +170,18 @@ fn network_only_in_fetch_and_serve() {
 }
 
 #[test]
+fn library_errors_have_no_catch_all() {
+    // A variant that carries only a message hides what failed from callers and tests: each
+    // error is a variant naming its path or value.
+    let bad = offenders(
+        &rust_files("src"),
+        &["Other(String)", "Helper(String)"],
+        &[],
+    );
+    assert!(bad.is_empty(), "catch-all error variants: {bad:#?}");
+}
+
+#[test]
 fn every_module_says_why_it_exists() {
     let missing: Vec<String> = rust_files("src")
         .into_iter()

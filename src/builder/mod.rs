@@ -103,8 +103,61 @@ pub enum BuilderError {
         machine: String,
         problems: Vec<String>,
     },
-    #[error("{0}")]
-    Other(String),
+    #[error("capturing the builder's configuration of {machine} failed (exit {code}); log: {}", .log.display())]
+    CaptureFailed {
+        machine: String,
+        code: i32,
+        log: PathBuf,
+    },
+    #[error("capture the builder of {machine}: {source}")]
+    Capture {
+        machine: String,
+        source: crate::host::HostError,
+    },
+    #[error("applying the configuration of {machine} to its builder failed (exit {code})")]
+    ApplyConfig { machine: String, code: i32 },
+    #[error(transparent)]
+    Sign(#[from] crate::sign::SignError),
+    #[error("sign {file}: {source}")]
+    SignRelease {
+        file: &'static str,
+        source: pgp::errors::Error,
+    },
+    #[error("machine {machine}: {source}")]
+    Profile {
+        machine: String,
+        source: crate::stage3::UnknownProfile,
+    },
+    #[error("machine {machine}: overlay {overlay} at {location}: {why}")]
+    BadOverlay {
+        machine: String,
+        overlay: String,
+        location: String,
+        why: String,
+    },
+    #[error("machine {machine}: {source}")]
+    OverlayCheckout {
+        machine: String,
+        source: crate::fetch::git::GitError,
+    },
+    #[error("the host of {machine} uses the ebuild tree of {tree} (Gentoo's snapshot {date}), not verified in the store: run `gbuild run --machine {machine}` or `gbuild fetch --snapshot-date {date}`")]
+    HostSnapshotMissing {
+        machine: String,
+        tree: String,
+        date: String,
+    },
+    #[error("refusing to listen on {ip}: that is every network of this box; give the one address the allowed builders reach it at")]
+    ListenEverywhere { ip: std::net::IpAddr },
+    #[error("refusing to listen on {ip}: it is outside --allow {allow}")]
+    ListenOutsideAllow { ip: std::net::IpAddr, allow: String },
+    #[error("gbuild helper needs a subordinate id range (distccd runs compiles as an unprivileged user of the image): run `gbuild setup-host --user <you>` as root once")]
+    HelperNeedsIdRange,
+    #[error("image {image} of machine {machine} has no distccd: set distcc_hosts for it in gbuild.toml, run a pass (or bootstrap), then `gbuild snapshot --machine {machine}`")]
+    NoDistccd { image: String, machine: String },
+    #[error(
+        "image {image} has no user distcc, distccd or nobody in /etc/passwd to run distccd as"
+    )]
+    NoDistccUser { image: String },
 }
 
 pub type Result<T, E = BuilderError> = std::result::Result<T, E>;
@@ -558,7 +611,10 @@ pub fn stage3_variant(config: &Config, m: &Machine) -> Result<String> {
         });
     config
         .variant_for(profile.as_deref())
-        .map_err(|e| BuilderError::Other(format!("machine {}: {e}", m.name)))
+        .map_err(|source| BuilderError::Profile {
+            machine: m.name.clone(),
+            source,
+        })
 }
 
 /// The main-tree profile that profile `path` of repository `repo` stands on: itself for the main
@@ -603,11 +659,11 @@ pub fn newest_snapshot(store: &Store) -> Result<(String, PathBuf)> {
 /// in `config/repos/<name>/`), or the store's checkout of the commit the host is at (cloned from
 /// its `sync-uri` the first time).
 pub fn overlay_source(store: &Store, m: &Machine, r: &crate::host::Repo) -> Result<PathBuf> {
-    let bad = |why: &str| {
-        BuilderError::Other(format!(
-            "machine {}: overlay {} at {}: {why}",
-            m.name, r.name, r.location
-        ))
+    let bad = |why: &str| BuilderError::BadOverlay {
+        machine: m.name.clone(),
+        overlay: r.name.clone(),
+        location: r.location.clone(),
+        why: why.to_string(),
     };
     if !r.location.starts_with('/') || r.location.split('/').any(|c| c == "..") || r.location == "/"
     {
@@ -626,8 +682,12 @@ pub fn overlay_source(store: &Store, m: &Machine, r: &crate::host::Repo) -> Resu
         return Ok(dir);
     }
     match (&r.git_commit, &r.sync_uri) {
-        (Some(c), Some(uri)) => crate::fetch::git::checkout(store, &r.name, uri, c)
-            .map_err(|e| BuilderError::Other(format!("machine {}: {e}", m.name))),
+        (Some(c), Some(uri)) => crate::fetch::git::checkout(store, &r.name, uri, c).map_err(
+            |source| BuilderError::OverlayCheckout {
+                machine: m.name.clone(),
+                source,
+            },
+        ),
         _ => Err(bad(
             "the bundle carries neither its tree nor its git commit; run `gbuild host export` again on the host",
         )),
@@ -654,14 +714,11 @@ pub fn pinned_snapshot(env: &BuildEnv, m: &Machine) -> Result<String> {
     if let Some(b) = m.host_bundle() {
         if let Some(tree) = host_tree(&b) {
             let a = crate::fetch::verified_snapshot_of_tree(&env.store, tree).ok_or_else(|| {
-                BuilderError::Other(format!(
-                    "the host of {} uses the ebuild tree of {} (Gentoo's snapshot {}), not verified in the store: run `gbuild run --machine {}` or `gbuild fetch --snapshot-date {}`",
-                    m.name,
-                    tree.describe(),
-                    tree.snapshot_name_date().unwrap_or_default(),
-                    m.name,
-                    tree.snapshot_name_date().unwrap_or_default(),
-                ))
+                BuilderError::HostSnapshotMissing {
+                    machine: m.name.clone(),
+                    tree: tree.describe(),
+                    date: tree.snapshot_name_date().unwrap_or_default(),
+                }
             })?;
             let date = a.manifest.date.clone();
             layer::unpack::unpack_repo(&env.store, &a.path, &date)?;

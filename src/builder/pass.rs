@@ -60,10 +60,10 @@ pub fn apply_config_if_changed(env: &BuildEnv, m: &MachineLock) -> Result<bool> 
         .runtime
         .run_with_output(&spec, Some(&mut |_b: &[u8]| {}))?;
     if code != 0 {
-        return Err(BuilderError::Other(format!(
-            "applying the configuration of {} to its builder failed (exit {code})",
-            m.name
-        )));
+        return Err(BuilderError::ApplyConfig {
+            machine: m.name.clone(),
+            code,
+        });
     }
     meta.config_hash = Some(hash);
     m.save_meta(&meta)?;

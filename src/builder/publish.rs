@@ -86,7 +86,7 @@ struct SignCache {
 }
 
 fn sign_error(e: crate::sign::SignError) -> BuilderError {
-    BuilderError::Other(e.to_string())
+    BuilderError::Sign(e)
 }
 
 /// Replace (or add) `KEY: value` lines of a stanza.
