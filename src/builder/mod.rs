@@ -9,7 +9,10 @@
 //! One writer per machine: everything that changes a machine takes a `&MachineLock`, which only
 //! `MachineLock::acquire` makes (holding `machines/<M>/lock` until dropped), so code that would
 //! change a machine without its lock does not compile. `Machine::open` only finds an existing
-//! machine; reading never creates one.
+//! machine; reading never creates one. Three files reach a running loop without its lock, each
+//! written whole by a rename: the `resume` marker (`pass::resume`), `requests.json` (under the
+//! configuration lock, `host::requests`) and a distcc helper's own log and scratch directory
+//! (`helper`, which only reads the machine).
 
 pub mod bootstrap;
 pub mod buildside;
@@ -777,6 +780,30 @@ pub fn native_flags_of(b: &crate::host::Bundle) -> Vec<(String, String)> {
 mod tests {
     use super::*;
     use crate::host::bundle::{Cpu, Manifest, VarSource};
+
+    #[test]
+    fn open_finds_a_machine_and_never_creates_one() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::at(t.path());
+        assert!(matches!(
+            Machine::open(&store, "laptop"),
+            Err(BuilderError::NoMachine(n)) if n == "laptop"
+        ));
+        assert!(!store.machine("laptop").path().exists());
+        assert!(matches!(
+            Machine::open(&store, "../x"),
+            Err(BuilderError::BadName(_))
+        ));
+        let lock = MachineLock::create(&store, "laptop").unwrap();
+        assert_eq!(Machine::open(&store, "laptop").unwrap().name, "laptop");
+        // A second writer is refused while the first holds the lock.
+        assert!(matches!(
+            MachineLock::acquire(&store, "laptop"),
+            Err(BuilderError::Busy { .. })
+        ));
+        drop(lock);
+        MachineLock::acquire(&store, "laptop").unwrap();
+    }
 
     #[test]
     fn native_is_replaced_by_the_hosts_resolution() {

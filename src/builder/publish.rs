@@ -153,7 +153,7 @@ pub fn stale(env: &BuildEnv, m: &Machine) -> Result<bool> {
 /// Sign every gpkg stanza's file (cached by size and mtime), update the stanzas to the files as
 /// they are now, and rewrite PKGDIR's `Packages` when an entry changed. Returns the gpkg stanzas
 /// to publish; xpak and damaged binpkgs are left out with a warning.
-fn sign_all(m: &Machine, keys: &Keys, header: &str, all: &[String]) -> Result<Vec<String>> {
+fn sign_all(m: &MachineLock, keys: &Keys, header: &str, all: &[String]) -> Result<Vec<String>> {
     let cache_path = m.files().sign_cache();
     // A cache: an unreadable one only costs the work it would have saved.
     let mut cache: SignCache = std::fs::read(&cache_path)
@@ -395,7 +395,7 @@ pub fn discard(staged: Staged) {
 }
 
 /// Scan the binpkgs of `stanzas` for ABI notes newer than `kernel` (cached per file).
-fn abi_check(m: &Machine, stanzas: &[String], kernel: &str) -> Result<Vec<AbiWarning>> {
+fn abi_check(m: &MachineLock, stanzas: &[String], kernel: &str) -> Result<Vec<AbiWarning>> {
     let cache_path = m.files().abi_cache();
     // A cache: an unreadable one only costs the work it would have saved.
     let mut cache: AbiCache = std::fs::read(&cache_path)
