@@ -118,6 +118,7 @@ impl Lock {
             Ok(l) => l,
             Err((mut file, _)) => {
                 let mut text = String::new();
+                // The holder's name is only informative: an unreadable one is shown empty.
                 let _ = file.read_to_string(&mut text);
                 return Err(LockError::Busy {
                     path: path.to_path_buf(),

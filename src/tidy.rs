@@ -181,6 +181,51 @@ fn library_errors_have_no_catch_all() {
     assert!(bad.is_empty(), "catch-all error variants: {bad:#?}");
 }
 
+/// The `let _ =` lines of `text` (before its tests) that no comment justifies: a comment on
+/// the line itself, or directly above it or above the run of `let _ =` lines it belongs to.
+fn unjustified_ignores(text: &str) -> Vec<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut bad = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let t = line.trim_start();
+        if t.starts_with("#[cfg(test)]") {
+            break;
+        }
+        if !t.starts_with("let _ =") || t.contains("//") {
+            continue;
+        }
+        let above = lines[..i]
+            .iter()
+            .rev()
+            .map(|l| l.trim_start())
+            .find(|l| !l.starts_with("let _ ="));
+        if !above.is_some_and(|l| l.starts_with("//")) {
+            bad.push(i + 1);
+        }
+    }
+    bad
+}
+
+#[test]
+fn every_ignored_result_says_why() {
+    // A result thrown away without a word hides failures: each is handled, logged naming its
+    // path, or commented with why ignoring it is right.
+    let mut bad = Vec::new();
+    for (path, text) in rust_files("src") {
+        if path.ends_with("src/tidy.rs") {
+            continue;
+        }
+        bad.extend(
+            unjustified_ignores(&text)
+                .into_iter()
+                .map(|n| format!("{path}:{n}")),
+        );
+    }
+    assert!(bad.is_empty(), "`let _ =` without a reason: {bad:#?}");
+    let sample = "fn f() {\n    let _ = a();\n    // gone is fine\n    let _ = b();\n    let _ = c();\n    let _ = d(); // fine too\n}\n#[cfg(test)]\nlet _ = e();\n";
+    assert_eq!(unjustified_ignores(sample), vec![2]);
+}
+
 #[test]
 fn every_module_says_why_it_exists() {
     let missing: Vec<String> = rust_files("src")

@@ -281,8 +281,7 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-fn note(env: &BuildEnv, msg: &str) {
-    let _ = env;
+fn note(_env: &BuildEnv, msg: &str) {
     crate::progress::note(msg);
 }
 

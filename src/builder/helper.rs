@@ -268,13 +268,14 @@ pub fn run(env: &BuildEnv, m: &Machine, o: &HelperOptions, echo: bool) -> Result
         "TMPDIR=/tmp".into(),
         "LANG=C.UTF-8".into(),
     ];
-    let _ = writeln!(
+    writeln!(
         log,
         ">>> gbuild {}: helper of {} on image {image}: {}",
         super::state::now(),
         m.name,
         argv.join(" ")
-    );
+    )
+    .at("write", &log_path)?;
     tracing::info!(
         "distcc helper of {} on {} (allow {}), image {image}; log: {}",
         m.name,
@@ -286,13 +287,21 @@ pub fn run(env: &BuildEnv, m: &Machine, o: &HelperOptions, echo: bool) -> Result
             .join(" "),
         log_path.display()
     );
+    // A helper serves builders for as long as it runs: a full disk costs its log, not the
+    // helper (the first failure is a warning naming the log).
+    let mut log_failed = false;
     let mut sink = |b: &[u8]| {
-        let _ = log.write_all(b);
+        if let (Err(e), false) = (log.write_all(b), log_failed) {
+            log_failed = true;
+            tracing::warn!("{}: {e}", log_path.display());
+        }
         if echo {
+            // Echo only; the log has it.
             let _ = std::io::stderr().write_all(b);
         }
     };
     let result = env.runtime.run_with_output(&spec, Some(&mut sink));
+    // The helper's own outcome is what is returned; the log's last line is a courtesy.
     let _ = writeln!(
         log,
         ">>> gbuild {}: helper stopped ({})",

@@ -35,8 +35,7 @@ const PUBLISH_TMP: &str = "published";
 pub const INDEX_TTL_SECS: u64 = 300;
 
 /// The kernel release the machine's hosts run, when known.
-pub fn host_kernel(env: &BuildEnv, m: &Machine) -> Option<String> {
-    let _ = env;
+pub fn host_kernel(m: &Machine) -> Option<String> {
     if let Some(k) = m.host_bundle().and_then(|b| b.manifest.kernel.clone()) {
         return Some(k);
     }
@@ -270,7 +269,7 @@ pub fn stage(env: &BuildEnv, m: &MachineLock, snapshot: &str) -> Result<Staged> 
         );
     }
     let all = sign_all(m, &keys, &header, &all)?;
-    let kernel = host_kernel(env, m);
+    let kernel = host_kernel(m);
     let held = match &kernel {
         Some(k) => abi_check(m, &all, k)?,
         None => Vec::new(),
@@ -391,7 +390,7 @@ pub fn commit(m: &MachineLock, staged: Staged) -> Result<(Counts, Vec<AbiWarning
 /// Drop a staged publication: what is published stays. Best effort: a directory left behind
 /// has a temporary name, which the next publication or `gc` removes.
 pub fn discard(staged: Staged) {
-    let _ = std::fs::remove_dir_all(&staged.dir);
+    crate::fsutil::remove_tree_or_warn(&staged.dir);
 }
 
 /// Scan the binpkgs of `stanzas` for ABI notes newer than `kernel` (cached per file).

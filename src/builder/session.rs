@@ -244,7 +244,8 @@ impl<'a> Session<'a> {
         if let crate::runtime::Rootfs::Overlay { layers, .. } = &mut spec.rootfs {
             layers.extend(self.lowers.iter().cloned());
         }
-        let _ = writeln!(self.log, ">>> gbuild: {}", argv.join(" "));
+        writeln!(self.log, ">>> gbuild: {}", argv.join(" "))
+            .map_err(|e| crate::fsutil::FsError::new("write log", &self.log_path, e))?;
         let echo = self.env.echo;
         let log = &mut self.log;
         let progress = &mut self.progress;
@@ -292,7 +293,8 @@ impl<'a> Session<'a> {
         if let Some(e) = log_error {
             return Err(crate::fsutil::FsError::new("write log", &self.log_path, e).into());
         }
-        let _ = writeln!(self.log, ">>> gbuild: exit status {code}");
+        writeln!(self.log, ">>> gbuild: exit status {code}")
+            .map_err(|e| crate::fsutil::FsError::new("write log", &self.log_path, e))?;
         Ok(code)
     }
 

@@ -42,6 +42,7 @@ struct ServeChild(std::process::Child);
 
 impl Drop for ServeChild {
     fn drop(&mut self) {
+        // A serve that exited already is what we want.
         let _ = self.0.kill();
         let _ = self.0.wait();
     }

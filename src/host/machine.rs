@@ -201,7 +201,7 @@ fn import_bundle(
     let r = import_locked(store, name, bundle, new, &mdir);
     if r.is_err() && !existed {
         // Best effort while reporting the import's own error; a leftover is an empty machine.
-        let _ = remove_tree(mdir.path());
+        crate::fsutil::remove_tree_or_warn(mdir.path());
     }
     r
 }
@@ -230,11 +230,11 @@ fn import_locked(
     // On the error paths below, removal is best effort while the import's own error is
     // returned; a leftover has a temporary name the next import or gc removes.
     if let Err(e) = new.unpack(&tmp) {
-        let _ = remove_tree(&tmp);
+        crate::fsutil::remove_tree_or_warn(&tmp);
         return Err(e.into());
     }
     if let Err(e) = swap_in(&tmp, &config, &prev) {
-        let _ = remove_tree(&tmp);
+        crate::fsutil::remove_tree_or_warn(&tmp);
         return Err(e.into());
     }
 
@@ -334,7 +334,7 @@ pub fn import_overlay(store: &Store, name: &str, dir: &Path) -> Result<ImportRep
         std::fs::write(&marker, b"").at("write", &marker)
     });
     if let Err(e) = r {
-        let _ = remove_tree(&tmp);
+        crate::fsutil::remove_tree_or_warn(&tmp);
         return Err(e.into());
     }
     swap_in(&tmp, &config, &mdir.config_prev())?;

@@ -473,6 +473,7 @@ fn emerge(root: &Path, pretend: bool, line: &mut dyn FnMut(&str)) -> Result<(i32
     let errs = child.stderr.take().map(|mut err| {
         std::thread::spawn(move || {
             let mut s = String::new();
+            // What arrived before a read error is what there is to show.
             let _ = err.read_to_string(&mut s);
             s
         })
@@ -534,8 +535,7 @@ fn bring_tree(
     let old = parent.join(format!(".{leaf}.gbuild-old-{pid}"));
     let cleanup = |paths: &[&Path]| {
         for p in paths {
-            let _ = std::fs::remove_file(p);
-            let _ = std::fs::remove_dir_all(p);
+            crate::fsutil::remove_tree_or_warn(p);
         }
     };
     let r = (|| -> Result<String> {

@@ -245,7 +245,10 @@ pub fn publish_synced(
         }
     }
     write_json(&meta, &info)?;
-    let _ = std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o555));
+    if let Err(e) = std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o555)) {
+        // Sealed by its name and metadata; the mode only guards against accidents.
+        tracing::warn!("{}: chmod 555: {e}", dest.display());
+    }
     Ok(info)
 }
 
