@@ -299,6 +299,13 @@ impl<'a> Session<'a> {
     }
 
     /// Run `argv`; a non-zero exit is an error naming `what` and the log.
+    /// A line of gbuild's own in the session's log (`>>> gbuild: LINE`).
+    pub fn log_line(&mut self, line: &str) -> Result<()> {
+        writeln!(self.log, ">>> gbuild: {line}")
+            .map_err(|e| crate::fsutil::FsError::new("write log", &self.log_path, e))?;
+        Ok(())
+    }
+
     pub fn run_ok(&mut self, what: &str, argv: Vec<String>) -> Result<()> {
         let code = self.run(argv)?;
         if code != 0 {

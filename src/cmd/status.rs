@@ -70,6 +70,16 @@ pub fn run(ctx: &Ctx, o: StatusOpts) -> anyhow::Result<i32> {
                 .map(|p| format!(", failed in {p}"))
                 .unwrap_or_default()
         );
+        if !lp.steps.is_empty() {
+            println!(
+                "steps:    {}",
+                lp.steps
+                    .iter()
+                    .map(|s| format!("{} {}", s.name, s.result))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         if !lp.cleanup.is_empty() {
             println!("cleanup:  {}", lp.cleanup_summary());
             for step in lp.cleanup.iter().filter(|s| !s.items.is_empty()) {
