@@ -357,14 +357,7 @@ fn build_step(s: &mut Session, env: &BuildEnv, m: &Machine, step: Step, recipe: 
             if super::distcc::hosts_of(env, m)?.is_empty() {
                 return Ok(false);
             }
-            s.run_ok(
-                "installing distcc",
-                vec![
-                    "/bin/sh".into(),
-                    "-c".into(),
-                    super::distcc::ENSURE_DISTCC.into(),
-                ],
-            )?;
+            s.install_distcc()?;
         }
         Step::Stage3 | Step::Config | Step::Seal => unreachable!("not a build step: {step:?}"),
     }

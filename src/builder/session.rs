@@ -186,14 +186,7 @@ impl<'a> Session<'a> {
             let has = |rel: &str| overlay_has(self.env, &self.upper, &self.image, rel);
             let installed = has("usr/bin/distcc") && has("usr/bin/distccd");
             if !installed {
-                self.run_ok(
-                    "installing distcc",
-                    vec![
-                        "/bin/sh".into(),
-                        "-c".into(),
-                        super::distcc::ENSURE_DISTCC.into(),
-                    ],
-                )?;
+                self.install_distcc()?;
             }
             let client = overlay_read_in(self.env, &self.upper, &self.image, "usr/bin/distcc");
             if !client.is_some_and(|c| super::distcc::supports_socks_proxy(&c)) {
@@ -299,6 +292,18 @@ impl<'a> Session<'a> {
     }
 
     /// Run `argv`; a non-zero exit is an error naming `what` and the log.
+    /// Install distcc (client and distccd) in the upper dir, as `distcc::ENSURE_DISTCC` does.
+    pub fn install_distcc(&mut self) -> Result<()> {
+        self.run_ok(
+            "installing distcc",
+            vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                super::distcc::ENSURE_DISTCC.into(),
+            ],
+        )
+    }
+
     /// A line of gbuild's own in the session's log (`>>> gbuild: LINE`).
     pub fn log_line(&mut self, line: &str) -> Result<()> {
         writeln!(self.log, ">>> gbuild: {line}")
