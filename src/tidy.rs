@@ -8,8 +8,9 @@ fn top() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Every `.rs` file under `dir`, as (path relative to the checkout, content).
-fn rust_files(dir: &str) -> Vec<(String, String)> {
+/// Every text file under `dir` (recursively) that `want` accepts, as (path relative to the
+/// checkout, content); files that are not UTF-8 are left out. The one walker of the checks.
+fn text_files(dir: &str, want: impl Fn(&Path) -> bool) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut todo = vec![top().join(dir)];
     while let Some(d) = todo.pop() {
@@ -17,18 +18,25 @@ fn rust_files(dir: &str) -> Vec<(String, String)> {
             let p = e.unwrap().path();
             if p.is_dir() {
                 todo.push(p);
-            } else if p.extension().is_some_and(|x| x == "rs") {
-                let rel = p
-                    .strip_prefix(top())
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned();
-                out.push((rel, std::fs::read_to_string(&p).unwrap()));
+            } else if want(&p) {
+                if let Ok(text) = std::fs::read_to_string(&p) {
+                    let rel = p
+                        .strip_prefix(top())
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned();
+                    out.push((rel, text));
+                }
             }
         }
     }
     out.sort();
     out
+}
+
+/// Every `.rs` file under `dir`, as (path relative to the checkout, content).
+fn rust_files(dir: &str) -> Vec<(String, String)> {
+    text_files(dir, |p| p.extension().is_some_and(|x| x == "rs"))
 }
 
 /// The code of a file without comments and string literals' content, line by line (good
@@ -252,22 +260,7 @@ fn nothing_points_outside_the_repository() {
         ));
     }
     for dir in ["docs", "scripts"] {
-        let mut todo = vec![top().join(dir)];
-        while let Some(d) = todo.pop() {
-            for e in std::fs::read_dir(&d).unwrap() {
-                let p = e.unwrap().path();
-                if p.is_dir() {
-                    todo.push(p);
-                } else if let Ok(t) = std::fs::read_to_string(&p) {
-                    let rel = p
-                        .strip_prefix(top())
-                        .unwrap()
-                        .to_string_lossy()
-                        .into_owned();
-                    files.push((rel, t));
-                }
-            }
-        }
+        files.extend(text_files(dir, |_| true));
     }
     for (path, text) in &files {
         if path.ends_with("src/tidy.rs") {
@@ -408,15 +401,7 @@ fn the_product_carries_no_fixture_data() {
     assert!(pkgs.len() > 5, "fixture repositories not found: {pkgs:?}");
     let mut files = rust_files("src");
     for dir in ["stage3", "overlays"] {
-        for e in std::fs::read_dir(top().join(dir)).unwrap() {
-            let p = e.unwrap().path();
-            if let Ok(t) = std::fs::read_to_string(&p) {
-                files.push((
-                    format!("{dir}/{}", p.file_name().unwrap().to_string_lossy()),
-                    t,
-                ));
-            }
-        }
+        files.extend(text_files(dir, |_| true));
     }
     let mut bad = Vec::new();
     for (path, text) in &files {
