@@ -135,8 +135,13 @@ fn parse_binhost(url: &str) -> Result<(String, String)> {
     Ok((machine.to_string(), host.to_string()))
 }
 
-/// Run the upgrade (see the module documentation); `say` gets one line per step.
-pub fn upgrade(o: &UpgradeOptions, say: &mut dyn FnMut(&str)) -> Result<Outcome> {
+/// Run the upgrade (see the module documentation); `say` gets one line per step, `emerge_line`
+/// each line the real upgrade's emerge prints, as it comes.
+pub fn upgrade(
+    o: &UpgradeOptions,
+    say: &mut dyn FnMut(&str),
+    emerge_line: &mut dyn FnMut(&str),
+) -> Result<Outcome> {
     let base = o.binhost.trim_end_matches('/').to_string();
     let (machine, builder) = parse_binhost(&base)?;
     let fetcher = crate::fetch::http::Fetcher::new(crate::fetch::http::RetryPolicy::from_env())?;
@@ -289,7 +294,7 @@ pub fn upgrade(o: &UpgradeOptions, say: &mut dyn FnMut(&str)) -> Result<Outcome>
     // 6. The upgrade.
     let mut installed = Vec::new();
     let (code, _) = emerge(&o.root, false, &mut |l| {
-        println!("{l}");
+        emerge_line(l);
         if let Some(r) = l.strip_prefix(">>> Emerging binary (") {
             if let Some(p) = r.split(") ").nth(1) {
                 installed.push(p.trim().to_string());
