@@ -340,7 +340,13 @@ fn run_step(
 
 /// Run build step `step` (cycles, recipe, world, distcc) in session `s`; `false` when it had
 /// nothing to do.
-fn build_step(s: &mut Session, env: &BuildEnv, m: &Machine, step: Step, recipe: &str) -> Result<bool> {
+fn build_step(
+    s: &mut Session,
+    env: &BuildEnv,
+    m: &Machine,
+    step: Step,
+    recipe: &str,
+) -> Result<bool> {
     match step {
         Step::Cycles => break_cycles(s, m)?,
         Step::Recipe => {

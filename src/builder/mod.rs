@@ -106,6 +106,18 @@ pub enum BuilderError {
         machine: String,
         problems: Vec<String>,
     },
+    #[error("rebase of {machine}: {why}")]
+    RebaseFetch { machine: String, why: String },
+    #[error("exchange {} with {}: {source} (the store's filesystem must support RENAME_EXCHANGE)", .a.display(), .b.display())]
+    Exchange {
+        a: PathBuf,
+        b: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is not the staged directory of rebase {id}", .dir.display())]
+    NotStaged { dir: PathBuf, id: String },
+    #[error("no staged builder for {0}")]
+    NoStagedBuilder(String),
     #[error("capturing the builder's configuration of {machine} failed (exit {code}); log: {}", .log.display())]
     CaptureFailed {
         machine: String,
