@@ -7,17 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-5}
-gbuild=${GBUILD_BIN:-/tmp/gbuild-demo/gbuild}
-[ -x "$gbuild" ] || { cargo build --release --quiet --bins; gbuild=$(pwd)/target/release/gbuild; }
-
-as_user=()
-if [ "$(id -u)" = 0 ]; then
-  user=${GBUILD_DEMO_USER:-gbuild-demo}
-  home=$(getent passwd "$user" | cut -d: -f6)
-  as_user=(runuser -u "$user" -- env -u XDG_RUNTIME_DIR HOME="$home")
-  cd "$home"
-fi
-export GBUILD_SELF_EXE="$gbuild"
+. scripts/bench-lib.sh
+bench_demo_setup
 
 median() { python3 -c 'import sys,statistics; print(f"{statistics.median(map(float, sys.argv[1:])):.2f}")' "$@"; }
 timeit() { local s e; s=$(date +%s.%N); "$@" >/dev/null 2>&1 || true; e=$(date +%s.%N); python3 -c "print($e-$s)"; }

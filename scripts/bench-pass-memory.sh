@@ -12,17 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mib=${1:-1024}
-gbuild=${GBUILD_BIN:-/tmp/gbuild-demo/gbuild}
-[ -x "$gbuild" ] || { cargo build --release --quiet --bins; gbuild=$(pwd)/target/release/gbuild; }
-
-as_user=()
-if [ "$(id -u)" = 0 ]; then
-  user=${GBUILD_DEMO_USER:-gbuild-demo}
-  home=$(getent passwd "$user" | cut -d: -f6)
-  as_user=(runuser -u "$user" -- env -u XDG_RUNTIME_DIR HOME="$home")
-  cd "$home"
-fi
-export GBUILD_SELF_EXE="$gbuild"
+. scripts/bench-lib.sh
+bench_demo_setup
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 

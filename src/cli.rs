@@ -108,6 +108,7 @@ pub fn main() -> i32 {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { 2 } else { 0 };
+            // Help or usage on a closed stream: the exit status still says what happened.
             let _ = e.print();
             return code;
         }
@@ -203,6 +204,7 @@ fn init_tracing(verbose: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("GBUILD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Fails only when a subscriber is already installed (a test harness): that one reports.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -217,6 +217,7 @@ impl Write for AtomicFile {
 impl Drop for AtomicFile {
     fn drop(&mut self) {
         if self.file.is_some() {
+            // An abandoned temporary file: a leftover has a temporary name that gc removes.
             let _ = fs::remove_file(&self.tmp);
         }
     }
@@ -258,6 +259,15 @@ pub fn remove_tree(path: &Path) -> Result<(), FsError> {
     open_up(path)?;
     std::fs::remove_dir_all(path).at("remove", path)?;
     Ok(())
+}
+
+/// `remove_tree` where a failure cannot be handled (cleanup on an error path or in a `Drop`):
+/// the failure is a warning naming the path; what is left has a temporary name or lives under a
+/// state directory that the next run or `gc` cleans.
+pub fn remove_tree_or_warn(path: &Path) {
+    if let Err(e) = remove_tree(path) {
+        tracing::warn!("{e}");
+    }
 }
 
 /// chmod u+rwx every directory under `dir` (depth first), so its content can be removed.

@@ -95,20 +95,8 @@ impl Lock {
     }
 
     fn take(path: &Path, wait: bool) -> Result<Lock, LockError> {
-        let io = |source| LockError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(io)?;
-        }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(io)?;
+        let io = io_at(path);
+        let file = open_lock_file(path)?;
         let arg = if wait {
             FlockArg::LockExclusive
         } else {
@@ -118,6 +106,7 @@ impl Lock {
             Ok(l) => l,
             Err((mut file, _)) => {
                 let mut text = String::new();
+                // The holder's name is only informative: an unreadable one is shown empty.
                 let _ = file.read_to_string(&mut text);
                 return Err(LockError::Busy {
                     path: path.to_path_buf(),
@@ -152,6 +141,29 @@ impl Lock {
     }
 }
 
+/// An I/O error of the lock file at `path`.
+fn io_at(path: &Path) -> impl Fn(std::io::Error) -> LockError + Copy + '_ {
+    move |source| LockError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The lock file at `path`, created (with its directory) when missing, never truncated: the
+/// holder's name in it is read by whoever finds the lock taken.
+fn open_lock_file(path: &Path) -> Result<File, LockError> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io_at(path))?;
+    }
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(io_at(path))
+}
+
 /// A readers-writer lock on a file: `flock` shared by many holders or exclusive to one, waiting
 /// for the others either way. No holder is written (shared holders are many).
 #[derive(Debug)]
@@ -171,20 +183,9 @@ impl RwLock {
     }
 
     fn take(path: &Path, arg: FlockArg) -> Result<RwLock, LockError> {
-        let io = |source| LockError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(io)?;
-        }
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(io)?;
-        let flock = Flock::lock(file, arg).map_err(|(_, e)| io(std::io::Error::from(e)))?;
+        let file = open_lock_file(path)?;
+        let flock =
+            Flock::lock(file, arg).map_err(|(_, e)| io_at(path)(std::io::Error::from(e)))?;
         Ok(RwLock { _flock: flock })
     }
 }

@@ -209,6 +209,10 @@ fn ensure_range(file: &Path, user: &str, uid: u32) -> Result<Option<String>, Set
         path: file.to_path_buf(),
         source: e.source,
     })?;
-    let _ = std::fs::set_permissions(file, std::os::unix::fs::PermissionsExt::from_mode(0o644));
+    if let Err(e) =
+        std::fs::set_permissions(file, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+    {
+        tracing::warn!("{}: chmod 644: {e}", file.display());
+    }
     Ok(Some(line))
 }

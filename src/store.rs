@@ -336,7 +336,7 @@ impl MachineDir {
     pub fn needs_update(&self) -> PathBuf {
         self.dir.join("needs-update")
     }
-    /// Packages requested on demand (`builder::requests::Requests`).
+    /// Packages requested on demand (`host::requests::Requests`).
     pub fn requests(&self) -> PathBuf {
         self.dir.join("requests.json")
     }

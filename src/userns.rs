@@ -74,6 +74,8 @@ pub fn enter_if_requested() -> Result<(), UsernsError> {
     let rootg = nix::unistd::Gid::from_raw(0);
     nix::unistd::setresgid(rootg, rootg, rootg).map_err(UsernsError::Unshare)?;
     nix::unistd::setresuid(root, root, root).map_err(UsernsError::Unshare)?;
+    // Denied where the mapping wrote "deny" to setgroups (a rootless namespace): then the
+    // supplementary groups are already just the mapped ones.
     let _ = nix::unistd::setgroups(&[]);
     Ok(())
 }
@@ -100,15 +102,18 @@ pub fn spawn(mut cmd: Command, map: &IdMapping) -> Result<Child, UsernsError> {
             return Err(UsernsError::EarlyExit(format!("{other:?}")));
         }
         Err(e) => {
+            // The wait's own error is the one to report; the child may be gone already.
             let _ = child.kill();
             return Err(UsernsError::Wait(e));
         }
     }
     if let Err(e) = write_maps(pid.as_raw() as u32, map) {
+        // The mapping's error is the one to report; the child never ran gbuild's work.
         let _ = kill(pid, Signal::SIGKILL);
         let _ = child.wait();
         return Err(e);
     }
+    // A child that died meanwhile is reported by the caller's wait.
     let _ = kill(pid, Signal::SIGCONT);
     Ok(child)
 }

@@ -9,12 +9,21 @@
 //! that fails (a package, a cycle emerge offers no way out of) leaves the machine `failed` with
 //! the package and the log instead of an error; PKGDIR keeps every binpkg built before the
 //! failure, so the next attempt installs those from binaries (`--usepkg`).
+//!
+//! It runs as a named list of steps, catalyst's prepare / build / finish ([`Step`]): each is
+//! announced (`bootstrap step NAME`, in the log too), recorded in `last_pass.steps` with the key
+//! of its inputs (stage3, configuration, snapshot, recipe), and skipped when a previous attempt
+//! did it with the same key and its product is still there: the stage3 and configuration
+//! images, and, when the attempt that failed was this process's (the loop idling after a
+//! failure), the build steps already done in the upper dir it left.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::emerge;
 use super::session::{PassResult, Session};
-use super::state::{now, LastPass, LoopState, PassKind, PassOutcome, State};
+use super::state::{
+    now, LastPass, LoopState, PassKind, PassOutcome, State, StepRecord, StepResult,
+};
 use super::{BuildEnv, BuilderError, ConfigMode, Machine, MachineLock, Result};
 use crate::fsutil::IoContext;
 use crate::layer;
@@ -22,33 +31,150 @@ use crate::layer;
 /// How many cycle-breaking rounds before giving up.
 const MAX_CYCLE_ROUNDS: usize = 8;
 
-/// Bootstrap the machine; `Failed` (state `failed`) when an emerge failed.
-pub fn bootstrap(env: &BuildEnv, m: &MachineLock, recipe: &str) -> Result<PassResult> {
-    let store = &env.store;
+/// The temporary-name purpose of the bootstrap's upper dir.
+const WORK_TMP: &str = "bootstrap";
+
+/// The steps of a first build, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// prepare: the stage3 unpacked as its own image (`stage3/<stem>`, shared by machines).
+    Stage3,
+    /// prepare: the machine's configuration as a layer over it (`<M>/config`).
+    Config,
+    /// build: the world set resolved, cycles broken with emerge's USE hints.
+    Cycles,
+    /// build: the ordered steps of the bootstrap recipe.
+    Recipe,
+    /// build: the world update, `--buildpkg`.
+    World,
+    /// build: distcc, for a machine with helpers (skipped otherwise).
+    Distcc,
+    /// finish: the upper dir sealed as `<M>/bootstrap`, the machine's record written.
+    Seal,
+}
+
+impl Step {
+    pub const ALL: [Step; 7] = [
+        Step::Stage3,
+        Step::Config,
+        Step::Cycles,
+        Step::Recipe,
+        Step::World,
+        Step::Distcc,
+        Step::Seal,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Stage3 => "stage3",
+            Step::Config => "config",
+            Step::Cycles => "cycles",
+            Step::Recipe => "recipe",
+            Step::World => "world",
+            Step::Distcc => "distcc",
+            Step::Seal => "seal",
+        }
+    }
+
+    pub fn phase(self) -> &'static str {
+        match self {
+            Step::Stage3 | Step::Config => "prepare",
+            Step::Cycles | Step::Recipe | Step::World | Step::Distcc => "build",
+            Step::Seal => "finish",
+        }
+    }
+}
+
+/// What a bootstrap is made from, fixed before its first step.
+struct Inputs {
+    mode: ConfigMode,
+    stage3: crate::fetch::Artifact,
+    snapshot: String,
+    stage3_img: String,
+    cfg_img: String,
+    /// The hash of everything above and the recipe: a step done with another key is redone.
+    key: String,
+}
+
+fn inputs(env: &BuildEnv, m: &MachineLock, recipe: &str) -> Result<Inputs> {
+    use sha2::Digest;
     let mode = m.ensure_config()?;
     let variant = super::stage3_variant(&env.config, m)?;
-    let stage3 = crate::fetch::latest_verified_stage3(store, &env.config.arch, &variant)
+    let stage3 = crate::fetch::latest_verified_stage3(&env.store, &env.config.arch, &variant)
         .ok_or(BuilderError::NoStage3)?;
     let snapshot = super::pinned_snapshot(env, m)?;
+    let mut h = sha2::Sha256::new();
+    for part in [
+        stage3.manifest.file.as_str(),
+        &m.config_hash()?,
+        &snapshot,
+        recipe,
+    ] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    Ok(Inputs {
+        mode,
+        snapshot,
+        stage3_img: stage3_image_name(&stage3),
+        cfg_img: m.image_name("config"),
+        key: hex::encode(&h.finalize()[..8]),
+        stage3,
+    })
+}
+
+/// The upper dir a failed attempt of this process left (recorded in its last pass), if the
+/// record names one of ours that still exists.
+fn own_work_dir(m: &MachineLock, previous: Option<&LastPass>) -> Option<PathBuf> {
+    let name = previous?.work_dir.as_deref()?;
+    let (purpose, pid) = crate::fsutil::parse_temp_name(name)?;
+    let dir = m.dir().join(name);
+    (purpose == WORK_TMP && pid == std::process::id() && dir.is_dir()).then_some(dir)
+}
+
+/// Bootstrap the machine; `Failed` (state `failed`) when an emerge failed.
+pub fn bootstrap(env: &BuildEnv, m: &MachineLock, recipe: &str) -> Result<PassResult> {
+    let inp = inputs(env, m, recipe)?;
     let helper = env.helper();
-
-    let stage3_img = stage3_image(env, &stage3)?;
-    let cfg_img = m.image_name("config");
-    helper.remove_trees(&m.files().stale_temps("config-layer")?)?;
-    let tmp = m.files().temp("config-layer");
-    config_image(env, m, mode, &stage3_img, &cfg_img, &tmp)?;
-
-    // The bootstrap layer: the world set, built.
-    helper.remove_trees(&m.files().stale_temps("bootstrap")?)?;
-    let bdir = m.files().temp("bootstrap");
+    let previous = State::load(m)
+        .last_pass
+        .filter(|lp| lp.kind == PassKind::Bootstrap && lp.result == PassOutcome::Failed);
+    let leftover = own_work_dir(m, previous.as_ref());
+    // Done before with these inputs: a step whose product is still there is not redone.
+    let done_before = |step: Step| {
+        previous.as_ref().is_some_and(|lp| {
+            lp.steps.iter().any(|r| {
+                r.name == step.name() && r.result != StepResult::Failed && r.key == inp.key
+            })
+        })
+    };
+    let resume = leftover.is_some() && done_before(Step::Cycles);
+    let bdir = match (&leftover, resume) {
+        (Some(d), true) => d.clone(),
+        _ => {
+            if let Some(d) = &leftover {
+                helper.remove_trees(std::slice::from_ref(d))?;
+            }
+            helper.remove_trees(&m.files().stale_temps(WORK_TMP)?)?;
+            m.files().temp(WORK_TMP)
+        }
+    };
     let upper = bdir.join("upper");
     let work = bdir.join("work");
-    let mut s = Session::new(env, m, &cfg_img, &upper, &work, &snapshot, "bootstrap")?;
-    note(env, &format!("bootstrap log: {}", s.log_path().display()));
+    let mut s = Session::new(
+        env,
+        m,
+        &inp.cfg_img,
+        &upper,
+        &work,
+        &inp.snapshot,
+        "bootstrap",
+    )?;
+    crate::progress::note(&format!("bootstrap log: {}", s.log_path().display()));
     let mut state = State::load(m);
     state.state = LoopState::Building;
     state.pid = Some(std::process::id());
-    state.snapshot = Some(snapshot.clone());
+    state.snapshot = Some(inp.snapshot.clone());
     state.current = None;
     state.last_pass = Some(LastPass {
         started: now(),
@@ -59,74 +185,211 @@ pub fn bootstrap(env: &BuildEnv, m: &MachineLock, recipe: &str) -> Result<PassRe
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
         kind: PassKind::Bootstrap,
+        work_dir: bdir.file_name().map(|n| n.to_string_lossy().into_owned()),
         ..LastPass::default()
     });
     state.save(m)?;
+    // The session keeps the state from here on (it updates the current package as emerge
+    // goes); the steps record into it there.
     s.state = Some(state);
 
-    let built = build_world(&mut s, env, m, recipe);
-    let mut state = s.state.take().unwrap_or_else(|| State::load(m));
+    let mut outcome = Ok(());
+    for step in Step::ALL {
+        let skip = match step {
+            Step::Stage3 => layer::image::load(&env.store, &inp.stage3_img).is_ok(),
+            Step::Config => {
+                done_before(step) && layer::image::load(&env.store, &inp.cfg_img).is_ok()
+            }
+            Step::Seal => false,
+            _ => resume && done_before(step),
+        };
+        if skip {
+            record(&mut s, m, step, StepResult::Skipped, &inp.key)?;
+            continue;
+        }
+        crate::progress::note(&format!(
+            "bootstrap step {} ({})",
+            step.name(),
+            step.phase()
+        ));
+        s.log_line(&format!("step {} ({})", step.name(), step.phase()))?;
+        let r = run_step(env, m, &mut s, &inp, step, recipe, &bdir, &upper);
+        match r {
+            Ok(ran) => {
+                let result = if ran {
+                    StepResult::Done
+                } else {
+                    StepResult::Skipped
+                };
+                record(&mut s, m, step, result, &inp.key)?;
+            }
+            Err(e) => {
+                record(&mut s, m, step, StepResult::Failed, &inp.key)?;
+                outcome = Err(e);
+                break;
+            }
+        }
+    }
+    let package = s.progress.failed.clone();
+    let log = s.log_path();
+    let built = s.progress.built.clone();
+    let reused = s.progress.binary.len();
+    let state = s
+        .state
+        .as_mut()
+        .expect("the bootstrap's state is in its session");
     state.current = None;
     let lp = state.last_pass.get_or_insert_with(LastPass::default);
     lp.finished = Some(now());
-    lp.built = s.progress.built.clone();
-    lp.reused = s.progress.binary.len();
-    match built {
-        Ok(()) => {}
+    lp.built = built;
+    lp.reused = reused;
+    match outcome {
+        Ok(()) => {
+            lp.result = PassOutcome::Success;
+            lp.failed_package = None;
+            lp.work_dir = None;
+            state.state = LoopState::Idle;
+            state.save(m)?;
+            Ok(PassResult::Success)
+        }
         Err(e @ (BuilderError::Emerge { .. } | BuilderError::Cycle { .. })) => {
+            // The upper dir stays for this process's next attempt (a temporary name: gone
+            // with the process, `gc` removes it).
             lp.result = PassOutcome::Failed;
-            lp.failed_package = s.progress.failed.clone();
+            lp.failed_package = package.clone();
             state.state = LoopState::Failed;
             state.save(m)?;
             tracing::error!("{e}");
-            return Ok(PassResult::Failed {
-                package: s.progress.failed.clone(),
-                log: s.log_path(),
-            });
+            Ok(PassResult::Failed { package, log })
         }
         Err(e) => {
             lp.result = PassOutcome::Failed;
+            lp.work_dir = None;
             state.state = LoopState::Failed;
             state.save(m)?;
-            return Err(e);
+            helper.remove_trees(std::slice::from_ref(&bdir))?;
+            Err(e)
         }
     }
-    let boot_img = m.image_name("bootstrap");
-    layer::image::commit(store, &helper, &cfg_img, &upper, Some(&boot_img))?;
-    helper.remove_trees(std::slice::from_ref(&bdir))?;
+}
 
-    let mut meta = m.meta()?;
-    meta.image = Some(boot_img.clone());
-    meta.snapshot = Some(snapshot);
-    meta.config_hash = Some(m.config_hash()?);
-    meta.stage3 = Some(stage3.manifest.file.clone());
-    meta.builder = false;
-    m.save_meta(&meta)?;
-    let lp = state.last_pass.get_or_insert_with(LastPass::default);
-    lp.result = PassOutcome::Success;
-    lp.failed_package = None;
-    state.state = LoopState::Idle;
-    state.save(m)?;
-    Ok(PassResult::Success)
+/// Record `step` in the state the session holds, and save it.
+fn record(
+    s: &mut Session,
+    m: &MachineLock,
+    step: Step,
+    result: StepResult,
+    key: &str,
+) -> Result<()> {
+    let st = s
+        .state
+        .as_mut()
+        .expect("the bootstrap's state is in its session");
+    st.last_pass
+        .get_or_insert_with(LastPass::default)
+        .steps
+        .push(StepRecord {
+            name: step.name().to_string(),
+            result,
+            key: key.to_string(),
+        });
+    st.save(m)
+}
+
+/// Run one step; `false` when it had nothing to do (distcc without helpers).
+#[allow(clippy::too_many_arguments)]
+fn run_step(
+    env: &BuildEnv,
+    m: &MachineLock,
+    s: &mut Session,
+    inp: &Inputs,
+    step: Step,
+    recipe: &str,
+    bdir: &Path,
+    upper: &Path,
+) -> Result<bool> {
+    let store = &env.store;
+    let helper = env.helper();
+    match step {
+        Step::Stage3 => {
+            stage3_image(env, &inp.stage3)?;
+        }
+        Step::Config => {
+            helper.remove_trees(&m.files().stale_temps("config-layer")?)?;
+            let tmp = m.files().temp("config-layer");
+            config_image(env, m, inp.mode, &inp.stage3_img, &inp.cfg_img, &tmp)?;
+        }
+        Step::Cycles | Step::Recipe | Step::World | Step::Distcc => {
+            return build_step(s, env, m, step, recipe);
+        }
+        Step::Seal => {
+            let boot_img = m.image_name("bootstrap");
+            layer::image::commit(store, &helper, &inp.cfg_img, upper, Some(&boot_img))?;
+            helper.remove_trees(&[bdir.to_path_buf()])?;
+            let mut meta = m.meta()?;
+            meta.image = Some(boot_img);
+            meta.snapshot = Some(inp.snapshot.clone());
+            meta.config_hash = Some(m.config_hash()?);
+            meta.stage3 = Some(inp.stage3.manifest.file.clone());
+            meta.builder = false;
+            m.save_meta(&meta)?;
+        }
+    }
+    Ok(true)
+}
+
+/// Run build step `step` (cycles, recipe, world, distcc) in session `s`; `false` when it had
+/// nothing to do.
+fn build_step(
+    s: &mut Session,
+    env: &BuildEnv,
+    m: &Machine,
+    step: Step,
+    recipe: &str,
+) -> Result<bool> {
+    match step {
+        Step::Cycles => break_cycles(s, m)?,
+        Step::Recipe => {
+            for (i, argv) in recipe_steps(recipe).into_iter().enumerate() {
+                let mut full = vec!["emerge".to_string(), "--buildpkg".into(), "--usepkg".into()];
+                full.extend(argv);
+                s.run_ok(&format!("bootstrap recipe step {}", i + 1), full)?;
+            }
+        }
+        Step::World => s.run_ok("emerge @world", emerge::world_update_args())?,
+        Step::Distcc => {
+            // A machine with helpers carries distcc in its image: the builder's client, and
+            // the distccd its helpers run (`gbuild helper`).
+            if super::distcc::hosts_of(env, m)?.is_empty() {
+                return Ok(false);
+            }
+            s.install_distcc()?;
+        }
+        Step::Stage3 | Step::Config | Step::Seal => unreachable!("not a build step: {step:?}"),
+    }
+    Ok(true)
 }
 
 /// The image of a verified stage3 (`stage3/<tarball stem>`, shared by machines), unpacked the
 /// first time.
 pub fn stage3_image(env: &BuildEnv, stage3: &crate::fetch::Artifact) -> Result<String> {
+    let stage3_img = stage3_image_name(stage3);
+    if layer::image::load(&env.store, &stage3_img).is_err() {
+        crate::progress::note(&format!("unpacking {}", stage3.manifest.file));
+        layer::image::from_rootfs(&env.store, &env.helper(), &stage3.path, Some(&stage3_img))?;
+    }
+    Ok(stage3_img)
+}
+
+fn stage3_image_name(stage3: &crate::fetch::Artifact) -> String {
     let stem = stage3
         .manifest
         .file
         .trim_end_matches(".tar.xz")
         .trim_end_matches(".tar.zst")
         .trim_end_matches(".tar.gz")
-        .trim_end_matches(".tar.bz2")
-        .to_string();
-    let stage3_img = format!("stage3/{stem}");
-    if layer::image::load(&env.store, &stage3_img).is_err() {
-        note(env, &format!("unpacking {}", stage3.manifest.file));
-        layer::image::from_rootfs(&env.store, &env.helper(), &stage3.path, Some(&stage3_img))?;
-    }
-    Ok(stage3_img)
+        .trim_end_matches(".tar.bz2");
+    format!("stage3/{stem}")
 }
 
 /// Image `name`: `base` plus the machine's configuration layer, made in scratch dir `tmp`.
@@ -147,27 +410,12 @@ pub fn config_image(
     Ok(())
 }
 
-/// Build the world set in session `s` on a fresh image: break dependency cycles, run the
-/// recipe's steps, then the world update (every valid binpkg in PKGDIR is reused).
+/// Build the world set in session `s` on a fresh image: the build steps of the bootstrap
+/// (break dependency cycles, the recipe's steps, the world update, distcc for a machine with
+/// helpers), every valid binpkg in PKGDIR reused. `rebase` builds its staged builder this way.
 pub fn build_world(s: &mut Session, env: &BuildEnv, m: &Machine, recipe: &str) -> Result<()> {
-    break_cycles(s, m)?;
-    for (i, step) in recipe_steps(recipe).into_iter().enumerate() {
-        let mut argv = vec!["emerge".to_string(), "--buildpkg".into(), "--usepkg".into()];
-        argv.extend(step);
-        s.run_ok(&format!("bootstrap recipe step {}", i + 1), argv)?;
-    }
-    s.run_ok("emerge @world", emerge::world_update_args())?;
-    // A machine with helpers carries distcc in its image: the builder's client, and the
-    // distccd its helpers run (`gbuild helper`).
-    if !super::distcc::hosts_of(env, m)?.is_empty() {
-        s.run_ok(
-            "installing distcc",
-            vec![
-                "/bin/sh".into(),
-                "-c".into(),
-                super::distcc::ENSURE_DISTCC.into(),
-            ],
-        )?;
+    for step in [Step::Cycles, Step::Recipe, Step::World, Step::Distcc] {
+        build_step(s, env, m, step, recipe)?;
     }
     Ok(())
 }
@@ -281,14 +529,20 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-fn note(env: &BuildEnv, msg: &str) {
-    let _ = env;
-    crate::progress::note(msg);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_steps_go_prepare_build_finish_with_distinct_names() {
+        let phases: Vec<&str> = Step::ALL.iter().map(|s| s.phase()).collect();
+        let order = |p: &&str| ["prepare", "build", "finish"].iter().position(|x| x == p);
+        assert!(phases.windows(2).all(|w| order(&w[0]) <= order(&w[1])));
+        let mut names: Vec<&str> = Step::ALL.iter().map(|s| s.name()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), Step::ALL.len());
+    }
 
     #[test]
     fn recipe_parsing() {

@@ -54,3 +54,30 @@ pub fn check(env: &BuildEnv, m: &Machine, s: &mut Session) -> Result<Problems> {
     }
     Ok(p)
 }
+
+/// Check machine `m`'s own bootstrap image (`gbuild check`, and `run` after a first build) in a
+/// throwaway container whose upper dir has a temporary name, removed afterwards; the problems
+/// one line each, a host on another snapshot first.
+pub fn check_machine(env: &BuildEnv, m: &super::MachineLock) -> Result<Vec<String>> {
+    let meta = m.meta()?;
+    let image = meta
+        .image
+        .clone()
+        .ok_or_else(|| super::BuilderError::NotBootstrapped(m.name.clone()))?;
+    let snapshot = meta.recorded_snapshot(&m.name)?.to_string();
+    let helper = env.helper();
+    helper.remove_trees(&m.files().stale_temps("check")?)?;
+    let tmp = m.files().temp("check");
+    let mut s = Session::new(
+        env,
+        m,
+        &image,
+        &tmp.join("upper"),
+        &tmp.join("work"),
+        &snapshot,
+        "check",
+    )?;
+    let p = check(env, m, &mut s)?;
+    helper.remove_trees(std::slice::from_ref(&tmp))?;
+    Ok(p.snapshot_drift.into_iter().chain(p.lines).collect())
+}

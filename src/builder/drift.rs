@@ -34,11 +34,11 @@ fn capture(env: &BuildEnv, m: &Machine, s: &mut Session, tmp: &std::path::Path) 
     s.extra_binds.pop();
     let code = r?;
     if code != 0 {
-        return Err(super::BuilderError::Other(format!(
-            "capturing the builder's configuration of {} failed (exit {code}); log: {}",
-            m.name,
-            s.log_path().display()
-        )));
+        return Err(super::BuilderError::CaptureFailed {
+            machine: m.name.clone(),
+            code,
+            log: s.log_path(),
+        });
     }
     let root = tmp.join("root");
     std::fs::create_dir_all(&root).at("create directory", &root)?;
@@ -85,8 +85,10 @@ fn export_with_tree(
         emerge_info: (!info.trim().is_empty()).then_some(info),
         ..ExportOptions::config_dir()
     };
-    crate::host::export_root(root, &opts)
-        .map_err(|e| super::BuilderError::Other(format!("capture the builder of {}: {e}", m.name)))
+    crate::host::export_root(root, &opts).map_err(|source| super::BuilderError::Capture {
+        machine: m.name.clone(),
+        source,
+    })
 }
 
 /// For a machine with an imported host bundle: the differences between host and builder.

@@ -29,6 +29,18 @@ pub fn environment(env: &BuildEnv) -> Vec<String> {
 }
 
 /// The world update of one build pass.
+/// The world update of a pass with the requested atoms (`host::requests::active`): `--oneshot`
+/// and the atoms appended, so they are built and kept without entering the builder's world file
+/// (which must stay the host's).
+pub fn world_update_with(requested: &[String]) -> Vec<String> {
+    let mut args = world_update_args();
+    if !requested.is_empty() {
+        args.insert(1, "--oneshot".into());
+        args.extend(requested.iter().cloned());
+    }
+    args
+}
+
 pub fn world_update_args() -> Vec<String> {
     [
         "emerge",
@@ -291,6 +303,19 @@ fn strip_repo(cpv: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn requests_join_the_world_update_once() {
+        assert_eq!(world_update_with(&[]), world_update_args());
+        let req = vec![
+            ">=app-editors/vim-9.0:0".to_string(),
+            "dev-libs/openssl".into(),
+        ];
+        let args = world_update_with(&req);
+        assert_eq!(args[..2], ["emerge".to_string(), "--oneshot".into()]);
+        assert!(args.contains(&"@world".to_string()));
+        assert_eq!(args[args.len() - 2..], req[..]);
+    }
+
     use super::*;
 
     #[test]

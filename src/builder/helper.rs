@@ -107,23 +107,20 @@ pub fn parse_listen(s: &str) -> std::result::Result<SocketAddr, String> {
 }
 
 /// gbuild's own check: the helper listens on one address, inside the allowed ranges.
-pub fn check_listen(listen: &SocketAddr, allow: &[Cidr]) -> std::result::Result<(), String> {
+pub fn check_listen(listen: &SocketAddr, allow: &[Cidr]) -> Result<()> {
     let ip = listen.ip();
     if ip.is_unspecified() {
-        return Err(format!(
-            "refusing to listen on {ip}: that is every network of this box; give the one address \
-             the allowed builders reach it at"
-        ));
+        return Err(BuilderError::ListenEverywhere { ip });
     }
     if !allow.iter().any(|c| c.contains(ip)) {
-        return Err(format!(
-            "refusing to listen on {ip}: it is outside --allow {}",
-            allow
+        return Err(BuilderError::ListenOutsideAllow {
+            ip,
+            allow: allow
                 .iter()
                 .map(|c| c.to_string())
                 .collect::<Vec<_>>()
-                .join(" ")
-        ));
+                .join(" "),
+        });
     }
     Ok(())
 }
@@ -210,13 +207,9 @@ fn distcc_user(env: &BuildEnv, upper: &std::path::Path, image: &str) -> Option<(
 /// Run a helper for machine `m` in the foreground until distccd exits (a SIGTERM or SIGINT to
 /// gbuild stops it); its exit status. The machine is only read: its builder may run meanwhile.
 pub fn run(env: &BuildEnv, m: &Machine, o: &HelperOptions, echo: bool) -> Result<i32> {
-    check_listen(&o.listen, &o.allowed()).map_err(BuilderError::Other)?;
+    check_listen(&o.listen, &o.allowed())?;
     if !env.map.is_full() {
-        return Err(BuilderError::Other(
-            "gbuild helper needs a subordinate id range (distccd runs compiles as an \
-             unprivileged user of the image): run `gbuild setup-host --user <you>` as root once"
-                .into(),
-        ));
+        return Err(BuilderError::HelperNeedsIdRange);
     }
     let image = m
         .meta()?
@@ -228,16 +221,13 @@ pub fn run(env: &BuildEnv, m: &Machine, o: &HelperOptions, echo: bool) -> Result
     let scratch = files.temp("helper");
     let absent = scratch.join("absent");
     if !super::session::overlay_has(env, &absent, &image, "usr/bin/distccd") {
-        return Err(BuilderError::Other(format!(
-            "image {image} of machine {} has no distccd: set distcc_hosts for it in gbuild.toml, \
-             run a pass (or bootstrap), then `gbuild snapshot --machine {}`",
-            m.name, m.name
-        )));
+        return Err(BuilderError::NoDistccd {
+            image,
+            machine: m.name.clone(),
+        });
     }
-    let user = distcc_user(env, &absent, &image).ok_or_else(|| {
-        BuilderError::Other(format!(
-            "image {image} has no user distcc, distccd or nobody in /etc/passwd to run distccd as"
-        ))
+    let user = distcc_user(env, &absent, &image).ok_or_else(|| BuilderError::NoDistccUser {
+        image: image.clone(),
     })?;
     let log_path = log_path(m, o);
     if let Some(d) = log_path.parent() {
@@ -278,13 +268,14 @@ pub fn run(env: &BuildEnv, m: &Machine, o: &HelperOptions, echo: bool) -> Result
         "TMPDIR=/tmp".into(),
         "LANG=C.UTF-8".into(),
     ];
-    let _ = writeln!(
+    writeln!(
         log,
         ">>> gbuild {}: helper of {} on image {image}: {}",
         super::state::now(),
         m.name,
         argv.join(" ")
-    );
+    )
+    .at("write", &log_path)?;
     tracing::info!(
         "distcc helper of {} on {} (allow {}), image {image}; log: {}",
         m.name,
@@ -296,13 +287,21 @@ pub fn run(env: &BuildEnv, m: &Machine, o: &HelperOptions, echo: bool) -> Result
             .join(" "),
         log_path.display()
     );
+    // A helper serves builders for as long as it runs: a full disk costs its log, not the
+    // helper (the first failure is a warning naming the log).
+    let mut log_failed = false;
     let mut sink = |b: &[u8]| {
-        let _ = log.write_all(b);
+        if let (Err(e), false) = (log.write_all(b), log_failed) {
+            log_failed = true;
+            tracing::warn!("{}: {e}", log_path.display());
+        }
         if echo {
+            // Echo only; the log has it.
             let _ = std::io::stderr().write_all(b);
         }
     };
     let result = env.runtime.run_with_output(&spec, Some(&mut sink));
+    // The helper's own outcome is what is returned; the log's last line is a courtesy.
     let _ = writeln!(
         log,
         ">>> gbuild {}: helper stopped ({})",
@@ -349,8 +348,10 @@ mod tests {
         assert_eq!(l.port(), 3632);
         check_listen(&l, &lan).unwrap();
         let e = check_listen(&parse_listen("0.0.0.0:3632").unwrap(), &lan).unwrap_err();
+        let e = e.to_string();
         assert!(e.contains("every network"), "{e}");
         let e = check_listen(&parse_listen("10.0.0.5:3700").unwrap(), &lan).unwrap_err();
+        let e = e.to_string();
         assert!(e.contains("outside --allow 192.168.1.0/24"), "{e}");
         assert_eq!(parse_listen("[::1]:3700").unwrap().port(), 3700);
         assert!(parse_listen("box2").is_err());

@@ -9,10 +9,14 @@
 //! One writer per machine: everything that changes a machine takes a `&MachineLock`, which only
 //! `MachineLock::acquire` makes (holding `machines/<M>/lock` until dropped), so code that would
 //! change a machine without its lock does not compile. `Machine::open` only finds an existing
-//! machine; reading never creates one.
+//! machine; reading never creates one. Three files reach a running loop without its lock, each
+//! written whole by a rename: the `resume` marker (`pass::resume`), `requests.json` (under the
+//! configuration lock, `host::requests`) and a distcc helper's own log and scratch directory
+//! (`helper`, which only reads the machine).
 
 pub mod bootstrap;
 pub mod buildside;
+pub mod chain;
 pub mod check;
 pub mod cleanup;
 pub mod distcc;
@@ -24,7 +28,6 @@ pub mod pass;
 pub mod publish;
 pub mod rebase;
 pub mod release;
-pub mod requests;
 pub mod session;
 pub mod state;
 
@@ -98,8 +101,78 @@ pub enum BuilderError {
         value: String,
         why: String,
     },
-    #[error("{0}")]
-    Other(String),
+    #[error("check of {machine} failed after bootstrap: {}", chain::problems_line(.problems))]
+    CheckFailed {
+        machine: String,
+        problems: Vec<String>,
+    },
+    #[error("rebase of {machine}: {why}")]
+    RebaseFetch { machine: String, why: String },
+    #[error("exchange {} with {}: {source} (the store's filesystem must support RENAME_EXCHANGE)", .a.display(), .b.display())]
+    Exchange {
+        a: PathBuf,
+        b: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is not the staged directory of rebase {id}", .dir.display())]
+    NotStaged { dir: PathBuf, id: String },
+    #[error("no staged builder for {0}")]
+    NoStagedBuilder(String),
+    #[error("capturing the builder's configuration of {machine} failed (exit {code}); log: {}", .log.display())]
+    CaptureFailed {
+        machine: String,
+        code: i32,
+        log: PathBuf,
+    },
+    #[error("capture the builder of {machine}: {source}")]
+    Capture {
+        machine: String,
+        source: crate::host::HostError,
+    },
+    #[error("applying the configuration of {machine} to its builder failed (exit {code})")]
+    ApplyConfig { machine: String, code: i32 },
+    #[error(transparent)]
+    Sign(#[from] crate::sign::SignError),
+    #[error("sign {file}: {source}")]
+    SignRelease {
+        file: &'static str,
+        source: pgp::errors::Error,
+    },
+    #[error("machine {machine}: {source}")]
+    Profile {
+        machine: String,
+        source: crate::stage3::UnknownProfile,
+    },
+    #[error("machine {machine}: overlay {overlay} at {location}: {why}")]
+    BadOverlay {
+        machine: String,
+        overlay: String,
+        location: String,
+        why: String,
+    },
+    #[error("machine {machine}: {source}")]
+    OverlayCheckout {
+        machine: String,
+        source: crate::fetch::git::GitError,
+    },
+    #[error("the host of {machine} uses the ebuild tree of {tree} (Gentoo's snapshot {date}), not verified in the store: run `gbuild run --machine {machine}` or `gbuild fetch --snapshot-date {date}`")]
+    HostSnapshotMissing {
+        machine: String,
+        tree: String,
+        date: String,
+    },
+    #[error("refusing to listen on {ip}: that is every network of this box; give the one address the allowed builders reach it at")]
+    ListenEverywhere { ip: std::net::IpAddr },
+    #[error("refusing to listen on {ip}: it is outside --allow {allow}")]
+    ListenOutsideAllow { ip: std::net::IpAddr, allow: String },
+    #[error("gbuild helper needs a subordinate id range (distccd runs compiles as an unprivileged user of the image): run `gbuild setup-host --user <you>` as root once")]
+    HelperNeedsIdRange,
+    #[error("image {image} of machine {machine} has no distccd: set distcc_hosts for it in gbuild.toml, run a pass (or bootstrap), then `gbuild snapshot --machine {machine}`")]
+    NoDistccd { image: String, machine: String },
+    #[error(
+        "image {image} has no user distcc, distccd or nobody in /etc/passwd to run distccd as"
+    )]
+    NoDistccUser { image: String },
 }
 
 pub type Result<T, E = BuilderError> = std::result::Result<T, E>;
@@ -254,14 +327,7 @@ impl Machine {
 
     /// The imported host bundle of this machine (none for a built-in overlay machine).
     pub fn host_bundle(&self) -> Option<crate::host::Bundle> {
-        if !self
-            .config_dir()
-            .join(crate::host::bundle::MANIFEST_NAME)
-            .is_file()
-        {
-            return None;
-        }
-        crate::host::machine::config_bundle(&self.store, &self.name).ok()
+        crate::host::bundle::imported(&self.config_dir())
     }
 
     /// A hash of the configuration files (what `update` and the loop compare).
@@ -561,7 +627,10 @@ pub fn stage3_variant(config: &Config, m: &Machine) -> Result<String> {
         });
     config
         .variant_for(profile.as_deref())
-        .map_err(|e| BuilderError::Other(format!("machine {}: {e}", m.name)))
+        .map_err(|source| BuilderError::Profile {
+            machine: m.name.clone(),
+            source,
+        })
 }
 
 /// The main-tree profile that profile `path` of repository `repo` stands on: itself for the main
@@ -606,11 +675,11 @@ pub fn newest_snapshot(store: &Store) -> Result<(String, PathBuf)> {
 /// in `config/repos/<name>/`), or the store's checkout of the commit the host is at (cloned from
 /// its `sync-uri` the first time).
 pub fn overlay_source(store: &Store, m: &Machine, r: &crate::host::Repo) -> Result<PathBuf> {
-    let bad = |why: &str| {
-        BuilderError::Other(format!(
-            "machine {}: overlay {} at {}: {why}",
-            m.name, r.name, r.location
-        ))
+    let bad = |why: &str| BuilderError::BadOverlay {
+        machine: m.name.clone(),
+        overlay: r.name.clone(),
+        location: r.location.clone(),
+        why: why.to_string(),
     };
     if !r.location.starts_with('/') || r.location.split('/').any(|c| c == "..") || r.location == "/"
     {
@@ -629,8 +698,12 @@ pub fn overlay_source(store: &Store, m: &Machine, r: &crate::host::Repo) -> Resu
         return Ok(dir);
     }
     match (&r.git_commit, &r.sync_uri) {
-        (Some(c), Some(uri)) => crate::fetch::git::checkout(store, &r.name, uri, c)
-            .map_err(|e| BuilderError::Other(format!("machine {}: {e}", m.name))),
+        (Some(c), Some(uri)) => crate::fetch::git::checkout(store, &r.name, uri, c).map_err(
+            |source| BuilderError::OverlayCheckout {
+                machine: m.name.clone(),
+                source,
+            },
+        ),
         _ => Err(bad(
             "the bundle carries neither its tree nor its git commit; run `gbuild host export` again on the host",
         )),
@@ -657,14 +730,11 @@ pub fn pinned_snapshot(env: &BuildEnv, m: &Machine) -> Result<String> {
     if let Some(b) = m.host_bundle() {
         if let Some(tree) = host_tree(&b) {
             let a = crate::fetch::verified_snapshot_of_tree(&env.store, tree).ok_or_else(|| {
-                BuilderError::Other(format!(
-                    "the host of {} uses the ebuild tree of {} (Gentoo's snapshot {}), not verified in the store: run `gbuild run --machine {}` or `gbuild fetch --snapshot-date {}`",
-                    m.name,
-                    tree.describe(),
-                    tree.snapshot_name_date().unwrap_or_default(),
-                    m.name,
-                    tree.snapshot_name_date().unwrap_or_default(),
-                ))
+                BuilderError::HostSnapshotMissing {
+                    machine: m.name.clone(),
+                    tree: tree.describe(),
+                    date: tree.snapshot_name_date().unwrap_or_default(),
+                }
             })?;
             let date = a.manifest.date.clone();
             layer::unpack::unpack_repo(&env.store, &a.path, &date)?;
@@ -723,6 +793,30 @@ pub fn native_flags_of(b: &crate::host::Bundle) -> Vec<(String, String)> {
 mod tests {
     use super::*;
     use crate::host::bundle::{Cpu, Manifest, VarSource};
+
+    #[test]
+    fn open_finds_a_machine_and_never_creates_one() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::at(t.path());
+        assert!(matches!(
+            Machine::open(&store, "laptop"),
+            Err(BuilderError::NoMachine(n)) if n == "laptop"
+        ));
+        assert!(!store.machine("laptop").path().exists());
+        assert!(matches!(
+            Machine::open(&store, "../x"),
+            Err(BuilderError::BadName(_))
+        ));
+        let lock = MachineLock::create(&store, "laptop").unwrap();
+        assert_eq!(Machine::open(&store, "laptop").unwrap().name, "laptop");
+        // A second writer is refused while the first holds the lock.
+        assert!(matches!(
+            MachineLock::acquire(&store, "laptop"),
+            Err(BuilderError::Busy { .. })
+        ));
+        drop(lock);
+        MachineLock::acquire(&store, "laptop").unwrap();
+    }
 
     #[test]
     fn native_is_replaced_by_the_hosts_resolution() {

@@ -60,10 +60,10 @@ pub fn apply_config_if_changed(env: &BuildEnv, m: &MachineLock) -> Result<bool> 
         .runtime
         .run_with_output(&spec, Some(&mut |_b: &[u8]| {}))?;
     if code != 0 {
-        return Err(BuilderError::Other(format!(
-            "applying the configuration of {} to its builder failed (exit {code})",
-            m.name
-        )));
+        return Err(BuilderError::ApplyConfig {
+            machine: m.name.clone(),
+            code,
+        });
     }
     meta.config_hash = Some(hash);
     m.save_meta(&meta)?;
@@ -136,8 +136,8 @@ pub fn pass(env: &BuildEnv, m: &MachineLock, state: &mut State) -> Result<PassRe
     let mut changed = true;
     // The build set: the host's world and the atoms requested on demand (`--oneshot`: they
     // never enter the builder's world file, which must stay the host's).
-    let requested = super::requests::active(m);
-    let code = s.run(super::requests::world_update_args(&requested))?;
+    let requested = crate::host::requests::active(&m.store, &m.name);
+    let code = s.run(super::emerge::world_update_with(&requested))?;
     if code != 0 {
         failed = Some(code);
     }
@@ -152,7 +152,7 @@ pub fn pass(env: &BuildEnv, m: &MachineLock, state: &mut State) -> Result<PassRe
         let preserved = overlay_read(env, m, &image, "var/lib/portage/preserved_libs_registry")
             .is_some_and(|r| r.iter().any(u8::is_ascii_alphanumeric));
         if changed || preserved {
-            let keep = super::requests::keep_list(&requested);
+            let keep = crate::host::requests::keep_list(&requested);
             let code = super::cleanup::run_cleanup(&mut s, changed, false, &keep)?;
             if code != 0 {
                 failed = Some(code);

@@ -35,8 +35,7 @@ const PUBLISH_TMP: &str = "published";
 pub const INDEX_TTL_SECS: u64 = 300;
 
 /// The kernel release the machine's hosts run, when known.
-pub fn host_kernel(env: &BuildEnv, m: &Machine) -> Option<String> {
-    let _ = env;
+pub fn host_kernel(m: &Machine) -> Option<String> {
     if let Some(k) = m.host_bundle().and_then(|b| b.manifest.kernel.clone()) {
         return Some(k);
     }
@@ -86,7 +85,7 @@ struct SignCache {
 }
 
 fn sign_error(e: crate::sign::SignError) -> BuilderError {
-    BuilderError::Other(e.to_string())
+    BuilderError::Sign(e)
 }
 
 /// Replace (or add) `KEY: value` lines of a stanza.
@@ -153,7 +152,7 @@ pub fn stale(env: &BuildEnv, m: &Machine) -> Result<bool> {
 /// Sign every gpkg stanza's file (cached by size and mtime), update the stanzas to the files as
 /// they are now, and rewrite PKGDIR's `Packages` when an entry changed. Returns the gpkg stanzas
 /// to publish; xpak and damaged binpkgs are left out with a warning.
-fn sign_all(m: &Machine, keys: &Keys, header: &str, all: &[String]) -> Result<Vec<String>> {
+fn sign_all(m: &MachineLock, keys: &Keys, header: &str, all: &[String]) -> Result<Vec<String>> {
     let cache_path = m.files().sign_cache();
     // A cache: an unreadable one only costs the work it would have saved.
     let mut cache: SignCache = std::fs::read(&cache_path)
@@ -270,7 +269,7 @@ pub fn stage(env: &BuildEnv, m: &MachineLock, snapshot: &str) -> Result<Staged> 
         );
     }
     let all = sign_all(m, &keys, &header, &all)?;
-    let kernel = host_kernel(env, m);
+    let kernel = host_kernel(m);
     let held = match &kernel {
         Some(k) => abi_check(m, &all, k)?,
         None => Vec::new(),
@@ -391,11 +390,11 @@ pub fn commit(m: &MachineLock, staged: Staged) -> Result<(Counts, Vec<AbiWarning
 /// Drop a staged publication: what is published stays. Best effort: a directory left behind
 /// has a temporary name, which the next publication or `gc` removes.
 pub fn discard(staged: Staged) {
-    let _ = std::fs::remove_dir_all(&staged.dir);
+    crate::fsutil::remove_tree_or_warn(&staged.dir);
 }
 
 /// Scan the binpkgs of `stanzas` for ABI notes newer than `kernel` (cached per file).
-fn abi_check(m: &Machine, stanzas: &[String], kernel: &str) -> Result<Vec<AbiWarning>> {
+fn abi_check(m: &MachineLock, stanzas: &[String], kernel: &str) -> Result<Vec<AbiWarning>> {
     let cache_path = m.files().abi_cache();
     // A cache: an unreadable one only costs the work it would have saved.
     let mut cache: AbiCache = std::fs::read(&cache_path)

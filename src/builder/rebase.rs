@@ -121,7 +121,10 @@ fn fetch_newest_stage3(env: &BuildEnv, m: &Machine, opts: &Options) -> Result<St
     trusted.extend(meta.trust.iter().cloned());
     trusted.extend(opts.trust.iter().cloned());
     let variant = super::stage3_variant(&env.config, m)?;
-    let err = |e: &dyn std::fmt::Display| BuilderError::Other(format!("rebase of {}: {e}", m.name));
+    let err = |e: &dyn std::fmt::Display| BuilderError::RebaseFetch {
+        machine: m.name.clone(),
+        why: e.to_string(),
+    };
     let src = Source::new(&mirror, &env.config.arch, &variant, None).map_err(|e| err(&e))?;
     let trust = Trust::new(keyring.as_deref(), &trusted).map_err(|e| err(&e))?;
     let fetcher = Fetcher::new(RetryPolicy::from_env()).map_err(|e| err(&e))?;
@@ -228,14 +231,14 @@ pub fn prepare(
     }
     // The world, then the packages requested on demand, exactly as a pass builds them: the new
     // builder must publish all that the running one does.
-    let requested = super::requests::active(m);
+    let requested = crate::host::requests::active(&m.store, &m.name);
     let built = super::bootstrap::build_world(&mut s, env, m, &opts.recipe).and_then(|()| {
         if requested.is_empty() {
             return Ok(());
         }
         s.run_ok(
             "emerge of the requested packages",
-            super::requests::world_update_args(&requested),
+            super::emerge::world_update_with(&requested),
         )
     });
     match built {
@@ -246,7 +249,7 @@ pub fn prepare(
         }
         Err(e) => return Err(e),
     }
-    let keep = super::requests::keep_list(&requested);
+    let keep = crate::host::requests::keep_list(&requested);
     let code = super::cleanup::run_cleanup(&mut s, true, true, &keep)?;
     if code != 0 {
         drop_images(&[&cfg_img]);
@@ -337,6 +340,7 @@ fn link_missing(from: &Path, to: &Path) -> Result<usize> {
                 std::fs::copy(&src, &dst).at("copy", &src)?;
                 if let Ok(md) = std::fs::metadata(&src) {
                     let mt = filetime::FileTime::from_last_modification_time(&md);
+                    // A copy with a new mtime is a binpkg Portage re-reads, nothing worse.
                     let _ = filetime::set_file_mtime(&dst, mt);
                 }
             }
@@ -354,11 +358,11 @@ fn note(msg: &str) {
 fn exchange(a: &Path, b: &Path) -> Result<()> {
     use nix::fcntl::{renameat2, RenameFlags};
     renameat2(None, a, None, b, RenameFlags::RENAME_EXCHANGE).map_err(|e| {
-        BuilderError::Other(format!(
-            "exchange {} with {}: {e} (the store's filesystem must support RENAME_EXCHANGE)",
-            a.display(),
-            b.display()
-        ))
+        BuilderError::Exchange {
+            a: a.to_path_buf(),
+            b: b.to_path_buf(),
+            source: std::io::Error::from(e),
+        }
     })?;
     crate::fsutil::fsync_dir(a.parent().unwrap_or(a))?;
     if b.parent() != a.parent() {
@@ -375,10 +379,10 @@ fn exchange_once(live: &Path, staged: &Path, id: &str) -> Result<()> {
         return Ok(());
     }
     if !staged.join(marker(id)).exists() {
-        return Err(BuilderError::Other(format!(
-            "{} is not the staged directory of rebase {id}",
-            staged.display()
-        )));
+        return Err(BuilderError::NotStaged {
+            dir: staged.to_path_buf(),
+            id: id.to_string(),
+        });
     }
     exchange(live, staged)
 }
@@ -426,6 +430,7 @@ pub fn swap_if_staged(env: &BuildEnv, m: &MachineLock) -> Result<Option<Staged>>
         log: st.log.clone(),
         kind: PassKind::Rebase,
         cleanup: st.cleanup.clone(),
+        ..LastPass::default()
     });
     let log = m.dir().join(&st.log);
     let published = super::gate::publish(env, m, &st.image, &st.snapshot, &log, &mut state)?;
@@ -475,8 +480,7 @@ fn swapped(m: &Machine, st: Staged) -> Result<Staged> {
 /// that holds it and wait until it has swapped (between two of its passes).
 pub fn swap(env: &BuildEnv, lock: &RebaseLock) -> Result<Swap> {
     let m = lock.machine();
-    let st = staged(m)?
-        .ok_or_else(|| BuilderError::Other(format!("no staged builder for {}", m.name)))?;
+    let st = staged(m)?.ok_or_else(|| BuilderError::NoStagedBuilder(m.name.clone()))?;
     let mut told = false;
     loop {
         match MachineLock::acquire(&env.store, &m.name) {

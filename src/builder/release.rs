@@ -103,12 +103,15 @@ pub fn write(
         published_at: super::state::now(),
         snapshot: snap,
         bundle,
-        requests: super::requests::active(m),
+        requests: crate::host::requests::active(&m.store, &m.name),
     };
     let mut text = serde_json::to_string_pretty(&release).expect("release serializes");
     text.push('\n');
-    let signed = crate::sign::gpkg::clearsign(&text, keys)
-        .map_err(|e| BuilderError::Other(format!("sign {RELEASE_FILE}: {e}")))?;
+    let signed =
+        crate::sign::gpkg::clearsign(&text, keys).map_err(|e| BuilderError::SignRelease {
+            file: RELEASE_FILE,
+            source: e,
+        })?;
     let p = PublishedDir::release_in(dir);
     std::fs::write(&p, signed).at("write", &p)?;
     std::fs::File::open(&p)

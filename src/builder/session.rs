@@ -203,14 +203,7 @@ impl<'a> Session<'a> {
             let has = |rel: &str| overlay_has(self.env, &self.upper, &self.image, rel);
             let installed = has("usr/bin/distcc") && has("usr/bin/distccd");
             if !installed {
-                self.run_ok(
-                    "installing distcc",
-                    vec![
-                        "/bin/sh".into(),
-                        "-c".into(),
-                        super::distcc::ENSURE_DISTCC.into(),
-                    ],
-                )?;
+                self.install_distcc()?;
             }
             let client = overlay_read_in(self.env, &self.upper, &self.image, "usr/bin/distcc");
             if !client.is_some_and(|c| super::distcc::supports_socks_proxy(&c)) {
@@ -266,7 +259,8 @@ impl<'a> Session<'a> {
         if let crate::runtime::Rootfs::Overlay { layers, .. } = &mut spec.rootfs {
             layers.extend(self.lowers.iter().cloned());
         }
-        let _ = writeln!(self.log, ">>> gbuild: {}", argv.join(" "));
+        writeln!(self.log, ">>> gbuild: {}", argv.join(" "))
+            .map_err(|e| crate::fsutil::FsError::new("write log", &self.log_path, e))?;
         let echo = self.env.echo;
         let log = &mut self.log;
         let progress = &mut self.progress;
@@ -314,11 +308,31 @@ impl<'a> Session<'a> {
         if let Some(e) = log_error {
             return Err(crate::fsutil::FsError::new("write log", &self.log_path, e).into());
         }
-        let _ = writeln!(self.log, ">>> gbuild: exit status {code}");
+        writeln!(self.log, ">>> gbuild: exit status {code}")
+            .map_err(|e| crate::fsutil::FsError::new("write log", &self.log_path, e))?;
         Ok(code)
     }
 
     /// Run `argv`; a non-zero exit is an error naming `what` and the log.
+    /// Install distcc (client and distccd) in the upper dir, as `distcc::ENSURE_DISTCC` does.
+    pub fn install_distcc(&mut self) -> Result<()> {
+        self.run_ok(
+            "installing distcc",
+            vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                super::distcc::ENSURE_DISTCC.into(),
+            ],
+        )
+    }
+
+    /// A line of gbuild's own in the session's log (`>>> gbuild: LINE`).
+    pub fn log_line(&mut self, line: &str) -> Result<()> {
+        writeln!(self.log, ">>> gbuild: {line}")
+            .map_err(|e| crate::fsutil::FsError::new("write log", &self.log_path, e))?;
+        Ok(())
+    }
+
     pub fn run_ok(&mut self, what: &str, argv: Vec<String>) -> Result<()> {
         let code = self.run(argv)?;
         if code != 0 {

@@ -126,6 +126,26 @@ pub struct Gate {
 }
 
 word_enum! {
+    /// How a step of the first build ended (`state.json` `last_pass.steps[].result`).
+    StepResult {
+        Done => "done",
+        /// Done before with the same inputs, or nothing to do.
+        Skipped => "skipped",
+        Failed => "failed",
+    }
+}
+
+/// One step of the first build (`builder::bootstrap::Step`) as it ran.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct StepRecord {
+    pub name: String,
+    pub result: StepResult,
+    /// The hash of the step's inputs (stage3, configuration, snapshot, recipe).
+    pub key: String,
+}
+
+word_enum! {
     /// Which kind of pass (`state.json` `last_pass.kind`).
     PassKind {
         /// The first build of the world set.
@@ -150,6 +170,13 @@ pub struct LastPass {
     pub kind: PassKind,
     /// The cleanup steps that ran, in order.
     pub cleanup: Vec<CleanupStep>,
+    /// The steps of a first build, in order (empty for a pass).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepRecord>,
+    /// The upper dir a failed first build left for its process's next attempt (a temporary
+    /// name in the machine directory).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub work_dir: Option<String>,
 }
 
 impl LastPass {
@@ -282,6 +309,25 @@ impl State {
         Ok(crate::fsutil::read_json(&Self::path(m))?.unwrap_or_else(|| Self::idle(m)))
     }
 
+    /// Whether the loop that wrote this state still runs (None when no loop recorded its pid):
+    /// the one liveness check of `status` and the status page.
+    pub fn loop_alive(&self) -> Option<bool> {
+        self.pid
+            .filter(|p| *p > 0)
+            .map(crate::fsutil::process_alive)
+    }
+
+    /// The loop's state as it is now: a loop that died while building or waiting left that
+    /// state behind, and is `stopped`.
+    pub fn live_state(&self) -> LoopState {
+        match self.state {
+            LoopState::Building | LoopState::Waiting if self.loop_alive() == Some(false) => {
+                LoopState::Stopped
+            }
+            s => s,
+        }
+    }
+
     pub fn save(&mut self, m: &MachineLock) -> super::Result<()> {
         self.machine = m.name.clone();
         self.updated = now();
@@ -294,6 +340,25 @@ impl State {
 mod tests {
     use super::*;
     use crate::store::Store;
+
+    #[test]
+    fn a_dead_loop_is_stopped_and_a_live_one_keeps_its_state() {
+        let mut st = State {
+            state: LoopState::Building,
+            ..State::default()
+        };
+        assert_eq!(st.loop_alive(), None);
+        assert_eq!(st.live_state(), LoopState::Building);
+        st.pid = Some(std::process::id());
+        assert_eq!(st.loop_alive(), Some(true));
+        assert_eq!(st.live_state(), LoopState::Building);
+        // Above any pid_max the kernel allows (2^22).
+        st.pid = Some(1 << 23);
+        assert_eq!(st.loop_alive(), Some(false));
+        assert_eq!(st.live_state(), LoopState::Stopped);
+        st.state = LoopState::Failed;
+        assert_eq!(st.live_state(), LoopState::Failed);
+    }
 
     fn machine() -> (tempfile::TempDir, MachineLock) {
         let d = tempfile::tempdir().unwrap();
@@ -336,6 +401,12 @@ mod tests {
                     name: "depclean".into(),
                     items: vec!["app-misc/gone-1".into()],
                 }],
+                steps: vec![StepRecord {
+                    name: "world".into(),
+                    result: StepResult::Failed,
+                    key: "0123456789abcdef".into(),
+                }],
+                work_dir: Some(".tmp-bootstrap-4242-0".into()),
             }),
             snapshot: Some("20260101".into()),
             drift: vec!["make.conf: CFLAGS differ".into()],
@@ -355,6 +426,7 @@ mod tests {
         assert_eq!(v["state"], "failed");
         assert_eq!(v["last_pass"]["result"], "failed");
         assert_eq!(v["last_pass"]["kind"], "bootstrap");
+        assert_eq!(v["last_pass"]["steps"][0]["result"], "failed");
     }
 
     #[test]

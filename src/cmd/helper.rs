@@ -35,7 +35,7 @@ pub fn run(ctx: &Ctx, o: HelperOpts) -> anyhow::Result<i32> {
         log: o.log,
     };
     // Refused before anything is opened or started.
-    helper::check_listen(&opts.listen, &opts.allowed()).map_err(anyhow::Error::msg)?;
+    helper::check_listen(&opts.listen, &opts.allowed())?;
     let store = ctx.store()?;
     let config = ctx.config(&store)?;
     let m = gbuild::builder::Machine::open(&store, &o.machine)?;

@@ -101,7 +101,8 @@ fn upgrade(ctx: &Ctx, o: UpgradeOpts) -> anyhow::Result<i32> {
         pretend: o.pretend,
         force: o.force,
     };
-    let outcome = host::upgrade::upgrade(&opts, &mut |l| ctx.note(l))?;
+    // Emerge's own output of the upgrade goes to stdout as it comes, as emerge prints it.
+    let outcome = host::upgrade::upgrade(&opts, &mut |l| ctx.note(l), &mut |l| println!("{l}"))?;
     match &outcome {
         Outcome::Installed(p) if p.is_empty() => println!("up to date: nothing to install"),
         Outcome::Installed(p) => {

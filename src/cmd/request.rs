@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
-use gbuild::builder::requests::{self, Atom};
 use gbuild::builder::state::{PassOutcome, State};
 use gbuild::builder::Machine;
+use gbuild::host::requests::{self, Atom};
 
 use super::Ctx;
 
@@ -32,7 +32,7 @@ pub fn run(ctx: &Ctx, o: RequestOpts) -> anyhow::Result<i32> {
     let store = ctx.store()?;
     let m = Machine::open(&store, &o.machine)?;
     let since = gbuild::builder::state::now();
-    let ch = requests::change(&m, &o.atoms, o.drop)?;
+    let ch = requests::change(&store, &m.name, &o.atoms, o.drop)?;
     for a in &ch.satisfied {
         ctx.note(&format!(
             "request: {a} is in the host's world now; no longer a request"
@@ -67,7 +67,7 @@ pub fn run(ctx: &Ctx, o: RequestOpts) -> anyhow::Result<i32> {
     let atoms: Vec<Atom> = o
         .atoms
         .iter()
-        .map(|a| Atom::parse(a).map_err(anyhow::Error::msg))
+        .map(|a| Atom::parse(a).map_err(anyhow::Error::from))
         .collect::<anyhow::Result<_>>()?;
     wait(ctx, &m, &atoms, since)
 }

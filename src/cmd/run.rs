@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use gbuild::builder::chain;
+
 use super::{build_env, Ctx, MachineOpts};
 
 #[derive(clap::Args, Debug)]
@@ -40,6 +42,7 @@ struct ServeChild(std::process::Child);
 
 impl Drop for ServeChild {
     fn drop(&mut self) {
+        // A serve that exited already is what we want.
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -64,14 +67,7 @@ pub fn run(ctx: &Ctx, o: RunOpts) -> anyhow::Result<i32> {
         );
     }
     let (env, m) = build_env(ctx, &o.m)?;
-    // A machine made from a host bundle starts on the host's own ebuild tree, found on the
-    // mirror by its timestamp.
-    let tree = match (&o.snapshot_date, m.meta()?.image.is_none()) {
-        (None, true) => m
-            .host_bundle()
-            .and_then(|b| gbuild::builder::host_tree(&b).cloned()),
-        _ => None,
-    };
+    let tree = chain::tree_to_fetch(&m, o.snapshot_date.as_deref())?;
     super::fetch::run(
         ctx,
         super::fetch::FetchOpts {
@@ -87,41 +83,13 @@ pub fn run(ctx: &Ctx, o: RunOpts) -> anyhow::Result<i32> {
         },
     )?;
     // The loop re-syncs snapshots later with the same trust.
-    let mut meta = m.meta()?;
-    if o.keyring.is_some() || !o.trust.is_empty() {
-        meta.keyring = o.keyring.clone().map(|k| k.canonicalize().unwrap_or(k));
-        meta.trust = o.trust.clone();
-        m.save_meta(&meta)?;
-    }
+    chain::remember_trust(&m, o.keyring.as_deref(), &o.trust)?;
     let _serve = match &o.serve {
         Some(addr) => Some(start_serve(ctx, addr)?),
         None => None,
     };
-    let meta = m.meta()?;
-    let have_image = meta
-        .image
-        .as_deref()
-        .is_some_and(|i| gbuild::layer::image::load(&env.store, i).is_ok());
-    if !have_image {
-        ctx.note(&format!("run: bootstrapping {}", m.name));
-        // The first build is a pass: it idles after a failure like any other (`--once` exits).
-        let recipe = gbuild::builder::builtin_recipe();
-        if let Some(code) = gbuild::builder::pass::first_build(&env, &m, recipe, o.once)? {
-            return Ok(code);
-        }
-        let problems = super::check::check(&env, &m)?;
-        if !problems.is_empty() {
-            for p in &problems {
-                eprintln!("check: {p}");
-            }
-            anyhow::bail!("check of {} failed after bootstrap", m.name);
-        }
-    } else {
-        ctx.note(&format!("run: {} is bootstrapped", m.name));
-    }
-    if !m.meta()?.builder {
-        super::builder::create(&env, &m)?;
-        ctx.note(&format!("run: builder of {} created", m.name));
+    if let chain::Prepared::Exit(code) = chain::prepare(&env, &m, o.once)? {
+        return Ok(code);
     }
     let interval = o
         .interval

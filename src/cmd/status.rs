@@ -1,7 +1,7 @@
 //! `gbuild status [--machine M] [--json]`: the loop's state, current package, last pass, and
 //! the state of each distcc helper the machine's gbuild.toml names (probed now).
 
-use gbuild::builder::state::{LoopState, PassKind, State};
+use gbuild::builder::state::{PassKind, State};
 
 use super::{Ctx, MachineOpts};
 
@@ -19,13 +19,7 @@ pub fn run(ctx: &Ctx, o: StatusOpts) -> anyhow::Result<i32> {
     let m = gbuild::builder::Machine::open(&store, &o.m.machine)?;
     let mut st = State::read(&m)?;
     // A loop that died leaves "building": say so instead of pretending.
-    if let Some(pid) = st.pid {
-        if matches!(st.state, LoopState::Building | LoopState::Waiting)
-            && !gbuild::fsutil::process_alive(pid)
-        {
-            st.state = LoopState::Stopped;
-        }
-    }
+    st.state = st.live_state();
     let config = ctx.config(&store)?;
     let helpers = helpers(&config, &m)?;
     if o.json {
@@ -76,6 +70,16 @@ pub fn run(ctx: &Ctx, o: StatusOpts) -> anyhow::Result<i32> {
                 .map(|p| format!(", failed in {p}"))
                 .unwrap_or_default()
         );
+        if !lp.steps.is_empty() {
+            println!(
+                "steps:    {}",
+                lp.steps
+                    .iter()
+                    .map(|s| format!("{} {}", s.name, s.result))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         if !lp.cleanup.is_empty() {
             println!("cleanup:  {}", lp.cleanup_summary());
             for step in lp.cleanup.iter().filter(|s| !s.items.is_empty()) {

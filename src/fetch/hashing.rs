@@ -139,6 +139,7 @@ impl Pipeline {
     pub fn reset(&mut self) {
         let fresh = Pipeline::new(self.sig.clone());
         let old = std::mem::replace(self, fresh);
+        // The hashes of the abandoned attempt are of no use; finishing only joins its workers.
         let _ = old.finish();
     }
 

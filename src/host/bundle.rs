@@ -24,6 +24,15 @@ use crate::fsutil::{FsError, IoContext};
 
 /// Name of the manifest, at the top of the bundle and of an unpacked config directory.
 pub const MANIFEST_NAME: &str = "gbuild-bundle.json";
+
+/// The host bundle imported into the configuration directory `config` (`machines/<M>/config`),
+/// if the configuration is one (an overlay configuration has no manifest) and it loads.
+pub fn imported(config: &Path) -> Option<Bundle> {
+    if !config.join(MANIFEST_NAME).is_file() {
+        return None;
+    }
+    Bundle::load(config).ok()
+}
 /// Version of the manifest format; a newer one is refused. Format 2 adds the host's
 /// installed-package database (`installed.json`, see `super::installed`); format 1 bundles load
 /// without it.

@@ -86,8 +86,8 @@ pub enum MachineError {
     Lock(#[from] crate::lock::LockError),
     #[error(transparent)]
     Layer(#[from] crate::layer::LayerError),
-    #[error("{0}")]
-    Requests(String),
+    #[error(transparent)]
+    Requests(#[from] super::requests::RequestError),
 }
 
 use crate::time::now;
@@ -201,7 +201,7 @@ fn import_bundle(
     let r = import_locked(store, name, bundle, new, &mdir);
     if r.is_err() && !existed {
         // Best effort while reporting the import's own error; a leftover is an empty machine.
-        let _ = remove_tree(mdir.path());
+        crate::fsutil::remove_tree_or_warn(mdir.path());
     }
     r
 }
@@ -230,11 +230,11 @@ fn import_locked(
     // On the error paths below, removal is best effort while the import's own error is
     // returned; a leftover has a temporary name the next import or gc removes.
     if let Err(e) = new.unpack(&tmp) {
-        let _ = remove_tree(&tmp);
+        crate::fsutil::remove_tree_or_warn(&tmp);
         return Err(e.into());
     }
     if let Err(e) = swap_in(&tmp, &config, &prev) {
-        let _ = remove_tree(&tmp);
+        crate::fsutil::remove_tree_or_warn(&tmp);
         return Err(e.into());
     }
 
@@ -271,12 +271,7 @@ fn import_locked(
     json.write_all(b"\n").expect("vec write");
     crate::fsutil::atomic_write(&mdir.import_record(), &json)?;
     // Packages requested on demand that the host's world has now are no longer requests.
-    let m = crate::builder::Machine {
-        name: name.to_string(),
-        store: store.clone(),
-    };
-    let satisfied = crate::builder::requests::prune_locked(&m)
-        .map_err(|e| MachineError::Requests(e.to_string()))?;
+    let satisfied = super::requests::prune_locked(store, name)?;
     Ok(ImportReport {
         machine: name.to_string(),
         config,
@@ -339,7 +334,7 @@ pub fn import_overlay(store: &Store, name: &str, dir: &Path) -> Result<ImportRep
         std::fs::write(&marker, b"").at("write", &marker)
     });
     if let Err(e) = r {
-        let _ = remove_tree(&tmp);
+        crate::fsutil::remove_tree_or_warn(&tmp);
         return Err(e.into());
     }
     swap_in(&tmp, &config, &mdir.config_prev())?;

@@ -13,6 +13,7 @@ pub mod export;
 pub mod installed;
 pub mod machine;
 pub mod makeconf;
+pub mod requests;
 pub mod trust;
 pub mod upgrade;
 

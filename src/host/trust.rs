@@ -469,6 +469,7 @@ impl Gpg {
 
     /// Stop the agent a lsign started, and leave the trustdb readable for `nobody`.
     fn finish(&self) -> Result<()> {
+        // No agent running (or no gpgconf) leaves nothing to stop.
         let _ = Command::new("gpgconf")
             .arg("--homedir")
             .arg(self.homedir())

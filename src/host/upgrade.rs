@@ -28,9 +28,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use super::bundle::{Bundle, MAX_MANIFEST_SIZE, MAX_TOTAL_SIZE};
+use super::requests::{published_matches, Atom};
 use super::{diff, ExportOptions, Kind};
 use crate::builder::release::{Release, ReleaseSnapshot, BUNDLE_FILE, RELEASE_FILE};
-use crate::builder::requests::{published_matches, Atom};
 use crate::fsutil::IoContext;
 
 #[derive(Debug, thiserror::Error)]
@@ -49,8 +49,30 @@ pub enum UpgradeError {
     Layer(#[from] crate::layer::LayerError),
     #[error("{url}: {reason}")]
     Served { url: String, reason: String },
-    #[error("{0}")]
-    Other(String),
+    #[error(transparent)]
+    Verify(#[from] crate::fetch::VerifyError),
+    #[error("{url:?}: expected http://BUILDER[:PORT]/MACHINE")]
+    BadBinhost { url: String },
+    #[error("{what}: {source}")]
+    Emerge {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("the signed record names a bad snapshot file {0:?}")]
+    BadSnapshotFile(String),
+    #[error("{}: no parent directory", .0.display())]
+    NoParent(std::path::PathBuf),
+    #[error("{file}: the tree inside is of {got}, not {want}")]
+    OtherTree {
+        file: String,
+        got: String,
+        want: String,
+    },
+    #[error("{} is a file: make it a directory (move the file into it) so that gbuild-{machine}.conf can go beside it", .path.display())]
+    BinreposIsFile {
+        path: std::path::PathBuf,
+        machine: String,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, UpgradeError>;
@@ -97,7 +119,9 @@ impl Outcome {
 
 /// The machine name and the builder's host name of a binhost URL.
 fn parse_binhost(url: &str) -> Result<(String, String)> {
-    let bad = || UpgradeError::Other(format!("{url:?}: expected http://BUILDER[:PORT]/MACHINE"));
+    let bad = || UpgradeError::BadBinhost {
+        url: url.to_string(),
+    };
     let rest = url
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"))
@@ -111,8 +135,13 @@ fn parse_binhost(url: &str) -> Result<(String, String)> {
     Ok((machine.to_string(), host.to_string()))
 }
 
-/// Run the upgrade (see the module documentation); `say` gets one line per step.
-pub fn upgrade(o: &UpgradeOptions, say: &mut dyn FnMut(&str)) -> Result<Outcome> {
+/// Run the upgrade (see the module documentation); `say` gets one line per step, `emerge_line`
+/// each line the real upgrade's emerge prints, as it comes.
+pub fn upgrade(
+    o: &UpgradeOptions,
+    say: &mut dyn FnMut(&str),
+    emerge_line: &mut dyn FnMut(&str),
+) -> Result<Outcome> {
     let base = o.binhost.trim_end_matches('/').to_string();
     let (machine, builder) = parse_binhost(&base)?;
     let fetcher = crate::fetch::http::Fetcher::new(crate::fetch::http::RetryPolicy::from_env())?;
@@ -265,7 +294,7 @@ pub fn upgrade(o: &UpgradeOptions, say: &mut dyn FnMut(&str)) -> Result<Outcome>
     // 6. The upgrade.
     let mut installed = Vec::new();
     let (code, _) = emerge(&o.root, false, &mut |l| {
-        println!("{l}");
+        emerge_line(l);
         if let Some(r) = l.strip_prefix(">>> Emerging binary (") {
             if let Some(p) = r.split(") ").nth(1) {
                 installed.push(p.trim().to_string());
@@ -438,19 +467,25 @@ fn emerge(root: &Path, pretend: bool, line: &mut dyn FnMut(&str)) -> Result<(i32
     } else {
         "emerge"
     };
-    let mut child = c
-        .spawn()
-        .map_err(|e| UpgradeError::Other(format!("cannot run {what}: {e}")))?;
+    let mut child = c.spawn().map_err(|source| UpgradeError::Emerge {
+        what: if pretend {
+            "cannot run emerge --pretend"
+        } else {
+            "cannot run emerge"
+        },
+        source,
+    })?;
     let errs = child.stderr.take().map(|mut err| {
         std::thread::spawn(move || {
             let mut s = String::new();
+            // What arrived before a read error is what there is to show.
             let _ = err.read_to_string(&mut s);
             s
         })
     });
     let mut all = String::new();
     for l in std::io::BufReader::new(child.stdout.take().expect("piped")).lines() {
-        let l = l.map_err(|e| UpgradeError::Other(format!("{what}: {e}")))?;
+        let l = l.map_err(|source| UpgradeError::Emerge { what, source })?;
         line(&l);
         if pretend {
             all.push_str(&l);
@@ -459,7 +494,7 @@ fn emerge(root: &Path, pretend: bool, line: &mut dyn FnMut(&str)) -> Result<(i32
     }
     let st = child
         .wait()
-        .map_err(|e| UpgradeError::Other(format!("{what}: {e}")))?;
+        .map_err(|source| UpgradeError::Emerge { what, source })?;
     if let Some(e) = errs {
         all.push_str(&e.join().unwrap_or_default());
     }
@@ -487,14 +522,13 @@ fn bring_tree(
         return Ok(());
     }
     if !crate::store::valid_name(&snap.file) || snap.date.len() != 8 {
-        return Err(UpgradeError::Other(format!(
-            "the signed record names a bad snapshot file {:?}",
-            crate::term::printable(&snap.file)
-        )));
+        return Err(UpgradeError::BadSnapshotFile(
+            crate::term::printable(&snap.file).into_owned(),
+        ));
     }
     let parent = loc
         .parent()
-        .ok_or_else(|| UpgradeError::Other(format!("{}: no parent directory", loc.display())))?;
+        .ok_or_else(|| UpgradeError::NoParent(loc.to_path_buf()))?;
     std::fs::create_dir_all(parent).at("create directory", parent)?;
     let leaf = loc
         .file_name()
@@ -506,8 +540,7 @@ fn bring_tree(
     let old = parent.join(format!(".{leaf}.gbuild-old-{pid}"));
     let cleanup = |paths: &[&Path]| {
         for p in paths {
-            let _ = std::fs::remove_file(p);
-            let _ = std::fs::remove_dir_all(p);
+            crate::fsutil::remove_tree_or_warn(p);
         }
     };
     let r = (|| -> Result<String> {
@@ -551,7 +584,7 @@ fn bring_tree(
                 "Gentoo's signature (key {}) and the builder's SHA512",
                 s.key
             ),
-            (Some(Err(e)), _) => return Err(UpgradeError::Other(e.to_string())),
+            (Some(Err(e)), _) => return Err(e.into()),
             (None, Some(w)) => format!(
                 "the SHA512 the builder signed (Gentoo's signature not checkable here: {w})"
             ),
@@ -569,12 +602,11 @@ fn bring_tree(
         crate::layer::unpack::unpack_file(&partial, &new, &opts, &format!("unpack {}", snap.file))?;
         let got = crate::fetch::read_tree_identity(&new)?;
         if !got.same_tree(&snap.identity) {
-            return Err(UpgradeError::Other(format!(
-                "{}: the tree inside is of {}, not {}",
-                snap.file,
-                got.describe(),
-                snap.identity.describe()
-            )));
+            return Err(UpgradeError::OtherTree {
+                file: snap.file.clone(),
+                got: got.describe(),
+                want: snap.identity.describe(),
+            });
         }
         // What lives in the tree's directory but is not the tree.
         for keep in ["distfiles", "packages", "local"] {
@@ -647,10 +679,10 @@ fn confs(
     };
     let binrepos = portage.join("binrepos.conf");
     if binrepos.is_file() {
-        return Err(UpgradeError::Other(format!(
-            "{} is a file: make it a directory (move the file into it) so that gbuild-{machine}.conf can go beside it",
-            binrepos.display()
-        )));
+        return Err(UpgradeError::BinreposIsFile {
+            path: binrepos,
+            machine: machine.to_string(),
+        });
     }
     let path = binrepos.join(format!("gbuild-{machine}.conf"));
     let served = text(format!("{base}/binrepos.conf"))?;

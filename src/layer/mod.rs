@@ -71,9 +71,14 @@ pub enum LayerError {
     #[error("layer helper: {0}")]
     HelperWait(std::io::Error),
     /// The helper answered something that is not the protocol's answer to the request.
-    #[error("layer helper answer: {0}")]
-    HelperAnswer(String),
-    /// The helper ran the request and it failed there; its error, as it reported it.
+    #[error("layer helper answer: {request} answered with {reply}")]
+    HelperAnswer {
+        request: &'static str,
+        reply: String,
+    },
+    /// The helper ran the request and it failed there: its `LayerError`, rendered inside the
+    /// namespace (so it names the path at fault) and carried across as text, the one form an
+    /// error of another process takes.
     #[error("{0}")]
     HelperReported(String),
     /// The helper exited without an answer.
@@ -242,7 +247,10 @@ pub fn publish_synced(
         }
     }
     write_json(&meta, &info)?;
-    let _ = std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o555));
+    if let Err(e) = std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o555)) {
+        // Sealed by its name and metadata; the mode only guards against accidents.
+        tracing::warn!("{}: chmod 555: {e}", dest.display());
+    }
     Ok(info)
 }
 

@@ -192,8 +192,11 @@ impl Helper {
 }
 
 /// A reply of another request's kind: a helper of another gbuild version, or a bug.
-fn unexpected(op: &str, reply: &Reply) -> LayerError {
-    LayerError::HelperAnswer(format!("{op} answered with {reply:?}"))
+fn unexpected(op: &'static str, reply: &Reply) -> LayerError {
+    LayerError::HelperAnswer {
+        request: op,
+        reply: format!("{reply:?}"),
+    }
 }
 
 fn abs(p: &Path) -> PathBuf {

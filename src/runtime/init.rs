@@ -29,6 +29,7 @@ impl Executor for InitExecutor {
     /// Runs in the container's init process before it waits for the start signal: from here
     /// on it dies with the gbuild thread that created it.
     fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
+        // Cannot fail for a valid signal; the watchdog covers a gbuild that died regardless.
         let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
         libcontainer::workload::default::get_executor().validate(spec)
     }
@@ -45,6 +46,7 @@ impl Executor for InitExecutor {
             .map_err(|e| ExecutorError::Other(format!("signalfd: {e}")))?;
         // This process is a copy of gbuild's memory: keep it unreadable from the container
         // (libcontainer already made it so; say it here, where it matters).
+        // Neither can fail for these arguments; both are set already (libcontainer, validate).
         let _ = nix::sys::prctl::set_dumpable(false);
         let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
         match crate::sys::fork_single_threaded() {
@@ -54,6 +56,7 @@ impl Executor for InitExecutor {
                 exec_command(spec)
             }
             Ok(ForkResult::Parent { child }) => {
+                // Only the name `ps` shows.
                 let _ = nix::sys::prctl::set_name(c"gbuild-init");
                 std::process::exit(init_loop(child, &sfd))
             }
@@ -65,6 +68,7 @@ impl Executor for InitExecutor {
 /// one (so Ctrl-C inside reaches the command once, not through the init as well), default
 /// signal actions, an empty mask, then the command.
 fn exec_command(spec: &Spec) -> Result<(), ExecutorError> {
+    // Already a group leader is fine: the command has a group of its own either way.
     let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
     let terminal = spec
         .process()
@@ -76,6 +80,7 @@ fn exec_command(spec: &Spec) -> Result<(), ExecutorError> {
         let _ = nix::unistd::tcsetpgrp(std::io::stdin(), nix::unistd::getpgrp());
     }
     crate::sys::reset_signal_dispositions();
+    // Cannot fail for SIG_SETMASK with a valid set.
     let _ = SigSet::empty().thread_set_mask();
     let r = libcontainer::workload::default::get_executor().exec(spec);
     // Only reached when exec failed; the init passes the status on.
@@ -115,6 +120,7 @@ fn init_loop(command: Pid, sfd: &SignalFd) -> i32 {
                 let sig = info.ssi_signo as i32;
                 if sig != libc::SIGCHLD {
                     if let Ok(s) = Signal::try_from(sig) {
+                        // ESRCH: the command exited; its status comes with the next SIGCHLD.
                         let _ = nix::sys::signal::kill(command, s);
                     }
                 }

@@ -357,10 +357,14 @@ impl Runtime {
         };
         steps.mark("run");
         if result.is_err() {
+            // The start's or supervision's error is the one to report; ESRCH/ECHILD mean the
+            // init is gone already.
             let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
             let _ = waitpid(pid, None);
         }
-        let _ = container.delete(true);
+        if let Err(e) = container.delete(true) {
+            tracing::warn!("delete container {id}: {e}; the next run reaps it");
+        }
         steps.mark("delete");
         drop(cleanup);
         steps.mark("cleanup");
@@ -390,8 +394,11 @@ impl Runtime {
             });
         }
         if md.mode() & 0o777 != 0o700 {
-            let _ =
-                std::fs::set_permissions(&self.state_root, std::fs::Permissions::from_mode(0o700));
+            if let Err(e) =
+                std::fs::set_permissions(&self.state_root, std::fs::Permissions::from_mode(0o700))
+            {
+                tracing::warn!("{}: chmod 700: {e}", self.state_root.display());
+            }
         }
         Ok(())
     }
@@ -424,7 +431,7 @@ impl Runtime {
                 continue; // its gbuild still runs (and is responsible for it)
             }
             destroy(&self.state_root, &name);
-            let _ = std::fs::remove_dir_all(self.state_root.join("bundles").join(&name));
+            crate::fsutil::remove_tree_or_warn(&self.state_root.join("bundles").join(&name));
         }
     }
 }
@@ -465,6 +472,7 @@ struct RestoreMask(nix::sys::signal::SigSet);
 
 impl Drop for RestoreMask {
     fn drop(&mut self) {
+        // Cannot fail for SIG_SETMASK with the mask saved before.
         let _ = self.0.thread_set_mask();
     }
 }
@@ -473,17 +481,21 @@ impl Drop for RestoreMask {
 fn destroy(state_root: &Path, id: &str) {
     if let Ok(mut c) = Container::load(state_root.join(id)) {
         if c.can_kill() {
+            // Best effort: the pid kill and the delete below follow either way.
             let _ = c.kill(Signal::SIGKILL, true);
         }
         if c.delete(true).is_ok() {
             return;
         }
         if let Some(pid) = c.pid() {
+            // ESRCH: gone already.
             let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
         }
-        let _ = c.delete(true);
+        if let Err(e) = c.delete(true) {
+            tracing::warn!("delete container {id}: {e}");
+        }
     }
-    let _ = std::fs::remove_dir_all(state_root.join(id));
+    crate::fsutil::remove_tree_or_warn(&state_root.join(id));
 }
 
 /// Removes what a run created, whatever way it ends. It exists before anything of the run is
@@ -508,7 +520,7 @@ impl Drop for Cleanup<'_> {
         if self.state_root.join(&self.id).exists() {
             destroy(&self.state_root, &self.id);
         }
-        let _ = std::fs::remove_dir_all(&self.bundle);
+        crate::fsutil::remove_tree_or_warn(&self.bundle);
         if let Some(w) = self.watchdog.take() {
             self.released.borrow_mut().push(w.release());
         }

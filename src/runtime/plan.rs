@@ -490,6 +490,20 @@ mod tests {
         }
     }
 
+    /// A resolved description of `spec` (a plain rootfs with or without an etc/resolv.conf).
+    fn resolved(spec: ContainerSpec, rootfs_has_resolv_conf: bool) -> Resolved {
+        Resolved {
+            spec,
+            rootfs_has_resolv_conf,
+        }
+    }
+
+    /// The usual overlay description, planned for a kernel `(major, minor)`, rootless or not.
+    fn overlay_plan(kernel: (u32, u32), rootless: bool) -> Plan {
+        let r = resolved(description(overlay()), true);
+        plan(&r, &facts(kernel, rootless), &paths()).unwrap()
+    }
+
     fn overlay() -> Rootfs {
         Rootfs::Overlay {
             layers: vec!["/store/layers/stage3".into(), "/store/layers/world".into()],
@@ -514,10 +528,7 @@ mod tests {
 
     #[test]
     fn plain_directory_rootless() {
-        let r = Resolved {
-            spec: description(Rootfs::Dir("/srv/rootfs".into())),
-            rootfs_has_resolv_conf: false,
-        };
+        let r = resolved(description(Rootfs::Dir("/srv/rootfs".into())), false);
         let p = plan(&r, &facts((6, 18), true), &paths()).unwrap();
         assert!(p.dirs.is_empty() && p.links.is_empty(), "{p:?}");
         golden("dir-rootless", &p);
@@ -543,10 +554,7 @@ mod tests {
             dst: "/var/tmp/portage".into(),
             size: "8G".into(),
         }];
-        let r = Resolved {
-            spec: d,
-            rootfs_has_resolv_conf: true,
-        };
+        let r = resolved(d, true);
         let p = plan(&r, &facts((6, 8), true), &paths()).unwrap();
         assert_eq!(
             p.dirs,
@@ -562,11 +570,7 @@ mod tests {
 
     #[test]
     fn overlay_before_6_8_uses_short_links_in_the_bundle() {
-        let r = Resolved {
-            spec: description(overlay()),
-            rootfs_has_resolv_conf: true,
-        };
-        let p = plan(&r, &facts((6, 1), true), &paths()).unwrap();
+        let p = overlay_plan((6, 1), true);
         let l = PathBuf::from("/run/user/1001/gbuild/bundles/gb-7-1/l");
         assert!(p.dirs.contains(&l));
         // Topmost layer first.
@@ -582,22 +586,14 @@ mod tests {
 
     #[test]
     fn as_root_no_user_namespace() {
-        let r = Resolved {
-            spec: description(overlay()),
-            rootfs_has_resolv_conf: true,
-        };
-        let p = plan(&r, &facts((6, 18), false), &paths()).unwrap();
+        let p = overlay_plan((6, 18), false);
         golden("overlay-root", &p);
     }
 
     #[test]
     fn the_library_reads_the_plan_back() {
         // What we write is what libcontainer's own types read.
-        let r = Resolved {
-            spec: description(overlay()),
-            rootfs_has_resolv_conf: true,
-        };
-        let p = plan(&r, &facts((6, 18), true), &paths()).unwrap();
+        let p = overlay_plan((6, 18), true);
         let text = serde_json::to_string(&spec_json(&p.spec)).unwrap();
         let back: Spec = serde_json::from_str(&text).unwrap();
         assert_eq!(back, p.spec);

@@ -64,6 +64,7 @@ pub fn supervise(
             if let Some(m) = &master {
                 drain(m.as_fd(), &mut buf, &mut |b| {
                     let mut out = std::io::stdout().lock();
+                    // A closed stdout (`| head`) must not stop the container or its supervision.
                     let _ = out.write_all(b);
                     let _ = out.flush();
                 });
@@ -105,6 +106,7 @@ pub fn supervise(
         drop(fds);
         if let Some(t) = kill_at {
             if Instant::now() >= t {
+                // ESRCH: it exited meanwhile, which the loop reaps.
                 let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
                 kill_at = None;
             }
@@ -133,6 +135,7 @@ pub fn supervise(
                         }
                     }
                     Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP if kill_at.is_some() => {
+                        // ESRCH: it exited meanwhile, which the loop reaps.
                         let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
                     }
                     other => {
@@ -158,6 +161,7 @@ pub fn supervise(
                     }
                     Ok(n) => {
                         let mut out = std::io::stdout().lock();
+                        // A closed stdout (`| head`) must not stop the container.
                         let _ = out.write_all(&buf[..n]);
                         let _ = out.flush();
                     }
@@ -171,6 +175,7 @@ pub fn supervise(
                 match nix::unistd::read(stdin.as_raw_fd(), &mut buf) {
                     Ok(0) | Err(_) => stdin_open = false,
                     Ok(n) => {
+                        // Input the command no longer reads (its terminal closed) is dropped.
                         let _ = nix::unistd::write(m, &buf[..n]);
                     }
                 }
@@ -197,6 +202,7 @@ fn try_reap(pid: Pid) -> Result<Option<i32>, RuntimeError> {
 
 /// Read what is left in `fd` without waiting (a daemon may keep the write end open).
 fn drain(fd: BorrowedFd<'_>, buf: &mut [u8], sink: &mut dyn FnMut(&[u8])) {
+    // Fails only for a closed descriptor, whose read below then ends the drain.
     let _ = nix::fcntl::fcntl(
         fd.as_raw_fd(),
         nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),

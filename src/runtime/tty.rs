@@ -62,6 +62,7 @@ impl ConsoleSocket {
 /// Give the container's terminal the size of ours.
 pub fn copy_winsize(master: BorrowedFd<'_>) {
     if let Ok(ws) = crate::sys::get_winsize(std::io::stdin().as_raw_fd()) {
+        // A terminal of the wrong size is cosmetic.
         let _ = crate::sys::set_winsize(master.as_raw_fd(), &ws);
     }
 }
@@ -90,6 +91,7 @@ impl Drop for RawMode {
     fn drop(&mut self) {
         use nix::sys::termios::{tcsetattr, SetArg};
         let fd = crate::sys::borrow_fd(self.fd);
+        // Our terminal gone (hung up): nothing left to restore.
         let _ = tcsetattr(fd, SetArg::TCSANOW, &self.saved);
     }
 }

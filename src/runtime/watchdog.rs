@@ -67,6 +67,7 @@ impl Watchdog {
 
     pub fn tell(&mut self, line: &str) {
         if let Some(stdin) = self.stdin.as_mut() {
+            // A watchdog that is gone has nothing left to watch; its exit is reaped later.
             let _ = stdin.write_all(line.as_bytes());
         }
     }
@@ -187,6 +188,7 @@ pub fn watchdog_main(parent: i32, state_root: &Path, id: &str, bundle: &Path) ->
         .find_map(|l| l.strip_prefix("pid ").map(str::to_owned))
         .and_then(|p| p.trim().parse::<i32>().ok());
     if let Some(pid) = pid {
+        // ESRCH: the container's init is gone already, which is the goal.
         let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
     } else {
         // Died while creating: the state appears when creation completes.
@@ -198,6 +200,6 @@ pub fn watchdog_main(parent: i32, state_root: &Path, id: &str, bundle: &Path) ->
         }
     }
     destroy(state_root, id);
-    let _ = std::fs::remove_dir_all(bundle);
+    crate::fsutil::remove_tree_or_warn(bundle);
     0
 }

@@ -184,6 +184,7 @@ async fn refuse(mut stream: tokio::net::TcpStream, ip: IpAddr) {
          Content-Length: {}\r\nRetry-After: 5\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
+    // A refusal is a courtesy: a client that does not take it in 2 s is dropped all the same.
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         let mut buf = vec![0u8; 8192];
         // The request head, if it comes at once.
@@ -240,6 +241,7 @@ impl Shutdown {
 
     async fn wait(&self) {
         let mut rx = self.tx.subscribe();
+        // Err: the sender is gone, which means shutting down as well.
         let _ = rx.wait_for(|v| *v).await;
     }
 }
@@ -353,6 +355,7 @@ async fn serve_on(
             }
             continue;
         };
+        // Latency only; the connection works without it.
         let _ = stream.set_nodelay(true);
         let mut io = tokio_io_timeout::TimeoutStream::new(stream);
         io.set_read_timeout(Some(limits.idle_timeout));

@@ -3,7 +3,6 @@
 //! drift, ABI warnings, what is published and the tail of the last pass's log. Rendered on the
 //! server as plain HTML with inline CSS, so it works without JavaScript (and under a strict CSP).
 
-use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
@@ -13,6 +12,24 @@ use serde_json::Value;
 use super::index::{safe_rel, IndexCache};
 use crate::builder::state::{AbiWarning, LoopState, PassKind, PassOutcome, PublishedInfo, State};
 use crate::store::{valid_name, Store};
+
+/// Append to a page being rendered: `fmt::Write` into a `String` cannot fail, so there is no
+/// error to handle.
+macro_rules! put {
+    ($dst:expr, $($arg:tt)*) => {{
+        use ::std::fmt::Write as _;
+        // Infallible for a String (see above).
+        let _ = $dst.write_fmt(format_args!($($arg)*));
+    }};
+}
+
+/// `put!` with a newline.
+macro_rules! putln {
+    ($dst:expr, $($arg:tt)*) => {{
+        put!($dst, $($arg)*);
+        put!($dst, "\n");
+    }};
+}
 
 /// Lines of the last pass's log shown.
 pub const LOG_LINES: usize = 30;
@@ -66,9 +83,7 @@ fn machine(store: &Store, index: &IndexCache, name: &str) -> MachineStatus {
         Ok(ix) => st.index_packages = ix.map(|i| i.packages),
         Err(e) => st.problems.push(e.to_string()),
     }
-    if let Some(pid) = st.state.as_ref().and_then(|s| s.pid).filter(|p| *p > 0) {
-        st.loop_alive = Some(crate::fsutil::process_alive(pid));
-    }
+    st.loop_alive = st.state.as_ref().and_then(|s| s.loop_alive());
     let log = st
         .state
         .as_ref()
@@ -258,13 +273,13 @@ fn state_class(s: LoopState) -> &'static str {
 fn warning_line(w: &AbiWarning) -> String {
     let mut s = esc(or_unknown(&w.cpv));
     if !w.file.is_empty() {
-        let _ = write!(s, ": <code>{}</code>", esc(&w.file));
+        put!(s, ": <code>{}</code>", esc(&w.file));
     }
     if !w.requires.is_empty() {
-        let _ = write!(s, " needs {}", esc(&w.requires));
+        put!(s, " needs {}", esc(&w.requires));
     }
     if !w.kernel.is_empty() {
-        let _ = write!(s, " (host kernel {})", esc(&w.kernel));
+        put!(s, " (host kernel {})", esc(&w.kernel));
     }
     s
 }
@@ -298,7 +313,7 @@ pub fn render_html(machines: &[MachineStatus], host: Option<&str>) -> String {
     h.push_str("<title>gbuild binhost</title><style>");
     h.push_str(CSS);
     h.push_str("</style></head><body>\n<h1>gbuild binhost</h1>");
-    let _ = writeln!(
+    putln!(
         h,
         "<div class=\"sub\">{} machine(s) &middot; {}{}</div>",
         machines.len(),
@@ -326,7 +341,7 @@ fn summary(h: &mut String, machines: &[MachineStatus]) {
     for m in machines {
         let s = m.state.clone().unwrap_or_default();
         let state = s.state;
-        let _ = write!(
+        put!(
             h,
             "<tr class=\"machine\" id=\"m-{n}\"><td><a href=\"#d-{n}\">{n}</a></td>\
              <td><span class=\"badge {c}\">{st}</span>{dead}</td>",
@@ -339,8 +354,8 @@ fn summary(h: &mut String, machines: &[MachineStatus]) {
                 ""
             }
         );
-        let _ = write!(h, "<td>{}</td>", current_text(&s));
-        let _ = write!(
+        put!(h, "<td>{}</td>", current_text(&s));
+        put!(
             h,
             "<td>{}</td>",
             s.last_pass
@@ -352,14 +367,14 @@ fn summary(h: &mut String, machines: &[MachineStatus]) {
                     };
                     let mut t = format!("<span{cls}>{}</span>", esc(p.result.as_str()));
                     if let Some(f) = &p.failed_package {
-                        let _ = write!(t, ": {}", esc(f));
+                        put!(t, ": {}", esc(f));
                     }
                     t
                 })
                 .unwrap_or_else(|| "none".into())
         );
         let p = m.published.clone().unwrap_or_default();
-        let _ = write!(
+        put!(
             h,
             "<td>{}</td>",
             match (m.index_packages, m.published.as_ref().map(|p| p.bytes)) {
@@ -368,7 +383,7 @@ fn summary(h: &mut String, machines: &[MachineStatus]) {
                 (None, _) => "nothing yet".into(),
             }
         );
-        let _ = write!(
+        put!(
             h,
             "<td>{}</td>",
             m.state
@@ -385,7 +400,7 @@ fn summary(h: &mut String, machines: &[MachineStatus]) {
             + p.held_back.len()
             + m.problems.len()
             + s.gate.as_ref().map_or(0, |g| g.problems.len());
-        let _ = writeln!(
+        putln!(
             h,
             "<td>{}</td></tr>",
             if nwarn == 0 {
@@ -404,10 +419,10 @@ fn current_text(s: &State) -> String {
     };
     let mut t = esc(or_unknown(&c.package));
     if !c.phase.is_empty() {
-        let _ = write!(t, " ({})", esc(&c.phase));
+        put!(t, " ({})", esc(&c.phase));
     }
     if c.total > 0 {
-        let _ = write!(t, " {}/{}", c.index, c.total);
+        put!(t, " {}/{}", c.index, c.total);
     }
     t
 }
@@ -416,43 +431,43 @@ fn details(h: &mut String, m: &MachineStatus) {
     let n = esc(&m.name);
     let s = m.state.clone().unwrap_or_default();
     let p = m.published.clone().unwrap_or_default();
-    let _ = write!(h, "<section id=\"d-{n}\"><h2>{n}</h2><table>");
+    put!(h, "<section id=\"d-{n}\"><h2>{n}</h2><table>");
     let row = |h: &mut String, k: &str, v: String| {
-        let _ = write!(h, "<tr><th>{k}</th><td>{v}</td></tr>");
+        put!(h, "<tr><th>{k}</th><td>{v}</td></tr>");
     };
     let mut state = match &m.state {
         Some(s) => esc(s.state.as_str()),
         None => "unknown (no state.json)".to_string(),
     };
     if let Some(pid) = s.pid {
-        let _ = write!(state, ", pid {pid}");
+        put!(state, ", pid {pid}");
         if m.loop_alive == Some(false) {
             state.push_str(" <span class=\"warn\">(not running)</span>");
         }
     }
     if s.updated > 0 {
-        let _ = write!(state, ", updated {}", esc(&ago(s.updated as i64)));
+        put!(state, ", updated {}", esc(&ago(s.updated as i64)));
     }
     row(h, "loop", state);
     row(h, "current", current_text(&s));
     if let Some(lp) = &s.last_pass {
         let mut t = esc(lp.result.as_str());
         if lp.started > 0 {
-            let _ = write!(t, ", started {}", esc(&ago(lp.started as i64)));
+            put!(t, ", started {}", esc(&ago(lp.started as i64)));
         }
         if let (a, Some(b)) = (lp.started, lp.finished) {
             if a > 0 {
-                let _ = write!(t, ", took {} min", b.saturating_sub(a) / 60);
+                put!(t, ", took {} min", b.saturating_sub(a) / 60);
             }
         }
-        let _ = write!(t, ", built {}, reused {}", lp.built.len(), lp.reused);
+        put!(t, ", built {}, reused {}", lp.built.len(), lp.reused);
         if let Some(f) = &lp.failed_package {
-            let _ = write!(t, "<br><span class=\"err\">failed: {}</span>", esc(f));
+            put!(t, "<br><span class=\"err\">failed: {}</span>", esc(f));
         }
         if !lp.built.is_empty() {
             let shown: Vec<String> = lp.built.iter().take(20).map(|b| esc(b)).collect();
             let more = lp.built.len().saturating_sub(20);
-            let _ = write!(
+            put!(
                 t,
                 "<br>built: {}{}",
                 shown.join(", "),
@@ -478,9 +493,9 @@ fn details(h: &mut String, m: &MachineStatus) {
                     if !c.items.is_empty() {
                         let shown: Vec<String> = c.items.iter().take(10).map(|i| esc(i)).collect();
                         let more = c.items.len().saturating_sub(10);
-                        let _ = write!(line, " ({}", shown.join(", "));
+                        put!(line, " ({}", shown.join(", "));
                         if more > 0 {
-                            let _ = write!(line, " and {more} more");
+                            put!(line, " and {more} more");
                         }
                         line.push(')');
                     }
@@ -497,13 +512,13 @@ fn details(h: &mut String, m: &MachineStatus) {
         None => "nothing published yet".into(),
     };
     if m.published.is_some() {
-        let _ = write!(pubt, ", {}", human_bytes(p.bytes));
+        put!(pubt, ", {}", human_bytes(p.bytes));
     }
     if p.published_at > 0 {
-        let _ = write!(pubt, ", {}", esc(&ago(p.published_at as i64)));
+        put!(pubt, ", {}", esc(&ago(p.published_at as i64)));
     }
     if let Some(d) = p.snapshot.as_ref().and_then(|s| s.valid_date()) {
-        let _ = write!(pubt, ", tree snapshot {d}");
+        put!(pubt, ", tree snapshot {d}");
     }
     row(h, "published", pubt);
     if m.state.is_some() {
@@ -576,7 +591,7 @@ fn details(h: &mut String, m: &MachineStatus) {
     );
     h.push_str("</table>");
     if let Some(l) = &m.log {
-        let _ = write!(
+        put!(
             h,
             "<div>last lines of <code>{}</code>:</div><pre class=\"log\">{}</pre>",
             esc(l),

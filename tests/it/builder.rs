@@ -313,38 +313,25 @@ fn host_emerge(
         let out = host_trust(env, serve, &host.join("upper"), fpr);
         assert!(out.status.success(), "host trust: {}", util::stderr(&out));
     }
-    let out = util::output(
-        env.gbuild()
-            .args(["exec", "-T", "--layer"])
-            .arg(&stage3)
-            .arg("--upper")
-            .arg(host.join("upper"))
-            .arg("--bind")
-            .arg(format!(
-                "{}:/var/db/repos/gentoo:ro",
-                store.join("repos").join(snapshot).display()
-            ))
-            .arg("--bind")
-            .arg(format!(
-                "{}:/run/cfg:ro",
-                env.machine().join("config").display()
-            ))
-            .arg("--bind")
-            .arg(format!("{}:/run/binrepos:ro", binrepos.display()))
-            .args([
-                "-e",
-                "FEATURES=-userpriv -usersandbox -userfetch binpkg-request-signature",
-                "-e",
-                "TERM=dumb",
-                "--",
-                "/bin/sh",
-                "-c",
-                &format!(
-                    "cp -a /run/cfg/etc /run/cfg/var / && mkdir -p /etc/portage/binrepos.conf && \
-                     cp /run/binrepos/gbuild.conf /etc/portage/binrepos.conf/ && \
-                     emerge --getbinpkgonly --color=n {args} 2>&1"
-                ),
-            ]),
+    let out = util::host_root_exec(
+        env.gbuild(),
+        &stage3,
+        &host.join("upper"),
+        &[
+            (
+                &store.join("repos").join(snapshot),
+                "/var/db/repos/gentoo",
+                true,
+            ),
+            (&env.machine().join("config"), "/run/cfg", true),
+            (&binrepos, "/run/binrepos", true),
+        ],
+        &["FEATURES=-userpriv -usersandbox -userfetch binpkg-request-signature"],
+        &format!(
+            "cp -a /run/cfg/etc /run/cfg/var / && mkdir -p /etc/portage/binrepos.conf && \
+             cp /run/binrepos/gbuild.conf /etc/portage/binrepos.conf/ && \
+             emerge --getbinpkgonly --color=n {args} 2>&1"
+        ),
     );
     (out.status.success(), util::stdout(&out))
 }
@@ -1487,26 +1474,23 @@ fn webrsync_host(
     let conf = dir.join("conf");
     std::fs::create_dir_all(&conf).unwrap();
     std::fs::write(conf.join("gentoo.conf"), repos_conf).unwrap();
-    let out = util::output(
-        env.gbuild()
-            .args(["exec", "-T", "--layer"])
-            .arg(stage3_layer(env))
-            .arg("--upper")
-            .arg(dir.join("upper"))
-            .arg("--bind")
-            .arg(format!("{}:/run/snapshots:ro", snapshots.display()))
-            .arg("--bind")
-            .arg(format!("{}:/run/host-tree:ro", host_tree.display()))
-            .arg("--bind")
-            .arg(format!("{}:/run/conf:ro", conf.display()))
-            .args(["-e", "TERM=dumb", "--", "/bin/sh", "-c"])
-            .arg(format!(
-                "set -e; tar --strip-components=1 -xJf /run/snapshots/gentoo-20260202.tar.xz \
-                 -C /var/db/repos/gentoo && \
-                 cp /run/conf/gentoo.conf /etc/portage/repos.conf/gentoo.conf && \
-                 {cmd} --no-pgp-verify 2>&1 && \
-                 diff -r /run/host-tree /var/db/repos/gentoo 2>&1 && echo 'SAME TREE'"
-            )),
+    let out = util::host_root_exec(
+        env.gbuild(),
+        &stage3_layer(env),
+        &dir.join("upper"),
+        &[
+            (snapshots, "/run/snapshots", true),
+            (host_tree, "/run/host-tree", true),
+            (&conf, "/run/conf", true),
+        ],
+        &[],
+        &format!(
+            "set -e; tar --strip-components=1 -xJf /run/snapshots/gentoo-20260202.tar.xz \
+             -C /var/db/repos/gentoo && \
+             cp /run/conf/gentoo.conf /etc/portage/repos.conf/gentoo.conf && \
+             {cmd} --no-pgp-verify 2>&1 && \
+             diff -r /run/host-tree /var/db/repos/gentoo 2>&1 && echo 'SAME TREE'"
+        ),
     );
     let text = util::stdout(&out);
     assert!(

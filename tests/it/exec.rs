@@ -27,6 +27,14 @@ pub fn busybox_rootfs(dir: &Path) {
     std::fs::write(dir.join("etc/group"), "root:x:0:\n").unwrap();
 }
 
+/// A scratch directory with a busybox root filesystem at `root/` in it.
+fn busybox_scratch() -> (Scratch, std::path::PathBuf) {
+    let s = Scratch::new();
+    let root = s.path().join("root");
+    busybox_rootfs(&root);
+    (s, root)
+}
+
 fn ready() -> bool {
     util::require(
         util::rootless_ready(),
@@ -45,9 +53,7 @@ fn root_inside_and_chown_maps_to_subordinate_ids() {
     if !ready() {
         return;
     }
-    let s = Scratch::new();
-    let root = s.path().join("root");
-    busybox_rootfs(&root);
+    let (s, root) = busybox_scratch();
     let out = util::output(exec(&s, &root).args([
         "--",
         "/bin/sh",
@@ -69,9 +75,7 @@ fn readonly_bind_and_overlay_upper() {
     if !ready() {
         return;
     }
-    let s = Scratch::new();
-    let root = s.path().join("root");
-    busybox_rootfs(&root);
+    let (s, root) = busybox_scratch();
     let ro = s.path().join("ro");
     let rw = s.path().join("rw");
     std::fs::create_dir_all(&ro).unwrap();
@@ -137,9 +141,7 @@ fn exit_codes_and_stdin_pass_through() {
     if !ready() {
         return;
     }
-    let s = Scratch::new();
-    let root = s.path().join("root");
-    busybox_rootfs(&root);
+    let (s, root) = busybox_scratch();
     // A shell that signals itself: pid 1 would ignore a signal without a handler; the command
     // is not pid 1, so it dies of it and its status is 128+15.
     for (cmd, code) in [("exit 0", 0), ("exit 3", 3), ("kill -TERM $$; exit 0", 143)] {
@@ -209,9 +211,7 @@ fn terminal_is_allocated_when_stdin_is_one() {
     if !ready() || !util::require(util::which("script"), "script(1) from util-linux") {
         return;
     }
-    let s = Scratch::new();
-    let root = s.path().join("root");
-    busybox_rootfs(&root);
+    let (s, root) = busybox_scratch();
     // script(1) gives gbuild a terminal; the command inside must get one of its own.
     let inner = format!(
         "GBUILD_STORE={} GBUILD_SELF_EXE={} {} exec --rootfs {} -- /bin/sh -c 'tty; exit 5'",
@@ -233,9 +233,7 @@ fn terminal_is_allocated_when_stdin_is_one() {
 /// `gbuild exec -- /bin/sleep MARKER` with its own state dir: (scratch, state dir, gbuild, the
 /// pid of the container's sleep).
 fn sleeping_container(marker: &str) -> (Scratch, std::path::PathBuf, std::process::Child, u32) {
-    let s = Scratch::new();
-    let root = s.path().join("root");
-    busybox_rootfs(&root);
+    let (s, root) = busybox_scratch();
     let state = s.path().join("run");
     std::fs::create_dir_all(&state).unwrap();
     let child = exec(&s, &root)
@@ -326,9 +324,7 @@ fn command_is_pid_2_with_default_signal_actions() {
     if !ready() {
         return;
     }
-    let s = Scratch::new();
-    let root = s.path().join("root");
-    busybox_rootfs(&root);
+    let (s, root) = busybox_scratch();
     let out = util::output(exec(&s, &root).args(["--", "/bin/sh", "-c", "echo $$"]));
     assert!(out.status.success(), "{}", util::stderr(&out));
     assert_eq!(util::stdout(&out).trim(), "2");
@@ -377,9 +373,7 @@ fn orphans_are_reaped_while_the_command_runs() {
     if !ready() {
         return;
     }
-    let s = Scratch::new();
-    let root = s.path().join("root");
-    busybox_rootfs(&root);
+    let (s, root) = busybox_scratch();
     // Each inner shell exits at once and leaves its `sleep 0` to the namespace's pid 1; then the
     // command becomes a `sleep` that reaps nothing. Without an init the orphans would stay
     // zombies of that sleep for as long as it runs.
@@ -424,9 +418,7 @@ fn a_failed_start_leaves_nothing_in_the_state_root() {
     if !ready() {
         return;
     }
-    let s = Scratch::new();
-    let root = s.path().join("root");
-    busybox_rootfs(&root);
+    let (s, root) = busybox_scratch();
     let state = s.path().join("run");
     std::fs::create_dir_all(&state).unwrap();
     let missing = s.path().join("missing");
@@ -509,9 +501,7 @@ fn missing_newuidmap_is_one_line_naming_the_fix() {
         util::require(!util::must_work(), "a user with subordinate ranges");
         return;
     }
-    let s = Scratch::new();
-    let root = s.path().join("root");
-    busybox_rootfs(&root);
+    let (s, root) = busybox_scratch();
     let out = exec(&s, &root)
         .env("PATH", s.path())
         .args(["--", "/bin/true"])
@@ -643,9 +633,7 @@ mod as_root {
             return;
         }
         let user = TempUser::new("gbuild-norange-t");
-        let s = Scratch::new();
-        let root = s.path().join("root");
-        busybox_rootfs(&root);
+        let (s, root) = super::busybox_scratch();
         Command::new("chmod")
             .args(["-R", "a+rX"])
             .arg(s.path())

@@ -198,55 +198,43 @@ fn host_install(env: &Env, s: &Scratch, root: &Path, snapshot: &str, serve: &Ser
         "host trust: {}",
         util::stderr(&trusted)
     );
-    let bind = |src: PathBuf, dst: &str| format!("{}:{dst}:ro", src.display());
-    let out = util::output(
-        env.gbuild()
-            .args(["exec", "-T", "--layer"])
-            .arg(&stage3)
-            .arg("--upper")
-            .arg(dir.join("upper"))
-            .arg("--bind")
-            .arg(bind(
-                env.store.join("repos").join(snapshot),
+    let out = util::host_root_exec(
+        env.gbuild(),
+        &stage3,
+        &dir.join("upper"),
+        &[
+            (
+                &env.store.join("repos").join(snapshot),
                 "/var/db/repos/gentoo",
-            ))
-            .arg("--bind")
-            .arg(bind(
-                root.join("var/db/repos/localrepo"),
+                true,
+            ),
+            (
+                &root.join("var/db/repos/localrepo"),
                 "/var/db/repos/localrepo",
-            ))
-            .arg("--bind")
-            .arg(bind(
-                root.join("var/db/repos/gitrepo"),
+                true,
+            ),
+            (
+                &root.join("var/db/repos/gitrepo"),
                 "/var/db/repos/gitrepo",
-            ))
-            .arg("--bind")
-            .arg(bind(root.join("etc/portage"), "/run/host-portage"))
-            .arg("--bind")
-            .arg(bind(root.join("var/lib/portage"), "/run/host-world"))
-            .arg("--bind")
-            .arg(bind(binrepos, "/run/binrepos"))
-            .arg("--bind")
-            .arg(bind(
-                trust_root.join("etc/portage/gnupg"),
+                true,
+            ),
+            (&root.join("etc/portage"), "/run/host-portage", true),
+            (&root.join("var/lib/portage"), "/run/host-world", true),
+            (&binrepos, "/run/binrepos", true),
+            (
+                &trust_root.join("etc/portage/gnupg"),
                 "/run/host-gnupg",
-            ))
-            .args([
-                "-e",
-                "FEATURES=binpkg-request-signature -userpriv -usersandbox -userfetch",
-                "-e",
-                "TERM=dumb",
-                "--",
-                "/bin/sh",
-                "-c",
-                "set -e; rm -rf /etc/portage && cp -a /run/host-portage /etc/portage && \
-                 cp -a /run/host-gnupg /etc/portage/gnupg && \
-                 cp /run/host-world/world /var/lib/portage/world && \
-                 mkdir -p /etc/portage/binrepos.conf && \
-                 cp /run/binrepos/gbuild.conf /etc/portage/binrepos.conf/ && \
-                 emerge --ask=n --getbinpkgonly --update --deep --newuse --with-bdeps=y \
-                 --color=n @world 2>&1",
-            ]),
+                true,
+            ),
+        ],
+        &["FEATURES=binpkg-request-signature -userpriv -usersandbox -userfetch"],
+        "set -e; rm -rf /etc/portage && cp -a /run/host-portage /etc/portage && \
+         cp -a /run/host-gnupg /etc/portage/gnupg && \
+         cp /run/host-world/world /var/lib/portage/world && \
+         mkdir -p /etc/portage/binrepos.conf && \
+         cp /run/binrepos/gbuild.conf /etc/portage/binrepos.conf/ && \
+         emerge --ask=n --getbinpkgonly --update --deep --newuse --with-bdeps=y \
+         --color=n @world 2>&1",
     );
     let text = util::stdout(&out);
     assert!(out.status.success(), "host install failed:\n{text}");
@@ -268,42 +256,28 @@ fn host_upgrade(
     args: &[&str],
 ) -> std::process::Output {
     let bin = util::bin();
-    let bind = |src: &Path, dst: &str, ro: bool| {
-        format!("{}:{dst}{}", src.display(), if ro { ":ro" } else { "" })
-    };
-    util::output(
-        env.gbuild()
-            .args(["exec", "-T", "--layer"])
-            .arg(builder::stage3_layer(env))
-            .arg("--upper")
-            .arg(dir.join("upper"))
-            .arg("--bind")
-            .arg(bind(repos, "/var/db/repos", false))
-            .arg("--bind")
-            .arg(bind(conf, "/run/host-conf", true))
-            .arg("--bind")
-            .arg(bind(keyring, "/run/host-gnupg", true))
-            .arg("--bind")
-            .arg(bind(bin.parent().unwrap(), "/run/gbuild-bin", true))
-            .args([
-                "-e",
-                "FEATURES=-userpriv -usersandbox -userfetch",
-                "-e",
-                "TERM=dumb",
-                "-e",
-                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                "--",
-                "/bin/sh",
-                "-c",
-            ])
-            .arg(format!(
-                "set -e; rm -rf /etc/portage && cp -a /run/host-conf/etc/portage /etc/portage && \
-                 cp -a /run/host-gnupg /etc/portage/gnupg && \
-                 cp /run/host-conf/world /var/lib/portage/world && \
-                 exec /run/gbuild-bin/{} host upgrade --binhost {binhost} {}",
-                bin.file_name().unwrap().to_string_lossy(),
-                args.join(" ")
-            )),
+    util::host_root_exec(
+        env.gbuild(),
+        &builder::stage3_layer(env),
+        &dir.join("upper"),
+        &[
+            (repos, "/var/db/repos", false),
+            (conf, "/run/host-conf", true),
+            (keyring, "/run/host-gnupg", true),
+            (bin.parent().unwrap(), "/run/gbuild-bin", true),
+        ],
+        &[
+            "FEATURES=-userpriv -usersandbox -userfetch",
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        ],
+        &format!(
+            "set -e; rm -rf /etc/portage && cp -a /run/host-conf/etc/portage /etc/portage && \
+             cp -a /run/host-gnupg /etc/portage/gnupg && \
+             cp /run/host-conf/world /var/lib/portage/world && \
+             exec /run/gbuild-bin/{} host upgrade --binhost {binhost} {}",
+            bin.file_name().unwrap().to_string_lossy(),
+            args.join(" ")
+        ),
     )
 }
 

@@ -185,3 +185,34 @@ pub fn import_fixture_machine(store: &Path, machine: &str) {
         stderr(&out)
     );
 }
+
+/// `gbuild exec` of a host-like root, the way the tests' hosts run (a desktop installing from
+/// the binhost, a host upgrading, emerge-webrsync): the stage3 layer `stage3` under the
+/// writable `upper`, the binds `(source, destination, read-only)`, the environment `env`
+/// (`NAME=VALUE`) and `TERM=dumb`, then `script` run by /bin/sh as that host's root.
+pub fn host_root_exec(
+    mut gbuild: Command,
+    stage3: &Path,
+    upper: &Path,
+    binds: &[(&Path, &str, bool)],
+    env: &[&str],
+    script: &str,
+) -> Output {
+    gbuild
+        .args(["exec", "-T", "--layer"])
+        .arg(stage3)
+        .arg("--upper")
+        .arg(upper);
+    for (src, dst, ro) in binds {
+        gbuild.arg("--bind").arg(format!(
+            "{}:{dst}{}",
+            src.display(),
+            if *ro { ":ro" } else { "" }
+        ));
+    }
+    for e in env {
+        gbuild.args(["-e", e]);
+    }
+    gbuild.args(["-e", "TERM=dumb", "--", "/bin/sh", "-c", script]);
+    output(&mut gbuild)
+}

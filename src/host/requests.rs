@@ -3,8 +3,10 @@
 //! until the host's world has them, as the imported bundle says, or `request --drop` withdraws
 //! them.
 //!
-//! Stored in `machines/<M>/requests.json`, written only under the lock that serializes changes
-//! to the machine's configuration files (`host::machine::import_lock_path`: the build loop holds
+//! Requests are part of a machine's configuration (next to the imported bundle whose world they
+//! extend), so they live here, below both `machine import` (which prunes them) and the builder
+//! (which builds them). Stored in `machines/<M>/requests.json`, written only under the lock that
+//! serializes changes to the machine's configuration files (`Store::import_lock`: the build loop holds
 //! the machine's own lock for its whole life, and a request must reach a running loop, like an
 //! import). The loop only reads the file; a request the host's world now has is ignored by the
 //! loop and removed by the next `request` or `machine import`.
@@ -17,7 +19,27 @@ use std::cmp::Ordering;
 
 use serde::{Deserialize, Serialize};
 
-use super::{BuilderError, Machine, Result};
+use crate::store::Store;
+
+/// A string that is not a package atom of the accepted form.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{atom:?} is not a package atom: {why}")]
+pub struct BadAtom {
+    pub atom: String,
+    pub why: &'static str,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error(transparent)]
+    BadAtom(#[from] BadAtom),
+    #[error(transparent)]
+    Fs(#[from] crate::fsutil::FsError),
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
+}
+
+pub type Result<T, E = RequestError> = std::result::Result<T, E>;
 
 /// `machines/<M>/requests.json`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,8 +91,11 @@ fn split_version(pv: &str) -> Option<(&str, &str)> {
 }
 
 impl Atom {
-    pub fn parse(s: &str) -> std::result::Result<Atom, String> {
-        let bad = |why: &str| format!("{s:?} is not a package atom: {why}");
+    pub fn parse(s: &str) -> std::result::Result<Atom, BadAtom> {
+        let bad = |why: &'static str| BadAtom {
+            atom: s.to_string(),
+            why,
+        };
         let t = s.trim();
         if t.is_empty() || t != s {
             return Err(bad("empty or surrounded by blanks"));
@@ -306,50 +331,38 @@ pub fn vercmp(a: &str, b: &str) -> Option<Ordering> {
 }
 
 /// The requests as stored (an unreadable or missing file is none).
-pub fn load(m: &Machine) -> Requests {
-    std::fs::read(m.files().requests())
+pub fn load(store: &Store, name: &str) -> Requests {
+    std::fs::read(store.machine(name).requests())
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default()
 }
 
 /// The `category/name` of every world entry of the machine's host bundle.
-fn world_cps(m: &Machine) -> Vec<String> {
-    let Some(b) = m.host_bundle() else {
+fn world_cps(store: &Store, name: &str) -> Vec<String> {
+    let Some(b) = super::bundle::imported(&store.machine(name).config()) else {
         return Vec::new();
     };
     let text = b
         .file("var/lib/portage/world")
         .map(|d| String::from_utf8_lossy(d).into_owned())
         .unwrap_or_default();
-    crate::host::diff::normalize_atom_lines(&text)
+    super::diff::normalize_atom_lines(&text)
         .iter()
         .filter_map(|l| Atom::parse(l).ok().map(|a| a.cp()))
         .collect()
 }
 
 /// The requested atoms the loop builds: those the host's world does not have yet.
-pub fn active(m: &Machine) -> Vec<String> {
-    let world = world_cps(m);
-    load(m)
+pub fn active(store: &Store, name: &str) -> Vec<String> {
+    let world = world_cps(store, name);
+    load(store, name)
         .atoms
         .into_iter()
         .filter_map(|r| Atom::parse(&r.atom).ok())
         .filter(|a| !world.contains(&a.cp()))
         .map(|a| a.to_string())
         .collect()
-}
-
-/// The world update of a pass with the requested atoms `active` returned: `--oneshot` and the
-/// atoms appended, so they are built and kept without entering the builder's world file (which
-/// must stay the host's).
-pub fn world_update_args(requested: &[String]) -> Vec<String> {
-    let mut args = super::emerge::world_update_args();
-    if !requested.is_empty() {
-        args.insert(1, "--oneshot".into());
-        args.extend(requested.iter().cloned());
-    }
-    args
 }
 
 /// The `cat/pn:slot` of each requested atom, space-separated: what the cleanup half's depclean
@@ -374,20 +387,19 @@ pub struct Changed {
     pub unknown: Vec<String>,
 }
 
-/// Add (or with `drop` withdraw) `atoms` for machine `m`, holding its configuration lock;
+/// Add (or with `drop` withdraw) `atoms` for machine `name`, holding its configuration lock;
 /// requests the host's world has are removed on the way. Atoms are validated first: nothing
 /// changes when one is bad.
-pub fn change(m: &Machine, atoms: &[String], drop: bool) -> Result<Changed> {
+pub fn change(store: &Store, name: &str, atoms: &[String], drop: bool) -> Result<Changed> {
     let parsed: Vec<Atom> = atoms
         .iter()
-        .map(|a| Atom::parse(a).map_err(BuilderError::Other))
-        .collect::<Result<_>>()?;
-    let _lock =
-        crate::lock::Lock::acquire(&crate::host::machine::import_lock_path(&m.store, &m.name))?;
+        .map(|a| Atom::parse(a))
+        .collect::<Result<_, BadAtom>>()?;
+    let _lock = crate::lock::Lock::acquire(&store.import_lock(name))?;
     let mut ch = Changed::default();
-    let mut reqs = load(m);
-    prune_satisfied(m, &mut reqs, &mut ch.satisfied);
-    let now = super::state::now();
+    let mut reqs = load(store, name);
+    prune_satisfied(store, name, &mut reqs, &mut ch.satisfied);
+    let now = crate::time::now();
     for a in parsed {
         let s = a.to_string();
         let pos = reqs.atoms.iter().position(|r| r.atom == s);
@@ -407,12 +419,12 @@ pub fn change(m: &Machine, atoms: &[String], drop: bool) -> Result<Changed> {
             (true, None) => ch.unknown.push(s),
         }
     }
-    save(m, &reqs)?;
+    save(store, name, &reqs)?;
     Ok(ch)
 }
 
-fn prune_satisfied(m: &Machine, reqs: &mut Requests, out: &mut Vec<String>) {
-    let world = world_cps(m);
+fn prune_satisfied(store: &Store, name: &str, reqs: &mut Requests, out: &mut Vec<String>) {
+    let world = world_cps(store, name);
     reqs.atoms.retain(|r| {
         let keep = Atom::parse(&r.atom).is_ok_and(|a| !world.contains(&a.cp()));
         if !keep {
@@ -424,18 +436,18 @@ fn prune_satisfied(m: &Machine, reqs: &mut Requests, out: &mut Vec<String>) {
 
 /// Remove the requests the host's world now has (caller holds the configuration lock, as
 /// `machine import` does). Returns them.
-pub fn prune_locked(m: &Machine) -> Result<Vec<String>> {
-    let mut reqs = load(m);
+pub fn prune_locked(store: &Store, name: &str) -> Result<Vec<String>> {
+    let mut reqs = load(store, name);
     let mut out = Vec::new();
-    prune_satisfied(m, &mut reqs, &mut out);
+    prune_satisfied(store, name, &mut reqs, &mut out);
     if !out.is_empty() {
-        save(m, &reqs)?;
+        save(store, name, &reqs)?;
     }
     Ok(out)
 }
 
-fn save(m: &Machine, reqs: &Requests) -> Result<()> {
-    let p = m.files().requests();
+fn save(store: &Store, name: &str, reqs: &Requests) -> Result<()> {
+    let p = store.machine(name).requests();
     let mut json = serde_json::to_vec_pretty(reqs).expect("requests serialize");
     json.push(b'\n');
     crate::fsutil::atomic_write(&p, &json)?;
@@ -470,19 +482,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn requests_join_the_world_update_once_and_are_kept_by_slot() {
-        assert_eq!(
-            world_update_args(&[]),
-            crate::builder::emerge::world_update_args()
-        );
+    fn requests_are_kept_by_slot() {
         let req = vec![
             ">=app-editors/vim-9.0:0".to_string(),
             "dev-libs/openssl".into(),
         ];
-        let args = world_update_args(&req);
-        assert_eq!(args[..2], ["emerge".to_string(), "--oneshot".into()]);
-        assert!(args.contains(&"@world".to_string()));
-        assert_eq!(args[args.len() - 2..], req[..]);
         assert_eq!(keep_list(&req), "app-editors/vim:0 dev-libs/openssl");
     }
 
