@@ -1,5 +1,5 @@
 //! `gbuild.toml`: the user's defaults (mirror, arch, variant, keyring, loop interval, jobs,
-//! whether a pass the publish gate holds is published anyway) and per-machine settings
+//! whether a pass the publish gate holds is published anyway, published generations kept) and per-machine settings
 //! (`[machines.<M>]`: the distcc helpers its passes use). A missing file means the built-in
 //! defaults; a malformed one is an error naming the file.
 
@@ -30,6 +30,9 @@ pub struct Config {
     /// Publish a pass that the publish gate holds (the host's upgrade would compile, conflict or
     /// leave something out) all the same; status then says `published-anyway`.
     pub publish_held: bool,
+    /// Published generations kept per machine (besides the one served and tagged ones); at
+    /// least 1.
+    pub keep: usize,
     /// Settings of one machine, by name (`[machines.laptop]`).
     pub machines: BTreeMap<String, MachineSettings>,
 }
@@ -55,6 +58,7 @@ impl Default for Config {
             jobs: 0,
             machines: BTreeMap::new(),
             publish_held: false,
+            keep: DEFAULT_KEEP,
         }
     }
 }
@@ -110,6 +114,9 @@ impl Config {
         }
     }
 }
+
+/// Generations kept per machine when gbuild.toml does not say (`keep`).
+pub const DEFAULT_KEEP: usize = 5;
 
 /// The stage3 variant of a machine without a profile of its own (the `default` machine).
 pub const DEFAULT_VARIANT: &str = "openrc";

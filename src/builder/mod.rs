@@ -19,6 +19,7 @@ pub mod distcc;
 pub mod drift;
 pub mod emerge;
 pub mod gate;
+pub mod generations;
 pub mod helper;
 pub mod pass;
 pub mod publish;
