@@ -85,7 +85,10 @@ pub enum Command {
     Restore(cmd::restore::RestoreOpts),
     /// A distccd in the machine's own image, for builders whose gbuild.toml names it
     Helper(cmd::helper::HelperOpts),
-    /// Remove unreferenced layers and leftovers of interrupted runs
+    /// The published generations: list, roll back, tag (hosts follow /<M>@<tag>/)
+    Publish(cmd::publish::PublishOpts),
+    /// Remove what nothing references (layers, images, trees, downloads, old generations,
+    /// leftovers); --dry-run lists it with sizes
     Gc(cmd::gc::GcOpts),
     /// Shell completions generated from this command line: bash, zsh, fish, elvish, powershell
     Completions(cmd::completions::CompletionsOpts),
@@ -150,6 +153,7 @@ pub fn main() -> i32 {
         Command::Snapshot(o) => cmd::snapshot::run(&ctx, o),
         Command::Restore(o) => cmd::restore::run(&ctx, o),
         Command::Helper(o) => cmd::helper::run(&ctx, o),
+        Command::Publish(o) => cmd::publish::run(&ctx, o),
         Command::Gc(o) => cmd::gc::run(&ctx, o),
         Command::Completions(o) => cmd::completions::completions(&ctx, o),
         Command::Man(o) => cmd::completions::man(&ctx, o),

@@ -1,8 +1,9 @@
 //! `gbuild.toml`: the user's defaults (mirror, arch, variant, keyring, loop interval, jobs,
-//! whether a pass the publish gate holds is published anyway, the build-side options of
-//! `[build]`) and per-machine settings (`[machines.<M>]`: the distcc helpers its passes use,
-//! `[machines.<M>.build]` over `[build]`). A missing file means the built-in defaults; a
-//! malformed one, or a value out of range, is an error naming the file and the value.
+//! whether a pass the publish gate holds is published anyway, published generations kept, the
+//! build-side options of `[build]`) and per-machine settings (`[machines.<M>]`: the distcc
+//! helpers its passes use, `[machines.<M>.build]` over `[build]`). A missing file means the
+//! built-in defaults; a malformed one, or a value out of range, is an error naming the file and
+//! the value.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -33,6 +34,9 @@ pub struct Config {
     pub publish_held: bool,
     /// Build-side options of every machine (`[build]`); each is off by default.
     pub build: BuildOptions,
+    /// Published generations kept per machine (besides the one served and tagged ones); at
+    /// least 1.
+    pub keep: usize,
     /// Settings of one machine, by name (`[machines.laptop]`).
     pub machines: BTreeMap<String, MachineSettings>,
 }
@@ -191,6 +195,7 @@ impl Default for Config {
             build: BuildOptions::default(),
             machines: BTreeMap::new(),
             publish_held: false,
+            keep: DEFAULT_KEEP,
         }
     }
 }
@@ -270,6 +275,9 @@ impl Config {
         }
     }
 }
+
+/// Generations kept per machine when gbuild.toml does not say (`keep`).
+pub const DEFAULT_KEEP: usize = 5;
 
 /// The stage3 variant of a machine without a profile of its own (the `default` machine).
 pub const DEFAULT_VARIANT: &str = "openrc";

@@ -12,6 +12,7 @@ pub mod compress;
 pub mod config;
 pub mod fetch;
 pub mod fsutil;
+pub mod gc;
 pub mod host;
 pub mod idmap;
 pub mod layer;

@@ -215,6 +215,7 @@ impl Store {
             }
             out.extend(crate::fsutil::stale_temps(&md.dir, None)?);
             out.extend(crate::fsutil::stale_temps(&md.published().dir, None)?);
+            out.extend(crate::fsutil::stale_temps(&md.generations(), None)?);
             out.extend(crate::fsutil::stale_temps(&md.binpkgs(), None)?);
             for cat in subdirs(&md.binpkgs())? {
                 out.extend(crate::fsutil::stale_temps(&cat, None)?);
@@ -314,7 +315,26 @@ impl MachineDir {
     pub fn resume(&self) -> PathBuf {
         self.dir.join("resume")
     }
-    /// What hosts see.
+    /// The machine's publications, `generations/<N>/` (`builder::generations`).
+    pub fn generations(&self) -> PathBuf {
+        self.dir.join("generations")
+    }
+    /// Publication number `id`: laid out like `published` (which is a symlink to one of them),
+    /// plus its own hardlinks of the binpkgs it lists.
+    pub fn generation(&self, id: u64) -> PublishedDir {
+        PublishedDir {
+            dir: self.generations().join(id.to_string()),
+        }
+    }
+    /// Names of generations hosts follow at `/<M>@<tag>/` (`{"stable": 3}`).
+    pub fn tags_file(&self) -> PathBuf {
+        self.dir.join("tags.json")
+    }
+    /// Held while the machine's generations change (publication, rollback, tags, pruning).
+    pub fn publish_lock(&self) -> PathBuf {
+        self.dir.join("publish.lock")
+    }
+    /// What hosts see: a symlink to the generation served (a directory, from older versions).
     pub fn published(&self) -> PublishedDir {
         PublishedDir {
             dir: self.dir.join("published"),
@@ -418,6 +438,14 @@ impl PublishedDir {
     /// What was published (`builder::publish::PublishedInfo`).
     pub fn info(&self) -> PathBuf {
         self.dir.join(Self::INFO)
+    }
+    /// A generation's hardlinks of the binpkgs its index lists, at the index's paths.
+    pub fn binpkgs(&self) -> PathBuf {
+        self.dir.join("binpkgs")
+    }
+    /// The same directory layout at `dir` (a generation found by other means).
+    pub fn at(dir: PathBuf) -> PublishedDir {
+        PublishedDir { dir }
     }
     /// The same names inside a directory being prepared for `rename` over this one.
     pub fn packages_in(tmp: &Path) -> PathBuf {

@@ -186,10 +186,11 @@ pub fn command(opts: &str) -> Vec<String> {
 }
 
 /// Publish what the builder's PKGDIR holds now, through the publish gate: stage the next
-/// publication, run the host's own upgrade against it (`run`), then put it in place,
-/// or, when the gate holds it (and gbuild.toml's `publish_held` is off), keep the previous
-/// publication and mark `state` (and its last pass) `held`. Every publication goes this way:
-/// a pass's and a rebase's swap. `log` is the log the gate appends to; `state` is updated but
+/// generation, run the host's own upgrade against it (`run`), then seal and serve it, or, when
+/// the gate holds it (and gbuild.toml's `publish_held` is off), drop it, keep what hosts see and
+/// mark `state` (and its last pass) `held`. When the newest generation already is this
+/// publication there is nothing to gate or publish. Every publication goes this way. `log` is
+/// the log the gate appends to; `state` is updated (its last pass gets the new generation) but
 /// not saved.
 pub fn publish(
     env: &BuildEnv,
@@ -199,7 +200,17 @@ pub fn publish(
     log: &Path,
     state: &mut State,
 ) -> Result<PassResult> {
-    let staged = super::publish::stage(env, m, snapshot)?;
+    use super::publish::Staging;
+    let pass = state.last_pass.clone();
+    let staged = match super::publish::stage(env, m, snapshot)? {
+        Staging::New(s) => *s,
+        Staging::Unchanged(_, counts, held) => {
+            let p = super::publish::unchanged(env, m, counts, held)?;
+            state.counts = p.counts;
+            state.abi_warnings = p.held;
+            return Ok(PassResult::Success);
+        }
+    };
     let mut gate = match run(env, m, image, snapshot, &staged, log) {
         Ok(g) => g,
         Err(e) => {
@@ -213,15 +224,19 @@ pub fn publish(
         gate.result = GateResult::PublishedAnyway;
     }
     if held && !env.config.publish_held {
+        // A held publication makes no generation: what hosts see stays.
         super::publish::discard(staged);
         let lp = state.last_pass.get_or_insert_with(LastPass::default);
         lp.result = PassOutcome::Held;
         state.state = LoopState::Held;
         result = PassResult::Held;
     } else {
-        let (counts, held) = super::publish::commit(m, staged)?;
-        state.counts = counts;
-        state.abi_warnings = held;
+        let p = super::publish::commit(env, m, staged, pass.as_ref(), Some(gate.result))?;
+        state.counts = p.counts;
+        state.abi_warnings = p.held;
+        if let Some(lp) = state.last_pass.as_mut() {
+            lp.generation = p.generation;
+        }
     }
     report_gate(m, &gate);
     state.gate = Some(gate);
@@ -229,8 +244,7 @@ pub fn publish(
 }
 
 /// The gate's outcome as notices: one line, then one per problem (warnings unless it passed).
-fn report_gate(m: &Machine, g: &super::gate::Gate) {
-    use GateResult;
+fn report_gate(m: &Machine, g: &Gate) {
     let what = g.headline();
     if g.result == GateResult::Passed {
         tracing::info!("publish gate of {}: {what}", m.name);
@@ -696,6 +710,7 @@ mod tests {
             paths: Vec::new(),
             counts: Default::default(),
             held: Vec::new(),
+            info: Default::default(),
         }
     }
 

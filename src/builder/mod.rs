@@ -23,6 +23,7 @@ pub mod distcc;
 pub mod drift;
 pub mod emerge;
 pub mod gate;
+pub mod generations;
 pub mod helper;
 pub mod pass;
 pub mod publish;
@@ -165,6 +166,12 @@ pub enum BuilderError {
     ListenEverywhere { ip: std::net::IpAddr },
     #[error("refusing to listen on {ip}: it is outside --allow {allow}")]
     ListenOutsideAllow { ip: std::net::IpAddr, allow: String },
+    #[error("{}: not a binpkg path of {}", .rel, .pkgdir.display())]
+    NotABinpkgPath { rel: String, pkgdir: PathBuf },
+    #[error("machine {machine}: no generation {id} (`gbuild publish --machine {machine} list`)")]
+    NoGeneration { machine: String, id: u64 },
+    #[error("invalid tag {0:?}: use letters, digits, '-', '_', '.'")]
+    BadTag(String),
     #[error("gbuild helper needs a subordinate id range (distccd runs compiles as an unprivileged user of the image): run `gbuild setup-host --user <you>` as root once")]
     HelperNeedsIdRange,
     #[error("image {image} of machine {machine} has no distccd: set distcc_hosts for it in gbuild.toml, run a pass (or bootstrap), then `gbuild snapshot --machine {machine}`")]

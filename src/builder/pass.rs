@@ -121,6 +121,7 @@ pub fn pass(env: &BuildEnv, m: &MachineLock, state: &mut State) -> Result<PassRe
             lp.result = PassOutcome::Failed;
             lp.failed_package = None;
             state.state = LoopState::Failed;
+            state.record_pass();
             state.save(m)?;
             for l in &lines {
                 tracing::error!("drift: {l}");
@@ -173,16 +174,19 @@ pub fn pass(env: &BuildEnv, m: &MachineLock, state: &mut State) -> Result<PassRe
             lp.result = PassOutcome::Success;
             lp.failed_package = None;
             state.state = LoopState::Idle;
-            if changed || super::publish::stale(env, m)? {
+            let result = if changed || super::publish::stale(env, m)? {
                 super::gate::publish(env, m, &image, &snapshot, &log, state)?
             } else {
                 PassResult::Success
-            }
+            };
+            state.record_pass();
+            result
         }
         Some(_) => {
             lp.result = PassOutcome::Failed;
             lp.failed_package = progress.failed.clone();
             state.state = LoopState::Failed;
+            state.record_pass();
             PassResult::Failed {
                 package: progress.failed.clone(),
                 log,
@@ -200,9 +204,10 @@ fn overlay_read(env: &BuildEnv, m: &Machine, image: &str, rel: &str) -> Option<V
     super::session::overlay_read_in(env, &m.upper(), image, rel)
 }
 
-/// The snapshot date of what is published now.
+/// The snapshot date of the newest publication (a rollback serves an older one but does not
+/// make the builder's work stale).
 fn published_snapshot(m: &Machine) -> Result<Option<String>> {
-    Ok(super::state::PublishedInfo::read(m)?
+    Ok(super::publish::latest_info(m)?
         .and_then(|i| i.snapshot)
         .and_then(|s| s.date))
 }
@@ -231,6 +236,8 @@ pub fn run_loop(env: &BuildEnv, m: &MachineLock, opts: &LoopOptions) -> Result<i
             state = State::load(m);
         }
         let result = pass(env, m, &mut state)?;
+        // The same retention as `gbuild gc`, so a store that runs for months stays bounded.
+        crate::gc::after_pass(env, m);
         if let (Some(lp), false) = (&state.last_pass, crate::progress::quiet()) {
             tracing::info!(
                 "pass of {}: {} (built {}, from binpkgs {}{}{})",

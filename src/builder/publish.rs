@@ -1,7 +1,8 @@
-//! What hosts may see of a machine's PKGDIR after a completed pass: `published/Packages`
-//! (Portage's index without the binpkgs held back) and `published/info.json` (the tree snapshot
-//! the binaries were built on), replaced together in one rename, so a host never reads an index
-//! that names a file still being written.
+//! What hosts may see of a machine's PKGDIR after a completed pass: a new generation
+//! (`generations`: Portage's index without the binpkgs held back, `info.json` with the tree
+//! snapshot the binaries were built on and the pass, a hardlink of every binpkg listed), made
+//! complete under a temporary name and then served by replacing the `published` symlink, so a
+//! host never reads an index that names a file still being written.
 //!
 //! Only gpkgs are published, each signed with the store's key (`crate::sign`) before the index
 //! naming it is written: a gpkg whose signature is not from a listed key is signed in place, and
@@ -9,7 +10,7 @@
 //! is updated to the signed file, so the builder's emerge and the hosts see one consistent index.
 //! xpak binpkgs (`.tbz2`, `.xpak`) cannot carry signatures and are never published.
 //!
-//! `published/Packages` gets a `TIMESTAMP` that changes only when its content does, the file's
+//! A generation's `Packages` gets a `TIMESTAMP` that changes only when its content does, the file's
 //! mtime equal to it (Portage's client asks with `If-Modified-Since` = its cached TIMESTAMP + 5 s,
 //! so it gets 304 until a new publication), and a `TTL` within which clients do not ask at all.
 //!
@@ -21,15 +22,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::state::{now, AbiWarning, Counts, PublishedInfo, SnapshotRef};
+use super::state::{now, AbiWarning, Counts, LastPass, PassSummary, PublishedInfo, SnapshotRef};
 use super::{BuildEnv, BuilderError, Machine, MachineLock, Result};
-use crate::fsutil::IoContext;
 use crate::sign::gpkg::{ensure_signed, in_pkgdir, is_gpkg, FileFacts};
 use crate::sign::Keys;
-use crate::store::PublishedDir;
-
-/// The temporary-name purpose of a publication being prepared and of the one it replaces.
-const PUBLISH_TMP: &str = "published";
 
 /// Seconds within which a host reuses its cached copy of `Packages` without asking (`TTL:`).
 pub const INDEX_TTL_SECS: u64 = 300;
@@ -135,7 +131,7 @@ fn index_identity(m: &Machine) -> Option<(u64, i128)> {
 /// Whether what is published is out of date: PKGDIR's index changed since, or the listed
 /// signing keys did (a rotation or withdrawal re-signs at the next publication).
 pub fn stale(env: &BuildEnv, m: &Machine) -> Result<bool> {
-    let Some(info) = PublishedInfo::read(m)? else {
+    let Some(info) = latest_info(m)? else {
         return Ok(true);
     };
     let index = index_identity(m).map(|(s, t)| (s, t.to_string()));
@@ -242,10 +238,48 @@ fn without_timestamp(text: &str) -> String {
     format!("{}\n\n{rest}", header.join("\n"))
 }
 
-/// A publication written beside `published/` but not yet in place: what the gate checks.
+/// What the newest publication holds (the newest generation, else a `published/` directory an
+/// older gbuild wrote). A rollback does not change it: what the builder made last is what the
+/// next pass compares with.
+pub fn latest_info(m: &Machine) -> Result<Option<PublishedInfo>> {
+    match super::generations::newest(m)? {
+        Some(id) => PublishedInfo::read_in(&m.files().generation(id)),
+        None => PublishedInfo::read(m),
+    }
+}
+
+/// The newest publication's index text.
+fn latest_index(m: &Machine) -> Result<Option<String>> {
+    let path = match super::generations::newest(m)? {
+        Some(id) => m.files().generation(id).packages(),
+        None => m.published().packages(),
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(crate::fsutil::FsError::new("read", &path, e).into()),
+    }
+}
+
+/// What makes two publications the same for hosts: the index without its TIMESTAMP, the
+/// signed record without its time (snapshot, configuration, requests) and the key that signs.
+fn content_digest(index: &str, release: &super::release::Release, key: &str) -> String {
+    let mut r = release.clone();
+    r.published_at = 0;
+    let body = serde_json::to_string(&r).expect("release serializes");
+    crate::host::bundle::sha256_hex(
+        [without_timestamp(index).as_str(), &body, key]
+            .join("\0")
+            .as_bytes(),
+    )
+}
+
+/// A publication written as the next generation, under a temporary name, but not yet
+/// served: what the gate checks and `commit` makes a generation.
 #[derive(Debug)]
 pub struct Staged {
-    /// The directory that becomes `published/`.
+    /// Its directory (`generations/` under a temporary name): `Packages`, the signed record,
+    /// the bundle, `binpkgs/` (hardlinks); `info.json` is written by `commit`.
     pub dir: std::path::PathBuf,
     /// Its `Packages` index.
     pub index: String,
@@ -253,10 +287,34 @@ pub struct Staged {
     pub paths: Vec<String>,
     pub counts: Counts,
     pub held: Vec<AbiWarning>,
+    /// Its `info.json`, which `commit` completes (number, pass) and writes.
+    pub info: PublishedInfo,
 }
 
-/// Sign, hold back, and write the next publication beside `published/` (see `Staged`).
-pub fn stage(env: &BuildEnv, m: &MachineLock, snapshot: &str) -> Result<Staged> {
+/// What `stage` found.
+#[derive(Debug)]
+pub enum Staging {
+    /// The newest generation (its id) already is this publication (same index, snapshot,
+    /// configuration, requests and key): nothing to check or publish.
+    Unchanged(u64, Counts, Vec<AbiWarning>),
+    /// A new publication, staged.
+    New(Box<Staged>),
+}
+
+/// What a publication did.
+#[derive(Debug, Clone, Default)]
+pub struct Published {
+    pub counts: Counts,
+    pub held: Vec<AbiWarning>,
+    /// The new generation, None when nothing new was published.
+    pub generation: Option<u64>,
+    /// Generations removed beyond gbuild.toml's `keep`.
+    pub pruned: Vec<u64>,
+}
+
+/// Sign, hold back, and write the next publication as a generation under a temporary name
+/// (see `Staged`), unless the newest generation already is it.
+pub fn stage(env: &BuildEnv, m: &MachineLock, snapshot: &str) -> Result<Staging> {
     let index = m.files().binpkgs_index();
     let text = std::fs::read_to_string(&index).unwrap_or_default();
     let (header, all) = stanzas(&text);
@@ -276,6 +334,7 @@ pub fn stage(env: &BuildEnv, m: &MachineLock, snapshot: &str) -> Result<Staged> 
     };
     let held_cpvs: std::collections::BTreeSet<&str> = held.iter().map(|w| w.cpv.as_str()).collect();
     let mut kept = Vec::new();
+    let mut files = Vec::new();
     let (mut count, mut bytes) = (0usize, 0u64);
     for st in &all {
         let cpv = field(st, "CPV").unwrap_or("");
@@ -286,6 +345,7 @@ pub fn stage(env: &BuildEnv, m: &MachineLock, snapshot: &str) -> Result<Staged> 
         bytes += field(st, "SIZE")
             .and_then(|v| v.trim().parse::<u64>().ok())
             .unwrap_or(0);
+        files.extend(stanza_path(st));
         kept.push(st.clone());
     }
     let render = |timestamp: u64| {
@@ -297,32 +357,33 @@ pub fn stage(env: &BuildEnv, m: &MachineLock, snapshot: &str) -> Result<Staged> 
         }
         out
     };
-    // A new TIMESTAMP only for new content, and always more than 5 s after the previous one:
-    // a client whose cached copy is older must never get a 304.
-    let previous = std::fs::read_to_string(m.published().packages()).ok();
+    let counts = Counts {
+        binpkgs: count,
+        bytes,
+    };
+    // A new TIMESTAMP only for new content, and always more than 5 s after the previous one
+    // (and after the mtime of what is served, which a rollback moves on): a client whose cached
+    // copy is older must never get a 304.
+    let newest = super::generations::newest(m)?;
+    let previous = latest_index(m)?;
     let prev_ts = previous
         .as_deref()
         .and_then(|t| field(t.split("\n\n").next().unwrap_or(""), "TIMESTAMP"))
         .and_then(|v| v.trim().parse::<u64>().ok());
-    let now_secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let timestamp = match (prev_ts, &previous) {
-        (Some(ts), Some(p)) if without_timestamp(p) == without_timestamp(&render(ts)) => ts,
-        (Some(ts), _) => now_secs.max(ts + 6),
-        _ => now_secs,
+    let served = std::fs::metadata(m.published().packages())
+        .ok()
+        .map(|md| filetime::FileTime::from_last_modification_time(&md).unix_seconds() as u64);
+    let now_secs = now();
+    let same_index = matches!((prev_ts, &previous),
+        (Some(ts), Some(p)) if without_timestamp(p) == without_timestamp(&render(ts)));
+    let timestamp = match (prev_ts, same_index) {
+        (Some(ts), true) => ts,
+        _ => match prev_ts.max(served) {
+            Some(ts) => now_secs.max(ts + 6),
+            None => now_secs,
+        },
     };
     let out = render(timestamp);
-
-    // Leftovers of a publication that crashed (the machine's lock is held: they are stale).
-    for old in m.files().stale_temps(PUBLISH_TMP)? {
-        std::fs::remove_dir_all(&old).at("remove", &old)?;
-    }
-    let tmp = m.files().temp(PUBLISH_TMP);
-    std::fs::create_dir_all(&tmp).at("create directory", &tmp)?;
-    let pk = PublishedDir::packages_in(&tmp);
-    std::fs::write(&pk, &out).at("write", &pk)?;
     let tarball = crate::fetch::verified_snapshot(&env.store, snapshot)
         .and_then(|a| {
             a.path
@@ -334,7 +395,7 @@ pub fn stage(env: &BuildEnv, m: &MachineLock, snapshot: &str) -> Result<Staged> 
     let ident = crate::fetch::read_tree_identity(&env.store.repo(snapshot)).ok();
     let info = PublishedInfo {
         machine: m.name.clone(),
-        published_at: now(),
+        published_at: now_secs,
         snapshot: Some(SnapshotRef {
             date: Some(snapshot.to_string()),
             tarball: (!tarball.is_empty()).then_some(tarball),
@@ -348,49 +409,95 @@ pub fn stage(env: &BuildEnv, m: &MachineLock, snapshot: &str) -> Result<Staged> 
         signing_key: Some(keys.fingerprint()),
         listed_keys: keys.listed(),
         index: index_identity(m).map(|(s, t)| (s, t.to_string())),
+        ..PublishedInfo::default()
     };
-    let ip = PublishedDir::info_in(&tmp);
-    std::fs::write(&ip, serde_json::to_vec_pretty(&info).expect("json")).at("write", &ip)?;
-    super::release::write(env, m, &keys, &tmp, snapshot)?;
-    for p in [&pk, &ip] {
-        std::fs::File::open(p)
-            .and_then(|f| f.sync_all())
-            .at("fsync", p)?;
+    // The signed record of the publication (and the configuration it was built for) goes into
+    // the generation with its index, so a host following an older generation is brought to
+    // that generation's tree and configuration.
+    let mut release = None;
+    let record = |dir: &std::path::Path| -> Result<()> {
+        release = Some(super::release::write(env, m, &keys, dir, snapshot)?);
+        Ok(())
+    };
+    let dir = super::generations::stage(m, out.as_bytes(), timestamp, &files, record)?;
+    let content = release
+        .as_ref()
+        .map(|r| content_digest(&out, r, &keys.fingerprint()));
+    if let Some(id) = newest {
+        let newest_content =
+            PublishedInfo::read_in(&m.files().generation(id))?.and_then(|i| i.content);
+        if same_index && content.is_some() && newest_content == content {
+            super::generations::discard(&dir);
+            return Ok(Staging::Unchanged(id, counts, held));
+        }
     }
-    filetime::set_file_mtime(&pk, filetime::FileTime::from_unix_time(timestamp as i64, 0))
-        .at("set mtime", &pk)?;
-    crate::fsutil::fsync_dir(&tmp)?;
-    Ok(Staged {
-        dir: tmp,
-        paths: kept.iter().filter_map(|st| stanza_path(st)).collect(),
+    Ok(Staging::New(Box::new(Staged {
+        dir,
+        paths: files,
         index: out,
-        counts: Counts {
-            binpkgs: count,
-            bytes,
-        },
+        counts,
         held,
+        info: PublishedInfo { content, ..info },
+    })))
+}
+
+/// Make a staged publication the newest generation and serve it; generations beyond
+/// gbuild.toml's `keep` are removed. `pass` is the pass it comes from, `gate` what the publish
+/// gate decided on it.
+pub fn commit(
+    env: &BuildEnv,
+    m: &MachineLock,
+    staged: Staged,
+    pass: Option<&LastPass>,
+    gate: Option<super::state::GateResult>,
+) -> Result<Published> {
+    let mut info = staged.info;
+    info.gate = gate;
+    let now_secs = now();
+    info.pass = pass.map(|p| PassSummary {
+        started: p.started,
+        finished: p.finished.unwrap_or(now_secs),
+        kind: p.kind,
+        built: p.built.len(),
+        reused: p.reused,
+    });
+    let pl = super::generations::PublishLock::acquire(m)?;
+    let id = match super::generations::seal(&pl, &staged.dir, &mut info) {
+        Ok(id) => id,
+        Err(e) => {
+            super::generations::discard(&staged.dir);
+            return Err(e);
+        }
+    };
+    super::generations::switch(&pl, id)?;
+    let pruned = super::generations::prune(&pl, env.config.keep)?;
+    Ok(Published {
+        counts: staged.counts,
+        held: staged.held,
+        generation: Some(id),
+        pruned,
     })
 }
 
-/// Put a staged publication in place of `published/` (one rename).
-pub fn commit(m: &MachineLock, staged: Staged) -> Result<(Counts, Vec<AbiWarning>)> {
-    let tmp = staged.dir;
-    let dest = m.published().path().to_path_buf();
-    let old = m.files().temp(PUBLISH_TMP);
-    if dest.exists() {
-        std::fs::rename(&dest, &old).at("rename", &dest)?;
-    }
-    crate::fsutil::rename_dir_into_place(&tmp, &dest)?;
-    // Best effort: the new publication is in place; a replaced one left behind has a temporary
-    // name, which the next publication or `gc` removes.
-    let _ = std::fs::remove_dir_all(&old);
-    Ok((staged.counts, staged.held))
+/// Nothing new to publish: generations beyond `keep` are removed all the same.
+pub fn unchanged(
+    env: &BuildEnv,
+    m: &MachineLock,
+    counts: Counts,
+    held: Vec<AbiWarning>,
+) -> Result<Published> {
+    let pl = super::generations::PublishLock::acquire(m)?;
+    Ok(Published {
+        counts,
+        held,
+        generation: None,
+        pruned: super::generations::prune(&pl, env.config.keep)?,
+    })
 }
 
-/// Drop a staged publication: what is published stays. Best effort: a directory left behind
-/// has a temporary name, which the next publication or `gc` removes.
+/// Drop a staged publication: what is published stays.
 pub fn discard(staged: Staged) {
-    crate::fsutil::remove_tree_or_warn(&staged.dir);
+    super::generations::discard(&staged.dir);
 }
 
 /// Scan the binpkgs of `stanzas` for ABI notes newer than `kernel` (cached per file).

@@ -430,11 +430,13 @@ pub fn swap_if_staged(env: &BuildEnv, m: &MachineLock) -> Result<Option<Staged>>
         log: st.log.clone(),
         kind: PassKind::Rebase,
         cleanup: st.cleanup.clone(),
+        generation: None,
         ..LastPass::default()
     });
     let log = m.dir().join(&st.log);
     let published = super::gate::publish(env, m, &st.image, &st.snapshot, &log, &mut state)?;
     st.held = published == PassResult::Held;
+    state.record_pass();
     state.save(m)?;
     // The previous builder's container and PKGDIR (now under rebase/) go; its image stays
     // until `gc`.

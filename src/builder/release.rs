@@ -2,7 +2,8 @@
 //! were built for and on, so that the host can prove its configuration and tree are the same
 //! before it installs anything.
 //!
-//! Written with every publication into `published/`, beside `Packages`:
+//! Written with every publication into its generation (`super::generations`), beside
+//! `Packages`, so `/<M>/` and `/<M>@<tag>/` each serve the record of the index they serve:
 //! - `bundle.tar`: the machine's configuration as the pass applied it (the imported host
 //!   bundle), absent for a machine without one;
 //! - `release.asc`: a JSON document, clearsigned with the store's binpkg signing key (the key
@@ -61,14 +62,15 @@ pub struct Release {
     pub requests: Vec<String>,
 }
 
-/// Write `bundle.tar` and `release.asc` into the publication being assembled in `dir`.
+/// Write `bundle.tar` and `release.asc` into the publication being assembled in `dir`;
+/// returns the record signed.
 pub fn write(
     env: &BuildEnv,
     m: &MachineLock,
     keys: &Keys,
     dir: &Path,
     snapshot: &str,
-) -> Result<()> {
+) -> Result<Release> {
     let snap = crate::fetch::verified_snapshot(&env.store, snapshot).map(|a| ReleaseSnapshot {
         date: snapshot.to_string(),
         file: a.manifest.file.clone(),
@@ -117,5 +119,5 @@ pub fn write(
     std::fs::File::open(&p)
         .and_then(|f| f.sync_all())
         .at("fsync", &p)?;
-    Ok(())
+    Ok(release)
 }

@@ -1,7 +1,7 @@
 //! The build loop's files as `status`, `serve` and people read them, one schema each, written and
 //! read by the same types: `machines/<M>/state.json` (the loop's state, written atomically at
-//! every change of state, package or phase) and `machines/<M>/published/info.json` (what the
-//! last publication holds). Readers are lenient (`#[serde(default)]`, unknown fields and words
+//! every change of state, package or phase) and each generation's `info.json` (what a
+//! publication holds; `published/info.json` is the served one's). Readers are lenient (`#[serde(default)]`, unknown fields and words
 //! ignored), so a server keeps showing what it can of files written by another version.
 
 use serde::{Deserialize, Serialize};
@@ -177,6 +177,9 @@ pub struct LastPass {
     /// name in the machine directory).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub work_dir: Option<String>,
+    /// The generation it published (`super::generations`), None when it published nothing
+    /// new (failed, held, or the same content as the newest generation).
+    pub generation: Option<u64>,
 }
 
 impl LastPass {
@@ -189,6 +192,23 @@ impl LastPass {
             .join(", ")
     }
 }
+
+/// One finished pass as the pass history keeps it (the status page's chart of durations).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct PassRecord {
+    pub started: u64,
+    pub finished: u64,
+    pub result: PassOutcome,
+    pub kind: PassKind,
+    pub built: usize,
+    pub reused: usize,
+    /// The generation it published, if any.
+    pub generation: Option<u64>,
+}
+
+/// Passes kept in `State::history`.
+pub const HISTORY: usize = 30;
 
 /// A binpkg whose files need a newer kernel than the hosts have.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -223,9 +243,12 @@ pub struct State {
     pub counts: Counts,
     /// The publish gate of the last pass that would publish (`super::gate`).
     pub gate: Option<Gate>,
+    /// The last passes, oldest first (at most `HISTORY`).
+    pub history: Vec<PassRecord>,
 }
 
-/// `machines/<M>/published/info.json`: what the last completed publication holds.
+/// A generation's `info.json` (`machines/<M>/generations/<N>/info.json`, served through
+/// `machines/<M>/published`): what one publication holds.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct PublishedInfo {
@@ -246,6 +269,26 @@ pub struct PublishedInfo {
     pub listed_keys: Vec<String>,
     /// PKGDIR's index as this publication found it: (size, mtime in ns as a decimal string).
     pub index: Option<(u64, String)>,
+    /// Its number among the machine's generations (`generations`).
+    pub generation: u64,
+    /// What makes it the same publication as another for hosts (`publish::stage`): a pass
+    /// whose publication has the same digest as the newest generation makes no new one.
+    pub content: Option<String>,
+    /// The pass it came from.
+    pub pass: Option<PassSummary>,
+    /// What the publish gate decided on it (`passed`, `published-anyway`, `skipped`).
+    pub gate: Option<GateResult>,
+}
+
+/// The pass a publication came from.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct PassSummary {
+    pub started: u64,
+    pub finished: u64,
+    pub kind: PassKind,
+    pub built: usize,
+    pub reused: usize,
 }
 
 /// The ebuild-tree snapshot the published binpkgs were built on.
@@ -275,12 +318,34 @@ impl PublishedInfo {
     pub fn read(m: &Machine) -> super::Result<Option<PublishedInfo>> {
         Ok(crate::fsutil::read_json(&m.published().info())?)
     }
+
+    /// The `info.json` of the publication in directory `dir` (a generation).
+    pub fn read_in(dir: &crate::store::PublishedDir) -> super::Result<Option<PublishedInfo>> {
+        Ok(crate::fsutil::read_json(&dir.info())?)
+    }
 }
 
 /// The builder's clock (re-exported for the pass, the bootstrap and the session).
 pub use crate::time::now;
 
 impl State {
+    /// Add the finished `last_pass` to the history (bounded).
+    pub fn record_pass(&mut self) {
+        let Some(lp) = &self.last_pass else { return };
+        let generation = lp.generation;
+        self.history.push(PassRecord {
+            started: lp.started,
+            finished: lp.finished.unwrap_or_else(now),
+            result: lp.result,
+            kind: lp.kind,
+            built: lp.built.len(),
+            reused: lp.reused,
+            generation,
+        });
+        let extra = self.history.len().saturating_sub(HISTORY);
+        self.history.drain(..extra);
+    }
+
     pub fn path(m: &Machine) -> std::path::PathBuf {
         m.files().state_file()
     }
@@ -407,6 +472,7 @@ mod tests {
                     key: "0123456789abcdef".into(),
                 }],
                 work_dir: Some(".tmp-bootstrap-4242-0".into()),
+                generation: None,
             }),
             snapshot: Some("20260101".into()),
             drift: vec!["make.conf: CFLAGS differ".into()],
@@ -479,6 +545,16 @@ mod tests {
             signing_key: Some("0123ABCD".into()),
             listed_keys: vec!["0123ABCD".into()],
             index: Some((1234, "1767225699000000000".into())),
+            generation: 4,
+            content: Some("ab12".into()),
+            gate: Some(GateResult::Passed),
+            pass: Some(PassSummary {
+                started: 1_767_225_000,
+                finished: 1_767_225_690,
+                kind: PassKind::Pass,
+                built: 2,
+                reused: 1,
+            }),
         };
         crate::fsutil::write_json(&m.published().info(), &info).unwrap();
         assert_eq!(PublishedInfo::read(&m).unwrap(), Some(info));

@@ -1,22 +1,46 @@
-//! `gbuild gc`: remove layers no image or snapshot references, and leftovers of crashed runs.
+//! `gbuild gc [--dry-run]`: remove what nothing references (layers, images, trees, downloads,
+//! generations beyond `keep`, leftovers of crashed commands), or list it with sizes.
 
-use gbuild::layer::gc;
+use gbuild::gc::{self, human_bytes};
 
 use super::Ctx;
 
 #[derive(clap::Args, Debug)]
-pub struct GcOpts {}
+pub struct GcOpts {
+    /// List what would be removed and how much it frees, remove nothing
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+}
 
-pub fn run(ctx: &Ctx, _o: GcOpts) -> anyhow::Result<i32> {
+pub fn run(ctx: &Ctx, o: GcOpts) -> anyhow::Result<i32> {
     let (store, h) = super::layer::helper(ctx)?;
-    let r = gc::gc(&store, &h)?;
-    ctx.note(&format!(
-        "removed {} layer(s) and {} leftover work dir(s)",
-        r.layers_removed.len(),
-        r.temp_removed.len()
-    ));
-    for id in &r.layers_removed {
-        println!("{id}");
+    let config = ctx.config(&store)?;
+    let opts = gc::Options {
+        dry_run: o.dry_run,
+        own: None,
+    };
+    let r = gc::collect(&store, &config, &h, &opts)?;
+    for s in &r.skipped {
+        ctx.note(s);
+    }
+    for i in &r.items {
+        let rel = i.path.strip_prefix(store.root()).unwrap_or(&i.path);
+        println!(
+            "{:<10} {:>10}  {}",
+            i.kind,
+            human_bytes(i.bytes),
+            rel.display()
+        );
+    }
+    let verb = if o.dry_run { "would remove" } else { "removed" };
+    if r.items.is_empty() {
+        ctx.note("nothing to remove");
+    } else {
+        ctx.note(&format!(
+            "{verb} {} item(s), {} freed",
+            r.items.len(),
+            human_bytes(r.bytes())
+        ));
     }
     Ok(0)
 }

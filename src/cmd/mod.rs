@@ -17,6 +17,7 @@ pub mod key;
 pub mod layer;
 pub mod logs;
 pub mod machine;
+pub mod publish;
 pub mod rebase;
 pub mod request;
 pub mod restore;

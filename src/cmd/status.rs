@@ -109,6 +109,22 @@ pub fn run(ctx: &Ctx, o: StatusOpts) -> anyhow::Result<i32> {
             );
         }
     }
+    {
+        use gbuild::builder::generations;
+        let all = generations::ids(&m)?;
+        if let Some(cur) = generations::current(&m) {
+            let newest = all.last().copied().unwrap_or(cur);
+            println!(
+                "served:   generation {cur}{} ({} kept; gbuild publish list)",
+                if cur == newest {
+                    String::new()
+                } else {
+                    format!(", rolled back from {newest}")
+                },
+                all.len()
+            );
+        }
+    }
     for d in &st.drift {
         println!("drift:    {}", gbuild::term::printable(d));
     }

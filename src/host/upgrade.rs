@@ -15,7 +15,8 @@
 //!    Gentoo's release keys where the host (or gbuild) has them, unpacked beside the tree and
 //!    swapped in (`distfiles/`, `packages/`, `local/` carried over), owned like the old tree;
 //! 4. write `binrepos.conf/gbuild-<M>.conf` and the main repository's section of repos.conf
-//!    from the binhost (only when they change);
+//!    from the binhost (only when they change); a binhost `.../<M>@<tag>` is the generation
+//!    the tag names, with its own record, tree and binrepos.conf, in the same file;
 //! 5. the check: `emerge --pretend -uDN @world --getbinpkgonly --rebuilt-binaries` with the
 //!    host's own options; anything that would compile, be skipped ("masked or don't exist"),
 //!    block, be uninstalled or conflict refuses, with emerge's reason;
@@ -51,7 +52,7 @@ pub enum UpgradeError {
     Served { url: String, reason: String },
     #[error(transparent)]
     Verify(#[from] crate::fetch::VerifyError),
-    #[error("{url:?}: expected http://BUILDER[:PORT]/MACHINE")]
+    #[error("{url:?}: expected http://BUILDER[:PORT]/MACHINE or .../MACHINE@TAG")]
     BadBinhost { url: String },
     #[error("{what}: {source}")]
     Emerge {
@@ -117,7 +118,8 @@ impl Outcome {
     }
 }
 
-/// The machine name and the builder's host name of a binhost URL.
+/// The machine name and the builder's host name of a binhost URL: `http://B[:P]/<M>`, or
+/// `http://B[:P]/<M>@<tag>` for the generation a tag names (the record is still machine M's).
 fn parse_binhost(url: &str) -> Result<(String, String)> {
     let bad = || UpgradeError::BadBinhost {
         url: url.to_string(),
@@ -127,8 +129,15 @@ fn parse_binhost(url: &str) -> Result<(String, String)> {
         .or_else(|| url.strip_prefix("https://"))
         .ok_or_else(bad)?;
     let rest = rest.trim_end_matches('/');
-    let (host, machine) = rest.split_once('/').ok_or_else(bad)?;
-    if !crate::store::valid_name(machine) || host.is_empty() {
+    let (host, path) = rest.split_once('/').ok_or_else(bad)?;
+    let (machine, tag) = match path.split_once('@') {
+        Some((m, t)) => (m, Some(t)),
+        None => (path, None),
+    };
+    if !crate::store::valid_name(machine)
+        || tag.is_some_and(|t| !crate::store::valid_name(t))
+        || host.is_empty()
+    {
         return Err(bad());
     }
     let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
@@ -794,6 +803,12 @@ mod tests {
             parse_binhost("http://builder.lan:8788/laptop/").unwrap(),
             ("laptop".into(), "builder.lan".into())
         );
+        assert_eq!(
+            parse_binhost("http://builder.lan:8788/laptop@stable").unwrap(),
+            ("laptop".into(), "builder.lan".into())
+        );
+        assert!(parse_binhost("http://b/laptop@").is_err());
+        assert!(parse_binhost("http://b/laptop@a@b").is_err());
         assert!(parse_binhost("http://builder:8788").is_err());
         assert!(parse_binhost("ftp://b/m").is_err());
         assert!(parse_binhost("http://b/../x").is_err());

@@ -1,7 +1,8 @@
-//! `gbuild gc`: remove layers that no image and no snapshot under `exports/` references, and the
-//! work directories that crashed or killed operations left behind. It holds the store lock
-//! (`layers/.lock`) exclusively, and every operation that makes such a work directory (layer
-//! unpacks and commits, ebuild-tree unpacks, snapshot exports, restores, machine imports) holds it
+//! The layer half of `gbuild gc` (`crate::gc`): layers that no image and no snapshot under
+//! `exports/` references, and the work directories that crashed or killed operations left
+//! behind. The collection holds the store lock (`layers/.lock`) exclusively, and every operation
+//! that makes such a work directory (layer unpacks and commits, ebuild-tree unpacks, snapshot
+//! exports, restores, machine imports) holds it
 //! shared for as long as its work directory exists, so gc waits for live work and every leftover
 //! it sees is stale. Everything else a crash leaves has a temporary name of the store's one
 //! scheme (`.tmp-<purpose>-<pid>-<n>`, anywhere in the store's directories, in machine
@@ -13,25 +14,19 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
 use super::ns::Helper;
-use super::{is_layer_id, Result, StoreLock};
+use super::{is_layer_id, Result};
 use crate::fsutil::IoContext;
 use crate::store::Store;
 
-/// What a collection removed.
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
-pub struct GcReport {
-    pub layers_removed: Vec<String>,
-    pub temp_removed: Vec<PathBuf>,
-}
-
-/// Layer ids that images and exports reference.
-pub fn referenced(store: &Store) -> Result<BTreeSet<String>> {
+/// Layer ids that images and exports reference, leaving out the images named in `dropped`
+/// (images a collection is about to remove).
+pub fn referenced(store: &Store, dropped: &BTreeSet<String>) -> Result<BTreeSet<String>> {
     let mut refs: BTreeSet<String> = BTreeSet::new();
     for img in super::image::list(store)? {
-        refs.extend(img.layers);
+        if !dropped.contains(&img.name) {
+            refs.extend(img.layers);
+        }
     }
     let mut layouts = Vec::new();
     find_layouts(&store.exports(), 0, &mut layouts);
@@ -58,7 +53,8 @@ fn find_layouts(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
     }
 }
 
-fn entries(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+/// The entries of `dir`, sorted (none when it does not exist).
+pub fn entries(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     let mut out = Vec::new();
     let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
@@ -73,25 +69,40 @@ fn entries(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     Ok(out)
 }
 
-/// Remove unreferenced layers and stale work directories.
-pub fn gc(store: &Store, helper: &Helper) -> Result<GcReport> {
-    let _lock = StoreLock::exclusive(store)?;
-    let refs = referenced(store)?;
-    let mut report = GcReport::default();
-    let mut trees: Vec<PathBuf> = Vec::new();
-    let mut ids: BTreeSet<String> = BTreeSet::new();
+/// Layer ids in the store that `refs` does not name.
+pub fn unreferenced(store: &Store, refs: &BTreeSet<String>) -> Result<BTreeSet<String>> {
+    let mut ids = BTreeSet::new();
     for (name, _) in entries(&store.layers())? {
         let id = name.strip_suffix(".json").unwrap_or(&name);
         if is_layer_id(id) && !refs.contains(id) {
             ids.insert(id.to_string());
         }
     }
+    Ok(ids)
+}
+
+/// What crashed or killed commands left: every entry of the store's temporary-name scheme whose
+/// process is gone (`Store::leftovers`). Layer and tree work directories are found the same
+/// way; their operations hold the store lock shared, which the collection holds exclusively.
+pub fn leftovers(store: &Store) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
     for path in store.leftovers()? {
-        trees.push(path.clone());
-        report.temp_removed.push(path);
+        out.push(path);
     }
-    // Metadata first: a layer without metadata is never listed nor used.
-    for id in &ids {
+    Ok(out)
+}
+
+/// Remove layers `ids` (metadata first: a layer without metadata is never listed nor used) and
+/// the trees `trees`, inside the user namespace (their files may belong to subordinate ids).
+/// The caller holds the store lock exclusively.
+pub fn remove(
+    store: &Store,
+    helper: &Helper,
+    ids: &BTreeSet<String>,
+    trees: &[PathBuf],
+) -> Result<()> {
+    let mut trees = trees.to_vec();
+    for id in ids {
         let meta = super::layer_meta_path(store, id);
         if meta.exists() {
             std::fs::remove_file(&meta).at("remove", &meta)?;
@@ -102,7 +113,5 @@ pub fn gc(store: &Store, helper: &Helper) -> Result<GcReport> {
         }
     }
     helper.remove_trees(&trees)?;
-    super::oci::prune_blob_cache(store, &ids)?;
-    report.layers_removed = ids.into_iter().collect();
-    Ok(report)
+    super::oci::prune_blob_cache(store, ids)
 }

@@ -275,6 +275,7 @@ fn reuse_cached(
         // Best effort: a stale entry is overwritten by the next write anyway.
         let _ = std::fs::remove_file(&record);
         if is_layer_id(&info.digest) {
+            // Best effort too: an orphaned blob goes with the next `gc`.
             let _ = std::fs::remove_file(store.cached_blob(&info.digest));
         }
     };

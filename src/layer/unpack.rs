@@ -405,6 +405,16 @@ fn hash_tree(dir: &Path, bar: &Progress) -> Result<(String, super::pack::PackSta
     Ok((id, packed?))
 }
 
+/// A numeric field of a tar header as GNU tar and libarchive read it: the tar crate's value,
+/// except that a field of only NUL bytes (written by tools that leave ownership unset) is 0
+/// rather than an error. Anything else the crate refuses stays refused.
+fn numeric(parsed: io::Result<u64>, field: &[u8]) -> io::Result<u64> {
+    match parsed {
+        Err(_) if field.iter().all(|b| *b == 0) => Ok(0),
+        r => r,
+    }
+}
+
 fn report_skips(s: &UnpackStats, name: &str) {
     if s.devices_skipped > 0 {
         progress::note(&format!(
@@ -640,11 +650,16 @@ impl Writer<'_> {
     fn meta<R: Read>(&self, e: &mut tar::Entry<'_, R>, raw: &[u8]) -> Result<EntryMeta> {
         let h = e.header();
         let bad = |what: &str, err: io::Error| self.refuse(raw, format!("bad {what}: {err}"));
+        let old = h.as_old();
         let mut m = EntryMeta {
-            mode: h.mode().map_err(|x| bad("mode", x))? & 0o7777,
-            uid: h.uid().map_err(|x| bad("uid", x))? as u32,
-            gid: h.gid().map_err(|x| bad("gid", x))? as u32,
-            mtime: FileTime::from_unix_time(h.mtime().map_err(|x| bad("mtime", x))? as i64, 0),
+            mode: numeric(h.mode().map(u64::from), &old.mode).map_err(|x| bad("mode", x))? as u32
+                & 0o7777,
+            uid: numeric(h.uid(), &old.uid).map_err(|x| bad("uid", x))? as u32,
+            gid: numeric(h.gid(), &old.gid).map_err(|x| bad("gid", x))? as u32,
+            mtime: FileTime::from_unix_time(
+                numeric(h.mtime(), &old.mtime).map_err(|x| bad("mtime", x))? as i64,
+                0,
+            ),
             xattrs: Vec::new(),
         };
         if let Some(exts) = e.pax_extensions().map_err(|x| bad("pax header", x))? {
@@ -1220,5 +1235,35 @@ mod tests {
         assert_eq!((dm.mode() & 0o7777, dm.mtime()), (0o555, 77));
         std::fs::set_permissions(d.path().join("d"), std::fs::Permissions::from_mode(0o755))
             .unwrap();
+    }
+
+    #[test]
+    fn unset_numeric_fields_read_as_zero_like_gnu_tar() {
+        // Tools that leave ownership unset write uid and gid as NUL bytes; GNU tar and
+        // libarchive read them as 0.
+        let entry = |uid: &[u8]| {
+            tar_with(|b| {
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(2);
+                h.set_mode(0o644);
+                h.set_mtime(1000);
+                raw_name(&mut h, "etc/os-release");
+                h.as_old_mut().uid[..uid.len()].copy_from_slice(uid);
+                h.set_cksum();
+                b.append(&h, &b"hi"[..]).unwrap();
+            })
+        };
+        let d = tempfile::tempdir().unwrap();
+        let st = unpack_tar(&entry(b"")[..], d.path(), &opts()).unwrap();
+        assert_eq!(st.entries, 1);
+        assert_eq!(
+            std::fs::read(d.path().join("etc/os-release")).unwrap(),
+            b"hi"
+        );
+        assert_eq!(numeric(Ok(7), &[0; 8]).unwrap(), 7);
+        // A field that holds something other than a number stays refused.
+        let e = refused(entry(b"12x4"));
+        assert!(e.contains("etc/os-release") && e.contains("bad uid"), "{e}");
     }
 }

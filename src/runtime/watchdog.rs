@@ -127,8 +127,11 @@ fn forked_main(
     }
     drop((rx, devnull));
     crate::sys::close_fds_from(3);
+    // Best effort in the forked watchdog: its own process group keeps terminal signals off
+    // it, its mask and name only tidy it; it watches the same either way.
     let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
     crate::sys::reset_signal_dispositions();
+    // (Best effort, as above.)
     let _ = nix::sys::signal::SigSet::empty().thread_set_mask();
     let _ = nix::sys::prctl::set_name(c"gbuild-watchdog");
     watchdog_main(parent, state_root, id, bundle)

@@ -115,6 +115,19 @@ pub fn parse(text: &str) -> (HashSet<String>, Option<u64>, usize) {
     (paths, timestamp, packages)
 }
 
+/// The CPVs a Packages index lists, sorted.
+pub fn cpvs(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = stanzas(text)
+        .filter_map(|st| {
+            st.iter()
+                .find(|(k, _)| *k == "CPV")
+                .map(|(_, v)| v.to_string())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 fn stanzas(text: &str) -> impl Iterator<Item = Vec<(&str, &str)>> {
     let mut lines = text.lines().peekable();
     std::iter::from_fn(move || {

@@ -5,10 +5,14 @@
 //! must appear verbatim in the machine's published `Packages` index. The file finally opened is
 //! canonicalized, must lie inside the machine's PKGDIR (a symlink pointing out is refused), and
 //! is opened with `O_NOFOLLOW` and checked to be a regular file. There is no directory listing.
+//! Binpkgs come from the generation's own hardlinks, so an older generation is served whole
+//! whatever Portage pruned from PKGDIR since.
 //!
 //! ```text
 //! /                                    status page (HTML)
 //! /api/status                          the same as JSON
+//! /<M>/...                             the generation served now (`publish rollback`)
+//! /<M>@<tag>/...                       the generation tagged <tag> (`publish tag`), the same files
 //! /<M>/Packages                        published index (text/plain)
 //! /<M>/<PATH>                          a binpkg listed in it (application/x-tar)
 //! /<M>/binrepos.conf, /<M>/repos.conf  for the host's /etc/portage
@@ -25,7 +29,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -43,7 +47,7 @@ use super::index::{safe_rel, FileKey, IndexCache};
 use super::status;
 use crate::builder::state::PublishedInfo;
 use crate::store::{valid_name, Store};
-use crate::store::{MachineDir, PACKAGES};
+use crate::store::{PublishedDir, PACKAGES};
 
 /// Files up to this size are read in one go; larger ones are streamed in chunks of this size.
 const CHUNK: usize = 128 * 1024;
@@ -121,10 +125,17 @@ async fn machine_files(
         Ok(s) => s,
         Err(code) => return plain(code, "bad path\n"),
     };
-    let Some((machine, rest)) = segs.split_first() else {
+    let Some((first, rest)) = segs.split_first() else {
         return not_found();
     };
-    if !valid_name(machine) || rest.is_empty() {
+    let (machine, tag) = match first.split_once('@') {
+        Some((m, t)) if crate::builder::generations::valid_tag(t) => {
+            (m.to_string(), Some(t.to_string()))
+        }
+        Some(_) => return not_found(),
+        None => (first.clone(), None),
+    };
+    if !valid_name(&machine) || rest.is_empty() {
         return not_found();
     }
     let host = host_of(&headers);
@@ -132,17 +143,15 @@ async fn machine_files(
         head: method == Method::HEAD,
         headers,
     };
-    let machine = machine.clone();
     let rest = rest.to_vec();
     blocking(move || {
-        let dir = app.store.machine(&machine);
-        if !dir.path().is_dir() {
+        let Some(v) = View::resolve(&app.store, &machine, tag.as_deref()) else {
             return not_found();
-        }
+        };
         let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
         match rest.as_slice() {
-            [PACKAGES] => packages(&app, &machine, &dir, &req),
-            ["binrepos.conf"] => conf(&req, binrepos_conf(&machine, host.as_deref())),
+            [PACKAGES] => packages(&app, &v, &req),
+            ["binrepos.conf"] => conf(&req, binrepos_conf(&v.name, host.as_deref())),
             ["key.asc"] => serve_file(
                 &app.streams,
                 &app.store.keys(),
@@ -152,12 +161,17 @@ async fn machine_files(
                 Vec::new(),
             ),
             ["repos.conf"] => {
-                let info = read_info(&dir);
-                conf(&req, repos_conf(&machine, host.as_deref(), info.as_ref()))
+                let info = read_info(&v.generation);
+                conf(&req, repos_conf(&v.name, host.as_deref(), info.as_ref()))
+            }
+            ["snapshot"] => snapshot(&app, &v.generation, &req),
+            ["snapshot.info"] => snapshot_info(&app, &v.name, &v.generation),
+            [d, name] if *d == "snapshots" || *d == "repos" => {
+                webrsync(&app, &v.generation, name, &req)
             }
             ["release.asc"] => serve_file(
                 &app.streams,
-                dir.published().path(),
+                v.generation.path(),
                 crate::store::PublishedDir::RELEASE,
                 &req,
                 "text/plain; charset=utf-8",
@@ -165,21 +179,67 @@ async fn machine_files(
             ),
             ["bundle.tar"] => serve_file(
                 &app.streams,
-                dir.published().path(),
+                v.generation.path(),
                 crate::store::PublishedDir::BUNDLE,
                 &req,
                 "application/x-tar",
                 Vec::new(),
             ),
-            ["snapshot"] => snapshot(&app, &dir, &req),
-            ["snapshot.info"] => snapshot_info(&app, &machine, &dir),
-            [d, name] if *d == "snapshots" || *d == "repos" => webrsync(&app, &dir, name, &req),
             ["overlays"] => super::overlays::list(&app.store, &machine),
             ["overlays", file] => super::overlays::tarball(&app.store, &machine, file),
-            _ => binpkg(&app, &machine, &dir, &rest.join("/"), &req),
+            _ => binpkg(&app, &v, &rest.join("/"), &req),
         }
     })
     .await
+}
+
+/// What one request is served from: one generation of a machine, resolved once (the served
+/// one for `/<M>/`, the tagged one for `/<M>@<tag>/`), so every file of a response comes from
+/// the same publication even while `published` is switched.
+pub(crate) struct View {
+    /// `M` or `M@tag`: the name in URLs (and the index cache's key).
+    pub name: String,
+    /// The generation (`Packages`, `info.json`, `binpkgs/`); a `published/` directory of an
+    /// older gbuild serves as one.
+    pub generation: PublishedDir,
+    /// Where its binpkgs are: the generation's hardlinks, else (an older gbuild's
+    /// publication) PKGDIR.
+    pub binpkgs: PathBuf,
+}
+
+impl View {
+    pub(crate) fn resolve(store: &Store, machine: &str, tag: Option<&str>) -> Option<View> {
+        let files = store.machine(machine);
+        let dir = files.path();
+        if !dir.is_dir() {
+            return None;
+        }
+        let (name, generation) = match tag {
+            Some(t) => {
+                let m = crate::builder::Machine::open(store, machine).ok()?;
+                let g = crate::builder::generations::tagged(&m, t)
+                    .map_err(|e| tracing::warn!("{e}"))
+                    .ok()
+                    .flatten()?;
+                (format!("{machine}@{t}"), g.path().to_path_buf())
+            }
+            None => (machine.to_string(), files.published().path().to_path_buf()),
+        };
+        // The symlink must stay inside the machine's directory.
+        let generation = match (generation.canonicalize(), dir.canonicalize()) {
+            (Ok(g), Ok(d)) if g.starts_with(&d) && g != d => g,
+            (Err(_), _) => generation,
+            _ => return None,
+        };
+        let generation = PublishedDir::at(generation);
+        let own = generation.binpkgs();
+        let binpkgs = if own.is_dir() { own } else { files.binpkgs() };
+        Some(View {
+            name,
+            generation,
+            binpkgs,
+        })
+    }
 }
 
 struct Req {
@@ -263,8 +323,8 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> Response {
     plain(StatusCode::INTERNAL_SERVER_ERROR, "cannot read the store\n")
 }
 
-fn packages(app: &App, machine: &str, dir: &MachineDir, req: &Req) -> Response {
-    match app.index.get(machine, &dir.published().packages()) {
+fn packages(app: &App, v: &View, req: &Req) -> Response {
+    match app.index.get(&v.name, &v.generation.packages()) {
         Ok(Some(ix)) => {
             let meta = Meta {
                 etag: ix.key.etag(),
@@ -291,11 +351,11 @@ fn packages(app: &App, machine: &str, dir: &MachineDir, req: &Req) -> Response {
     }
 }
 
-fn binpkg(app: &App, machine: &str, dir: &MachineDir, rel: &str, req: &Req) -> Response {
+fn binpkg(app: &App, v: &View, rel: &str, req: &Req) -> Response {
     if !safe_rel(rel) {
         return not_found();
     }
-    let index = match app.index.get(machine, &dir.published().packages()) {
+    let index = match app.index.get(&v.name, &v.generation.packages()) {
         Ok(Some(ix)) => ix,
         Ok(None) => return not_found(),
         Err(e) => return unavailable(PACKAGES, e),
@@ -310,7 +370,7 @@ fn binpkg(app: &App, machine: &str, dir: &MachineDir, rel: &str, req: &Req) -> R
     } else {
         "application/octet-stream"
     };
-    serve_file(&app.streams, &dir.binpkgs(), rel, req, ctype, Vec::new())
+    serve_file(&app.streams, &v.binpkgs, rel, req, ctype, Vec::new())
 }
 
 /// Open `root/rel` only if it resolves, symlinks followed, to a regular file inside `root`.
@@ -625,16 +685,25 @@ fn base_url(machine: &str, host: Option<&str>) -> String {
     format!("http://{}/{machine}", host.unwrap_or("127.0.0.1:8788"))
 }
 
-/// `/etc/portage/binrepos.conf/gbuild-<M>.conf` for the host.
+/// `/etc/portage/binrepos.conf/gbuild-<M>.conf` for the host (`gbuild-<M>-<tag>` for a tag,
+/// whose URL is `/<M>@<tag>`).
 pub(crate) fn binrepos_conf(machine: &str, host: Option<&str>) -> String {
+    let repo = machine.replace('@', "-");
+    let what = match machine.split_once('@') {
+        Some((m, t)) => format!(
+            "machine {m}, generation tagged {t} (it stays as newer passes publish; \
+             `gbuild publish tag` moves it)"
+        ),
+        None => format!("machine {machine}"),
+    };
     format!(
-        "# Binary packages built by gbuild for machine {machine}.\n\
-         # Save as /etc/portage/binrepos.conf/gbuild-{machine}.conf, then use\n\
+        "# Binary packages built by gbuild for {what}.\n\
+         # Save as /etc/portage/binrepos.conf/gbuild-{repo}.conf, then use\n\
          # emerge --getbinpkg (or --getbinpkgonly).\n\
          # Every package is signed with the builder's key. Trust it once, as root, with the\n\
          # fingerprint that `gbuild key --show` prints on the builder (not one read from here):\n\
          #   gbuild host trust --binhost {base} --fingerprint <FINGERPRINT>\n\
-         [gbuild-{machine}]\n\
+         [gbuild-{repo}]\n\
          priority = 10\n\
          sync-uri = {base}\n\
          verify-signature = true\n",
@@ -685,16 +754,17 @@ pub(crate) fn repos_conf(
     )
 }
 
-pub(crate) fn read_info(dir: &MachineDir) -> Option<PublishedInfo> {
+/// The `info.json` of a generation.
+pub(crate) fn read_info(generation: &PublishedDir) -> Option<PublishedInfo> {
     // An unreadable description publishes nothing more than no description: logged, not served.
-    crate::fsutil::read_json(&dir.published().info())
+    crate::fsutil::read_json(&generation.info())
         .map_err(|e| tracing::warn!("{e}"))
         .ok()
         .flatten()
 }
 
-/// The snapshot tarball named by `published/info.json`, as (store-relative path, file name).
-fn snapshot_ref(dir: &MachineDir) -> Option<(PublishedInfo, String, String)> {
+/// The snapshot tarball a generation's `info.json` names, as (store-relative path, file name).
+fn snapshot_ref(dir: &PublishedDir) -> Option<(PublishedInfo, String, String)> {
     let info = read_info(dir)?;
     let rel = info.snapshot.as_ref()?.tarball.clone()?;
     if !safe_rel(&rel) {
@@ -725,7 +795,7 @@ fn snapshot_headers(info: &PublishedInfo) -> Vec<(&'static str, HeaderValue)> {
     out
 }
 
-fn snapshot(app: &App, dir: &MachineDir, req: &Req) -> Response {
+fn snapshot(app: &App, dir: &PublishedDir, req: &Req) -> Response {
     let Some((info, rel, _)) = snapshot_ref(dir) else {
         return not_found();
     };
@@ -740,7 +810,7 @@ fn snapshot(app: &App, dir: &MachineDir, req: &Req) -> Response {
     )
 }
 
-fn snapshot_info(app: &App, machine: &str, dir: &MachineDir) -> Response {
+fn snapshot_info(app: &App, machine: &str, dir: &PublishedDir) -> Response {
     let Some((info, rel, name)) = snapshot_ref(dir) else {
         return not_found();
     };
@@ -769,7 +839,7 @@ fn snapshot_info(app: &App, machine: &str, dir: &MachineDir) -> Response {
 
 /// emerge-webrsync's layout: `gentoo-<date>.tar.xz`, `gentoo-latest.tar.xz`, each with `.md5sum`
 /// and `.gpgsig` (the signature kept by `gbuild fetch`, Gentoo's own).
-fn webrsync(app: &App, dir: &MachineDir, name: &str, req: &Req) -> Response {
+fn webrsync(app: &App, dir: &PublishedDir, name: &str, req: &Req) -> Response {
     let Some((info, rel, _)) = snapshot_ref(dir) else {
         return not_found();
     };

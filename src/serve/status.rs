@@ -10,7 +10,9 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::index::{safe_rel, IndexCache};
-use crate::builder::state::{AbiWarning, LoopState, PassKind, PassOutcome, PublishedInfo, State};
+use crate::builder::state::{
+    AbiWarning, LoopState, PassKind, PassOutcome, PassRecord, PublishedInfo, State,
+};
 use crate::store::{valid_name, Store};
 
 /// Append to a page being rendered: `fmt::Write` into a `String` cannot fail, so there is no
@@ -36,6 +38,15 @@ pub const LOG_LINES: usize = 30;
 /// Bytes read from the end of the log to find them.
 const LOG_WINDOW: u64 = 64 * 1024;
 
+/// One published generation as the status page lists it.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct GenerationRow {
+    pub generation: u64,
+    pub served: bool,
+    pub tags: Vec<String>,
+    pub info: PublishedInfo,
+}
+
 /// What the server knows about one machine.
 #[derive(Debug, Default)]
 pub struct MachineStatus {
@@ -46,6 +57,10 @@ pub struct MachineStatus {
     pub published: Option<PublishedInfo>,
     /// Binpkgs listed in the published index (what hosts can fetch now).
     pub index_packages: Option<usize>,
+    /// The packages (CPVs) of the published index, sorted.
+    pub packages: Vec<String>,
+    /// The generations kept, oldest first.
+    pub generations: Vec<GenerationRow>,
     /// Whether the loop's pid is alive (None without a pid).
     pub loop_alive: Option<bool>,
     pub log: Option<String>,
@@ -80,8 +95,38 @@ fn machine(store: &Store, index: &IndexCache, name: &str) -> MachineStatus {
     st.state = read_json(&dir.state_file(), &mut st.problems);
     st.published = read_json(&dir.published().info(), &mut st.problems);
     match index.get(name, &dir.published().packages()) {
-        Ok(ix) => st.index_packages = ix.map(|i| i.packages),
+        Ok(ix) => {
+            st.index_packages = ix.as_ref().map(|i| i.packages);
+            if let Some(ix) = ix {
+                st.packages = super::index::cpvs(&String::from_utf8_lossy(&ix.bytes));
+            }
+        }
         Err(e) => st.problems.push(e.to_string()),
+    }
+    if let Ok(m) = crate::builder::Machine::open(store, name) {
+        use crate::builder::generations;
+        let served = generations::current(&m);
+        let tags = generations::tags(&m).unwrap_or_else(|e| {
+            st.problems.push(e.to_string());
+            Default::default()
+        });
+        let all = generations::list(&m).unwrap_or_else(|e| {
+            st.problems.push(e.to_string());
+            Vec::new()
+        });
+        st.generations = all
+            .into_iter()
+            .map(|g| GenerationRow {
+                generation: g.id,
+                served: served == Some(g.id),
+                tags: tags
+                    .iter()
+                    .filter(|(_, id)| **id == g.id)
+                    .map(|(t, _)| t.clone())
+                    .collect(),
+                info: g.info,
+            })
+            .collect();
     }
     st.loop_alive = st.state.as_ref().and_then(|s| s.loop_alive());
     let log = st
@@ -186,6 +231,7 @@ pub fn to_json(machines: &[MachineStatus]) -> Value {
                 "state": m.state,
                 "published": m.published,
                 "published_packages": m.index_packages,
+                "generations": m.generations,
                 "loop_alive": m.loop_alive,
                 "log": m.log,
                 "log_tail": m.log_tail,
@@ -579,6 +625,27 @@ fn details(h: &mut String, m: &MachineStatus) {
             ),
         );
     }
+    if !m.generations.is_empty() {
+        row(h, "generations", generations_table(&m.name, &m.generations));
+    }
+    if !s.history.is_empty() {
+        row(h, "pass durations", durations_chart(&s.history));
+    }
+    if !m.packages.is_empty() {
+        row(
+            h,
+            "packages",
+            format!(
+                "<details><summary>{} published</summary><ul class=\"pkgs\"><li>{}</li></ul></details>",
+                m.packages.len(),
+                m.packages
+                    .iter()
+                    .map(|p| esc(p))
+                    .collect::<Vec<_>>()
+                    .join("</li><li>")
+            ),
+        );
+    }
     row(
         h,
         "for the host",
@@ -603,6 +670,103 @@ fn details(h: &mut String, m: &MachineStatus) {
         );
     }
     h.push_str("</section>\n");
+}
+
+/// The generations of a machine: time, snapshot, packages, built, reused, held, which one is
+/// served, tags (with the URL hosts follow).
+fn generations_table(machine: &str, gens: &[GenerationRow]) -> String {
+    let mut t = String::from(
+        "<table class=\"gens\"><tr><th>gen</th><th>published</th><th>snapshot</th>\
+         <th>packages</th><th>built</th><th>reused</th><th>held</th><th>result</th><th></th></tr>",
+    );
+    for g in gens.iter().rev() {
+        let i = &g.info;
+        let (built, reused) = i
+            .pass
+            .as_ref()
+            .map_or(("&ndash;".into(), "&ndash;".into()), |p| {
+                (p.built.to_string(), p.reused.to_string())
+            });
+        let mut marks = Vec::new();
+        if g.served {
+            marks.push("<span class=\"badge ok\">served</span>".to_string());
+        }
+        for tag in &g.tags {
+            marks.push(format!(
+                "<a href=\"/{m}@{t}/binrepos.conf\">@{t}</a>",
+                m = esc(machine),
+                t = esc(tag)
+            ));
+        }
+        put!(
+            t,
+            "<tr class=\"gen\" id=\"g-{m}-{n}\"><td>{n}</td><td>{at}</td><td>{snap}</td><td>{pk}</td>\
+             <td>{built}</td><td>{reused}</td><td>{held}</td><td>{result}</td><td>{marks}</td></tr>",
+            m = esc(machine),
+            n = g.generation,
+            at = esc(&utc(i.published_at as i64)),
+            snap = esc(
+                i.snapshot
+                    .as_ref()
+                    .and_then(|s| s.date.as_deref())
+                    .unwrap_or("?")
+            ),
+            pk = i.packages,
+            held = i.held_back.len(),
+            result = i
+                .gate
+                .map_or("published".to_string(), |g| format!("gate {g}")),
+            marks = marks.join(" "),
+        );
+    }
+    t.push_str("</table>");
+    t
+}
+
+/// A small bar chart (inline SVG, no script) of the last passes' durations: green for a
+/// success, orange for a pass the publish gate held, red for a failure, the height relative to
+/// the longest.
+fn durations_chart(history: &[PassRecord]) -> String {
+    const W: usize = 12;
+    const H: i64 = 40;
+    let secs: Vec<i64> = history
+        .iter()
+        .map(|p| p.finished.saturating_sub(p.started) as i64)
+        .collect();
+    let max = secs.iter().copied().max().unwrap_or(0).max(1);
+    let mut svg = format!(
+        "<svg class=\"chart\" width=\"{w}\" height=\"{H}\" viewBox=\"0 0 {w} {H}\" \
+         role=\"img\" aria-label=\"pass durations\">",
+        w = W * history.len().max(1)
+    );
+    for (i, (p, d)) in history.iter().zip(&secs).enumerate() {
+        let h = (d * (H - 2) / max).max(1);
+        let fill = match p.result {
+            PassOutcome::Success => "#2e7d32",
+            PassOutcome::Held => "#ef6c00",
+            _ => "#c62828",
+        };
+        put!(
+            svg,
+            "<rect x=\"{x}\" y=\"{y}\" width=\"{bw}\" height=\"{h}\" fill=\"{fill}\">\
+             <title>{when}: {r}, {d} s, built {b}</title></rect>",
+            x = i * W,
+            y = H - h,
+            bw = W - 2,
+            when = esc(&utc(p.started as i64)),
+            r = p.result,
+            b = p.built,
+        );
+    }
+    svg.push_str("</svg>");
+    let last = secs.last().copied().unwrap_or(0);
+    format!(
+        "{svg} <span class=\"sub\">last {} passes; the last took {} min {} s, the longest {} min</span>",
+        history.len(),
+        last / 60,
+        last % 60,
+        max / 60
+    )
 }
 
 #[cfg(test)]
@@ -639,6 +803,69 @@ mod tests {
         assert_eq!(t.len(), 30);
         assert_eq!(t[0], "* line 70");
         assert_eq!(t[29], "* line 99");
+    }
+
+    #[test]
+    fn generations_and_durations() {
+        use crate::builder::state::{PassSummary, SnapshotRef};
+        let g = |n: u64, served: bool, tags: &[&str]| GenerationRow {
+            generation: n,
+            served,
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            info: PublishedInfo {
+                generation: n,
+                published_at: 1_767_225_600 + n * 86_400,
+                snapshot: Some(SnapshotRef {
+                    date: Some(format!("2026010{n}")),
+                    ..Default::default()
+                }),
+                packages: 10 + n as usize,
+                pass: Some(PassSummary {
+                    built: 3,
+                    reused: 7,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        };
+        let rec = |secs: u64, result: PassOutcome| PassRecord {
+            started: 1000,
+            finished: 1000 + secs,
+            result,
+            ..Default::default()
+        };
+        let m = MachineStatus {
+            name: "m1".into(),
+            state: Some(State {
+                history: vec![
+                    rec(600, PassOutcome::Success),
+                    rec(60, PassOutcome::Failed),
+                    rec(300, PassOutcome::Held),
+                    rec(1200, PassOutcome::Success),
+                ],
+                ..Default::default()
+            }),
+            generations: vec![g(1, false, &["stable"]), {
+                let mut g2 = g(2, true, &[]);
+                g2.info.gate = Some(crate::builder::state::GateResult::Passed);
+                g2
+            }],
+            packages: vec!["app-editors/vim-9.1.0".into()],
+            ..Default::default()
+        };
+        let html = render_html(&[m], None);
+        assert!(html.contains("id=\"g-m1-2\"><td>2</td><td>2026-01-03 00:00 UTC</td><td>20260102</td><td>12</td><td>3</td><td>7</td><td>0</td><td>gate passed</td>"), "{html}");
+        assert!(html.contains("<td>0</td><td>published</td>"), "{html}");
+        assert!(html.contains("<span class=\"badge ok\">served</span>"));
+        assert!(html.contains("href=\"/m1@stable/binrepos.conf\">@stable</a>"));
+        // The longest pass is the tallest bar; the failed one is red, the held one orange.
+        assert!(html.contains("height=\"38\" fill=\"#2e7d32\""), "{html}");
+        assert!(html.contains("fill=\"#c62828\""));
+        assert!(
+            html.contains("fill=\"#ef6c00\"><title>1970-01-01 00:16 UTC: held"),
+            "{html}"
+        );
+        assert!(html.contains("<li>app-editors/vim-9.1.0</li>"));
     }
 
     #[test]

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::generations;
 use crate::helpers;
 use crate::mirror;
 use crate::signing;
@@ -277,11 +278,22 @@ pub(crate) fn key_fingerprint(env: &Env) -> String {
 
 /// `gbuild host trust` for the host-like root whose upper dir is `upper`.
 fn host_trust(env: &Env, serve: &Serve, upper: &Path, fpr: &str) -> std::process::Output {
+    host_trust_at(env, serve, "default", upper, fpr)
+}
+
+/// `host_trust` against binhost path `binhost` (`default`, `default@TAG`).
+fn host_trust_at(
+    env: &Env,
+    serve: &Serve,
+    binhost: &str,
+    upper: &Path,
+    fpr: &str,
+) -> std::process::Output {
     util::output(
         env.gbuild()
             .args(["host", "trust", "--root"])
             .arg(upper)
-            .args(["--binhost", &format!("{}/default", serve.url)])
+            .args(["--binhost", &format!("{}/{binhost}", serve.url)])
             .args(["--fingerprint", fpr]),
     )
 }
@@ -299,18 +311,36 @@ fn host_emerge(
     fprs: &[&str],
     args: &str,
 ) -> (bool, String) {
-    let store = &env.store;
+    let tree = env.store.join("repos").join(snapshot);
+    host_emerge_at(env, s, name, &tree, "default", serve, fprs, args)
+}
+
+/// `host_emerge` with the tree `tree` and the binhost at path `binhost` of `serve`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn host_emerge_at(
+    env: &Env,
+    s: &Scratch,
+    name: &str,
+    tree: &Path,
+    binhost: &str,
+    serve: &Serve,
+    fprs: &[&str],
+    args: &str,
+) -> (bool, String) {
     let stage3 = stage3_layer(env);
     let host = s.path().join(name);
     let binrepos = host.join("binrepos");
     std::fs::create_dir_all(&binrepos).unwrap();
     std::fs::create_dir_all(host.join("upper")).unwrap();
-    let conf = http_get(&format!("{}/default/binrepos.conf", serve.url));
-    assert!(conf.contains(&format!("{}/default", serve.url)), "{conf}");
+    let conf = http_get(&format!("{}/{binhost}/binrepos.conf", serve.url));
+    assert!(
+        conf.contains(&format!("{}/{binhost}\n", serve.url)),
+        "{conf}"
+    );
     assert!(conf.contains("verify-signature = true"), "{conf}");
     std::fs::write(binrepos.join("gbuild.conf"), conf).unwrap();
     for fpr in fprs {
-        let out = host_trust(env, serve, &host.join("upper"), fpr);
+        let out = host_trust_at(env, serve, binhost, &host.join("upper"), fpr);
         assert!(out.status.success(), "host trust: {}", util::stderr(&out));
     }
     let out = util::host_root_exec(
@@ -318,11 +348,7 @@ fn host_emerge(
         &stage3,
         &host.join("upper"),
         &[
-            (
-                &store.join("repos").join(snapshot),
-                "/var/db/repos/gentoo",
-                true,
-            ),
+            (tree, "/var/db/repos/gentoo", true),
             (&env.machine().join("config"), "/run/cfg", true),
             (&binrepos, "/run/binrepos", true),
         ],
@@ -704,6 +730,8 @@ fn builder_scenario_with_real_emerge() {
     assert!(binary.len() >= 7, "{binary:?}");
     // Substituted gpkgs are refused.
     refusals(&env, &s, &serve, &key1);
+    // The publication is generation 1; hosts can follow it by a tag.
+    let first = generations::tag_first(&env, &serve);
 
     // 1b. The first build is a pass: an imported machine whose world fails to build (greetd needs
     //     its build configuration under /etc/portage/savedconfig) idles `failed`; importing the
@@ -1061,6 +1089,10 @@ fn builder_scenario_with_real_emerge() {
     ));
     assert!(!hostup.join("usr/lib64/libquote.so.1").exists());
 
+    // Generations: the previous one served again byte for byte, and forward; a host that
+    // follows the tag still gets generation 1.
+    generations::rollback_and_tag_host(&env, &s, &serve, &first, &[&key1]);
+
     // 4. The machine takes an imported host configuration (the builder's own, exported from a
     //    host-like root, plus a package whose binary needs Linux 9.0 while the host runs 6.1).
     let hostroot = hostroot_from_builder(&env, &s.path().join("hostroot"), "20260201");
@@ -1394,6 +1426,9 @@ fn builder_scenario_with_real_emerge() {
         "{err}"
     );
     assert!(!err.contains("bootstrapping"), "{err}");
+
+    // 7. Retention: what nothing references goes, what is served stays.
+    generations::gc(&env, &s, &serve, &first);
 }
 
 /// The builder's /etc/portage and world set of `machine`, unpacked under `dest` (what a host
@@ -1444,7 +1479,7 @@ fn import(env: &Env, name: &str, bundle: &Path) {
 }
 
 /// Unpack a snapshot tarball as emerge-webrsync does (without its top directory).
-fn untar_snapshot(tarball: &Path, dest: &Path) {
+pub(crate) fn untar_snapshot(tarball: &Path, dest: &Path) {
     let out = util::output(
         Command::new("tar")
             .arg("--strip-components=1")

@@ -507,6 +507,143 @@ fn second_day_tree_shares_unchanged_files_and_equals_a_plain_unpack() {
     }
 }
 
+/// A Gentoo-shaped tree snapshot `top`: `cats` categories of `pkgs` packages, each with an
+/// ebuild, a Manifest and metadata.xml of a few KiB; `changed(i)` gives file number `i` other
+/// bytes (the next day's commits).
+fn gentoo_like(top: &str, cats: usize, pkgs: usize, changed: &dyn Fn(usize) -> bool) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    dir(&mut b, &format!("{top}/"), 0o755, 250);
+    let mut n = 0;
+    for c in 0..cats {
+        dir(&mut b, &format!("{top}/cat-{c}/"), 0o755, 250);
+        for p in 0..pkgs {
+            let d = format!("{top}/cat-{c}/pkg-{p}");
+            dir(&mut b, &format!("{d}/"), 0o755, 250);
+            for (name, len) in [
+                ("pkg-1.0.ebuild", 3000),
+                ("Manifest", 700),
+                ("metadata.xml", 1200),
+            ] {
+                let mut data: Vec<u8> = format!("cat-{c}/pkg-{p}/{name}\n").into_bytes();
+                data.resize(len, b'#');
+                let mut mtime = MTIME;
+                if changed(n) {
+                    data.extend_from_slice(b"KEYWORDS=\"amd64\"\n");
+                    mtime += 86400;
+                }
+                let mut h = header(tar::EntryType::Regular, 0o644, 250, data.len() as u64);
+                h.set_mtime(mtime);
+                raw(&mut b, h, &format!("{d}/{name}"), None, &data);
+                n += 1;
+            }
+        }
+    }
+    xz(&b.into_inner().unwrap())
+}
+
+/// Blocks (bytes) of the inodes under `root` by kind: (files, directories), each inode once,
+/// and the set of file inodes.
+fn usage(root: &Path) -> (u64, u64, std::collections::HashSet<u64>) {
+    let (mut files, mut dirs) = (0, 0);
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let md = std::fs::symlink_metadata(&d).unwrap();
+        dirs += md.blocks() * 512;
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            if md.is_dir() {
+                stack.push(p);
+            } else if seen.insert(md.ino()) {
+                files += md.blocks() * 512;
+            }
+        }
+    }
+    (files, dirs, seen)
+}
+
+#[test]
+fn next_day_costs_what_changed_and_gc_keeps_it_whole() {
+    let env = Env::new();
+    // 3,000 files; the next day 1% of them (every 100th) changed.
+    let t1 = env.write(
+        "gentoo-20250401.tar.xz",
+        &gentoo_like("gentoo-20250401", 20, 50, &|_| false),
+    );
+    let t2 = env.write(
+        "gentoo-20250402.tar.xz",
+        &gentoo_like("gentoo-20250402", 20, 50, &|i| i % 100 == 0),
+    );
+    let p1 = PathBuf::from(env.ok(&["layer", "unpack-repo", t1.to_str().unwrap()]));
+    let p2 = PathBuf::from(env.ok(&["layer", "unpack-repo", t2.to_str().unwrap()]));
+    let (f1, _, ino1) = usage(&p1);
+    let (f2, d2, ino2) = usage(&p2);
+    assert_eq!(ino2.len(), 3000);
+    let shared = ino2.intersection(&ino1).count();
+    assert_eq!(shared, 2970, "every unchanged file is a hardlink");
+    // What the second day adds in files: its 1% of changed files, about 1% of the first day's.
+    let added: u64 = {
+        let mut sum = 0;
+        let mut stack = vec![p2.clone()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                let md = std::fs::symlink_metadata(&p).unwrap();
+                if md.is_dir() {
+                    stack.push(p);
+                } else if !ino1.contains(&md.ino()) {
+                    sum += md.blocks() * 512;
+                }
+            }
+        }
+        sum
+    };
+    let pct = added as f64 * 100.0 / f1 as f64;
+    assert!((0.5..=2.0).contains(&pct), "day 2 adds {pct:.2}% in files");
+    assert!(f2 >= f1, "day 2 holds as much as day 1");
+    eprintln!(
+        "day 1: {} KiB of files; day 2 adds {} KiB of files ({pct:.2}%) and {} KiB of directories",
+        f1 / 1024,
+        added / 1024,
+        d2 / 1024
+    );
+
+    // gc: the older tree goes (it is neither the newest nor used), freeing only what it does
+    // not share; the newer one is whole.
+    let before = tree_listing(&p2);
+    let dry = env.ok(&["gc", "--dry-run"]);
+    let line = dry
+        .lines()
+        .find(|l| l.ends_with("repos/gentoo-20250401"))
+        .unwrap_or_else(|| panic!("{dry}"));
+    assert!(line.starts_with("tree"), "{line}");
+    // It frees its directories and its own 1% of files, not the files the next day shares.
+    let freed = {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let unit = match f[2] {
+            "B" => 1.0,
+            "KiB" => 1024.0,
+            "MiB" => 1048576.0,
+            u => panic!("{u}"),
+        };
+        (f[1].parse::<f64>().unwrap() * unit) as u64
+    };
+    assert!(freed < f1 / 2, "{line}: day 1 has {f1} bytes of files");
+    assert!(!dry.contains("repos/gentoo-20250402"), "{dry}");
+    assert!(p1.is_dir());
+    env.ok(&["gc"]);
+    assert!(!p1.exists());
+    assert_eq!(tree_listing(&p2), before);
+    assert_eq!(
+        std::fs::metadata(p2.join("cat-3/pkg-7/Manifest"))
+            .unwrap()
+            .nlink(),
+        1
+    );
+    assert_eq!(env.ok(&["gc", "--dry-run"]), "");
+}
+
 /// Mount image `image` of `store` read-only (lower dirs only) and run `script` with $M.
 fn with_image_mounted(env: &Env, store: &Path, image: &str, script: &str) -> String {
     let m = env.p("m-ro");

@@ -6,6 +6,7 @@ mod builder;
 mod cli;
 mod exec;
 mod fetch;
+mod generations;
 mod helpers;
 mod host;
 mod layer;

@@ -16,7 +16,9 @@
 //!   --wait` wakes the loop, which moves to the mirror's newest snapshot and publishes the package;
 //!   then the upgrade brings the host's tree to that snapshot (verified by the SHA512 the builder
 //!   signed), writes the binhost configuration and installs everything from binaries, and a
-//!   second `--pretend` finds nothing to do with the tree untouched.
+//!   second `--pretend` finds nothing to do with the tree untouched;
+//! - a host following a tag (`/desk@stable`) keeps that generation's record, index and tree
+//!   after the builder publishes a newer one.
 //!
 //! One store for both, so the stage3 is unpacked once.
 
@@ -797,4 +799,68 @@ fn stage3_default_and_a_real_desktop_host() {
         "the rebuilt builder's compiles missed the cache:\n{out}"
     );
     println!("ccache on a rebuilt builder: {hits} hit(s)");
+
+    // 6. A host that follows a tag keeps its generation while newer ones are published: the
+    //    generation it just installed is tagged, the builder publishes a newer one (a package
+    //    requested on demand), and `host upgrade` on the tag's binhost finds that generation's
+    //    record, index and tree (nothing to do), and points binrepos.conf at the tag; on the
+    //    untagged binhost the newer record builds a package its world lacks.
+    let tagged: u64 = sh(env
+        .gbuild()
+        .args(["publish", "--machine", "desk", "tag", "stable"]))
+    .trim()
+    .parse()
+    .unwrap();
+    let stable = format!("{}/desk@stable", serve.url);
+    let stable_index = builder::http_get(&format!("{stable}/Packages"));
+    let stable_release = builder::http_get(&format!("{stable}/release.asc"));
+    assert_eq!(
+        stable_index,
+        builder::http_get(&format!("{binhost}/Packages"))
+    );
+    sh(env
+        .gbuild()
+        .args(["request", "--machine", "desk", "dev-plang/plang-yaml"]));
+    let out = util::output(env.gbuild().args(["build", "--once", "--machine", "desk"]));
+    assert!(out.status.success(), "{}", util::stderr(&out));
+    let gens: Vec<serde_json::Value> = serde_json::from_str(&sh(env.gbuild().args([
+        "publish",
+        "--machine",
+        "desk",
+        "list",
+        "--json",
+    ])))
+    .unwrap();
+    let newest = gens.last().and_then(|g| g["generation"].as_u64()).unwrap();
+    assert!(newest > tagged, "{gens:?}");
+    assert!(
+        builder::http_get(&format!("{binhost}/Packages")).contains("CPV: dev-plang/plang-yaml-1.0"),
+        "the newer generation is served at /desk/"
+    );
+    assert_eq!(
+        builder::http_get(&format!("{stable}/Packages")),
+        stable_index
+    );
+    assert_eq!(
+        builder::http_get(&format!("{stable}/release.asc")),
+        stable_release
+    );
+    let out = host_upgrade(&env, &up, &conf, &repos, &keyring, &stable, &[]);
+    let (text, err) = (util::stdout(&out), util::stderr(&out));
+    assert_eq!(out.status.code(), Some(0), "{err}\n{text}");
+    assert!(err.contains("already the served snapshot"), "{err}");
+    let (compiled, binary) = builder::counts(&text);
+    assert!(compiled.is_empty() && binary.is_empty(), "{err}\n{text}");
+    assert!(!installed_in(&up, "dev-plang/plang-yaml"));
+    let binrepos =
+        std::fs::read_to_string(up.join("upper/etc/portage/binrepos.conf/gbuild-desk.conf"))
+            .unwrap();
+    assert!(
+        binrepos.contains(&format!("sync-uri = {stable}\n")),
+        "{binrepos}"
+    );
+    let out = host_upgrade(&env, &up, &conf, &repos, &keyring, &binhost, &["--pretend"]);
+    let err = util::stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("dev-plang/plang-yaml"), "{err}");
 }
