@@ -31,6 +31,7 @@ use crate::builder::{generations, BuildEnv, BuilderError, Machine, MachineLock, 
 use crate::config::Config;
 use crate::layer::ns::Helper;
 use crate::layer::{self, LayerError, StoreLock};
+use crate::progress::human_bytes;
 use crate::store::Store;
 
 #[derive(Debug, thiserror::Error)]
@@ -458,22 +459,6 @@ pub fn after_pass(env: &BuildEnv, m: &MachineLock) {
         ),
         Ok(_) => {}
         Err(e) => tracing::warn!("gc after the pass: {e}"),
-    }
-}
-
-/// `1.5 MiB`.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
     }
 }
 

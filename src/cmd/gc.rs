@@ -1,7 +1,8 @@
 //! `gbuild gc [--dry-run]`: remove what nothing references (layers, images, trees, downloads,
 //! generations beyond `keep`, leftovers of crashed commands), or list it with sizes.
 
-use gbuild::gc::{self, human_bytes};
+use gbuild::gc;
+use gbuild::progress::human_bytes;
 
 use super::Ctx;
 

@@ -13,6 +13,7 @@ use super::index::{safe_rel, IndexCache};
 use crate::builder::state::{
     AbiWarning, LoopState, PassKind, PassOutcome, PassRecord, PublishedInfo, State,
 };
+use crate::progress::human_bytes;
 use crate::store::{valid_name, Store};
 
 /// Append to a page being rendered: `fmt::Write` into a `String` cannot fail, so there is no
@@ -289,21 +290,6 @@ fn ago(secs: i64) -> String {
         format!("{} days ago", d / 86_400)
     };
     format!("{} ({s})", utc(secs))
-}
-
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }
 
 fn state_class(s: LoopState) -> &'static str {
