@@ -36,6 +36,73 @@ use crate::store::Store;
 
 const CHUNK: usize = 1 << 20;
 const CHANNEL_DEPTH: usize = 16;
+/// What a file or directory costs on disk beyond its content, for `Flusher`.
+const BLOCK: u64 = 4096;
+/// Bytes (content, plus a block per file and directory) written between two early writebacks.
+const FLUSH_EVERY: u64 = 16 << 20;
+
+/// Early writeback while an archive is written: every unpack ends with a `syncfs` before the
+/// result is renamed into place, and on its own that final sync writes everything at once while
+/// nothing else runs. Every `FLUSH_EVERY` bytes a background thread starts a `syncfs` of the
+/// target's filesystem, so the disk works while files are still being created and the final
+/// sync finds little left. A flush already queued is not queued twice; the background syncs'
+/// errors are left to the final sync, which reports them.
+struct Flusher {
+    dir: PathBuf,
+    pending: u64,
+    kick: Option<SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Flusher {
+    fn new(dir: &Path) -> Flusher {
+        Flusher {
+            dir: dir.to_path_buf(),
+            pending: 0,
+            kick: None,
+            thread: None,
+        }
+    }
+
+    /// Count `n` bytes made dirty; start a writeback when enough have gathered.
+    fn wrote(&mut self, n: u64) {
+        self.pending += n;
+        if self.pending < FLUSH_EVERY {
+            return;
+        }
+        self.pending = 0;
+        if self.kick.is_none() {
+            let Ok(dir) = File::open(&self.dir) else {
+                // No early writeback (tried again at the next threshold); the final sync
+                // still covers everything.
+                return;
+            };
+            let (tx, rx) = sync_channel::<()>(1);
+            self.kick = Some(tx);
+            self.thread = Some(std::thread::spawn(move || {
+                use std::os::fd::AsRawFd;
+                for () in rx {
+                    // Only a head start: the caller's final syncfs reports any error.
+                    let _ = nix::unistd::syncfs(dir.as_raw_fd());
+                }
+            }));
+        }
+        if let Some(tx) = &self.kick {
+            // Full means a flush is already queued, which covers these bytes too.
+            let _ = tx.try_send(());
+        }
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        self.kick = None;
+        if let Some(t) = self.thread.take() {
+            // The thread only runs syncfs; a panic there has nothing to report.
+            let _ = t.join();
+        }
+    }
+}
 
 /// How entries are written.
 #[derive(Debug, Clone)]
@@ -513,6 +580,7 @@ pub fn unpack_tar<R: Read>(r: R, dest: &Path, opts: &UnpackOptions) -> Result<Un
     let mut w = Writer {
         root: dest.to_path_buf(),
         prev,
+        flusher: Flusher::new(dest),
         opts,
         known: HashSet::new(),
         deferred: Vec::new(),
@@ -543,6 +611,7 @@ struct Writer<'a> {
     root: PathBuf,
     /// `opts.link_from`, open.
     prev: Option<crate::beneath::Beneath>,
+    flusher: Flusher,
     opts: &'a UnpackOptions,
     /// Relative paths (bytes) known to be real directories, not symlinks.
     known: HashSet<Vec<u8>>,
@@ -804,13 +873,17 @@ impl Writer<'_> {
     }
 
     fn dir(&mut self, path: &Path, rel: Vec<u8>, raw: &[u8], m: EntryMeta) -> Result<()> {
-        match std::fs::symlink_metadata(path) {
-            Ok(md) if md.is_dir() => {}
-            Ok(_) => {
-                self.clear(path, raw)?;
-                std::fs::create_dir(path).at("create directory", path)?;
+        // Creating first saves a `stat` per directory in the common case of a fresh tree.
+        match std::fs::create_dir(path) {
+            Ok(()) => self.flusher.wrote(BLOCK),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let md = std::fs::symlink_metadata(path).at("stat", path)?;
+                if !md.is_dir() {
+                    self.clear(path, raw)?;
+                    std::fs::create_dir(path).at("create directory", path)?;
+                }
             }
-            Err(_) => std::fs::create_dir(path).at("create directory", path)?,
+            Err(e) => return Err(FsError::new("create directory", path, e).into()),
         }
         if self.opts.owners {
             self.chown(path, None, m.uid, m.gid, raw)?;
@@ -850,7 +923,9 @@ impl Writer<'_> {
             };
             f.write_all(&self.buf[..n]).at("write", path)?;
             self.stats.content_bytes += n as u64;
+            self.flusher.wrote(n as u64);
         }
+        self.flusher.wrote(BLOCK);
         if self.opts.owners {
             self.chown(path, Some(&f), m.uid, m.gid, raw)?;
         }
