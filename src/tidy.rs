@@ -811,3 +811,53 @@ fn flock_only_in_the_lock_module() {
         bad.join("\n")
     );
 }
+
+/// Whether a string literal spells a temporary file name of its own, beside fsutil's scheme:
+/// `.tmp…`, `….tmp`, `….new`, `….part`, `…~` (the store's `.partial` downloads are named by
+/// `src/store.rs`).
+fn own_temp_name(lit: &str) -> bool {
+    let last = lit.rsplit('/').next().unwrap_or(lit);
+    last.starts_with(".tmp")
+        || last.starts_with("{}.tmp")
+        || [".tmp", ".new", ".part", "~"]
+            .iter()
+            .any(|s| last.len() > s.len() && last.ends_with(s))
+}
+
+#[test]
+fn temporary_names_from_one_scheme() {
+    let mut bad = Vec::new();
+    for (path, text) in rust_files("src") {
+        if ["src/fsutil.rs", "src/store.rs"].contains(&path.as_str()) || path.ends_with("tidy.rs") {
+            continue;
+        }
+        for (n, lit) in string_literals(&text) {
+            if own_temp_name(&lit) {
+                bad.push(format!("{path}:{n}: \"{lit}\""));
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "temporary names outside fsutil's `.tmp-<purpose>-<pid>-<n>` scheme (gc would not know \
+         them; use fsutil::temp_path):\n{}",
+        bad.join("\n")
+    );
+}
+
+#[test]
+fn the_temp_name_check_sees_other_schemes() {
+    for lit in [
+        ".tmp",
+        "x/.tmp-a",
+        "{name}.tmp",
+        "Packages.new",
+        "blob.part",
+        "file~",
+    ] {
+        assert!(own_temp_name(lit), "{lit}");
+    }
+    for lit in ["~", "a.tmpl", "news", "Packages", "x.partial"] {
+        assert!(!own_temp_name(lit), "{lit}");
+    }
+}
