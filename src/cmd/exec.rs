@@ -71,7 +71,7 @@ pub fn run(ctx: &Ctx, o: ExecOpts) -> anyhow::Result<i32> {
                 (u.clone(), work)
             }
             None => {
-                let base = gbuild::runtime::default_state_root().join("scratch");
+                let base = gbuild::runtime::default_scratch_root();
                 std::fs::create_dir_all(&base)
                     .with_context(|| format!("create {}", base.display()))?;
                 let t = tempfile::Builder::new()
