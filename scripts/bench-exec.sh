@@ -118,4 +118,6 @@ if bw:
 else:
     r = gb / un
     print(f"bwrap not installed; target gbuild/unshare <= {target:.1f}x: {'met' if r <= target else 'not met'}")
+# For scripts/bench-all.sh: name|target|measured|met.
+print(f"RESULT exec start / {name}|<= {target:.1f}|{r:.2f}x|{'met' if r <= target else 'NOT met'}")
 PY
