@@ -150,12 +150,17 @@ upper_dir() {
   (cd "$work/x1" && u tar -cf - -T "$work/changed.list") | u tar -xf - -C "$work/upper"
   u sh -c 'while read -r f; do echo "round $1" >> "$2/$f"; done' sh "$1" "$work/upper" < "$work/changed.list"
 }
+# The floor beside it: the same two commands with an empty upper dir (no new layer), which
+# tells the fixed cost of a snapshot from the cost of the change.
+snap_inc="env GBUILD_STORE='$work/s1' $S layer commit --image bench --upper '$work/upper' \
+  --new-image bench-next >/dev/null && env GBUILD_STORE='$work/s1' $S snapshot --image bench-next -o '$work/oci-inc'"
 for round in $(seq "$runs"); do
-  once "upper_dir $round" sh -c "env GBUILD_STORE='$work/s1' $S layer commit --image bench \
-    --upper '$work/upper' --new-image bench-next >/dev/null && \
-    env GBUILD_STORE='$work/s1' $S snapshot --image bench-next -o '$work/oci-inc'"; keep gb_snap_inc
+  once "upper_dir $round" sh -c "$snap_inc"; keep gb_snap_inc
+  once "g unshare -- rm -rf $work/upper $work/oci-inc; u mkdir $work/upper" sh -c "$snap_inc"; keep gb_snap_0
 done
-show gb_snap_inc "commit 1% + snapshot ($changed files)"
+show gb_snap_inc "commit 1% + snapshot ($changed files)"; show gb_snap_0 "commit 0% + snapshot (the floor)"
+python3 -c "import sys; i, z, f = map(float, sys.argv[1:]); print(f'snap 1% {i/f:.3f}x of a full snapshot, floor (0%) {z/f:.3f}x, change alone {(i-z)/f:.3f}x', file=sys.stderr)" \
+  "${best[gb_snap_inc]}" "${best[gb_snap_0]}" "${best[gb_snap]}"
 
 for _ in $(seq "$runs"); do
   once "fresh $work/s2" env GBUILD_STORE="$work/s2" $S restore "$work/oci-full"; keep gb_restore

@@ -80,6 +80,14 @@ pub fn fsync_dir(dir: &Path) -> Result<(), FsError> {
         .at("fsync directory", dir)
 }
 
+/// The directory that names `path`: its parent, `.` for a relative name without one.
+fn dir_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
 /// The one scheme of temporary names in the store: `.tmp-<purpose>-<pid>-<n>`, where `pid` is the
 /// process that made it and `n` counts within that process. A dot name is never one the store
 /// lists, and `gc` (and the next holder of a machine's lock) recognises a leftover by the scheme
@@ -198,9 +206,7 @@ impl AtomicFile {
         file.sync_all().at("fsync", &self.tmp)?;
         drop(file);
         fs::rename(&self.tmp, &self.dest).at("rename into place", &self.dest)?;
-        if let Some(parent) = self.dest.parent() {
-            fsync_dir(parent)?;
-        }
+        fsync_dir(dir_of(&self.dest))?;
         Ok(())
     }
 }
@@ -234,9 +240,7 @@ pub fn remove_file_if_exists(path: &Path) -> Result<(), FsError> {
 /// Rename a completed directory into place atomically and make the rename durable.
 pub fn rename_dir_into_place(tmp: &Path, dest: &Path) -> Result<(), FsError> {
     fs::rename(tmp, dest).at("rename into place", dest)?;
-    if let Some(parent) = dest.parent() {
-        fsync_dir(parent)?;
-    }
+    fsync_dir(dir_of(dest))?;
     Ok(())
 }
 

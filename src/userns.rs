@@ -129,8 +129,13 @@ pub fn run(cmd: Command, map: &IdMapping) -> Result<ExitStatus, UsernsError> {
 /// Write the uid and gid maps of process `pid`.
 pub fn write_maps(pid: u32, map: &IdMapping) -> Result<(), UsernsError> {
     if map.is_full() {
-        map_tool("newuidmap", pid, &map.uid)?;
-        map_tool("newgidmap", pid, &map.gid)?;
+        // The two maps are independent files: both tools run at once (each is an exec of a
+        // setuid program, a fixed cost of every namespace gbuild enters).
+        let uid = map_tool("newuidmap", pid, &map.uid)?;
+        let gid = map_tool("newgidmap", pid, &map.gid);
+        let uid = uid.wait();
+        gid?.wait()?;
+        uid?;
     } else {
         // A single mapping of our own ids needs no helper; setgroups must be denied first.
         let w = |file: &str, text: String| {
@@ -154,7 +159,36 @@ fn lines(ranges: &[IdRange]) -> String {
         .collect()
 }
 
-fn map_tool(tool: &'static str, pid: u32, ranges: &[IdRange]) -> Result<(), UsernsError> {
+/// A map tool started by [`map_tool`]; `wait` reports its failure.
+struct MapTool {
+    tool: &'static str,
+    args: Vec<String>,
+    child: std::process::Child,
+}
+
+impl MapTool {
+    fn wait(self) -> Result<(), UsernsError> {
+        let out = self
+            .child
+            .wait_with_output()
+            .map_err(|e| UsernsError::Map {
+                tool: self.tool,
+                args: self.args.join(" "),
+                stderr: e.to_string(),
+            })?;
+        if !out.status.success() {
+            return Err(UsernsError::Map {
+                tool: self.tool,
+                args: self.args.join(" "),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Start `tool` (newuidmap or newgidmap) writing `ranges` as the map of `pid`.
+fn map_tool(tool: &'static str, pid: u32, ranges: &[IdRange]) -> Result<MapTool, UsernsError> {
     let mut args = vec![pid.to_string()];
     for r in ranges {
         args.extend([
@@ -163,22 +197,18 @@ fn map_tool(tool: &'static str, pid: u32, ranges: &[IdRange]) -> Result<(), User
             r.count.to_string(),
         ]);
     }
-    let out = Command::new(tool)
+    let child = Command::new(tool)
         .args(&args)
-        .output()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .map_err(|e| UsernsError::Map {
             tool,
             args: args.join(" "),
             stderr: e.to_string(),
         })?;
-    if !out.status.success() {
-        return Err(UsernsError::Map {
-            tool,
-            args: args.join(" "),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(())
+    Ok(MapTool { tool, args, child })
 }
 
 /// Remove `path` and everything below it, including files owned by subordinate ids and

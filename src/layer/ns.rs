@@ -141,6 +141,11 @@ impl Helper {
         parent: Option<&str>,
         source: &str,
     ) -> Result<Option<LayerInfo>> {
+        // An empty upper dir makes no layer: when it can be listed from here, that takes no
+        // namespace (one that cannot is the helper's to list, or to report).
+        if std::fs::read_dir(upper).is_ok_and(|mut d| d.next().is_none()) {
+            return Ok(None);
+        }
         match self.call(Request::Commit {
             upper: abs(upper),
             parent: parent.map(str::to_string),

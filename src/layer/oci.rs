@@ -143,10 +143,9 @@ fn encoding(c: Compression) -> String {
 }
 
 /// Write the compressed canonical tarball of layer `id` as `blob_dir/<digest>`. A blob of the
-/// same layer and encoding from an earlier snapshot is reused (linked, or copied across
-/// filesystems) after its digest is checked; otherwise the layer is packed, its content checked
-/// to still hash to the id, and the new blob kept in the store's blob cache. Runs inside the
-/// namespace.
+/// same layer and encoding from an earlier snapshot is reused (see [`cached_blob`]); otherwise the
+/// layer is packed, its content checked to still hash to the id, and the new blob kept in the
+/// store's blob cache. Runs inside the namespace.
 pub fn pack_blob(
     store: &Store,
     id: &str,
@@ -154,16 +153,29 @@ pub fn pack_blob(
     compression: Compression,
     progress: Option<&Progress>,
 ) -> Result<BlobInfo> {
-    let info = layer_info(store, id)?;
-    if let Some(b) = reuse_cached(store, id, blob_dir, compression)? {
+    if let Some(b) = cached_blob(store, id, blob_dir, compression)? {
         if let Some(p) = progress {
-            p.inc(info.size);
+            p.inc(layer_info(store, id)?.size);
         }
         return Ok(b);
     }
     let b = pack_new_blob(store, id, blob_dir, compression, progress)?;
     keep_in_cache(store, &b, &blob_dir.join(&b.digest), compression)?;
     Ok(b)
+}
+
+/// The cached blob of layer `id` in `compression`, placed in `blob_dir` (linked, or copied across
+/// filesystems) once it checks out against its record; `None` when there is none. Blob cache and
+/// layout belong to the caller, so this needs no namespace: a snapshot whose layers all have a
+/// cached blob starts no helper.
+pub fn cached_blob(
+    store: &Store,
+    id: &str,
+    blob_dir: &Path,
+    compression: Compression,
+) -> Result<Option<BlobInfo>> {
+    layer_info(store, id)?;
+    reuse_cached(store, id, blob_dir, compression)
 }
 
 fn pack_new_blob(
@@ -258,9 +270,56 @@ fn link_or_copy(src: &Path, dest: &Path) -> Result<()> {
     }
 }
 
-/// The cached blob of layer `id` in `compression`, placed in `blob_dir` once its digest and size
-/// are those of its record; `None` when there is none. A record or blob that does not check out
-/// is dropped (and the blob written anew).
+/// What identifies one version of a file without reading it: the same inode of the same file
+/// system, with the same size and modification time (to the nanosecond). A file written in place
+/// changes its mtime; a file replaced, copied back or restored from a backup is another inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> Result<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let md = std::fs::metadata(path).at("stat", path)?;
+        Ok(FileStamp {
+            dev: md.dev(),
+            ino: md.ino(),
+            size: md.len(),
+            mtime: md.mtime(),
+            mtime_nsec: md.mtime_nsec(),
+        })
+    }
+}
+
+/// A blob cache record, `blobs/<layer id>.<encoding>.json`: the blob, and the stamp of the cached
+/// file when its sha256 was last known to be the record's (written, or checked in full). Records
+/// without a stamp (older gbuild) are checked in full once, then stamped.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CacheRecord {
+    #[serde(flatten)]
+    blob: BlobInfo,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    verified: Option<FileStamp>,
+}
+
+fn write_record(store: &Store, b: &BlobInfo, stamp: FileStamp, c: Compression) -> Result<()> {
+    let record = CacheRecord {
+        blob: b.clone(),
+        verified: Some(stamp),
+    };
+    super::write_json(&store.cached_blob_record(&b.diff_id, &encoding(c)), &record)
+}
+
+/// The cached blob of layer `id` in `compression`, placed in `blob_dir` once it is the record's;
+/// `None` when there is none. The blob's sha256 is not read again while the cached file still has
+/// the stamp recorded when its digest was last established; any other file (another inode, size
+/// or mtime) is hashed in full, and stamped again when it checks out. A record or blob that does
+/// not check out is dropped (and the blob written anew).
 fn reuse_cached(
     store: &Store,
     id: &str,
@@ -268,7 +327,11 @@ fn reuse_cached(
     compression: Compression,
 ) -> Result<Option<BlobInfo>> {
     let record = store.cached_blob_record(id, &encoding(compression));
-    let Ok(info) = super::read_json::<BlobInfo>(&record) else {
+    let Ok(CacheRecord {
+        blob: info,
+        verified,
+    }) = super::read_json::<CacheRecord>(&record)
+    else {
         return Ok(None);
     };
     let drop_entry = |info: &BlobInfo| {
@@ -287,22 +350,27 @@ fn reuse_cached(
         return Ok(None);
     }
     let cached = store.cached_blob(&info.digest);
-    if !cached.is_file() {
+    let Ok(stamp) = FileStamp::of(&cached) else {
         drop_entry(&info);
         return Ok(None);
-    }
+    };
     let dest = blob_dir.join(&info.digest);
-    link_or_copy(&cached, &dest)?;
-    if hash_file(&dest)? != (info.digest.clone(), info.size) {
-        std::fs::remove_file(&dest).at("remove", &dest)?;
+    if verified == Some(stamp) && stamp.size == info.size {
+        link_or_copy(&cached, &dest)?;
+        return Ok(Some(info));
+    }
+    // Stamped before the read: a change while hashing gives another stamp next time.
+    if hash_file(&cached)? != (info.digest.clone(), info.size) {
         drop_entry(&info);
         return Ok(None);
     }
+    write_record(store, &info, stamp, compression)?;
+    link_or_copy(&cached, &dest)?;
     Ok(Some(info))
 }
 
 /// Keep the blob `blob` (just written, synced) in the blob cache: the file first, then the
-/// record that names it.
+/// record that names it, stamped with the file as written.
 fn keep_in_cache(store: &Store, b: &BlobInfo, blob: &Path, compression: Compression) -> Result<()> {
     let cached = store.cached_blob(&b.digest);
     let dir = store.cached_blobs();
@@ -311,10 +379,20 @@ fn keep_in_cache(store: &Store, b: &BlobInfo, blob: &Path, compression: Compress
         link_or_copy(blob, &cached)?;
         crate::fsutil::fsync_dir(&dir)?;
     }
-    super::write_json(
-        &store.cached_blob_record(&b.diff_id, &encoding(compression)),
-        b,
-    )
+    let stamp = FileStamp::of(&cached)?;
+    let (digest, size) = if stamp == FileStamp::of(blob)? {
+        // The file just written and hashed on the way.
+        (b.digest.clone(), b.size)
+    } else {
+        // A cached file from before (or a copy): its digest is established by reading it.
+        hash_file(&cached)?
+    };
+    if (digest.as_str(), size) != (b.digest.as_str(), b.size) {
+        // Another file under this digest's name: it goes, and the next snapshot caches anew.
+        std::fs::remove_file(&cached).at("remove", &cached)?;
+        return Ok(());
+    }
+    write_record(store, b, stamp, compression)
 }
 
 /// Drop blob cache entries of layers no longer in the store (`removed`, or missing), then the
@@ -363,10 +441,30 @@ pub struct ExportResult {
     pub blobs: Vec<BlobInfo>,
 }
 
-fn write_blob(blob_dir: &Path, data: &[u8]) -> Result<String> {
+/// Write `data` as `path` in the layout being built (a temporary directory nobody else reads, so
+/// no temporary name of its own); the file is synced with the others before the layout is
+/// renamed into place. Returns the path.
+fn write_file(path: PathBuf, data: &[u8]) -> Result<PathBuf> {
+    std::fs::write(&path, data).at("write", &path)?;
+    Ok(path)
+}
+
+fn write_blob(blob_dir: &Path, data: &[u8]) -> Result<(String, PathBuf)> {
     let digest = hex::encode(sha2::Sha256::digest(data));
-    crate::fsutil::atomic_write(&blob_dir.join(&digest), data)?;
-    Ok(digest)
+    let path = write_file(blob_dir.join(&digest), data)?;
+    Ok((digest, path))
+}
+
+/// fsync `files`, then the directories that name them: after all the writes, so that the first
+/// fsync's journal commit carries the others (with ext4's ordered data, one commit).
+fn sync_all(files: &[PathBuf], dirs: &[&Path]) -> Result<()> {
+    for f in files {
+        File::open(f).and_then(|f| f.sync_all()).at("fsync", f)?;
+    }
+    for d in dirs {
+        crate::fsutil::fsync_dir(d)?;
+    }
+    Ok(())
 }
 
 /// The default snapshot directory of an image: `exports/<name>`.
@@ -406,7 +504,31 @@ pub fn export(
     let blob_dir = tmp.join("blobs/sha256");
     std::fs::create_dir_all(&blob_dir).at("create directory", &blob_dir)?;
     let r = (|| {
-        let blobs = helper.pack_blobs(&img.layers, &blob_dir, compression)?;
+        // Cached blobs are linked from here; only the layers without one are packed, by the
+        // helper (layer files belong to subordinate ids).
+        let mut blobs = Vec::with_capacity(img.layers.len());
+        let mut missing = Vec::new();
+        for id in &img.layers {
+            let b = cached_blob(store, id, &blob_dir, compression)?;
+            if b.is_none() {
+                missing.push(id.clone());
+            }
+            blobs.push(b);
+        }
+        let mut packed = if missing.is_empty() {
+            Vec::new()
+        } else {
+            helper.pack_blobs(&missing, &blob_dir, compression)?
+        }
+        .into_iter();
+        let blobs = blobs
+            .into_iter()
+            .map(|b| b.or_else(|| packed.next()))
+            .collect::<Option<Vec<BlobInfo>>>()
+            .ok_or_else(|| LayerError::HelperAnswer {
+                request: "pack-blobs",
+                reply: format!("fewer blobs than the {} layers asked for", missing.len()),
+            })?;
         let config = Config {
             architecture: img.architecture.clone(),
             os: "linux".into(),
@@ -420,7 +542,7 @@ pub fn export(
             },
         };
         let config_json = serde_json::to_vec(&config).expect("serialisable");
-        let config_digest = write_blob(&blob_dir, &config_json)?;
+        let (config_digest, config_file) = write_blob(&blob_dir, &config_json)?;
         let manifest = Manifest {
             schema_version: 2,
             media_type: Some(MT_MANIFEST.into()),
@@ -441,7 +563,7 @@ pub fn export(
                 .collect(),
         };
         let manifest_json = serde_json::to_vec(&manifest).expect("serialisable");
-        let manifest_digest = write_blob(&blob_dir, &manifest_json)?;
+        let (manifest_digest, manifest_file) = write_blob(&blob_dir, &manifest_json)?;
         let index = Index {
             schema_version: 2,
             media_type: Some(MT_INDEX.into()),
@@ -454,12 +576,16 @@ pub fn export(
         };
         let mut index_json = serde_json::to_vec(&index).expect("serialisable");
         index_json.push(b'\n');
-        crate::fsutil::atomic_write(&tmp.join("index.json"), &index_json)?;
-        crate::fsutil::atomic_write(
-            &tmp.join("oci-layout"),
+        let index_file = write_file(tmp.join("index.json"), &index_json)?;
+        let layout_file = write_file(
+            tmp.join("oci-layout"),
             b"{\"imageLayoutVersion\":\"1.0.0\"}\n",
         )?;
-        crate::fsutil::fsync_dir(&blob_dir)?;
+        // Layer blobs were synced when written (a cached one long ago).
+        sync_all(
+            &[config_file, manifest_file, index_file, layout_file],
+            &[&blob_dir, &tmp.join("blobs"), &tmp],
+        )?;
         if out.exists() {
             std::fs::remove_dir(out).at("remove", out)?;
         }
@@ -644,6 +770,38 @@ mod tests {
         e.multithread(threads).unwrap();
         e.write_all(data).unwrap();
         e.finish().unwrap()
+    }
+
+    #[test]
+    fn cache_records_with_and_without_a_stamp() {
+        let blob = BlobInfo {
+            diff_id: "a".repeat(64),
+            digest: "b".repeat(64),
+            size: 7,
+            media_type: Compression::Zstd.media_type(),
+        };
+        // A record written before stamps: read, with nothing verified.
+        let old = serde_json::to_vec(&blob).unwrap();
+        let r: CacheRecord = serde_json::from_slice(&old).unwrap();
+        assert_eq!((r.blob.clone(), r.verified), (blob.clone(), None));
+        // A stamped record keeps its stamp, and still reads as the blob (gc reads it so).
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("f");
+        std::fs::write(&f, b"content").unwrap();
+        let stamp = FileStamp::of(&f).unwrap();
+        assert_eq!(stamp.size, 7);
+        let new = serde_json::to_vec(&CacheRecord {
+            blob: blob.clone(),
+            verified: Some(stamp),
+        })
+        .unwrap();
+        let r: CacheRecord = serde_json::from_slice(&new).unwrap();
+        assert_eq!(r.verified, Some(stamp));
+        assert_eq!(serde_json::from_slice::<BlobInfo>(&new).unwrap(), blob);
+        // A write in place is another stamp.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&f, b"CONTENT").unwrap();
+        assert_ne!(FileStamp::of(&f).unwrap(), stamp);
     }
 
     #[test]

@@ -796,6 +796,24 @@ fn commit_snapshot_restore_round_trip() {
     let fresh = env.ok(&["snapshot", "--image", "fx/next", "-o", s4.to_str().unwrap()]);
     assert_eq!(fresh, manifest);
     assert_eq!(tree_bytes(&s4), tree_bytes(&s2));
+    // The same damage as another file given the cached one's size and modification time: not
+    // the inode the cache recorded, so the blob is read, refused, and the layer packed again.
+    let mtime = std::fs::metadata(&cached).unwrap().modified().unwrap();
+    let mut data = std::fs::read(&cached).unwrap();
+    data[mid] ^= 0x55;
+    let swap = env.store().join("blobs/sha256/swap");
+    std::fs::write(&swap, &data).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&swap)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    std::fs::rename(&swap, &cached).unwrap();
+    let s5 = env.p("snap5");
+    let fresh = env.ok(&["snapshot", "--image", "fx/next", "-o", s5.to_str().unwrap()]);
+    assert_eq!(fresh, manifest);
+    assert_eq!(tree_bytes(&s5), tree_bytes(&s2));
     std::fs::remove_dir_all(&s1).unwrap();
     std::fs::remove_dir_all(&s3).unwrap();
 
