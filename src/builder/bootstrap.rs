@@ -10,20 +10,19 @@
 //! the package and the log instead of an error; PKGDIR keeps every binpkg built before the
 //! failure, so the next attempt installs those from binaries (`--usepkg`).
 //!
-//! It runs as a named list of steps, catalyst's prepare / build / finish ([`Step`]): each is
-//! announced (`bootstrap step NAME`, in the log too), recorded in `last_pass.steps` with the key
-//! of its inputs (stage3, configuration, snapshot, recipe), and skipped when a previous attempt
-//! did it with the same key and its product is still there: the stage3 and configuration
-//! images, and, when the attempt that failed was this process's (the loop idling after a
-//! failure), the build steps already done in the upper dir it left.
+//! It runs as a named list of steps, catalyst's prepare / build / finish ([`Step`], run by
+//! `super::steps` like the pass's): each is announced (`bootstrap step NAME`, in the log too),
+//! recorded in `last_pass.steps` with the key of its inputs (stage3, configuration, snapshot,
+//! recipe), and skipped when a previous attempt did it with the same key and its product is
+//! still there: the stage3 and configuration images, and, when the attempt that failed was this
+//! process's (the loop idling after a failure), the build steps already done in the upper dir it
+//! left.
 
 use std::path::{Path, PathBuf};
 
 use super::emerge;
 use super::session::{PassResult, Session};
-use super::state::{
-    now, LastPass, LoopState, PassKind, PassOutcome, State, StepRecord, StepResult,
-};
+use super::state::{now, LastPass, LoopState, PassKind, PassOutcome, State};
 use super::{BuildEnv, BuilderError, ConfigMode, Machine, MachineLock, Result};
 use crate::fsutil::IoContext;
 use crate::layer;
@@ -51,6 +50,16 @@ pub enum Step {
     Distcc,
     /// finish: the upper dir sealed as `<M>/bootstrap`, the machine's record written.
     Seal,
+}
+
+impl super::steps::Step for Step {
+    fn name(self) -> &'static str {
+        Step::name(self)
+    }
+
+    fn phase(self) -> &'static str {
+        Step::phase(self)
+    }
 }
 
 impl Step {
@@ -140,15 +149,10 @@ pub fn bootstrap(env: &BuildEnv, m: &MachineLock, recipe: &str) -> Result<PassRe
         .last_pass
         .filter(|lp| lp.kind == PassKind::Bootstrap && lp.result == PassOutcome::Failed);
     let leftover = own_work_dir(m, previous.as_ref());
-    // Done before with these inputs: a step whose product is still there is not redone.
-    let done_before = |step: Step| {
-        previous.as_ref().is_some_and(|lp| {
-            lp.steps.iter().any(|r| {
-                r.name == step.name() && r.result != StepResult::Failed && r.key == inp.key
-            })
-        })
-    };
-    let resume = leftover.is_some() && done_before(Step::Cycles);
+    // The build steps go on in the upper dir of this process's failed attempt when it got
+    // past the cycles with the same inputs.
+    let resume = leftover.is_some()
+        && super::steps::done_before(previous.as_ref(), Step::Cycles.name(), &inp.key);
     let bdir = match (&leftover, resume) {
         (Some(d), true) => d.clone(),
         _ => {
@@ -193,43 +197,19 @@ pub fn bootstrap(env: &BuildEnv, m: &MachineLock, recipe: &str) -> Result<PassRe
     // goes); the steps record into it there.
     s.state = Some(state);
 
-    let mut outcome = Ok(());
-    for step in Step::ALL {
-        let skip = match step {
-            Step::Stage3 => layer::image::load(&env.store, &inp.stage3_img).is_ok(),
-            Step::Config => {
-                done_before(step) && layer::image::load(&env.store, &inp.cfg_img).is_ok()
-            }
-            Step::Seal => false,
-            _ => resume && done_before(step),
-        };
-        if skip {
-            record(&mut s, m, step, StepResult::Skipped, &inp.key)?;
-            continue;
-        }
-        crate::progress::note(&format!(
-            "bootstrap step {} ({})",
-            step.name(),
-            step.phase()
-        ));
-        s.log_line(&format!("step {} ({})", step.name(), step.phase()))?;
-        let r = run_step(env, m, &mut s, &inp, step, recipe, &bdir, &upper);
-        match r {
-            Ok(ran) => {
-                let result = if ran {
-                    StepResult::Done
-                } else {
-                    StepResult::Skipped
-                };
-                record(&mut s, m, step, result, &inp.key)?;
-            }
-            Err(e) => {
-                record(&mut s, m, step, StepResult::Failed, &inp.key)?;
-                outcome = Err(e);
-                break;
-            }
-        }
-    }
+    let mut list = Bootstrap {
+        env,
+        m,
+        s,
+        inp: &inp,
+        recipe,
+        bdir: &bdir,
+        upper: &upper,
+        previous: previous.as_ref(),
+        resume,
+    };
+    let outcome = super::steps::run(&mut list).map(|_| ());
+    let mut s = list.s;
     let package = s.progress.failed.clone();
     let log = s.log_path();
     let built = s.progress.built.clone();
@@ -273,27 +253,83 @@ pub fn bootstrap(env: &BuildEnv, m: &MachineLock, recipe: &str) -> Result<PassRe
     }
 }
 
-/// Record `step` in the state the session holds, and save it.
-fn record(
-    s: &mut Session,
-    m: &MachineLock,
-    step: Step,
-    result: StepResult,
-    key: &str,
-) -> Result<()> {
-    let st = s
-        .state
-        .as_mut()
-        .expect("the bootstrap's state is in its session");
-    st.last_pass
-        .get_or_insert_with(LastPass::default)
-        .steps
-        .push(StepRecord {
-            name: step.name().to_string(),
-            result,
-            key: key.to_string(),
-        });
-    st.save(m)
+/// The first build as a step list: its inputs, the session the steps run in (holding the
+/// state), and what the failed attempt before it left.
+struct Bootstrap<'a, 'b> {
+    env: &'a BuildEnv,
+    m: &'a MachineLock,
+    s: Session<'a>,
+    inp: &'b Inputs,
+    recipe: &'b str,
+    bdir: &'b Path,
+    upper: &'b Path,
+    previous: Option<&'b LastPass>,
+    /// Whether the build steps go on in the upper dir of this process's failed attempt.
+    resume: bool,
+}
+
+impl super::steps::StepList for Bootstrap<'_, '_> {
+    type Step = Step;
+
+    fn what(&self) -> &'static str {
+        "bootstrap"
+    }
+
+    fn steps(&self) -> Vec<Step> {
+        Step::ALL.to_vec()
+    }
+
+    fn key(&self) -> String {
+        self.inp.key.clone()
+    }
+
+    /// The stage3 image is skipped whenever it exists (its name is the tarball's); the
+    /// configuration image when the failed attempt made it with the same inputs and it is
+    /// still there; the build steps when the attempt was this process's and its upper dir is
+    /// reused; sealing never.
+    fn done(&mut self, step: Step) -> Result<bool> {
+        let done_before = super::steps::done_before(self.previous, step.name(), &self.inp.key);
+        let store = &self.env.store;
+        Ok(match step {
+            Step::Stage3 => layer::image::load(store, &self.inp.stage3_img).is_ok(),
+            Step::Config => done_before && layer::image::load(store, &self.inp.cfg_img).is_ok(),
+            Step::Seal => false,
+            _ => self.resume && done_before,
+        })
+    }
+
+    fn run(&mut self, step: Step) -> Result<super::steps::Ran> {
+        let ran = run_step(
+            self.env,
+            self.m,
+            &mut self.s,
+            self.inp,
+            step,
+            self.recipe,
+            self.bdir,
+            self.upper,
+        )?;
+        Ok(if ran {
+            super::steps::Ran::Done
+        } else {
+            super::steps::Ran::Nothing
+        })
+    }
+
+    fn last_pass(&mut self) -> &mut LastPass {
+        self.s
+            .pass_state()
+            .last_pass
+            .get_or_insert_with(LastPass::default)
+    }
+
+    fn save(&mut self) -> Result<()> {
+        self.s.pass_state().save(self.m)
+    }
+
+    fn log_line(&mut self, line: &str) -> Result<()> {
+        self.s.log_line(line)
+    }
 }
 
 /// Run one step; `false` when it had nothing to do (distcc without helpers).

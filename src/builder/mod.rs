@@ -31,6 +31,7 @@ pub mod rebase;
 pub mod release;
 pub mod session;
 pub mod state;
+pub mod steps;
 
 use std::path::{Path, PathBuf};
 

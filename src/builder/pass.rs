@@ -14,7 +14,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 pub use super::session::{PassResult, Session};
-use super::state::{now, LastPass, LoopState, PassKind, PassOutcome, State};
+use super::state::{
+    now, CleanupStep, LastPass, LoopState, PassKind, PassOutcome, State, StepResult,
+};
+use super::steps::Ran;
 use super::{BuildEnv, BuilderError, Machine, MachineLock, Result};
 
 /// Shell script that applies the machine's configuration (bound at /run/gbuild-config).
@@ -70,7 +73,255 @@ pub fn apply_config_if_changed(env: &BuildEnv, m: &MachineLock) -> Result<bool> 
     Ok(true)
 }
 
-/// One build pass on the machine's builder.
+/// The steps of a pass, in order. What a restart may skip (`Pass::done`): `config` when
+/// `machine.json` records the configuration's hash as applied (its product); nothing else, on
+/// purpose: `drift` and `helpers` look at the live builder and helpers; `world` reruns with
+/// `--usepkg`, so an interrupted pass's packages install from their binpkgs and nothing compiles
+/// twice, while its inputs include the builder's installed-package database, which another
+/// command (`gbuild shell`) may have changed since; `cleanup`'s steps find the same work again
+/// (each is stateless); `publish` makes no new generation for the same content. What the
+/// interrupted pass did counts instead: a pass that applied the configuration or started the
+/// world update and never ended makes the next one run the cleanup half whole and publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// prepare: the machine's configuration applied when it changed.
+    Config,
+    /// prepare: the builder compared with the host configuration it serves.
+    Drift,
+    /// prepare: build-side tools (ccache, distcc) and the distcc helpers probed.
+    Helpers,
+    /// build: the world update, `--buildpkg --usepkg`, with the requested packages.
+    World,
+    /// finish: the cleanup half (`super::cleanup`), one container run.
+    Cleanup,
+    /// finish: the publish gate and the publication (`super::gate`).
+    Publish,
+}
+
+impl Step {
+    pub const ALL: [Step; 6] = [
+        Step::Config,
+        Step::Drift,
+        Step::Helpers,
+        Step::World,
+        Step::Cleanup,
+        Step::Publish,
+    ];
+}
+
+impl super::steps::Step for Step {
+    fn name(self) -> &'static str {
+        match self {
+            Step::Config => "config",
+            Step::Drift => "drift",
+            Step::Helpers => "helpers",
+            Step::World => "world",
+            Step::Cleanup => "cleanup",
+            Step::Publish => "publish",
+        }
+    }
+
+    fn phase(self) -> &'static str {
+        match self {
+            Step::Config | Step::Drift | Step::Helpers => "prepare",
+            Step::World => "build",
+            Step::Cleanup | Step::Publish => "finish",
+        }
+    }
+}
+
+/// One pass as a step list: what it builds on, the session its steps run in (holding the
+/// loop's state for the pass), and what the steps found.
+struct Pass<'a, 'b> {
+    env: &'a BuildEnv,
+    m: &'a MachineLock,
+    s: Session<'a>,
+    image: &'b str,
+    snapshot: &'b str,
+    /// The atoms requested on demand (`--oneshot`: they never enter the builder's world file,
+    /// which must stay the host's).
+    requested: &'b [String],
+    key: String,
+    /// The previous pass never ended after it applied the configuration or started the world
+    /// update: its cleanup half and publication are still to do.
+    interrupted: bool,
+    config_applied: bool,
+    /// Whether something may have changed (the cleanup half runs whole, the publication).
+    changed: bool,
+    /// What the publish step decided.
+    published: PassResult,
+}
+
+impl super::steps::StepList for Pass<'_, '_> {
+    type Step = Step;
+
+    fn what(&self) -> &'static str {
+        "pass"
+    }
+
+    fn steps(&self) -> Vec<Step> {
+        Step::ALL.to_vec()
+    }
+
+    fn key(&self) -> String {
+        self.key.clone()
+    }
+
+    fn done(&mut self, step: Step) -> Result<bool> {
+        Ok(match step {
+            Step::Config => {
+                self.m.meta()?.config_hash.as_deref() == Some(self.m.config_hash()?.as_str())
+            }
+            _ => false,
+        })
+    }
+
+    fn run(&mut self, step: Step) -> Result<Ran> {
+        match step {
+            Step::Config => {
+                self.config_applied = apply_config_if_changed(self.env, self.m)?;
+                Ok(if self.config_applied {
+                    Ran::Done
+                } else {
+                    Ran::Nothing
+                })
+            }
+            Step::Drift => self.drift(),
+            Step::Helpers => {
+                self.s.use_helpers()?;
+                Ok(Ran::Done)
+            }
+            Step::World => {
+                let code = self
+                    .s
+                    .run(super::emerge::world_update_with(self.requested))?;
+                if code != 0 {
+                    return Ok(Ran::Failed);
+                }
+                self.changed = self.config_applied
+                    || self.interrupted
+                    || !self.s.progress.built.is_empty()
+                    || !self.s.progress.binary.is_empty()
+                    || Some(self.snapshot) != published_snapshot(self.m)?.as_deref();
+                Ok(Ran::Done)
+            }
+            Step::Cleanup => {
+                // One more container run finishes the pass: @preserved-rebuild only when
+                // Portage kept old libraries, the other cleanup steps only when something may
+                // have changed (a no-change pass costs little more than the bare emerge it
+                // wraps).
+                let preserved = overlay_read(
+                    self.env,
+                    self.m,
+                    self.image,
+                    "var/lib/portage/preserved_libs_registry",
+                )
+                .is_some_and(|r| r.iter().any(u8::is_ascii_alphanumeric));
+                if !self.changed && !preserved {
+                    return Ok(Ran::Nothing);
+                }
+                let keep = crate::host::requests::keep_list(self.requested);
+                let code = super::cleanup::run_cleanup(&mut self.s, self.changed, false, &keep)?;
+                Ok(if code == 0 { Ran::Done } else { Ran::Failed })
+            }
+            Step::Publish => {
+                let log = self.s.log_path();
+                let built = self.s.progress.built.clone();
+                let reused = self.s.progress.binary.len();
+                let cleanup = self.s.progress.steps.clone();
+                let state = self.s.pass_state();
+                // The pass is built: what the publication records of it is final here.
+                finish(state, built, reused, cleanup);
+                let published = if self.changed || super::publish::stale(self.env, self.m)? {
+                    match super::gate::publish(
+                        self.env,
+                        self.m,
+                        self.image,
+                        self.snapshot,
+                        &log,
+                        state,
+                    ) {
+                        Ok(r) => Some(r),
+                        Err(e) => {
+                            // Not finished: the pass stays `running` on disk, as a killed one.
+                            if let Some(lp) = state.last_pass.as_mut() {
+                                lp.finished = None;
+                            }
+                            return Err(e);
+                        }
+                    }
+                } else {
+                    None
+                };
+                if published != Some(PassResult::Held) {
+                    let lp = state.last_pass.get_or_insert_with(LastPass::default);
+                    lp.result = PassOutcome::Success;
+                    lp.failed_package = None;
+                    state.state = LoopState::Idle;
+                }
+                Ok(match published {
+                    Some(r) => {
+                        self.published = r;
+                        Ran::Done
+                    }
+                    None => Ran::Nothing,
+                })
+            }
+        }
+    }
+
+    fn last_pass(&mut self) -> &mut LastPass {
+        self.s
+            .pass_state()
+            .last_pass
+            .get_or_insert_with(LastPass::default)
+    }
+
+    fn save(&mut self) -> Result<()> {
+        self.s.pass_state().save(self.m)
+    }
+
+    fn log_line(&mut self, line: &str) -> Result<()> {
+        self.s.log_line(line)
+    }
+}
+
+impl Pass<'_, '_> {
+    /// Zero drift: the builder must equal the host configuration it serves.
+    fn drift(&mut self) -> Result<Ran> {
+        let Some(diff) = super::drift::check(self.env, self.m, &mut self.s)? else {
+            return Ok(Ran::Done);
+        };
+        let lines: Vec<String> = diff.differences.iter().map(|d| d.to_string()).collect();
+        // The host follows the builder's tree (it is served and named by `status`): a host on
+        // another snapshot is reported, not a reason to stop building.
+        let blocking = diff
+            .differences
+            .iter()
+            .any(|d| d.kind != crate::host::Kind::Snapshot);
+        self.s.pass_state().drift = lines.clone();
+        if blocking && !opts_allow_drift() {
+            for l in &lines {
+                tracing::error!("drift: {l}");
+            }
+            return Ok(Ran::Failed);
+        }
+        Ok(Ran::Done)
+    }
+}
+
+/// What the finished pass in `state` built and cleaned up, and its end.
+fn finish(state: &mut State, built: Vec<String>, reused: usize, cleanup: Vec<CleanupStep>) {
+    let lp = state.last_pass.get_or_insert_with(LastPass::default);
+    lp.finished = Some(now());
+    lp.built = built;
+    lp.reused = reused;
+    lp.cleanup = cleanup;
+    state.current = None;
+}
+
+/// One build pass on the machine's builder: its steps ([`Step`]) in order, recorded in
+/// `state`'s last pass as they go.
 pub fn pass(env: &BuildEnv, m: &MachineLock, state: &mut State) -> Result<PassResult> {
     let meta = m.meta()?;
     if !meta.builder {
@@ -80,8 +331,19 @@ pub fn pass(env: &BuildEnv, m: &MachineLock, state: &mut State) -> Result<PassRe
         .image
         .clone()
         .ok_or_else(|| BuilderError::NotBootstrapped(m.name.clone()))?;
-    let config_applied = apply_config_if_changed(env, m)?;
     let snapshot = meta.recorded_snapshot(&m.name)?.to_string();
+    let requested = crate::host::requests::active(&m.store, &m.name);
+    let key = pass_key(&[&image, &snapshot, &m.config_hash()?, &requested.join(" ")]);
+    // A pass that never ended (killed, or an error that stopped the loop) after it applied the
+    // configuration or started the world update.
+    let interrupted = state.last_pass.as_ref().is_some_and(|lp| {
+        lp.kind == PassKind::Pass
+            && lp.result == PassOutcome::Running
+            && lp
+                .steps
+                .iter()
+                .any(|r| (r.name == "config" && r.result == StepResult::Done) || r.name == "world")
+    });
     let mut s = Session::new(env, m, &image, &m.upper(), &m.work(), &snapshot, "pass")?;
     let log_rel = s
         .log_path()
@@ -101,100 +363,65 @@ pub fn pass(env: &BuildEnv, m: &MachineLock, state: &mut State) -> Result<PassRe
         ..LastPass::default()
     });
     state.save(m)?;
-    s.state = Some(state.clone());
-
-    // Zero drift: the builder must equal the host configuration it serves.
-    if let Some(diff) = super::drift::check(env, m, &mut s)? {
-        let lines: Vec<String> = diff.differences.iter().map(|d| d.to_string()).collect();
-        // The host follows the builder's tree (it is served and named by `status`): a host on
-        // another snapshot is reported, not a reason to stop building.
-        let blocking = diff
-            .differences
-            .iter()
-            .any(|d| d.kind != crate::host::Kind::Snapshot);
-        let log = s.log_path();
-        *state = s.state.take().unwrap_or_else(|| state.clone());
-        state.drift = lines.clone();
-        if blocking && !opts_allow_drift() {
-            let lp = state.last_pass.get_or_insert_with(LastPass::default);
-            lp.finished = Some(now());
-            lp.result = PassOutcome::Failed;
-            lp.failed_package = None;
-            state.state = LoopState::Failed;
+    // The session holds the state for the pass (it updates the current package as emerge goes,
+    // the steps record into it), and gives it back at its end.
+    s.state = Some(std::mem::take(state));
+    let mut list = Pass {
+        env,
+        m,
+        s,
+        image: &image,
+        snapshot: &snapshot,
+        requested: &requested,
+        key,
+        interrupted,
+        config_applied: false,
+        changed: true,
+        published: PassResult::Success,
+    };
+    let outcome = super::steps::run(&mut list);
+    let Pass {
+        mut s, published, ..
+    } = list;
+    *state = s.state.take().expect("a pass's session holds its state");
+    let failed = match outcome {
+        Ok(None) => {
             state.record_pass();
             state.save(m)?;
-            for l in &lines {
-                tracing::error!("drift: {l}");
-            }
-            return Ok(PassResult::Failed { package: None, log });
+            return Ok(published);
         }
-        state.save(m)?;
-        s.state = Some(state.clone());
-    }
-
-    s.use_helpers()?;
-    let mut failed = None;
-    let mut changed = true;
-    // The build set: the host's world and the atoms requested on demand (`--oneshot`: they
-    // never enter the builder's world file, which must stay the host's).
-    let requested = crate::host::requests::active(&m.store, &m.name);
-    let code = s.run(super::emerge::world_update_with(&requested))?;
-    if code != 0 {
-        failed = Some(code);
-    }
-    if failed.is_none() {
-        // One more container run finishes the pass: @preserved-rebuild only when Portage kept
-        // old libraries, the other cleanup steps only when something may have changed (a
-        // no-change pass costs little more than the bare emerge it wraps).
-        changed = config_applied
-            || !s.progress.built.is_empty()
-            || !s.progress.binary.is_empty()
-            || state.snapshot.as_deref() != published_snapshot(m)?.as_deref();
-        let preserved = overlay_read(env, m, &image, "var/lib/portage/preserved_libs_registry")
-            .is_some_and(|r| r.iter().any(u8::is_ascii_alphanumeric));
-        if changed || preserved {
-            let keep = crate::host::requests::keep_list(&requested);
-            let code = super::cleanup::run_cleanup(&mut s, changed, false, &keep)?;
-            if code != 0 {
-                failed = Some(code);
-            }
-        }
-    }
-    let progress = s.progress.clone();
-    let log = s.log_path();
-    *state = s.state.take().unwrap_or_else(|| state.clone());
-    let lp = state.last_pass.get_or_insert_with(LastPass::default);
-    lp.finished = Some(now());
-    lp.built = progress.built.clone();
-    lp.reused = progress.binary.len();
-    lp.cleanup = progress.steps.clone();
-    state.current = None;
-    let result = match failed {
-        None => {
-            lp.result = PassOutcome::Success;
-            lp.failed_package = None;
-            state.state = LoopState::Idle;
-            let result = if changed || super::publish::stale(env, m)? {
-                super::gate::publish(env, m, &image, &snapshot, &log, state)?
-            } else {
-                PassResult::Success
-            };
-            state.record_pass();
-            result
-        }
-        Some(_) => {
-            lp.result = PassOutcome::Failed;
-            lp.failed_package = progress.failed.clone();
-            state.state = LoopState::Failed;
-            state.record_pass();
-            PassResult::Failed {
-                package: progress.failed.clone(),
-                log,
-            }
-        }
+        Ok(Some(step)) => step,
+        Err(e) => return Err(e),
     };
+    let package = match failed {
+        Step::World | Step::Cleanup => s.progress.failed.clone(),
+        _ => None,
+    };
+    let log = s.log_path();
+    finish(
+        state,
+        s.progress.built.clone(),
+        s.progress.binary.len(),
+        s.progress.steps.clone(),
+    );
+    let lp = state.last_pass.get_or_insert_with(LastPass::default);
+    lp.result = PassOutcome::Failed;
+    lp.failed_package = package.clone();
+    state.state = LoopState::Failed;
+    state.record_pass();
     state.save(m)?;
-    Ok(result)
+    Ok(PassResult::Failed { package, log })
+}
+
+/// The key of a pass's inputs, kept in its step records.
+fn pass_key(parts: &[&str]) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(&h.finalize()[..8])
 }
 
 /// A file of the builder's root as overlayfs would show it, read from outside: the upper dir

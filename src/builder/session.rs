@@ -140,6 +140,17 @@ impl<'a> Session<'a> {
         })
     }
 
+    /// The state of the pass this session runs (the step lists record into it).
+    ///
+    /// # Panics
+    /// When the session was opened without one (a drift check, a staged builder): a pass or
+    /// first build always gives its session its state before the first step.
+    pub fn pass_state(&mut self) -> &mut State {
+        self.state
+            .as_mut()
+            .expect("a pass's session holds its state")
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.log_path.clone()
     }

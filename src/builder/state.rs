@@ -126,8 +126,10 @@ pub struct Gate {
 }
 
 word_enum! {
-    /// How a step of the first build ended (`state.json` `last_pass.steps[].result`).
+    /// How a step of a pass or the first build ended (`state.json` `last_pass.steps[].result`).
     StepResult {
+        /// Started and not ended: the step a pass is in, or the one a killed pass was in.
+        Running => "running",
         Done => "done",
         /// Done before with the same inputs, or nothing to do.
         Skipped => "skipped",
@@ -135,14 +137,20 @@ word_enum! {
     }
 }
 
-/// One step of the first build (`builder::bootstrap::Step`) as it ran.
+/// One step of a pass (`builder::pass::Step`) or of the first build (`builder::bootstrap::Step`)
+/// as it ran (`builder::steps`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct StepRecord {
     pub name: String,
     pub result: StepResult,
-    /// The hash of the step's inputs (stage3, configuration, snapshot, recipe).
+    /// The hash of the list's inputs (a pass: image, snapshot, configuration, requests; the
+    /// first build: stage3, configuration, snapshot, recipe).
     pub key: String,
+    /// When it started (unix seconds).
+    pub started: u64,
+    /// How long it ran, in milliseconds (0 while it runs, and when skipped).
+    pub duration_ms: u64,
 }
 
 word_enum! {
@@ -170,7 +178,7 @@ pub struct LastPass {
     pub kind: PassKind,
     /// The cleanup steps that ran, in order.
     pub cleanup: Vec<CleanupStep>,
-    /// The steps of a first build, in order (empty for a pass).
+    /// The steps of the pass or first build, in order, as they start (empty for a rebase).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<StepRecord>,
     /// The upper dir a failed first build left for its process's next attempt (a temporary
@@ -466,11 +474,22 @@ mod tests {
                     name: "depclean".into(),
                     items: vec!["app-misc/gone-1".into()],
                 }],
-                steps: vec![StepRecord {
-                    name: "world".into(),
-                    result: StepResult::Failed,
-                    key: "0123456789abcdef".into(),
-                }],
+                steps: vec![
+                    StepRecord {
+                        name: "config".into(),
+                        result: StepResult::Done,
+                        key: "0123456789abcdef".into(),
+                        started: 1_767_225_601,
+                        duration_ms: 1_200,
+                    },
+                    StepRecord {
+                        name: "world".into(),
+                        result: StepResult::Running,
+                        key: "0123456789abcdef".into(),
+                        started: 1_767_225_603,
+                        duration_ms: 0,
+                    },
+                ],
                 work_dir: Some(".tmp-bootstrap-4242-0".into()),
                 generation: None,
             }),
@@ -492,7 +511,9 @@ mod tests {
         assert_eq!(v["state"], "failed");
         assert_eq!(v["last_pass"]["result"], "failed");
         assert_eq!(v["last_pass"]["kind"], "bootstrap");
-        assert_eq!(v["last_pass"]["steps"][0]["result"], "failed");
+        assert_eq!(v["last_pass"]["steps"][0]["result"], "done");
+        assert_eq!(v["last_pass"]["steps"][0]["duration_ms"], 1_200);
+        assert_eq!(v["last_pass"]["steps"][1]["result"], "running");
     }
 
     #[test]
@@ -501,7 +522,8 @@ mod tests {
         std::fs::write(
             m.files().state_file(),
             br#"{"state": "paused", "pid": null, "last_pass": {"result": "success",
-                "future_field": 1}, "also_new": true}"#,
+                "future_field": 1, "steps": [{"name": "seal", "result": "done", "key": "k"}]},
+                "also_new": true}"#,
         )
         .unwrap();
         let st = State::read(&m).unwrap();
@@ -510,6 +532,9 @@ mod tests {
         assert_eq!(lp.result, PassOutcome::Success);
         assert_eq!(lp.kind, PassKind::Unknown);
         assert!(lp.cleanup.is_empty());
+        // A step recorded by a version without durations.
+        assert_eq!(lp.steps[0].result, StepResult::Done);
+        assert_eq!((lp.steps[0].started, lp.steps[0].duration_ms), (0, 0));
     }
 
     #[test]

@@ -446,10 +446,18 @@ fn summary(h: &mut String, machines: &[MachineStatus]) {
 }
 
 fn current_text(s: &State) -> String {
+    // The step a building loop is in, before the package emerge is at.
+    let step = s
+        .last_pass
+        .as_ref()
+        .filter(|_| s.live_state() == LoopState::Building)
+        .and_then(crate::builder::steps::current)
+        .map(|r| format!("step {}", esc(&r.name)));
     let Some(c) = &s.current else {
-        return "&ndash;".into();
+        return step.unwrap_or_else(|| "&ndash;".into());
     };
-    let mut t = esc(or_unknown(&c.package));
+    let mut t = step.map(|st| format!("{st}: ")).unwrap_or_default();
+    t.push_str(&esc(or_unknown(&c.package)));
     if !c.phase.is_empty() {
         put!(t, " ({})", esc(&c.phase));
     }

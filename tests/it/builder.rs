@@ -916,6 +916,18 @@ fn builder_scenario_with_real_emerge() {
     });
     let _ = lp.kill();
     lp.wait().unwrap();
+    // The killed pass's steps are in its state as far as it got: the world update running.
+    let killed = pass_steps(&env.status());
+    assert_eq!(
+        killed,
+        [
+            "config skipped",
+            "drift done",
+            "helpers done",
+            "world running"
+        ],
+        "{killed:?}"
+    );
     // plang's compile went to the first helper (distcc fills its hosts in order).
     assert!(
         h1.jobs().iter().any(|j| j.contains("plang.c")),
@@ -938,6 +950,22 @@ fn builder_scenario_with_real_emerge() {
         util::stderr(&out),
         log.lines().rev().take(40).collect::<Vec<_>>().join("\n")
     );
+    // The restart ran every step in order (the configuration was applied by `update`); the
+    // killed pass's world update makes it a changed pass: the cleanup half and the publication.
+    let st = env.status();
+    assert_eq!(
+        pass_steps(&st),
+        [
+            "config skipped",
+            "drift done",
+            "helpers done",
+            "world done",
+            "cleanup done",
+            "publish done"
+        ],
+        "{st}"
+    );
+    assert!(log.contains(">>> gbuild: step world (build)"), "{log}");
     let warning = format!("gbuild: warning: distcc helper {} is down", h1.host());
     assert!(log.contains(&warning), "{log}");
     assert!(util::stderr(&out).contains(&warning));
@@ -1534,4 +1562,22 @@ fn webrsync_host(
         util::stderr(&out)
     );
     text
+}
+
+/// The steps of `status`'s last pass as `NAME RESULT`, in order.
+fn pass_steps(st: &serde_json::Value) -> Vec<String> {
+    st["last_pass"]["steps"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| {
+                    format!(
+                        "{} {}",
+                        r["name"].as_str().unwrap_or(""),
+                        r["result"].as_str().unwrap_or("")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
