@@ -1,6 +1,8 @@
-//! Build passes and the endless loop around them (catalyst-like: prepare, build, finish).
+//! Build passes and the endless loop around them.
 //!
-//! One pass: apply the machine's configuration when it changed, `emerge -uDN --changed-deps
+//! A pass is a named step list in catalyst's prepare / build / finish shape ([`Step`], run by
+//! `super::steps` like the bootstrap's, each step recorded in `state.json` as it goes). One
+//! pass: apply the machine's configuration when it changed, `emerge -uDN --changed-deps
 //! --buildpkg --usepkg @world` (every binpkg already built is reused, so a pass killed at any
 //! point and restarted compiles nothing twice), then the cleanup half: `@preserved-rebuild`
 //! compiled (`--usepkg=n`: a binpkg would still link the old library), `emerge --depclean`, a
