@@ -74,6 +74,9 @@ day2=$(ls "$trees"/gentoo-*.tar.xz | sort | sed -n 2p)
 once() {
   local prep=$1; shift
   eval "$prep"
+  # What the previous command left dirty is written now, untimed: gbuild's own syncfs would
+  # otherwise write the plain tool's output too.
+  sync
   "${as_user[@]}" /usr/bin/time -f '%e %M' -o "$work/time" "$@" >/dev/null
   read -r s r < "$work/time"
 }
@@ -94,7 +97,8 @@ fresh() {
     u mkdir -p "$d"
   done
 }
-aside() { if [ -e "$1" ]; then u mkdir -p "$work/old"; u mv "$1" "$(u mktemp -d "$work/old/XXXXXX")/"; fi; }
+# (inside the namespace: an unpacked tree's top directory may belong to a subordinate id)
+aside() { if [ -e "$1" ]; then u mkdir -p "$work/old"; g unshare -- mv "$1" "$(u mktemp -d "$work/old/XXXXXX")/"; fi; }
 
 compressed=$(stat -c %s "$data")
 echo "data: $(basename "$data"), $((compressed / 1048576)) MiB compressed; trees: $(basename "$day1"), $(basename "$day2") ($(($(stat -c %s "$day1") / 1048576)) MiB)" >&2
