@@ -316,19 +316,11 @@ impl super::steps::StepList for Bootstrap<'_, '_> {
         })
     }
 
-    fn last_pass(&mut self) -> &mut LastPass {
-        self.s
-            .pass_state()
-            .last_pass
-            .get_or_insert_with(LastPass::default)
-    }
-
-    fn save(&mut self) -> Result<()> {
-        self.s.pass_state().save(self.m)
-    }
-
-    fn log_line(&mut self, line: &str) -> Result<()> {
-        self.s.log_line(line)
+    fn records(&mut self) -> impl super::steps::Records + '_ {
+        super::steps::SessionRecords {
+            s: &mut self.s,
+            m: self.m,
+        }
     }
 }
 

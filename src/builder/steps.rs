@@ -8,8 +8,9 @@
 
 use std::time::Instant;
 
+use super::session::Session;
 use super::state::{now, LastPass, StepRecord, StepResult};
-use super::Result;
+use super::{MachineLock, Result};
 
 /// One step of a list.
 pub trait Step: Copy + std::fmt::Debug {
@@ -44,12 +45,52 @@ pub trait StepList {
     fn done(&mut self, step: Self::Step) -> Result<bool>;
     /// Run `step`.
     fn run(&mut self, step: Self::Step) -> Result<Ran>;
+    /// Where the records go.
+    fn records(&mut self) -> impl Records + '_;
+}
+
+/// Where a list's records go: the last pass of a state, the save of that state, the log.
+pub trait Records {
     /// The last pass the records go into.
     fn last_pass(&mut self) -> &mut LastPass;
     /// Save the state that holds the last pass.
     fn save(&mut self) -> Result<()>;
     /// A line of gbuild's own in the pass's log.
     fn log_line(&mut self, line: &str) -> Result<()>;
+}
+
+impl<R: Records + ?Sized> Records for &mut R {
+    fn last_pass(&mut self) -> &mut LastPass {
+        (**self).last_pass()
+    }
+    fn save(&mut self) -> Result<()> {
+        (**self).save()
+    }
+    fn log_line(&mut self, line: &str) -> Result<()> {
+        (**self).log_line(line)
+    }
+}
+
+/// The records of a list run in a session (the pass, the bootstrap): the session's state,
+/// saved under the machine's lock, and its log.
+pub struct SessionRecords<'x, 'a> {
+    pub s: &'x mut Session<'a>,
+    pub m: &'x MachineLock,
+}
+
+impl Records for SessionRecords<'_, '_> {
+    fn last_pass(&mut self) -> &mut LastPass {
+        self.s
+            .pass_state()
+            .last_pass
+            .get_or_insert_with(LastPass::default)
+    }
+    fn save(&mut self) -> Result<()> {
+        self.s.pass_state().save(self.m)
+    }
+    fn log_line(&mut self, line: &str) -> Result<()> {
+        self.s.log_line(line)
+    }
 }
 
 /// Run every step of `list` in order. `Ok(Some(step))` when `step` failed the pass (`Ran::Failed`);
@@ -60,27 +101,28 @@ pub fn run<L: StepList>(list: &mut L) -> Result<Option<L::Step>> {
     for step in list.steps() {
         let name = step.name();
         if list.done(step)? {
-            list.last_pass().steps.push(StepRecord {
+            list.records().last_pass().steps.push(StepRecord {
                 name: name.to_string(),
                 result: StepResult::Skipped,
                 key: key.clone(),
                 started: now(),
                 duration_ms: 0,
             });
-            list.save()?;
+            list.records().save()?;
             announce(&format!("{what} step {name}: done before, skipped"));
             continue;
         }
         announce(&format!("{what} step {name} ({})", step.phase()));
-        list.log_line(&format!("step {name} ({})", step.phase()))?;
-        list.last_pass().steps.push(StepRecord {
+        list.records()
+            .log_line(&format!("step {name} ({})", step.phase()))?;
+        list.records().last_pass().steps.push(StepRecord {
             name: name.to_string(),
             result: StepResult::Running,
             key: key.clone(),
             started: now(),
             duration_ms: 0,
         });
-        list.save()?;
+        list.records().save()?;
         let t = Instant::now();
         let r = list.run(step);
         let result = match &r {
@@ -89,11 +131,11 @@ pub fn run<L: StepList>(list: &mut L) -> Result<Option<L::Step>> {
             Ok(Ran::Failed) | Err(_) => StepResult::Failed,
         };
         let ms = u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX);
-        if let Some(rec) = list.last_pass().steps.last_mut() {
+        if let Some(rec) = list.records().last_pass().steps.last_mut() {
             rec.result = result;
             rec.duration_ms = ms;
         }
-        let saved = list.save();
+        let saved = list.records().save();
         let line = format!(
             "{what} step {name}: {result} in {:.1} s",
             ms as f64 / 1000.0
@@ -205,6 +247,12 @@ mod tests {
             );
             (self.outcome)(step)
         }
+        fn records(&mut self) -> impl Records + '_ {
+            self
+        }
+    }
+
+    impl Records for List {
         fn last_pass(&mut self) -> &mut LastPass {
             &mut self.lp
         }
