@@ -184,6 +184,16 @@ fn rebase_onto_a_newer_stage3() {
     let out = util::output(env.gbuild().arg("update"));
     assert!(out.status.success(), "update: {}", util::stderr(&out));
     assert_eq!(meta(&env)["snapshot"], "20260201");
+    // The host's own copy of that tree (a host keeps the tree it synced): once the loop below
+    // re-syncs to a newer one, its gc may remove the store's.
+    let host_tree = s.path().join("host-tree");
+    let cp = std::process::Command::new("cp")
+        .arg("-al")
+        .arg(env.store.join("repos/20260201"))
+        .arg(&host_tree)
+        .status()
+        .unwrap();
+    assert!(cp.success(), "cp -al of the tree");
     let index_before = std::fs::read_to_string(env.machine().join("binpkgs/Packages")).unwrap();
     let rebase_logs = || {
         std::fs::read_dir(env.machine().join("logs"))
@@ -342,7 +352,17 @@ fn rebase_onto_a_newer_stage3() {
 
     // A host installs it from binaries: no conflict, nothing compiled.
     let fpr = builder::key_fingerprint(&env);
-    let host = builder::host_install(&env, &s, "host", "20260201", &serve, &[&fpr]);
+    let (ok, host) = builder::host_emerge_at(
+        &env,
+        &s,
+        "host",
+        &host_tree,
+        "default",
+        &serve,
+        &[&fpr],
+        "--update --deep --newuse --with-bdeps=y @world",
+    );
+    assert!(ok, "host install failed:\n{host}");
     let (built, binary) = counts(&host);
     assert!(built.is_empty(), "host compiled {built:?}");
     assert!(!host.contains("slot conflict"), "{host}");
