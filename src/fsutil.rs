@@ -37,6 +37,40 @@ impl<T> IoContext<T> for io::Result<T> {
     }
 }
 
+/// What identifies one version of a file without reading it: the same inode of the same file
+/// system, with the same size and modification time (to the nanosecond). A file written in place
+/// changes its mtime; a file replaced, copied back or restored from a backup is another inode,
+/// even when its size and mtime in seconds are the same (two builds of one package in the same
+/// second, padded to the same tar record count, are exactly that).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileStamp {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime: i64,
+    pub mtime_nsec: i64,
+}
+
+impl FileStamp {
+    /// The stamp of the file at `path` (symlinks followed).
+    pub fn of(path: &Path) -> Result<FileStamp, FsError> {
+        fs::metadata(path)
+            .map(|md| FileStamp::from_metadata(&md))
+            .at("stat", path)
+    }
+
+    pub fn from_metadata(md: &fs::Metadata) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp {
+            dev: md.dev(),
+            ino: md.ino(),
+            size: md.len(),
+            mtime: md.mtime(),
+            mtime_nsec: md.mtime_nsec(),
+        }
+    }
+}
+
 /// A JSON file of the store that exists but cannot be read or parsed, naming the path.
 #[derive(Debug, thiserror::Error)]
 pub enum JsonFileError {

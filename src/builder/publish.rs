@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use super::state::{now, AbiWarning, Counts, LastPass, PassSummary, PublishedInfo, SnapshotRef};
 use super::{BuildEnv, BuilderError, Machine, MachineLock, Result};
+use crate::fsutil::FileStamp;
 use crate::sign::gpkg::{ensure_signed, in_pkgdir, is_gpkg, FileFacts};
 use crate::sign::Keys;
 
@@ -41,8 +42,8 @@ pub fn host_kernel(m: &Machine) -> Option<String> {
         .filter(|k| !k.is_empty())
 }
 
-/// One scanned binpkg: (size, mtime, its ABI notes as (file, "x.y.z")).
-type Scanned = (u64, i64, Vec<(String, String)>);
+/// One scanned binpkg: the file's stamp when it was scanned, its ABI notes as (file, "x.y.z").
+type Scanned = (FileStamp, Vec<(String, String)>);
 
 /// Scan results per binpkg file, so a pass only scans new files.
 #[derive(Default, Serialize, Deserialize)]
@@ -73,11 +74,22 @@ fn stanza_path(stanza: &str) -> Option<String> {
     Some(format!("{cpv}.tbz2"))
 }
 
-/// Signing results per binpkg file, so a pass only reads new or changed files.
+/// Signing results per binpkg file, so a pass only reads new or changed files. Each result
+/// holds for the file it was taken from (its stamp): a file of that name that is another
+/// inode is read again, whatever its size and mtime (a builder swapped in by `rebase` brings a
+/// PKGDIR whose builds may carry the names, sizes and mtime seconds of the old one's).
 #[derive(Default, Serialize, Deserialize)]
 struct SignCache {
-    /// path relative to PKGDIR -> (the file's facts, the signer's fingerprint)
-    files: BTreeMap<String, (FileFacts, String)>,
+    /// path relative to PKGDIR -> what signing found
+    files: BTreeMap<String, SignedFile>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SignedFile {
+    stamp: FileStamp,
+    facts: FileFacts,
+    /// The fingerprint of the key whose signature the file carries.
+    signer: String,
 }
 
 fn sign_error(e: crate::sign::SignError) -> BuilderError {
@@ -173,15 +185,12 @@ fn sign_all(m: &MachineLock, keys: &Keys, header: &str, all: &[String]) -> Resul
             updated.push(st.clone());
             continue;
         }
-        use std::os::unix::fs::MetadataExt;
-        let Ok(md) = std::fs::metadata(&path) else {
+        let Ok(stamp) = FileStamp::of(&path) else {
             updated.push(st.clone());
             continue;
         };
         let (facts, signer) = match cache.files.remove(&rel) {
-            Some((f, s)) if f.size == md.size() && f.mtime == md.mtime() && listed.contains(&s) => {
-                (f, s)
-            }
+            Some(c) if c.stamp == stamp && listed.contains(&c.signer) => (c.facts, c.signer),
             _ => match ensure_signed(&path, keys) {
                 Ok(s) => (s.facts, s.signer),
                 Err(e @ crate::sign::SignError::Corrupt(..))
@@ -205,7 +214,16 @@ fn sign_all(m: &MachineLock, keys: &Keys, header: &str, all: &[String]) -> Resul
         if new != st.trim_end_matches('\n') {
             changed = true;
         }
-        fresh.files.insert(rel, (facts, signer));
+        // Signing may have replaced the file: the stamp is the file's as it is now.
+        let stamp = FileStamp::of(&path)?;
+        fresh.files.insert(
+            rel,
+            SignedFile {
+                stamp,
+                facts,
+                signer,
+            },
+        );
         updated.push(new.clone());
         publish.push(new);
     }
@@ -515,13 +533,11 @@ fn abi_check(m: &MachineLock, stanzas: &[String], kernel: &str) -> Result<Vec<Ab
             continue;
         };
         let path = m.binpkgs().join(&rel);
-        let Ok(md) = std::fs::metadata(&path) else {
+        let Ok(stamp) = FileStamp::of(&path) else {
             continue;
         };
-        use std::os::unix::fs::MetadataExt;
-        let key = (md.size(), md.mtime());
         let notes = match cache.files.remove(&rel) {
-            Some((size, mtime, notes)) if (size, mtime) == key => notes,
+            Some((s, notes)) if s == stamp => notes,
             _ => match crate::abi::scan_binpkg(&path) {
                 Ok(v) => v
                     .into_iter()
@@ -549,7 +565,7 @@ fn abi_check(m: &MachineLock, stanzas: &[String], kernel: &str) -> Result<Vec<Ab
                 });
             }
         }
-        fresh.files.insert(rel, (key.0, key.1, notes));
+        fresh.files.insert(rel, (stamp, notes));
     }
     crate::fsutil::atomic_write(&cache_path, &serde_json::to_vec(&fresh).expect("json"))?;
     Ok(held)
@@ -558,6 +574,52 @@ fn abi_check(m: &MachineLock, stanzas: &[String], kernel: &str) -> Result<Vec<Ab
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A binpkg replaced by another build of the same name, size and mtime second (what a
+    /// rebase swap brings when the running builder built the same package in the same second)
+    /// is read and signed again: the index never carries the old file's digests.
+    #[test]
+    fn a_replaced_binpkg_is_read_again_whatever_its_size_and_mtime() {
+        use crate::sign::gpkg::{file_facts, listed_signer, tests::unsigned_gpkg};
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::at(d.path().join("store"));
+        let m = MachineLock::create(&store, "m").unwrap();
+        let (keys, _) = Keys::open(&store).unwrap();
+        let rel = "app-editors/nano/nano-8.2-2.gpkg.tar";
+        let file = m.binpkgs().join(rel);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        unsigned_gpkg(&file, b"first build");
+        let header = "ARCH: amd64\nVERSION: 0";
+        let stanza = format!("CPV: app-editors/nano-8.2\nBUILD_ID: 2\nPATH: {rel}");
+        let first = sign_all(&m, &keys, header, std::slice::from_ref(&stanza)).unwrap();
+        let signed_first = file_facts(&file).unwrap();
+        assert_eq!(field(&first[0], "SHA1"), Some(signed_first.sha1.as_str()));
+
+        // The other build, signed in another PKGDIR (same length), renamed over the first with
+        // the first's mtime.
+        let other = d.path().join("other.gpkg.tar");
+        unsigned_gpkg(&other, b"other build");
+        crate::sign::gpkg::ensure_signed(&other, &keys).unwrap();
+        let md = std::fs::metadata(&file).unwrap();
+        filetime::set_file_mtime(&other, filetime::FileTime::from_last_modification_time(&md))
+            .unwrap();
+        std::fs::rename(&other, &file).unwrap();
+        let md2 = std::fs::metadata(&file).unwrap();
+        assert_eq!((md2.size(), md2.mtime()), (md.size(), md.mtime()));
+
+        let index = std::fs::read_to_string(m.files().binpkgs_index()).unwrap();
+        let (_, stanzas_now) = stanzas(&index);
+        let again = sign_all(&m, &keys, header, &stanzas_now).unwrap();
+        let now = file_facts(&file).unwrap();
+        assert_ne!(now.sha1, signed_first.sha1);
+        assert_eq!(field(&again[0], "SHA1"), Some(now.sha1.as_str()));
+        assert_eq!(
+            listed_signer(&file, &keys).unwrap(),
+            Some(keys.fingerprint()),
+            "the other build is published signed"
+        );
+    }
 
     #[test]
     fn stanza_split() {

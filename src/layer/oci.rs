@@ -24,7 +24,7 @@ pub use super::blob::{BlobInfo, Compression, MT_LAYER};
 use super::image::{self, Image};
 use super::ns::{BlobToUnpack, Helper};
 use super::{is_layer_id, layer_dir, layer_info, HashWriter, LayerError, Result};
-use crate::fsutil::{FsError, IoContext};
+use crate::fsutil::{FileStamp, FsError, IoContext};
 use crate::progress::Progress;
 use crate::store::Store;
 
@@ -267,32 +267,6 @@ fn link_or_copy(src: &Path, dest: &Path) -> Result<()> {
             r
         }
         Err(e) => Err(FsError::new("link", dest, e).into()),
-    }
-}
-
-/// What identifies one version of a file without reading it: the same inode of the same file
-/// system, with the same size and modification time (to the nanosecond). A file written in place
-/// changes its mtime; a file replaced, copied back or restored from a backup is another inode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-struct FileStamp {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: i64,
-    mtime_nsec: i64,
-}
-
-impl FileStamp {
-    fn of(path: &Path) -> Result<FileStamp> {
-        use std::os::unix::fs::MetadataExt;
-        let md = std::fs::metadata(path).at("stat", path)?;
-        Ok(FileStamp {
-            dev: md.dev(),
-            ino: md.ino(),
-            size: md.len(),
-            mtime: md.mtime(),
-            mtime_nsec: md.mtime_nsec(),
-        })
     }
 }
 

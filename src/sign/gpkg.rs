@@ -511,7 +511,7 @@ pub fn in_pkgdir(pkgdir: &Path, rel: &str) -> Option<PathBuf> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::Store;
     use std::collections::BTreeMap;
