@@ -42,7 +42,7 @@ impl<T> IoContext<T> for io::Result<T> {
 /// changes its mtime; a file replaced, copied back or restored from a backup is another inode,
 /// even when its size and mtime in seconds are the same (two builds of one package in the same
 /// second, padded to the same tar record count, are exactly that).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct FileStamp {
     pub dev: u64,
     pub ino: u64,

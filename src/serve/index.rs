@@ -6,14 +6,13 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use bytes::Bytes;
 
-use crate::fsutil::{FsError, IoContext};
+use crate::fsutil::{FileStamp, FsError, IoContext};
 
 /// Largest index accepted (a Packages file of tens of thousands of binpkgs is a few MB).
 const MAX_INDEX: u64 = 64 << 20;
@@ -26,40 +25,17 @@ pub enum IndexError {
     TooLarge { path: PathBuf },
 }
 
-/// Identity of one version of a file: any rewrite or atomic replacement changes it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct FileKey {
-    pub dev: u64,
-    pub ino: u64,
-    pub size: u64,
-    pub mtime_ns: i128,
-}
-
-impl FileKey {
-    pub fn of(m: &std::fs::Metadata) -> FileKey {
-        FileKey {
-            dev: m.dev(),
-            ino: m.ino(),
-            size: m.size(),
-            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
-        }
-    }
-
-    /// A strong entity tag derived from the identity (like nginx's, plus the inode).
-    pub fn etag(&self) -> String {
-        format!(
-            "\"{:x}-{:x}-{:x}\"",
-            self.ino,
-            self.size,
-            self.mtime_ns.max(0) as u128
-        )
-    }
+/// A strong entity tag derived from a file's stamp (like nginx's, plus the inode): any rewrite
+/// or atomic replacement of the file changes it.
+pub fn etag(k: &FileStamp) -> String {
+    let ns = i128::from(k.mtime) * 1_000_000_000 + i128::from(k.mtime_nsec);
+    format!("\"{:x}-{:x}-{:x}\"", k.ino, k.size, ns.max(0) as u128)
 }
 
 /// One parsed version of `published/Packages`.
 #[derive(Debug)]
 pub struct Index {
-    pub key: FileKey,
+    pub key: FileStamp,
     pub modified: SystemTime,
     /// The file's bytes, served as is (so the index a host sees is the one that was parsed).
     pub bytes: Bytes,
@@ -179,7 +155,7 @@ impl IndexCache {
         if !meta.is_file() {
             return Ok(None);
         }
-        let key = FileKey::of(&meta);
+        let key = FileStamp::from_metadata(&meta);
         if let Some(hit) = self.lock().get(machine).filter(|i| i.key == key) {
             return Ok(Some(Arc::clone(hit)));
         }

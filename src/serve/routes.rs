@@ -43,9 +43,10 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::index::{safe_rel, FileKey, IndexCache};
+use super::index::{etag, safe_rel, IndexCache};
 use super::status;
 use crate::builder::state::PublishedInfo;
+use crate::fsutil::FileStamp;
 use crate::store::{valid_name, Store};
 use crate::store::{PublishedDir, PACKAGES};
 
@@ -56,7 +57,7 @@ pub(crate) struct App {
     pub store: Store,
     pub index: IndexCache,
     /// MD5 of snapshot tarballs (emerge-webrsync's `.md5sum`), computed once per file version.
-    md5: Mutex<HashMap<FileKey, String>>,
+    md5: Mutex<HashMap<FileStamp, String>>,
     /// File bodies streamed at once (each holds an open file until sent).
     streams: Arc<Semaphore>,
 }
@@ -327,7 +328,7 @@ fn packages(app: &App, v: &View, req: &Req) -> Response {
     match app.index.get(&v.name, &v.generation.packages()) {
         Ok(Some(ix)) => {
             let meta = Meta {
-                etag: ix.key.etag(),
+                etag: etag(&ix.key),
                 modified: ix.modified,
                 size: ix.bytes.len() as u64,
             };
@@ -428,7 +429,7 @@ fn serve_file(
         Err(e) => return unavailable(&format!("{}/{rel}", root.display()), e),
     };
     let m = Meta {
-        etag: FileKey::of(&meta).etag(),
+        etag: etag(&FileStamp::from_metadata(&meta)),
         modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
         size: meta.len(),
     };
@@ -887,7 +888,7 @@ fn snapshot_md5(app: &App, rel: &str) -> std::io::Result<Option<String>> {
     let Some((mut file, meta)) = open_beneath(app.store.root(), rel)? else {
         return Ok(None);
     };
-    let key = FileKey::of(&meta);
+    let key = FileStamp::from_metadata(&meta);
     if let Some(s) = app.md5.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
         return Ok(Some(s.clone()));
     }
