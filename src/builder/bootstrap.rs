@@ -53,6 +53,7 @@ pub enum Step {
 }
 
 impl super::steps::Step for Step {
+    const ALL: &'static [Step] = &Step::ALL;
     fn name(self) -> &'static str {
         Step::name(self)
     }
@@ -273,10 +274,6 @@ impl super::steps::StepList for Bootstrap<'_, '_> {
 
     fn what(&self) -> &'static str {
         "bootstrap"
-    }
-
-    fn steps(&self) -> Vec<Step> {
-        Step::ALL.to_vec()
     }
 
     fn key(&self) -> String {

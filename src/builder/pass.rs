@@ -112,6 +112,7 @@ impl Step {
 }
 
 impl super::steps::Step for Step {
+    const ALL: &'static [Step] = &Step::ALL;
     fn name(self) -> &'static str {
         match self {
             Step::Config => "config",
@@ -159,10 +160,6 @@ impl super::steps::StepList for Pass<'_, '_> {
 
     fn what(&self) -> &'static str {
         "pass"
-    }
-
-    fn steps(&self) -> Vec<Step> {
-        Step::ALL.to_vec()
     }
 
     fn key(&self) -> String {

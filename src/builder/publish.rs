@@ -189,10 +189,12 @@ fn sign_all(m: &MachineLock, keys: &Keys, header: &str, all: &[String]) -> Resul
             updated.push(st.clone());
             continue;
         };
-        let (facts, signer) = match cache.files.remove(&rel) {
-            Some(c) if c.stamp == stamp && listed.contains(&c.signer) => (c.facts, c.signer),
+        let (facts, signer, stamp) = match cache.files.remove(&rel) {
+            Some(c) if c.stamp == stamp && listed.contains(&c.signer) => (c.facts, c.signer, stamp),
             _ => match ensure_signed(&path, keys) {
-                Ok(s) => (s.facts, s.signer),
+                // Signing replaced the file: the stamp is the new file's.
+                Ok(s) if s.rewritten => (s.facts, s.signer, FileStamp::of(&path)?),
+                Ok(s) => (s.facts, s.signer, stamp),
                 Err(e @ crate::sign::SignError::Corrupt(..))
                 | Err(e @ crate::sign::SignError::NotGpkg(..)) => {
                     tracing::warn!("not published: {e}");
@@ -214,8 +216,6 @@ fn sign_all(m: &MachineLock, keys: &Keys, header: &str, all: &[String]) -> Resul
         if new != st.trim_end_matches('\n') {
             changed = true;
         }
-        // Signing may have replaced the file: the stamp is the file's as it is now.
-        let stamp = FileStamp::of(&path)?;
         fresh.files.insert(
             rel,
             SignedFile {

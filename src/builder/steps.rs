@@ -9,11 +9,13 @@
 use std::time::Instant;
 
 use super::session::Session;
-use super::state::{now, LastPass, StepRecord, StepResult};
+use super::state::{now, LastPass, LoopState, State, StepRecord, StepResult};
 use super::{MachineLock, Result};
 
 /// One step of a list.
-pub trait Step: Copy + std::fmt::Debug {
+pub trait Step: Copy + std::fmt::Debug + 'static {
+    /// Every step of the list, in the order they run.
+    const ALL: &'static [Self];
     /// Its name in the state and the log (`world`).
     fn name(self) -> &'static str;
     /// `prepare`, `build` or `finish`.
@@ -38,7 +40,6 @@ pub trait StepList {
     type Step: Step;
     /// `pass` or `bootstrap`, in the log lines.
     fn what(&self) -> &'static str;
-    fn steps(&self) -> Vec<Self::Step>;
     /// The hash of the list's inputs, kept in each record.
     fn key(&self) -> String;
     /// Whether `step` was done before with the same inputs and may be skipped.
@@ -98,7 +99,7 @@ impl Records for SessionRecords<'_, '_> {
 pub fn run<L: StepList>(list: &mut L) -> Result<Option<L::Step>> {
     let what = list.what();
     let key = list.key();
-    for step in list.steps() {
+    for &step in L::Step::ALL {
         let name = step.name();
         if list.done(step)? {
             list.records().last_pass().steps.push(StepRecord {
@@ -183,6 +184,14 @@ pub fn current(lp: &LastPass) -> Option<&StepRecord> {
     lp.steps.last().filter(|r| r.result == StepResult::Running)
 }
 
+/// The step a building loop is in now (none when the loop is not building, or died).
+pub fn running(s: &State) -> Option<&StepRecord> {
+    if s.live_state() != LoopState::Building {
+        return None;
+    }
+    s.last_pass.as_ref().and_then(current)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,6 +205,7 @@ mod tests {
     }
 
     impl Step for S {
+        const ALL: &'static [S] = &[S::A, S::B, S::C];
         fn name(self) -> &'static str {
             match self {
                 S::A => "a",
@@ -223,9 +233,6 @@ mod tests {
         type Step = S;
         fn what(&self) -> &'static str {
             "test"
-        }
-        fn steps(&self) -> Vec<S> {
-            vec![S::A, S::B, S::C]
         }
         fn key(&self) -> String {
             "k1".into()

@@ -1,7 +1,7 @@
 //! `gbuild status [--machine M] [--json]`: the loop's state, current package, last pass, and
 //! the state of each distcc helper the machine's gbuild.toml names (probed now).
 
-use gbuild::builder::state::{now, LoopState, PassKind, State};
+use gbuild::builder::state::{now, PassKind, State};
 
 use super::{Ctx, MachineOpts};
 
@@ -44,12 +44,7 @@ pub fn run(ctx: &Ctx, o: StatusOpts) -> anyhow::Result<i32> {
     let meta = m.meta()?;
     println!("machine:  {}", m.name);
     println!("state:    {}", st.state);
-    if let Some(step) = st
-        .last_pass
-        .as_ref()
-        .filter(|_| st.state == LoopState::Building)
-        .and_then(gbuild::builder::steps::current)
-    {
+    if let Some(step) = gbuild::builder::steps::running(&st) {
         println!(
             "step:     {} (for {} s)",
             step.name,

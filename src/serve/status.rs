@@ -447,12 +447,7 @@ fn summary(h: &mut String, machines: &[MachineStatus]) {
 
 fn current_text(s: &State) -> String {
     // The step a building loop is in, before the package emerge is at.
-    let step = s
-        .last_pass
-        .as_ref()
-        .filter(|_| s.live_state() == LoopState::Building)
-        .and_then(crate::builder::steps::current)
-        .map(|r| format!("step {}", esc(&r.name)));
+    let step = crate::builder::steps::running(s).map(|r| format!("step {}", esc(&r.name)));
     let Some(c) = &s.current else {
         return step.unwrap_or_else(|| "&ndash;".into());
     };
