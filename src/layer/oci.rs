@@ -153,9 +153,10 @@ pub fn pack_blob(
     compression: Compression,
     progress: Option<&Progress>,
 ) -> Result<BlobInfo> {
-    if let Some(b) = cached_blob(store, id, blob_dir, compression)? {
+    let info = layer_info(store, id)?;
+    if let Some(b) = reuse_cached(store, id, blob_dir, compression)? {
         if let Some(p) = progress {
-            p.inc(layer_info(store, id)?.size);
+            p.inc(info.size);
         }
         return Ok(b);
     }
