@@ -3,7 +3,7 @@
 #
 # Run as root (CI, or `sudo scripts/test.sh` on a fresh machine), it first prepares the machine:
 # Debian packages, an unprivileged test user (GBUILD_TEST_USER, default gbuild-test) with
-# subordinate ids and cgroup delegation (`gbuild setup-host`), and the fixture mirror
+# subordinate ids (`gbuild setup-host`), and the fixture mirror
 # (scripts/fixture/build.sh, cached in .fixture-cache/); then it runs the suite as that user
 # through runuser, because the product is rootless, and the root-only tests (`as_root::`) as root.
 # Binaries are copied to a directory that user can read. Run as an ordinary user with

@@ -73,7 +73,7 @@ pub enum Command {
     Exec(cmd::exec::ExecOpts),
     /// Run a command in a user namespace with the containers' id mapping (like `podman unshare`)
     Unshare(cmd::unshare::UnshareOpts),
-    /// One-time, as root: subordinate id ranges and cgroup delegation for a user
+    /// One-time, as root: subordinate id ranges for a user
     SetupHost(cmd::setup_host::SetupHostOpts),
     /// Sealed layers: unpack a stage3, commit an upper dir, unpack an ebuild tree, list
     Layer(cmd::layer::LayerOpts),

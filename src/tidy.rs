@@ -113,12 +113,17 @@ fn offenders(files: &[(String, String)], needles: &[&str], allowed: &[&str]) -> 
 fn libcontainer_only_in_the_runtime() {
     let bad = offenders(
         &rust_files("src"),
-        &["libcontainer::", "use libcontainer"],
+        &[
+            "libcontainer::",
+            "use libcontainer",
+            "libcgroups::",
+            "use libcgroups",
+        ],
         &["src/runtime.rs", "src/runtime"],
     );
     assert!(
         bad.is_empty(),
-        "libcontainer outside src/runtime:\n{}",
+        "libcontainer or libcgroups outside src/runtime:\n{}",
         bad.join("\n")
     );
 }

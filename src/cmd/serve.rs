@@ -17,15 +17,15 @@ pub struct ServeOpts {
     pub listen: SocketAddr,
     /// Connections served at once; more wait in the listen backlog (lowered to what the
     /// open-file limit allows)
-    #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections)]
+    #[arg(long, value_name = "N", default_value_t = Limits::MAX_CONNECTIONS)]
     pub max_connections: usize,
     /// Connections from one client address at once; more are answered 503 (raise it behind
     /// a reverse proxy)
-    #[arg(long, value_name = "N", default_value_t = Limits::default().max_per_client)]
+    #[arg(long, value_name = "N", default_value_t = Limits::MAX_PER_CLIENT)]
     pub max_per_client: usize,
     /// Seconds a client has to send a request's headers, from connecting or from the end of
     /// the previous response (the keep-alive idle time)
-    #[arg(long, value_name = "SECS", default_value_t = Limits::default().header_timeout.as_secs())]
+    #[arg(long, value_name = "SECS", default_value_t = Limits::HEADER_TIMEOUT.as_secs())]
     pub header_timeout: u64,
 }
 

@@ -1,5 +1,5 @@
-//! `gbuild setup-host --user NAME`: one-time preparation by root (subordinate ids, cgroup
-//! delegation); says what it changed, and that nothing changed on a second run.
+//! `gbuild setup-host --user NAME`: one-time preparation by root (subordinate ids); says what it
+//! changed, and that nothing changed on a second run.
 
 use super::Ctx;
 

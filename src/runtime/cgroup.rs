@@ -1,44 +1,21 @@
-//! Where a container's cgroup goes. libcontainer must get an absolute `cgroupsPath`: an empty
-//! one is the caller's own cgroup (its cleanup after a failure would kill gbuild), a relative
-//! one goes to the systemd manager. On cgroup v1/hybrid hosts the v1 manager has no rootless
-//! mode, so a user's containers live under the directory `setup-host` delegated to them.
+//! Containers get no cgroup. gbuild asks for no resource limit, and a container's processes are
+//! held by its pid namespace (when gbuild's init, its pid 1, exits, the kernel kills the rest),
+//! so a cgroup would only cost time: on a cgroup v1 host libcontainer makes and joins one in each
+//! mounted controller (the kernel's migration lock on the way) and removes them all again, and
+//! its v1 manager has no rootless mode, which needed root to delegate a directory per controller.
+//! The patched copy of libcgroups in `vendor/` has a manager of no cgroup, chosen here once per
+//! process (inherited by the processes libcontainer clones and by the watchdog).
 
-use super::RuntimeError;
-
-/// The directory (relative to each controller's root) under which this user's containers get
-/// their cgroup, checked once per runtime.
-pub fn discover_base() -> Result<String, RuntimeError> {
-    let uid = nix::unistd::getuid().as_raw();
-    if uid == 0 {
-        return Ok("/gbuild".into());
-    }
-    let user = crate::setup_host::user_name(uid);
-    let base = crate::setup_host::delegated_cgroup(&user);
-    if crate::setup_host::cgroup_is_v1() {
-        for (ctrl, mnt) in crate::setup_host::v1_controller_mounts() {
-            let dir = mnt.join(base.trim_start_matches('/'));
-            let ok = std::fs::metadata(&dir)
-                .map(|m| {
-                    use std::os::unix::fs::MetadataExt;
-                    m.uid() == uid
-                })
-                .unwrap_or(false);
-            if !ok {
-                return Err(RuntimeError::NoCgroupDelegation {
-                    ctrl,
-                    path: dir,
-                    uid,
-                    user,
-                });
-            }
-        }
-    }
-    Ok(base)
+/// Make every cgroup manager libcontainer creates from now on, in this process and its children,
+/// one that creates nothing.
+pub fn disable() {
+    libcgroups::none::disable();
 }
 
-/// The cgroup path of container `id` under `base`.
-pub fn container_path(base: &str, id: &str) -> String {
-    format!("{}/{id}", base.trim_end_matches('/'))
+/// The cgroup path recorded in container `id`'s spec (absolute and never empty, so that nothing
+/// could resolve it to the caller's own cgroup); no cgroup is created there.
+pub fn container_path(id: &str) -> String {
+    format!("/gbuild/{id}")
 }
 
 #[cfg(test)]
@@ -46,8 +23,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn paths_are_absolute_and_never_the_base_itself() {
-        assert_eq!(container_path("/gbuild/u", "gb-1-2"), "/gbuild/u/gb-1-2");
-        assert_eq!(container_path("/gbuild/", "gb-1-2"), "/gbuild/gb-1-2");
+    fn paths_are_absolute_and_never_empty() {
+        assert_eq!(container_path("gb-1-2"), "/gbuild/gb-1-2");
     }
 }

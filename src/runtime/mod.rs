@@ -150,13 +150,6 @@ pub enum RuntimeError {
     NoRootfs(PathBuf),
     #[error("bind source {0} does not exist")]
     NoBindSource(PathBuf),
-    #[error("cgroup v1 controller {ctrl} has no directory delegated to uid {uid} ({path}): run `gbuild setup-host --user {user}` as root once")]
-    NoCgroupDelegation {
-        ctrl: String,
-        path: PathBuf,
-        uid: u32,
-        user: String,
-    },
     #[error("invalid container spec: {0}")]
     Spec(String),
     #[error("container {id}: {message}")]
@@ -246,7 +239,6 @@ pub type Sink<'a> = &'a mut dyn FnMut(&[u8]);
 /// What a runtime learns about the host once and reuses for every container.
 struct Host {
     facts: HostFacts,
-    cgroup_base: String,
 }
 
 /// The container runtime bound to a state directory.
@@ -280,9 +272,9 @@ impl Runtime {
         if let Some(h) = self.host.get() {
             return Ok(h);
         }
+        cgroup::disable();
         let h = Host {
             facts: HostFacts::probe(),
-            cgroup_base: cgroup::discover_base()?,
         };
         Ok(self.host.get_or_init(|| h))
     }
@@ -307,7 +299,7 @@ impl Runtime {
         let bundle = self.state_root.join("bundles").join(&id);
         let paths = plan::RunPaths {
             bundle: bundle.clone(),
-            cgroups_path: cgroup::container_path(&host.cgroup_base, &id),
+            cgroups_path: cgroup::container_path(&id),
         };
         let plan = plan::plan(&resolved, &host.facts, &paths)?;
         steps.mark("plan");
@@ -514,25 +506,52 @@ impl Drop for RestoreMask {
     }
 }
 
-/// Kill and remove container `id` through the library (init, every process, cgroup, state).
+/// Kill and remove container `id` through the library (its init, which takes every other
+/// process of the pid namespace with it, then its state).
 fn destroy(state_root: &Path, id: &str) {
+    cgroup::disable();
     if let Ok(mut c) = Container::load(state_root.join(id)) {
+        // The recorded status may be stale (an init that has exited still reads `running`);
+        // the library refuses to kill a stopped container, loudly. A failed refresh keeps the
+        // recorded status, and the wait and delete below follow either way.
+        let _ = c.refresh_status();
         if c.can_kill() {
-            // Best effort: the pid kill and the delete below follow either way.
-            let _ = c.kill(Signal::SIGKILL, true);
-        }
-        if c.delete(true).is_ok() {
-            return;
+            // Best effort: the wait and the delete below follow either way.
+            let _ = c.kill(Signal::SIGKILL, false);
         }
         if let Some(pid) = c.pid() {
-            // ESRCH: gone already.
-            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            if !wait_ended(pid.as_raw(), std::time::Duration::from_secs(5)) {
+                tracing::warn!("container {id}: init {pid} still runs after SIGKILL");
+            }
         }
         if let Err(e) = c.delete(true) {
             tracing::warn!("delete container {id}: {e}");
         }
     }
     crate::fsutil::remove_tree_or_warn(&state_root.join(id));
+}
+
+/// Wait until process `pid` is gone or a zombie (what the library's delete takes as stopped),
+/// at most `limit`.
+fn wait_ended(pid: i32, limit: std::time::Duration) -> bool {
+    let stat = PathBuf::from(format!("/proc/{pid}/stat"));
+    let start = std::time::Instant::now();
+    loop {
+        let ended = match std::fs::read_to_string(&stat) {
+            // The state follows the command's closing parenthesis.
+            Ok(s) => s
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+            Err(_) => true,
+        };
+        if ended {
+            return true;
+        }
+        if start.elapsed() >= limit {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
 }
 
 /// Removes what a run created, whatever way it ends. It exists before anything of the run is

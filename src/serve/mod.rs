@@ -71,14 +71,22 @@ pub struct Limits {
     pub blocking_threads: usize,
 }
 
+impl Limits {
+    /// The defaults the command line shows (constants: working out the thread count reads
+    /// cgroup files, which every gbuild command would pay for while parsing its arguments).
+    pub const MAX_CONNECTIONS: usize = 512;
+    pub const MAX_PER_CLIENT: usize = 64;
+    pub const HEADER_TIMEOUT: Duration = Duration::from_secs(15);
+}
+
 impl Default for Limits {
     fn default() -> Self {
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
         Limits {
-            max_connections: 512,
-            max_per_client: 64,
+            max_connections: Limits::MAX_CONNECTIONS,
+            max_per_client: Limits::MAX_PER_CLIENT,
             idle_timeout: Duration::from_secs(60),
-            header_timeout: Duration::from_secs(15),
+            header_timeout: Limits::HEADER_TIMEOUT,
             worker_threads: cpus.clamp(1, 4),
             blocking_threads: 32,
         }

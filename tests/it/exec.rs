@@ -71,6 +71,20 @@ fn root_inside_and_chown_maps_to_subordinate_ids() {
 }
 
 #[test]
+fn the_container_stays_in_the_callers_cgroups() {
+    if !ready() {
+        return;
+    }
+    // No cgroup of its own in any hierarchy: the processes inside are where gbuild is (a
+    // service's unit, a login's session), and nothing is left to remove afterwards.
+    let (s, root) = busybox_scratch();
+    let out = util::output(exec(&s, &root).args(["--", "/bin/cat", "/proc/self/cgroup"]));
+    assert!(out.status.success(), "{}", util::stderr(&out));
+    let ours = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    assert_eq!(util::stdout(&out), ours);
+}
+
+#[test]
 fn readonly_bind_and_overlay_upper() {
     if !ready() {
         return;
@@ -569,18 +583,16 @@ mod as_root {
                     let _ = std::fs::write(f, kept);
                 }
             }
-            for (_, mnt) in cgroup_mounts() {
-                let _ = std::fs::remove_dir(mnt.join("gbuild").join(&self.0));
-            }
         }
     }
 
+    /// Every mounted cgroup hierarchy (v1 controllers and the v2 one).
     fn cgroup_mounts() -> Vec<(String, std::path::PathBuf)> {
         let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         text.lines()
             .filter_map(|l| {
                 let (left, right) = l.split_once(" - ")?;
-                right.starts_with("cgroup ").then(|| {
+                (right.starts_with("cgroup ") || right.starts_with("cgroup2 ")).then(|| {
                     let mnt = left.split_whitespace().nth(4).unwrap();
                     (mnt.to_string(), std::path::PathBuf::from(mnt))
                 })
@@ -625,6 +637,35 @@ mod as_root {
         assert!(util::stderr(&second).contains("nothing to change"));
         assert_eq!(std::fs::read("/etc/subuid").unwrap(), subuid);
         assert_eq!(std::fs::read("/etc/subgid").unwrap(), subgid);
+
+        // The ranges are all a user needs: containers make no cgroup, so none is delegated and
+        // none is created under any controller.
+        let (bs, root) = super::busybox_scratch();
+        Command::new("chmod")
+            .args(["-R", "a+rX"])
+            .arg(bs.path())
+            .status()
+            .unwrap();
+        let run = Command::new("runuser")
+            .args(["-u", &user.0, "--"])
+            .arg(util::bin())
+            .args(["exec", "--idmap", "full", "--rootfs"])
+            .arg(&root)
+            .args(["--", "/bin/sh", "-c", "cat /proc/self/uid_map"])
+            .env("GBUILD_STORE", bs.path().join("store"))
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{}", util::stderr(&run));
+        assert!(
+            util::stdout(&run).lines().count() >= 2,
+            "a full mapping: {}",
+            util::stdout(&run)
+        );
+        let mounts = cgroup_mounts();
+        for (_, mnt) in &mounts {
+            let dir = mnt.join("gbuild").join(&user.0);
+            assert!(!dir.exists(), "no cgroup {}", dir.display());
+        }
     }
 
     #[test]
