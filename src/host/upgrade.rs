@@ -607,6 +607,7 @@ fn bring_tree(
             strip_top: true,
             strict_xattrs: false,
             link_from: None,
+            link_from_is_source: false,
         };
         crate::layer::unpack::unpack_file(&partial, &new, &opts, &format!("unpack {}", snap.file))?;
         let got = crate::fetch::read_tree_identity(&new)?;

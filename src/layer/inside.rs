@@ -3,6 +3,7 @@
 //! `ns.rs` holds the protocol and the outside half that starts it.
 
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -37,11 +38,86 @@ pub fn serve(json: &str) -> i32 {
         "{}",
         serde_json::to_string(&answer).expect("serialisable")
     )
+    .and_then(|()| out.flush())
     .is_err()
     {
         return 1;
     }
+    drop(out);
+    remove_deferred();
     code
+}
+
+/// Trees this request emptied out of the way (`empty_dir_deferred`), removed once it answered.
+static DEFERRED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+fn defer_removal(dir: PathBuf) {
+    DEFERRED.lock().unwrap_or_else(|e| e.into_inner()).push(dir);
+}
+
+/// Remove the deferred trees without keeping the caller waiting: a detached child (in the same
+/// user namespace, so it may remove files of subordinate ids) does it after this process has
+/// exited and the caller has its answer. When no child can be made, they are removed here.
+fn remove_deferred() {
+    let dirs = std::mem::take(&mut *DEFERRED.lock().unwrap_or_else(|e| e.into_inner()));
+    if dirs.is_empty() {
+        return;
+    }
+    // The child renames the trees after itself before this process exits and the caller lets
+    // go of the store lock: under the name of this process, which is dead once it exits, `gc`
+    // would remove them at the same time.
+    let Ok((ready_r, ready_w)) = nix::unistd::pipe() else {
+        dirs.iter().for_each(|d| crate::fsutil::remove_tree_or_warn(d));
+        return;
+    };
+    match crate::sys::fork_single_threaded() {
+        Ok(nix::unistd::ForkResult::Parent { .. }) => {
+            drop(ready_w);
+            let mut b = [0u8; 1];
+            // Returns at the child's exit or once it renamed the trees; either is enough.
+            let _ = nix::unistd::read(ready_r.as_raw_fd(), &mut b);
+        }
+        Ok(nix::unistd::ForkResult::Child) => {
+            drop(ready_r);
+            let mine: Vec<PathBuf> = dirs
+                .iter()
+                .map(|d| {
+                    let to = d.parent().map(|p| {
+                        crate::fsutil::temp_path(p, &format!("{}-trash", super::TEMP_PURPOSE))
+                    });
+                    match to {
+                        Some(m) if std::fs::rename(d, &m).is_ok() => m,
+                        _ => d.clone(),
+                    }
+                })
+                .collect();
+            drop(ready_w);
+            // Not holding the caller's pipes or terminal open, not in its process group.
+            let _ = nix::unistd::setsid();
+            if let Ok(null) = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+            {
+                for fd in 0..3 {
+                    // Cannot fail for open descriptors; a standard one left open only keeps
+                    // the caller's pipe open a little longer.
+                    let _ = nix::unistd::dup2(null.as_raw_fd(), fd);
+                }
+            }
+            for d in &mine {
+                // Nobody reads this process's errors: a tree left over has a temporary name of
+                // a process that is gone, which `gc` removes.
+                let _ = super::remove_tree(d);
+            }
+            std::process::exit(0);
+        }
+        Err(_) => {
+            for d in &dirs {
+                crate::fsutil::remove_tree_or_warn(d);
+            }
+        }
+    }
 }
 
 fn handle(store: &Store, req: Request) -> Result<Reply> {
@@ -114,7 +190,10 @@ pub fn commit_upper(
             oci_whiteouts: true,
             strip_top: false,
             strict_xattrs: true,
-            link_from: None,
+            // The layer's files are the upper dir's, linked: nothing is written twice, and
+            // emptying the upper dir afterwards frees no data.
+            link_from: Some(upper.to_path_buf()),
+            link_from_is_source: true,
         };
         let bar = Arc::new(crate::progress::bytes("commit layer", None));
         let b2 = bar.clone();
@@ -141,7 +220,9 @@ pub fn commit_upper(
     })();
     match r {
         Ok(info) => {
-            super::empty_dir(upper)?;
+            if let Some(trash) = super::empty_dir_deferred(store, upper)? {
+                defer_removal(trash);
+            }
             Ok(Some(info))
         }
         Err(e) => {
@@ -184,6 +265,7 @@ pub fn unpack_blobs(store: &Store, blobs: &[BlobToUnpack], source: &str) -> Resu
                 strip_top: false,
                 strict_xattrs: true,
                 link_from: None,
+                link_from_is_source: false,
             };
             let what = format!("restore layer {}/{}", i + 1, blobs.len());
             let expected = super::unpack::Expected {

@@ -265,6 +265,32 @@ pub fn empty_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Empty `dir` at once and leave freeing what it held for later: its entries are moved into a
+/// temporary directory of the store, one rename each, and that directory is returned for the
+/// caller to remove when time allows (removing a tree costs a journal update per name, tens of
+/// milliseconds for a few hundred). A temporary directory whose process died is removed by
+/// `gc`, so a crash leaves nothing behind. On another filesystem than the store the entries
+/// are removed in place and `None` is returned.
+pub fn empty_dir_deferred(store: &Store, dir: &Path) -> Result<Option<PathBuf>> {
+    use std::os::unix::fs::MetadataExt;
+    let trash = temp_dir(store, "trash")?;
+    let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).at("stat", p);
+    if dev(&trash)? != dev(dir)? {
+        remove_tree(&trash)?;
+        empty_dir(dir)?;
+        return Ok(None);
+    }
+    for ent in std::fs::read_dir(dir).at("read directory", dir)? {
+        let ent = ent.at("read directory", dir)?;
+        let from = ent.path();
+        // A mount point inside, or another filesystem below: removed in place.
+        if std::fs::rename(&from, trash.join(ent.file_name())).is_err() {
+            remove_tree(&from)?;
+        }
+    }
+    Ok(Some(trash))
+}
+
 /// Store-wide lock of layer operations: creators share it, `gc` takes it alone, so a collection
 /// never removes a layer that is being made but not yet referenced by an image.
 pub struct StoreLock {

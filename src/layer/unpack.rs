@@ -121,8 +121,14 @@ pub struct UnpackOptions {
     pub strict_xattrs: bool,
     /// A previous complete tree (read-only from then on): a regular file whose path, size,
     /// mode, mtime and content equal that tree's file becomes a hardlink to it instead of a
-    /// copy. Only for trees without owners (ebuild trees).
+    /// copy. Only for trees without owners (ebuild trees), unless `link_from_is_source`.
     pub link_from: Option<PathBuf>,
+    /// `link_from` is the tree the archive is being read from, as it is read (a commit of an
+    /// upper dir that nothing writes meanwhile): a file whose size, mode, owner and mtime are
+    /// those of its entry is that entry's content, so it is linked without being compared
+    /// (whatever its size), and overlayfs' own xattrs on it (which the archive leaves out) are
+    /// removed. Owners are kept.
+    pub link_from_is_source: bool,
 }
 
 /// What an unpack did.
@@ -413,6 +419,7 @@ pub fn unpack_rootfs(store: &Store, tarball: &Path, source: &str) -> Result<Laye
             strip_top: false,
             strict_xattrs: false,
             link_from: None,
+            link_from_is_source: false,
         };
         let name = tarball
             .file_name()
@@ -538,6 +545,7 @@ pub fn unpack_repo(store: &Store, tarball: &Path, name: &str) -> Result<PathBuf>
             strip_top: true,
             strict_xattrs: false,
             link_from: previous_repo(store, name),
+            link_from_is_source: false,
         };
         unpack_file(tarball, &tmp, &opts, &format!("unpack {name}"))?;
         super::sync_tree(&tmp)?;
@@ -574,7 +582,9 @@ fn previous_repo(store: &Store, name: &str) -> Option<PathBuf> {
 /// Parse and write every entry of the tar stream `r` into `dest` (an existing directory).
 pub fn unpack_tar<R: Read>(r: R, dest: &Path, opts: &UnpackOptions) -> Result<UnpackStats> {
     let prev = match &opts.link_from {
-        Some(p) if !opts.owners => crate::beneath::Beneath::open(p).ok(),
+        Some(p) if !opts.owners || opts.link_from_is_source => {
+            crate::beneath::Beneath::open(p).ok()
+        }
         _ => None,
     };
     let mut w = Writer {
@@ -595,6 +605,33 @@ pub fn unpack_tar<R: Read>(r: R, dest: &Path, opts: &UnpackOptions) -> Result<Un
     }
     w.finish()?;
     Ok(w.stats)
+}
+
+/// Hardlink the open file `f` at the new name `path`, through its descriptor (the file opened
+/// beneath a tree's root, so no name is resolved again on the way).
+fn link_open_file(f: &File, path: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let proc_path = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
+    nix::unistd::linkat(
+        None,
+        proc_path.as_path(),
+        None,
+        path,
+        nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+    )
+    .map_err(io::Error::from)
+}
+
+/// Remove overlayfs' own xattrs (`*.overlay.*`, e.g. the origin overlay records on a file it
+/// copied up) from the file `path`: a layer holds only what its canonical tarball does.
+fn drop_overlay_xattrs(path: &Path) -> Result<()> {
+    let names = xattr::list(path).at("list xattrs", path)?;
+    for n in names {
+        if !super::pack::keep_xattr(n.as_encoded_bytes()) {
+            xattr::remove(path, &n).at("remove xattr", path)?;
+        }
+    }
+    Ok(())
 }
 
 /// What `Writer::link_same` did with an entry's content.
@@ -978,12 +1015,31 @@ impl Writer<'_> {
             return Ok(Linked::Unread);
         };
         let size = e.size();
-        if size > MAX {
+        if size > MAX && !self.opts.link_from_is_source {
             return Ok(Linked::Unread);
         }
         let Ok(mut old) = prev.open_file(rel) else {
             return Ok(Linked::Unread);
         };
+        if self.opts.link_from_is_source {
+            let same = old.metadata().is_ok_and(|md| {
+                md.file_type().is_file()
+                    && md.len() == size
+                    && md.mode() & 0o7777 == m.mode
+                    && md.uid() == m.uid
+                    && md.gid() == m.gid
+                    && md.mtime() == m.mtime.unix_seconds()
+                    && md.mtime_nsec() == i64::from(m.mtime.nanoseconds())
+            });
+            // A file at its link limit, or another filesystem: the caller writes a copy.
+            if !same || link_open_file(&old, path).is_err() {
+                return Ok(Linked::Unread);
+            }
+            drop_overlay_xattrs(path)?;
+            self.stats.content_bytes += size;
+            self.stats.files_linked += 1;
+            return Ok(Linked::Done);
+        }
         let same_meta = old.metadata().is_ok_and(|md| {
             md.file_type().is_file()
                 && md.len() == size
@@ -1000,7 +1056,7 @@ impl Writer<'_> {
         let mut cur = Vec::with_capacity(size as usize);
         let same = old.read_to_end(&mut cur).is_ok() && cur == new;
         // A tree removed meanwhile, or a file at its link limit: the caller writes a copy.
-        if same && std::fs::hard_link(prev.path(rel), path).is_ok() {
+        if same && link_open_file(&old, path).is_ok() {
             self.stats.files_linked += 1;
             return Ok(Linked::Done);
         }
@@ -1128,6 +1184,7 @@ mod tests {
             strip_top: false,
             strict_xattrs: false,
             link_from: None,
+            link_from_is_source: false,
         }
     }
 

@@ -7,6 +7,7 @@ use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use crate::util::{self, gbuild, require, rootless_ready, Scratch};
 
@@ -642,6 +643,104 @@ fn next_day_costs_what_changed_and_gc_keeps_it_whole() {
         1
     );
     assert_eq!(env.ok(&["gc", "--dry-run"]), "");
+}
+
+#[test]
+fn a_commit_links_the_upper_files_into_the_layer_and_frees_the_rest_later() {
+    if !require(
+        rootless_ready(),
+        "rootless user namespaces with subordinate ids",
+    ) {
+        return;
+    }
+    let env = Env::new();
+    let tarball = env.write("stage3.tar.xz", &fixture_stage3());
+    env.ok(&[
+        "layer",
+        "unpack",
+        tarball.to_str().unwrap(),
+        "--image",
+        "fx/base",
+    ]);
+    for d in ["upper", "work", "merged"] {
+        std::fs::create_dir(env.p(d)).unwrap();
+    }
+    env.ns_sh(&format!(
+        "M={m}; mount -t overlay overlay -o userxattr,lowerdir={l},upperdir={u},workdir={w} $M
+         head -c 3000000 /dev/urandom > $M/etc/big
+         mkdir -p $M/var/lib/deep/er; echo x > $M/var/lib/deep/er/f; chown 250:250 $M/var/lib/deep/er/f
+         umount $M",
+        m = env.p("merged").display(),
+        l = env.lowerdir(&env.store(), "fx/base"),
+        u = env.p("upper").display(),
+        w = env.p("work").display(),
+    ));
+    let upper = env.p("upper");
+    let big = upper.join("etc/big");
+    // What overlayfs records for itself on a file it copied up stays out of the layer.
+    xattr::set(&big, "user.overlay.origin", b"\0").unwrap();
+    xattr::set(&big, "user.kept", b"yes").unwrap();
+    let ino = std::fs::metadata(&big).unwrap().ino();
+    let data = std::fs::read(&big).unwrap();
+    let id = env.ok(&[
+        "layer",
+        "commit",
+        "--image",
+        "fx/base",
+        "--upper",
+        upper.to_str().unwrap(),
+        "--new-image",
+        "fx/next",
+    ]);
+    assert!(is_id(&id), "{id}");
+    assert_eq!(
+        std::fs::read_dir(&upper).unwrap().count(),
+        0,
+        "upper emptied at once"
+    );
+    // The layer's file is the upper dir's file itself: nothing was written twice.
+    let in_layer = env.store().join("layers").join(&id).join("etc/big");
+    assert_eq!(std::fs::metadata(&in_layer).unwrap().ino(), ino);
+    assert_eq!(std::fs::read(&in_layer).unwrap(), data);
+    let names: Vec<String> = xattr::list(&in_layer)
+        .unwrap()
+        .map(|n| n.to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["user.kept"], "overlayfs' own xattrs removed");
+    // The layer is exactly what its id says: a snapshot packs it anew (no cached blob) and
+    // refuses a layer whose content hashes otherwise.
+    let snap = env.p("snap");
+    env.ok(&[
+        "snapshot",
+        "--image",
+        "fx/next",
+        "-o",
+        snap.to_str().unwrap(),
+    ]);
+    // What the upper dir held beside the layer's files goes in the background, soon.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let left: Vec<String> = env
+            .leftovers(&env.store())
+            .into_iter()
+            .filter(|n| n.contains("trash"))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still there: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let seen = with_image_mounted(
+        &env,
+        &env.store(),
+        "fx/next",
+        "stat -c '%u %s' $M/var/lib/deep/er/f $M/etc/big",
+    );
+    assert_eq!(seen, "250 2\n0 3000000\n");
 }
 
 /// Mount image `image` of `store` read-only (lower dirs only) and run `script` with $M.
