@@ -67,7 +67,9 @@ fn remove_deferred() {
     // go of the store lock: under the name of this process, which is dead once it exits, `gc`
     // would remove them at the same time.
     let Ok((ready_r, ready_w)) = nix::unistd::pipe() else {
-        dirs.iter().for_each(|d| crate::fsutil::remove_tree_or_warn(d));
+        for d in &dirs {
+            crate::fsutil::remove_tree_or_warn(d);
+        }
         return;
     };
     match crate::sys::fork_single_threaded() {
