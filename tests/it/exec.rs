@@ -586,6 +586,26 @@ mod as_root {
         }
     }
 
+    /// `gbuild exec --idmap full` of `command` as `user`, on a busybox rootfs of its own.
+    fn exec_as(user: &TempUser, command: &[&str]) -> std::process::Output {
+        let (s, root) = super::busybox_scratch();
+        Command::new("chmod")
+            .args(["-R", "a+rX"])
+            .arg(s.path())
+            .status()
+            .unwrap();
+        Command::new("runuser")
+            .args(["-u", &user.0, "--"])
+            .arg(util::bin())
+            .args(["exec", "--idmap", "full", "--rootfs"])
+            .arg(&root)
+            .arg("--")
+            .args(command)
+            .env("GBUILD_STORE", s.path().join("store"))
+            .output()
+            .unwrap()
+    }
+
     /// Every mounted cgroup hierarchy (v1 controllers and the v2 one).
     fn cgroup_mounts() -> Vec<(String, std::path::PathBuf)> {
         let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
@@ -640,21 +660,7 @@ mod as_root {
 
         // The ranges are all a user needs: containers make no cgroup, so none is delegated and
         // none is created under any controller.
-        let (bs, root) = super::busybox_scratch();
-        Command::new("chmod")
-            .args(["-R", "a+rX"])
-            .arg(bs.path())
-            .status()
-            .unwrap();
-        let run = Command::new("runuser")
-            .args(["-u", &user.0, "--"])
-            .arg(util::bin())
-            .args(["exec", "--idmap", "full", "--rootfs"])
-            .arg(&root)
-            .args(["--", "/bin/sh", "-c", "cat /proc/self/uid_map"])
-            .env("GBUILD_STORE", bs.path().join("store"))
-            .output()
-            .unwrap();
+        let run = exec_as(&user, &["/bin/sh", "-c", "cat /proc/self/uid_map"]);
         assert!(run.status.success(), "{}", util::stderr(&run));
         assert!(
             util::stdout(&run).lines().count() >= 2,
@@ -674,21 +680,7 @@ mod as_root {
             return;
         }
         let user = TempUser::new("gbuild-norange-t");
-        let (s, root) = super::busybox_scratch();
-        Command::new("chmod")
-            .args(["-R", "a+rX"])
-            .arg(s.path())
-            .status()
-            .unwrap();
-        let out = Command::new("runuser")
-            .args(["-u", &user.0, "--"])
-            .arg(util::bin())
-            .args(["exec", "--idmap", "full", "--rootfs"])
-            .arg(&root)
-            .args(["--", "/bin/true"])
-            .env("GBUILD_STORE", s.path().join("store"))
-            .output()
-            .unwrap();
+        let out = exec_as(&user, &["/bin/true"]);
         assert_eq!(out.status.code(), Some(1));
         let err = util::stderr(&out);
         assert_eq!(err.trim().lines().count(), 1, "{err}");

@@ -180,6 +180,38 @@ impl Env {
         assert!(o.status.success(), "{script}: {}", util::stderr(&o));
         util::stdout(&o)
     }
+    /// Make `script`'s changes (the merged tree is $M) to image `base` through a real rootless
+    /// overlay mount, as a container would; returns the upper dir holding them.
+    fn change_through_overlay(&self, base: &str, script: &str) -> PathBuf {
+        for d in ["upper", "work", "merged"] {
+            std::fs::create_dir(self.p(d)).unwrap();
+        }
+        self.ns_sh(&format!(
+            "M={m}; mount -t overlay overlay -o userxattr,lowerdir={l},upperdir={u},workdir={w} $M
+             {script}
+             umount $M",
+            m = self.p("merged").display(),
+            l = self.lowerdir(&self.store(), base),
+            u = self.p("upper").display(),
+            w = self.p("work").display(),
+        ));
+        self.p("upper")
+    }
+    /// `gbuild layer commit` of `upper` onto image `base` as image `new`: the new layer's id.
+    fn commit(&self, base: &str, upper: &Path, new: &str) -> String {
+        let id = self.ok(&[
+            "layer",
+            "commit",
+            "--image",
+            base,
+            "--upper",
+            upper.to_str().unwrap(),
+            "--new-image",
+            new,
+        ]);
+        assert!(is_id(&id), "{id}");
+        id
+    }
     fn layers(&self, store: &Path) -> Vec<String> {
         let o = self.gb_in(store, &["layer", "list"]);
         assert!(o.status.success());
@@ -645,13 +677,14 @@ fn next_day_costs_what_changed_and_gc_keeps_it_whole() {
     assert_eq!(env.ok(&["gc", "--dry-run"]), "");
 }
 
-#[test]
-fn a_commit_links_the_upper_files_into_the_layer_and_frees_the_rest_later() {
+/// A store holding the fixture stage3 as image `fx/base` (`None`, said, without rootless
+/// namespaces).
+fn env_with_base() -> Option<Env> {
     if !require(
         rootless_ready(),
         "rootless user namespaces with subordinate ids",
     ) {
-        return;
+        return None;
     }
     let env = Env::new();
     let tarball = env.write("stage3.tar.xz", &fixture_stage3());
@@ -662,37 +695,26 @@ fn a_commit_links_the_upper_files_into_the_layer_and_frees_the_rest_later() {
         "--image",
         "fx/base",
     ]);
-    for d in ["upper", "work", "merged"] {
-        std::fs::create_dir(env.p(d)).unwrap();
-    }
-    env.ns_sh(&format!(
-        "M={m}; mount -t overlay overlay -o userxattr,lowerdir={l},upperdir={u},workdir={w} $M
-         head -c 3000000 /dev/urandom > $M/etc/big
-         mkdir -p $M/var/lib/deep/er; echo x > $M/var/lib/deep/er/f; chown 250:250 $M/var/lib/deep/er/f
-         umount $M",
-        m = env.p("merged").display(),
-        l = env.lowerdir(&env.store(), "fx/base"),
-        u = env.p("upper").display(),
-        w = env.p("work").display(),
-    ));
-    let upper = env.p("upper");
+    Some(env)
+}
+
+#[test]
+fn a_commit_links_the_upper_files_into_the_layer_and_frees_the_rest_later() {
+    let Some(env) = env_with_base() else {
+        return;
+    };
+    let upper = env.change_through_overlay(
+        "fx/base",
+        "head -c 3000000 /dev/urandom > $M/etc/big
+         mkdir -p $M/var/lib/deep/er; echo x > $M/var/lib/deep/er/f; chown 250:250 $M/var/lib/deep/er/f",
+    );
     let big = upper.join("etc/big");
     // What overlayfs records for itself on a file it copied up stays out of the layer.
     xattr::set(&big, "user.overlay.origin", b"\0").unwrap();
     xattr::set(&big, "user.kept", b"yes").unwrap();
     let ino = std::fs::metadata(&big).unwrap().ino();
     let data = std::fs::read(&big).unwrap();
-    let id = env.ok(&[
-        "layer",
-        "commit",
-        "--image",
-        "fx/base",
-        "--upper",
-        upper.to_str().unwrap(),
-        "--new-image",
-        "fx/next",
-    ]);
-    assert!(is_id(&id), "{id}");
+    let id = env.commit("fx/base", &upper, "fx/next");
     assert_eq!(
         std::fs::read_dir(&upper).unwrap().count(),
         0,
@@ -756,52 +778,21 @@ fn with_image_mounted(env: &Env, store: &Path, image: &str, script: &str) -> Str
 
 #[test]
 fn commit_snapshot_restore_round_trip() {
-    if !require(
-        rootless_ready(),
-        "rootless user namespaces with subordinate ids",
-    ) {
+    let Some(env) = env_with_base() else {
         return;
-    }
-    let env = Env::new();
-    let tarball = env.write("stage3.tar.xz", &fixture_stage3());
-    env.ok(&[
-        "layer",
-        "unpack",
-        tarball.to_str().unwrap(),
-        "--image",
-        "fx/base",
-    ]);
+    };
     // A first snapshot of the base image fills the store's blob cache.
     let s0 = env.p("snap0");
     env.ok(&["snapshot", "--image", "fx/base", "-o", s0.to_str().unwrap()]);
-    for d in ["upper", "work", "merged"] {
-        std::fs::create_dir(env.p(d)).unwrap();
-    }
     // A container's changes through a real rootless overlay mount.
-    env.ns_sh(&format!(
-        "M={m}; mount -t overlay overlay -o userxattr,lowerdir={l},upperdir={u},workdir={w} $M
-         rm $M/etc/os-release
+    let upper = env.change_through_overlay(
+        "fx/base",
+        "rm $M/etc/os-release
          echo new > $M/etc/newfile; chown 250:250 $M/etc/newfile; chmod 640 $M/etc/newfile
          rm -rf $M/usr/bin; mkdir $M/usr/bin; echo only > $M/usr/bin/only
-         echo changed > $M/home/user/secret
-         umount $M",
-        m = env.p("merged").display(),
-        l = env.lowerdir(&env.store(), "fx/base"),
-        u = env.p("upper").display(),
-        w = env.p("work").display(),
-    ));
-    let upper = env.p("upper");
-    let id = env.ok(&[
-        "layer",
-        "commit",
-        "--image",
-        "fx/base",
-        "--upper",
-        upper.to_str().unwrap(),
-        "--new-image",
-        "fx/next",
-    ]);
-    assert!(is_id(&id), "{id}");
+         echo changed > $M/home/user/secret",
+    );
+    let id = env.commit("fx/base", &upper, "fx/next");
     assert_eq!(
         std::fs::read_dir(&upper).unwrap().count(),
         0,
