@@ -1021,34 +1021,29 @@ impl Writer<'_> {
         let Ok(mut old) = prev.open_file(rel) else {
             return Ok(Linked::Unread);
         };
-        if self.opts.link_from_is_source {
-            let same = old.metadata().is_ok_and(|md| {
-                md.file_type().is_file()
-                    && md.len() == size
-                    && md.mode() & 0o7777 == m.mode
-                    && md.uid() == m.uid
-                    && md.gid() == m.gid
-                    && md.mtime() == m.mtime.unix_seconds()
-                    && md.mtime_nsec() == i64::from(m.mtime.nanoseconds())
-            });
-            // A file at its link limit, or another filesystem: the caller writes a copy.
-            if !same || link_open_file(&old, path).is_err() {
+        let source = self.opts.link_from_is_source;
+        // The owner counts only where owners are kept (a commit's source tree).
+        let same_meta = old.metadata().is_ok_and(|md| {
+            md.file_type().is_file()
+                && md.len() == size
+                && md.mode() & 0o7777 == m.mode
+                && (!source || (md.uid() == m.uid && md.gid() == m.gid))
+                && md.mtime() == m.mtime.unix_seconds()
+                && md.mtime_nsec() == i64::from(m.mtime.nanoseconds())
+        });
+        if !same_meta {
+            return Ok(Linked::Unread);
+        }
+        if source {
+            // The stream was read from this very file: no comparison. A file at its link
+            // limit, or another filesystem: the caller writes a copy.
+            if link_open_file(&old, path).is_err() {
                 return Ok(Linked::Unread);
             }
             drop_overlay_xattrs(path)?;
             self.stats.content_bytes += size;
             self.stats.files_linked += 1;
             return Ok(Linked::Done);
-        }
-        let same_meta = old.metadata().is_ok_and(|md| {
-            md.file_type().is_file()
-                && md.len() == size
-                && md.mode() & 0o7777 == m.mode
-                && md.mtime() == m.mtime.unix_seconds()
-                && md.mtime_nsec() == i64::from(m.mtime.nanoseconds())
-        });
-        if !same_meta {
-            return Ok(Linked::Unread);
         }
         let mut new = Vec::with_capacity(size as usize);
         e.read_to_end(&mut new).map_err(|x| self.archive_err(x))?;
