@@ -35,15 +35,20 @@ if [ "$(id -u)" = 0 ]; then
 fi
 
 cat > "$work/measure.py" <<'PY'
-import subprocess, sys, time, statistics, resource
+import os, subprocess, sys, time, statistics, resource
 runs = int(sys.argv[1]); cmd = sys.argv[2:]
-subprocess.run(cmd, check=True)  # warm up
+# Leading NAME=VALUE arguments go to the command's environment here, not through env(1), whose
+# own exec would be timed as part of the command.
+env = dict(os.environ)
+while cmd and "=" in cmd[0] and not cmd[0].startswith("/"):
+    k, v = cmd.pop(0).split("=", 1); env[k] = v
+subprocess.run(cmd, check=True, env=env)  # warm up
 t = []; c = []
 def cpu():
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
 for _ in range(runs):
-    c0 = cpu(); s = time.perf_counter(); subprocess.run(cmd, check=True)
+    c0 = cpu(); s = time.perf_counter(); subprocess.run(cmd, check=True, env=env)
     t.append(time.perf_counter() - s); c.append(cpu() - c0)
 # Wall time (what is judged), and the CPU time of the processes waited for (user + system), which
 # a busy machine inflates less.
@@ -72,12 +77,12 @@ steps() {
     python3 "$work/steps.py" "$runs" "$b" exec -T "$@" --rootfs "$root" -- /bin/true
 }
 
-read -r gb gbc < <(measure env GBUILD_SELF_EXE="$work/gbuild" "$work/gbuild" -q exec -T --rootfs "$root" -- /bin/true)
-read -r gb1 gb1c < <(measure env GBUILD_SELF_EXE="$work/gbuild" "$work/gbuild" -q exec -T --idmap single --rootfs "$root" -- /bin/true)
+read -r gb gbc < <(measure GBUILD_SELF_EXE="$work/gbuild" "$work/gbuild" -q exec -T --rootfs "$root" -- /bin/true)
+read -r gb1 gb1c < <(measure GBUILD_SELF_EXE="$work/gbuild" "$work/gbuild" -q exec -T --idmap single --rootfs "$root" -- /bin/true)
 gbsteps=$(steps "$work/gbuild")
 if [ -n "$before" ]; then
-  read -r gbb gbbc < <(measure env GBUILD_SELF_EXE="$work/gbuild-before" "$work/gbuild-before" -q exec -T --rootfs "$root" -- /bin/true)
-  read -r gbb1 gbb1c < <(measure env GBUILD_SELF_EXE="$work/gbuild-before" "$work/gbuild-before" -q exec -T --idmap single --rootfs "$root" -- /bin/true)
+  read -r gbb gbbc < <(measure GBUILD_SELF_EXE="$work/gbuild-before" "$work/gbuild-before" -q exec -T --rootfs "$root" -- /bin/true)
+  read -r gbb1 gbb1c < <(measure GBUILD_SELF_EXE="$work/gbuild-before" "$work/gbuild-before" -q exec -T --idmap single --rootfs "$root" -- /bin/true)
   gbbsteps=$(steps "$work/gbuild-before" 2>/dev/null || echo "(no steps event)")
 fi
 read -r un unc < <(measure unshare -Urmpf chroot "$root" /bin/true)
