@@ -204,13 +204,17 @@ pub fn commit_upper(
             move |w| super::pack::pack_dir(&up, w, Some(&b2)).map(|_| ()),
             &tmp,
             &opts,
+            super::unpack::StreamHash::Compute,
         )?;
+        let id = res
+            .tar_sha256
+            .expect("StreamHash::Compute hashes the stream");
         bar.done();
         super::publish(
             store,
             &tmp,
             LayerInfo {
-                id: res.tar_sha256,
+                id,
                 parent: parent.map(str::to_string),
                 source: source.to_string(),
                 size: res.stats.content_bytes,
@@ -275,12 +279,13 @@ pub fn unpack_blobs(store: &Store, blobs: &[BlobToUnpack], source: &str) -> Resu
                 size: b.size,
             };
             let res = super::unpack::unpack_verified(&b.path, &expected, &tmp, &opts, &what)?;
-            if res.tar_sha256 != b.diff_id {
+            let actual = res.tar_sha256.expect("a verified unpack hashes the stream");
+            if actual != b.diff_id {
                 return Err(LayerError::Digest {
                     what: "uncompressed layer",
                     path: b.path.clone(),
                     expected: format!("sha256:{}", b.diff_id),
-                    actual: format!("sha256:{}", res.tar_sha256),
+                    actual: format!("sha256:{actual}"),
                 });
             }
             let last = pending.last_mut().expect("just pushed");

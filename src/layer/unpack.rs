@@ -18,7 +18,7 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
@@ -220,30 +220,76 @@ impl Read for ChanReader {
     }
 }
 
-/// The result of a pipeline: what was written and the sha256 and length of the tar stream.
+/// The result of a pipeline: what was written and the length of the tar stream, with its
+/// sha256 when `StreamHash::Compute` asked for it.
 #[derive(Debug, Clone)]
 pub struct PipelineResult {
     pub stats: UnpackStats,
-    pub tar_sha256: String,
+    pub tar_sha256: Option<String>,
     pub tar_bytes: u64,
+}
+
+/// Whether a pipeline hashes the tar stream: a commit's layer id and a restored layer's diff
+/// id are that hash; an ebuild tree or a stage3 (whose id comes from its canonical form) does
+/// not need it, and its decoder thread is the one that sets the pace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamHash {
+    Compute,
+    Skip,
+}
+
+/// Counts the bytes written through it.
+struct CountWriter<W> {
+    inner: W,
+    count: u64,
+}
+
+impl<W: Write> Write for CountWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Run `producer` (which writes an uncompressed tar stream) on its own thread and unpack what it
 /// writes into `dest` on this one.
-pub fn pipeline<P>(producer: P, dest: &Path, opts: &UnpackOptions) -> Result<PipelineResult>
+pub fn pipeline<P>(
+    producer: P,
+    dest: &Path,
+    opts: &UnpackOptions,
+    hash: StreamHash,
+) -> Result<PipelineResult>
 where
     P: FnOnce(&mut dyn Write) -> Result<()> + Send + 'static,
 {
     let (tx, rx) = sync_channel::<Vec<u8>>(CHANNEL_DEPTH);
     let handle = std::thread::spawn(move || {
-        let mut w = HashWriter::new(ChanWriter {
+        let chan = ChanWriter {
             tx,
             buf: Vec::with_capacity(CHUNK),
-        });
-        let r = producer(&mut w);
-        let r = r.and_then(|()| w.flush().map_err(LayerError::Unpacker));
-        let (hex, n, _) = w.finish();
-        r.map(|()| (hex, n))
+        };
+        match hash {
+            StreamHash::Compute => {
+                let mut w = HashWriter::new(chan);
+                let r = producer(&mut w);
+                let r = r.and_then(|()| w.flush().map_err(LayerError::Unpacker));
+                let (hex, n, _) = w.finish();
+                r.map(|()| (Some(hex), n))
+            }
+            StreamHash::Skip => {
+                let mut w = CountWriter {
+                    inner: chan,
+                    count: 0,
+                };
+                let r = producer(&mut w);
+                let r = r.and_then(|()| w.flush().map_err(LayerError::Unpacker));
+                r.map(|()| (None, w.count))
+            }
+        }
     });
     let mut reader = ChanReader {
         rx,
@@ -252,7 +298,7 @@ where
     };
     let res = unpack_tar(&mut reader, dest, opts);
     if res.is_ok() {
-        // Hash the whole stream, trailing blocks included.
+        // Read (and so hash) the whole stream, trailing blocks included.
         let _ = io::copy(&mut reader, &mut io::sink());
     }
     drop(reader);
@@ -335,6 +381,11 @@ fn unpack_checked(
     let label = opts.label.clone();
     let p2 = bar.clone();
     let path = archive.to_path_buf();
+    // A verified archive is an OCI blob, whose stream is checked against its diff id.
+    let hash = match expected {
+        Some(_) => StreamHash::Compute,
+        None => StreamHash::Skip,
+    };
     let expected = expected.cloned();
     let producer = move |w: &mut dyn Write| -> Result<()> {
         let r = ProgressReader {
@@ -400,7 +451,7 @@ fn unpack_checked(
         }
         check(d.into_inner().into_inner())
     };
-    let r = pipeline(producer, dest, opts);
+    let r = pipeline(producer, dest, opts, hash);
     if r.is_ok() {
         bar.done();
     }
@@ -594,6 +645,9 @@ pub fn unpack_tar<R: Read>(r: R, dest: &Path, opts: &UnpackOptions) -> Result<Un
         opts,
         known: HashSet::new(),
         deferred: Vec::new(),
+        umask: current_umask(),
+        // New directories inherit a set-group-id bit, which only the final chmod removes.
+        setgid_root: std::fs::metadata(dest).is_ok_and(|md| md.mode() & 0o2000 != 0),
         stats: UnpackStats::default(),
         buf: vec![0u8; 256 * 1024],
     };
@@ -652,8 +706,14 @@ struct Writer<'a> {
     opts: &'a UnpackOptions,
     /// Relative paths (bytes) known to be real directories, not symlinks.
     known: HashSet<Vec<u8>>,
-    /// Directories whose mode and mtime are set at the end: (path, mode, mtime).
-    deferred: Vec<(PathBuf, u32, FileTime)>,
+    /// Directories whose mode (unless creation gave the right one) and mtime are set at the
+    /// end: (path, mode, mtime).
+    deferred: Vec<(PathBuf, Option<u32>, FileTime)>,
+    /// The process's umask, when known: a mode it leaves alone is given at creation, which
+    /// saves a chmod per entry.
+    umask: Option<u32>,
+    /// The target directory has the set-group-id bit, so every directory made in it gets it.
+    setgid_root: bool,
     stats: UnpackStats,
     buf: Vec<u8>,
 }
@@ -837,7 +897,7 @@ impl Writer<'_> {
                     }
                     // Implied directory: fixed metadata, so the layer id stays deterministic.
                     self.deferred
-                        .push((path.clone(), 0o755, FileTime::from_unix_time(0, 0)));
+                        .push((path.clone(), Some(0o755), FileTime::from_unix_time(0, 0)));
                 }
                 Err(e) => return Err(FsError::new("stat", &path, e).into()),
             }
@@ -910,9 +970,25 @@ impl Writer<'_> {
     }
 
     fn dir(&mut self, path: &Path, rel: Vec<u8>, raw: &[u8], m: EntryMeta) -> Result<()> {
+        // A directory the owner can fill gets its final mode at creation when nothing would
+        // take bits away; any other (read-only, set-id, sticky) is made 0777 minus the umask
+        // and given its mode at the end, once its entries are in.
+        let at_creation =
+            !self.setgid_root && m.mode & 0o700 == 0o700 && exact_on_create(m.mode, self.umask);
+        let mut mode = Some(m.mode);
         // Creating first saves a `stat` per directory in the common case of a fresh tree.
-        match std::fs::create_dir(path) {
-            Ok(()) => self.flusher.wrote(BLOCK),
+        let create = || {
+            std::fs::DirBuilder::new()
+                .mode(if at_creation { m.mode } else { 0o777 })
+                .create(path)
+        };
+        match create() {
+            Ok(()) => {
+                self.flusher.wrote(BLOCK);
+                if at_creation {
+                    mode = None;
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 let md = std::fs::symlink_metadata(path).at("stat", path)?;
                 if !md.is_dir() {
@@ -927,7 +1003,7 @@ impl Writer<'_> {
         }
         self.set_xattrs(path, None, &m)?;
         self.known.insert(rel);
-        self.deferred.push((path.to_path_buf(), m.mode, m.mtime));
+        self.deferred.push((path.to_path_buf(), mode, m.mtime));
         Ok(())
     }
 
@@ -947,7 +1023,9 @@ impl Writer<'_> {
                 Linked::Unread => {}
             }
         }
-        let mut f = self.create_file(path, raw)?;
+        // A mode the umask leaves alone and no write or chown can clear is given at creation.
+        let exact = exact_on_create(m.mode, self.umask);
+        let mut f = self.create_file(path, raw, if exact { m.mode } else { 0o600 })?;
         if let Some(v) = content {
             f.write_all(&v).at("write", path)?;
         }
@@ -966,8 +1044,10 @@ impl Writer<'_> {
         if self.opts.owners {
             self.chown(path, Some(&f), m.uid, m.gid, raw)?;
         }
-        f.set_permissions(std::fs::Permissions::from_mode(m.mode))
-            .at("chmod", path)?;
+        if !exact {
+            f.set_permissions(std::fs::Permissions::from_mode(m.mode))
+                .at("chmod", path)?;
+        }
         self.set_xattrs(path, Some(&f), &m)?;
         filetime::set_file_handle_times(&f, Some(m.mtime), Some(m.mtime)).at("set times", path)?;
         Ok(())
@@ -975,12 +1055,12 @@ impl Writer<'_> {
 
     /// Create the new file `path`; whatever is there is replaced (a later entry of the same
     /// name). Creating first saves a `stat` per file in the common case of a fresh directory.
-    fn create_file(&mut self, path: &Path, raw: &[u8]) -> Result<File> {
+    fn create_file(&mut self, path: &Path, raw: &[u8], mode: u32) -> Result<File> {
         let open = || {
             std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
-                .mode(0o600)
+                .mode(mode)
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(path)
         };
@@ -1148,12 +1228,28 @@ impl Writer<'_> {
 
     fn finish(&mut self) -> Result<()> {
         for (path, mode, mtime) in &self.deferred {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(*mode))
-                .at("chmod", path)?;
+            if let Some(mode) = mode {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(*mode))
+                    .at("chmod", path)?;
+            }
             filetime::set_symlink_file_times(path, *mtime, *mtime).at("set times", path)?;
         }
         Ok(())
     }
+}
+
+/// The process's umask, from `/proc/self/status` (reading it through umask(2) would change it
+/// for a moment under the other threads); `None` when that file does not say.
+fn current_umask() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let value = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(value.trim(), 8).ok()
+}
+
+/// Whether creating an entry with `mode` leaves exactly `mode` on disk: the umask takes none of
+/// its bits, and it has no set-id or sticky bit (which creation, a write or a chown may clear).
+fn exact_on_create(mode: u32, umask: Option<u32>) -> bool {
+    umask.is_some_and(|u| mode & 0o7000 == 0 && mode & u == 0)
 }
 
 fn rel_bytes(comps: &[&OsStr]) -> Vec<u8> {
@@ -1299,7 +1395,10 @@ mod tests {
             unpack_verified(&blob, exp, &root, &opts(), "test")
         };
         let ok = run(&zst, &good).unwrap();
-        assert_eq!(ok.tar_sha256, hex::encode(sha2::Sha256::digest(&data)));
+        assert_eq!(
+            ok.tar_sha256.as_deref(),
+            Some(hex::encode(sha2::Sha256::digest(&data)).as_str())
+        );
         assert_eq!(ok.stats.entries, 32);
         // Trailing bytes after the last frame are part of the file, hence of its digest.
         let mut longer = zst.clone();
@@ -1362,6 +1461,48 @@ mod tests {
         assert_eq!((dm.mode() & 0o7777, dm.mtime()), (0o555, 77));
         std::fs::set_permissions(d.path().join("d"), std::fs::Permissions::from_mode(0o755))
             .unwrap();
+    }
+
+    #[test]
+    fn modes_are_exact_whether_given_at_creation_or_set_after() {
+        // Under the usual umask 022, 0644 and 0750 are given at creation; 0666 and 0777 lose
+        // bits to it and 0400, 0500 and 0555 cannot be filled as they are, so those are set
+        // afterwards. Whatever the umask is, every mode must come out as archived, and an
+        // archive's implied directory as 0755.
+        let files = [("a", 0o644), ("b", 0o666), ("c", 0o400), ("d/e", 0o600)];
+        let dirs = [("d", 0o750), ("f", 0o777), ("g", 0o555), ("h", 0o500)];
+        let data = tar_with(|b| {
+            for (name, mode) in dirs {
+                let mut h = header(tar::EntryType::Directory, 0);
+                raw_name(&mut h, &format!("{name}/"));
+                h.set_mode(mode);
+                h.set_cksum();
+                b.append(&h, io::empty()).unwrap();
+            }
+            for (name, mode) in files
+                .iter()
+                .copied()
+                .chain([("g/i", 0o644), ("j/k", 0o664)])
+            {
+                let mut h = header(tar::EntryType::Regular, 1);
+                raw_name(&mut h, name);
+                h.set_mode(mode);
+                h.set_cksum();
+                b.append(&h, &b"x"[..]).unwrap();
+            }
+        });
+        let d = tempfile::tempdir().unwrap();
+        unpack_tar(&data[..], d.path(), &opts()).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let mode = |p: &str| std::fs::metadata(d.path().join(p)).unwrap().mode() & 0o7777;
+        for (name, m) in files.iter().chain(dirs.iter()) {
+            assert_eq!(mode(name), *m, "{name}");
+        }
+        assert_eq!((mode("g/i"), mode("j/k"), mode("j")), (0o644, 0o664, 0o755));
+        for p in ["g", "h"] {
+            std::fs::set_permissions(d.path().join(p), std::fs::Permissions::from_mode(0o755))
+                .unwrap();
+        }
     }
 
     #[test]
