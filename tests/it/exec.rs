@@ -586,24 +586,52 @@ mod as_root {
         }
     }
 
-    /// `gbuild exec --idmap full` of `command` as `user`, on a busybox rootfs of its own.
-    fn exec_as(user: &TempUser, command: &[&str]) -> std::process::Output {
+    /// `gbuild exec --idmap full` of `command` as `user`, on a busybox rootfs of its own, with
+    /// `path` as PATH when given.
+    fn exec_as(user: &TempUser, command: &[&str], path: Option<&Path>) -> std::process::Output {
         let (s, root) = super::busybox_scratch();
         Command::new("chmod")
             .args(["-R", "a+rX"])
             .arg(s.path())
             .status()
             .unwrap();
-        Command::new("runuser")
-            .args(["-u", &user.0, "--"])
+        let mut c = Command::new("runuser");
+        c.args(["-u", &user.0, "--"]);
+        if let Some(p) = path {
+            // Set for gbuild alone (runuser itself is looked up in the caller's PATH).
+            c.arg("env").arg(format!("PATH={}", p.display()));
+        }
+        // Output through files, not pipes: a process left behind holding them cannot make the
+        // test wait forever.
+        let (out, err) = (s.path().join("stdout"), s.path().join("stderr"));
+        let status = c
             .arg(util::bin())
             .args(["exec", "--idmap", "full", "--rootfs"])
             .arg(&root)
             .arg("--")
             .args(command)
             .env("GBUILD_STORE", s.path().join("store"))
-            .output()
-            .unwrap()
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .status()
+            .unwrap();
+        std::process::Output {
+            status,
+            stdout: std::fs::read(&out).unwrap(),
+            stderr: std::fs::read(&err).unwrap(),
+        }
+    }
+
+    /// `gbuild setup-host --user USER`, which must succeed.
+    fn setup_host(user: &TempUser) -> std::process::Output {
+        let s = Scratch::new();
+        let out = util::output(util::gbuild(&s.path().join("store")).args([
+            "setup-host",
+            "--user",
+            &user.0,
+        ]));
+        assert!(out.status.success(), "{}", util::stderr(&out));
+        out
     }
 
     /// Every mounted cgroup hierarchy (v1 controllers and the v2 one).
@@ -628,18 +656,62 @@ mod as_root {
     }
 
     #[test]
+    fn a_refused_id_mapping_names_the_helper_and_what_it_said() {
+        if !is_root() {
+            return;
+        }
+        // newuidmap and newgidmap run at the same time; the kernel takes one uid map per
+        // namespace, so a set-uid "newgidmap" that is really newuidmap makes one of the two
+        // fail for real. The error names the helper and carries its own message, instead of a
+        // later failure inside the container.
+        let user = TempUser::new("gbuild-map-t");
+        setup_host(&user);
+        let s = Scratch::new();
+        let bin = s.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let real = util::which_path("newuidmap").expect("newuidmap");
+        std::os::unix::fs::symlink(&real, bin.join("newuidmap")).unwrap();
+        let fake = bin.join("newgidmap");
+        std::fs::copy(&real, &fake).unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o4755))
+            .unwrap();
+        Command::new("chmod")
+            .args(["-R", "a+rX"])
+            .arg(s.path())
+            .status()
+            .unwrap();
+        let path = std::env::join_paths([bin.clone(), "/usr/bin".into(), "/bin".into()]).unwrap();
+        let run = exec_as(&user, &["/bin/true"], Some(Path::new(&path)));
+        assert!(!run.status.success());
+        let err = util::stderr(&run);
+        // newuidmap says "write to uid_map failed" under either name.
+        assert!(
+            err.contains(&bin.display().to_string()) && err.contains("uid_map"),
+            "{err}"
+        );
+        // Nothing of the container is left waiting (the intermediate process once was; the
+        // watchdog ends on its own once gbuild is gone).
+        let start = Instant::now();
+        let left = loop {
+            let left = Command::new("pgrep")
+                .args(["-a", "-u", &user.0])
+                .output()
+                .unwrap();
+            if left.stdout.is_empty() || start.elapsed() > Duration::from_secs(5) {
+                break util::stdout(&left);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(left, "", "processes left");
+    }
+
+    #[test]
     fn setup_host_is_idempotent() {
         if !is_root() {
             return;
         }
         let user = TempUser::new("gbuild-setup-t");
-        let s = Scratch::new();
-        let first = util::output(util::gbuild(&s.path().join("store")).args([
-            "setup-host",
-            "--user",
-            &user.0,
-        ]));
-        assert!(first.status.success());
+        let first = setup_host(&user);
         let said = util::stdout(&first);
         assert!(
             said.contains("/etc/subuid") && said.contains("/etc/subgid"),
@@ -647,12 +719,7 @@ mod as_root {
         );
         let subuid = std::fs::read("/etc/subuid").unwrap();
         let subgid = std::fs::read("/etc/subgid").unwrap();
-        let second = util::output(util::gbuild(&s.path().join("store")).args([
-            "setup-host",
-            "--user",
-            &user.0,
-        ]));
-        assert!(second.status.success());
+        let second = setup_host(&user);
         assert_eq!(util::stdout(&second), "", "second run changes nothing");
         assert!(util::stderr(&second).contains("nothing to change"));
         assert_eq!(std::fs::read("/etc/subuid").unwrap(), subuid);
@@ -660,7 +727,7 @@ mod as_root {
 
         // The ranges are all a user needs: containers make no cgroup, so none is delegated and
         // none is created under any controller.
-        let run = exec_as(&user, &["/bin/sh", "-c", "cat /proc/self/uid_map"]);
+        let run = exec_as(&user, &["/bin/sh", "-c", "cat /proc/self/uid_map"], None);
         assert!(run.status.success(), "{}", util::stderr(&run));
         assert!(
             util::stdout(&run).lines().count() >= 2,
@@ -680,7 +747,7 @@ mod as_root {
             return;
         }
         let user = TempUser::new("gbuild-norange-t");
-        let out = exec_as(&user, &["/bin/true"]);
+        let out = exec_as(&user, &["/bin/true"], None);
         assert_eq!(out.status.code(), Some(1));
         let err = util::stderr(&out);
         assert_eq!(err.trim().lines().count(), 1, "{err}");

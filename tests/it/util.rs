@@ -123,9 +123,15 @@ pub fn subid_base(file: &str) -> Option<u32> {
 }
 
 pub fn which(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false)
+    which_path(tool).is_some()
+}
+
+/// Where PATH finds `tool`.
+pub fn which_path(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
 }
 
 /// A scratch directory readable by the test user, removed (from a user namespace when needed) at

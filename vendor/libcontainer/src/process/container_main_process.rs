@@ -123,7 +123,14 @@ pub fn container_main_process(container_args: &ContainerArgs) -> Result<Pid> {
     // process enters into a new user namespace.
     if let Some(config) = &container_args.user_ns_config {
         intermediate_main_receiver.wait_for_mapping_request()?;
-        setup_mapping(config, intermediate_pid)?;
+        if let Err(err) = setup_mapping(config, intermediate_pid) {
+            // The intermediate process waits for the acknowledgement on a channel whose
+            // sending end it holds too, so it would never see this process give up; it would
+            // linger, holding the caller's stdout and stderr.
+            let _ = nix::sys::signal::kill(intermediate_pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = waitpid(intermediate_pid, None);
+            return Err(err);
+        }
         inter_sender.mapping_written()?;
     }
 
