@@ -555,10 +555,22 @@ fn bad_rootfs_and_bind_are_named() {
 mod as_root {
     use super::*;
 
-    struct TempUser(String);
+    /// A user made for one test, removed with its subordinate ranges at drop. Tests that make
+    /// one change /etc/passwd, /etc/subuid and /etc/subgid, which other such tests read and
+    /// compare: one at a time.
+    struct TempUser {
+        name: String,
+        _one_at_a_time: std::sync::MutexGuard<'static, ()>,
+    }
+
+    static SYSTEM_USERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
     impl TempUser {
         fn new(name: &str) -> TempUser {
+            // A test that failed while holding it leaves nothing to protect.
+            let guard = SYSTEM_USERS
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let _ = Command::new("userdel").arg(name).status();
             let ok = Command::new("useradd")
                 .args(["-M", "-K", "SUB_UID_COUNT=0", "-K", "SUB_GID_COUNT=0", name])
@@ -566,18 +578,21 @@ mod as_root {
                 .unwrap()
                 .success();
             assert!(ok, "useradd {name}");
-            TempUser(name.to_string())
+            TempUser {
+                name: name.to_string(),
+                _one_at_a_time: guard,
+            }
         }
     }
 
     impl Drop for TempUser {
         fn drop(&mut self) {
-            let _ = Command::new("userdel").arg(&self.0).status();
+            let _ = Command::new("userdel").arg(&self.name).status();
             for f in ["/etc/subuid", "/etc/subgid"] {
                 if let Ok(t) = std::fs::read_to_string(f) {
                     let kept: String = t
                         .lines()
-                        .filter(|l| !l.starts_with(&format!("{}:", self.0)))
+                        .filter(|l| !l.starts_with(&format!("{}:", self.name)))
                         .map(|l| format!("{l}\n"))
                         .collect();
                     let _ = std::fs::write(f, kept);
@@ -596,7 +611,7 @@ mod as_root {
             .status()
             .unwrap();
         let mut c = Command::new("runuser");
-        c.args(["-u", &user.0, "--"]);
+        c.args(["-u", &user.name, "--"]);
         if let Some(p) = path {
             // Set for gbuild alone (runuser itself is looked up in the caller's PATH).
             c.arg("env").arg(format!("PATH={}", p.display()));
@@ -628,7 +643,7 @@ mod as_root {
         let out = util::output(util::gbuild(&s.path().join("store")).args([
             "setup-host",
             "--user",
-            &user.0,
+            &user.name,
         ]));
         assert!(out.status.success(), "{}", util::stderr(&out));
         out
@@ -694,7 +709,7 @@ mod as_root {
         let start = Instant::now();
         let left = loop {
             let left = Command::new("pgrep")
-                .args(["-a", "-u", &user.0])
+                .args(["-a", "-u", &user.name])
                 .output()
                 .unwrap();
             if left.stdout.is_empty() || start.elapsed() > Duration::from_secs(5) {
@@ -736,7 +751,7 @@ mod as_root {
         );
         let mounts = cgroup_mounts();
         for (_, mnt) in &mounts {
-            let dir = mnt.join("gbuild").join(&user.0);
+            let dir = mnt.join("gbuild").join(&user.name);
             assert!(!dir.exists(), "no cgroup {}", dir.display());
         }
     }
@@ -752,7 +767,7 @@ mod as_root {
         let err = util::stderr(&out);
         assert_eq!(err.trim().lines().count(), 1, "{err}");
         assert!(
-            err.contains(&format!("gbuild setup-host --user {}", user.0)),
+            err.contains(&format!("gbuild setup-host --user {}", user.name)),
             "{err}"
         );
     }
