@@ -29,7 +29,7 @@ use xattr::FileExt;
 
 use super::pack::{keep_xattr, parse_mtime, OPAQUE_MARKER, WHITEOUT_PREFIX};
 use super::tarpath::{components, display};
-use super::{HashWriter, LayerError, LayerInfo, Result};
+use super::{LayerError, LayerInfo, Result};
 use crate::fsutil::{FsError, IoContext};
 use crate::progress::{self, Progress};
 use crate::store::Store;
@@ -238,15 +238,19 @@ pub enum StreamHash {
     Skip,
 }
 
-/// Counts the bytes written through it.
-struct CountWriter<W> {
+/// Length and, when asked, sha256 of the bytes written through it (`HashReader`'s mirror).
+struct StreamWriter<W> {
     inner: W,
+    hasher: Option<sha2::Sha256>,
     count: u64,
 }
 
-impl<W: Write> Write for CountWriter<W> {
+impl<W: Write> Write for StreamWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
         self.count += n as u64;
         Ok(n)
     }
@@ -268,28 +272,17 @@ where
 {
     let (tx, rx) = sync_channel::<Vec<u8>>(CHANNEL_DEPTH);
     let handle = std::thread::spawn(move || {
-        let chan = ChanWriter {
-            tx,
-            buf: Vec::with_capacity(CHUNK),
+        let mut w = StreamWriter {
+            inner: ChanWriter {
+                tx,
+                buf: Vec::with_capacity(CHUNK),
+            },
+            hasher: (hash == StreamHash::Compute).then(sha2::Sha256::new),
+            count: 0,
         };
-        match hash {
-            StreamHash::Compute => {
-                let mut w = HashWriter::new(chan);
-                let r = producer(&mut w);
-                let r = r.and_then(|()| w.flush().map_err(LayerError::Unpacker));
-                let (hex, n, _) = w.finish();
-                r.map(|()| (Some(hex), n))
-            }
-            StreamHash::Skip => {
-                let mut w = CountWriter {
-                    inner: chan,
-                    count: 0,
-                };
-                let r = producer(&mut w);
-                let r = r.and_then(|()| w.flush().map_err(LayerError::Unpacker));
-                r.map(|()| (None, w.count))
-            }
-        }
+        let r = producer(&mut w);
+        let r = r.and_then(|()| w.flush().map_err(LayerError::Unpacker));
+        r.map(|()| (w.hasher.map(|h| hex::encode(h.finalize())), w.count))
     });
     let mut reader = ChanReader {
         rx,

@@ -211,27 +211,15 @@ impl UserNamespaceConfig {
     }
 
     fn start_uid_mapping(&self, target_pid: Pid) -> Result<Option<Pending>> {
-        match self.uid_mappings.as_ref() {
-            Some(uid_mappings) => Ok(start_id_mapping(
-                target_pid,
-                self.id_mapper.get_uid_path(&target_pid).as_path(),
-                uid_mappings,
-                self.newuidmap.as_deref(),
-            )?),
-            None => Ok(None),
-        }
+        let path = self.id_mapper.get_uid_path(&target_pid);
+        let binary = self.newuidmap.as_deref();
+        Ok(start_mappings(target_pid, &path, self.uid_mappings.as_deref(), binary)?)
     }
 
     fn start_gid_mapping(&self, target_pid: Pid) -> Result<Option<Pending>> {
-        match self.gid_mappings.as_ref() {
-            Some(gid_mappings) => Ok(start_id_mapping(
-                target_pid,
-                self.id_mapper.get_gid_path(&target_pid).as_path(),
-                gid_mappings,
-                self.newgidmap.as_deref(),
-            )?),
-            None => Ok(None),
-        }
+        let path = self.id_mapper.get_gid_path(&target_pid);
+        let binary = self.newgidmap.as_deref();
+        Ok(start_mappings(target_pid, &path, self.gid_mappings.as_deref(), binary)?)
     }
 
     pub fn with_id_mapper(&mut self, mapper: UserNamespaceIDMapper) {
@@ -439,6 +427,19 @@ fn lookup_map_binary(binary: &str) -> std::result::Result<Option<PathBuf>, Mappi
 struct Pending {
     binary: PathBuf,
     child: Child,
+}
+
+/// `start_id_mapping` when the spec has mappings of this kind.
+fn start_mappings(
+    pid: Pid,
+    map_file: &Path,
+    mappings: Option<&[LinuxIdMapping]>,
+    map_binary: Option<&Path>,
+) -> std::result::Result<Option<Pending>, MappingError> {
+    match mappings {
+        Some(m) => start_id_mapping(pid, map_file, m, map_binary),
+        None => Ok(None),
+    }
 }
 
 /// Writes a single mapping directly; starts the map binary for several and returns it.

@@ -49,6 +49,22 @@ pub enum ProcessError {
 
 type Result<T> = std::result::Result<T, ProcessError>;
 
+/// The intermediate process while this one may still give up on it (an error before it
+/// reported ready): it is then killed and reaped. It waits for the main process's messages on
+/// channels whose sending ends it holds too, so it would never notice and would linger,
+/// holding the caller's stdout and stderr.
+struct Abandoned(Option<Pid>);
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            // Either may fail when it is already gone or is not our child (as a sibling).
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = waitpid(pid, None);
+        }
+    }
+}
+
 pub fn container_main_process(container_args: &ContainerArgs) -> Result<Pid> {
     // We use a set of channels to communicate between parent and child process.
     // Each channel is uni-directional. Because we will pass these channel to
@@ -103,6 +119,7 @@ pub fn container_main_process(container_args: &ContainerArgs) -> Result<Pid> {
         tracing::error!("failed to fork intermediate process: {}", err);
         ProcessError::IntermediateProcessFailed(err)
     })?;
+    let mut abandoned = Abandoned(Some(intermediate_pid));
 
     // Close down unused fds. The corresponding fds are duplicated to the
     // child process during clone.
@@ -123,14 +140,7 @@ pub fn container_main_process(container_args: &ContainerArgs) -> Result<Pid> {
     // process enters into a new user namespace.
     if let Some(config) = &container_args.user_ns_config {
         intermediate_main_receiver.wait_for_mapping_request()?;
-        if let Err(err) = setup_mapping(config, intermediate_pid) {
-            // The intermediate process waits for the acknowledgement on a channel whose
-            // sending end it holds too, so it would never see this process give up; it would
-            // linger, holding the caller's stdout and stderr.
-            let _ = nix::sys::signal::kill(intermediate_pid, nix::sys::signal::Signal::SIGKILL);
-            let _ = waitpid(intermediate_pid, None);
-            return Err(err);
-        }
+        setup_mapping(config, intermediate_pid)?;
         inter_sender.mapping_written()?;
     }
 
@@ -170,6 +180,7 @@ pub fn container_main_process(container_args: &ContainerArgs) -> Result<Pid> {
     // The intermediate process will send the init pid once it forks the init
     // process.  The intermediate process should exit after this point.
     let init_pid = intermediate_main_receiver.wait_for_intermediate_ready()?;
+    abandoned.0 = None;
 
     // if file to write the pid to is specified, write pid of the child
     if let Some(pid_file) = &container_args.pid_file {
