@@ -2,7 +2,8 @@
 # Benchmark: median start-to-exit of `true` through `gbuild exec`, beside `unshare -Urmpf` and
 # bubblewrap on the same busybox rootfs, same run, printed as ratios. Target: gbuild <= 2x bwrap
 # (bubblewrap: `apt install bubblewrap`; without it the ratio to unshare is the one judged).
-# Also `gbuild exec --idmap single` (the one-id mapping bwrap and unshare make, without
+# Also `unshare --map-auto` (gbuild's default mapping, through the same set-uid
+# newuidmap/newgidmap, for a plain tool), `gbuild exec --idmap single` (the one-id mapping bwrap and unshare make, without
 # newuidmap/newgidmap) and the median of each step of gbuild's start path (its debug event).
 # Usage: scripts/bench-exec.sh [RUNS]   (as root it runs as GBUILD_TEST_USER, default gbuild-test;
 # GBUILD_BENCH_BIN=PATH measures that gbuild binary instead of building the release one;
@@ -86,6 +87,13 @@ if [ -n "$before" ]; then
   gbbsteps=$(steps "$work/gbuild-before" 2>/dev/null || echo "(no steps event)")
 fi
 read -r un unc < <(measure unshare -Urmpf chroot "$root" /bin/true)
+# The plain tool with gbuild's default mapping (root to the user, then the subordinate ids,
+# written by the same set-uid newuidmap and newgidmap): what that mapping costs any tool.
+if "${as_user[@]}" unshare --map-root-user --map-auto true 2>/dev/null; then
+  read -r una unac < <(measure unshare --map-root-user --map-auto -mpf chroot "$root" /bin/true)
+else
+  una=""; unac=""
+fi
 if command -v bwrap >/dev/null; then
   read -r bw bwc < <(measure bwrap --unshare-user --unshare-pid --unshare-ipc --unshare-uts \
          --bind "$root" / --proc /proc --dev /dev /bin/true)
@@ -96,6 +104,7 @@ read -r host hostc < <(measure /bin/true)
 
 echo "                                 wall    cpu (median ms; load: $(cut -d' ' -f1-3 /proc/loadavg))"
 printf '%-28s %8s %8s\n' "host /bin/true" "$host" "$hostc" "unshare -Urmpf" "$un" "$unc"
+[ -n "$una" ] && printf '%-28s %8s %8s\n' "unshare --map-auto" "$una" "$unac"
 [ -n "$bw" ] && printf '%-28s %8s %8s\n' "bwrap" "$bw" "$bwc"
 if [ -n "$before" ]; then
   printf '%-28s %8s %8s\n' "gbuild exec (before)" "$gbb" "$gbbc" "gbuild exec --idmap single (before)" "$gbb1" "$gbb1c"
@@ -104,9 +113,9 @@ fi
 printf '%-28s %8s %8s\n' "gbuild exec --idmap single" "$gb1" "$gb1c"
 printf '%-28s %8s %8s\n' "gbuild exec" "$gb" "$gbc"
 echo "  steps (median ms): $gbsteps"
-python3 - "$gb" "$un" "${bw:-0}" "$gb1" "${gbb:-0}" "${gbb1:-0}" "$gbc" "${bwc:-0}" "${gbbc:-0}" <<'PY'
+python3 - "$gb" "$un" "${bw:-0}" "$gb1" "${gbb:-0}" "${gbb1:-0}" "$gbc" "${bwc:-0}" "${gbbc:-0}" "${una:-0}" <<'PY'
 import sys
-gb, un, bw, gb1, gbb, gbb1, gbc, bwc, gbbc = map(float, sys.argv[1:])
+gb, un, bw, gb1, gbb, gbb1, gbc, bwc, gbbc, una = map(float, sys.argv[1:])
 target = 2.0
 base = bw or un
 name = "bwrap" if bw else "unshare"
@@ -116,6 +125,8 @@ if bwc:
     print(f"cpu time gbuild/bwrap: {gbc/bwc:.2f}x" + (f" (before {gbbc/bwc:.2f}x)" if gbbc else ""))
 print(f"ratio gbuild --idmap single/{name}: {gb1/base:.2f}x")
 print(f"ratio gbuild/unshare: {gb/un:.2f}x   overhead vs unshare: {gb-un:.1f} ms")
+if una:
+    print(f"ratio gbuild/unshare --map-auto (the same full mapping): {gb/una:.2f}x   overhead: {gb-una:.1f} ms")
 if bw:
     r = gb / bw
     print(f"ratio gbuild/bwrap:   {r:.2f}x   overhead vs bwrap: {gb-bw:.1f} ms")
