@@ -2,9 +2,9 @@
 # Benchmark: median start-to-exit of `true` through `gbuild exec`, beside `unshare -Urmpf` and
 # bubblewrap on the same busybox rootfs, same run, printed as ratios. Target: gbuild <= 2x bwrap
 # (bubblewrap: `apt install bubblewrap`; without it the ratio to unshare is the one judged).
-# Also `unshare --map-auto` (gbuild's default mapping, through the same set-uid
-# newuidmap/newgidmap, for a plain tool), `gbuild exec --idmap single` (the one-id mapping bwrap and unshare make, without
-# newuidmap/newgidmap) and the median of each step of gbuild's start path (its debug event).
+# Also `unshare --map-auto` (gbuild's default mapping, by the same set-uid newuidmap and
+# newgidmap), `gbuild exec --idmap single` (the one-id mapping bwrap and unshare make) and the
+# median of each step of gbuild's start path (its debug event).
 # Usage: scripts/bench-exec.sh [RUNS]   (as root it runs as GBUILD_TEST_USER, default gbuild-test;
 # GBUILD_BENCH_BIN=PATH measures that gbuild binary instead of building the release one;
 # GBUILD_BENCH_BEFORE=PATH measures that one too, in the same run, as "before")
@@ -88,12 +88,10 @@ if [ -n "$before" ]; then
 fi
 read -r un unc < <(measure unshare -Urmpf chroot "$root" /bin/true)
 # The plain tool with gbuild's default mapping (root to the user, then the subordinate ids,
-# written by the same set-uid newuidmap and newgidmap): what that mapping costs any tool.
-if "${as_user[@]}" unshare --map-root-user --map-auto true 2>/dev/null; then
-  read -r una unac < <(measure unshare --map-root-user --map-auto -mpf chroot "$root" /bin/true)
-else
-  una=""; unac=""
-fi
+# written by the same set-uid newuidmap and newgidmap): what that mapping costs any tool. Left
+# out where unshare lacks --map-auto or the user has no subordinate ids (measure prints nothing).
+read -r una unac < <(measure unshare --map-root-user --map-auto -mpf chroot "$root" /bin/true 2>/dev/null ||
+  true) || una=""
 if command -v bwrap >/dev/null; then
   read -r bw bwc < <(measure bwrap --unshare-user --unshare-pid --unshare-ipc --unshare-uts \
          --bind "$root" / --proc /proc --dev /dev /bin/true)
