@@ -13,7 +13,8 @@ out=$(mktemp -d /tmp/gbuild-bench-all.XXXXXX)
 runs=${RUNS:-3}
 rows=()
 
-row() { rows+=("$1|$2|$3|$4"); }
+# (fields joined by the unit separator: a benchmark's name may hold a '|')
+row() { rows+=("$1"$'\x1f'"$2"$'\x1f'"$3"$'\x1f'"$4"); }
 # ratio LOG REGEX: the first number matched by the group of REGEX in LOG
 grab() { grep -oP "$2" "$1" | head -1; }
 met() { python3 -c "import sys; v=float(sys.argv[1]); l=float(sys.argv[3]); print('met' if (v<=l if sys.argv[2]=='<=' else v>=l) else 'NOT met')" "$1" "$2" "$3"; }
@@ -33,7 +34,11 @@ for n in "${names[@]}"; do
   fi
   case $n in
     store)
-      while IFS='|' read -r name target measured ok; do row "$name" "$target" "$measured" "$ok"
+      # name|target|measured|met, where the name may hold a '|' of its own (a pipeline)
+      while read -r line; do
+        ok=${line##*|}; rest=${line%|*}; measured=${rest##*|}; rest=${rest%|*}
+        target=${rest##*|}; name=${rest%|*}
+        row "$name" "$target" "$measured" "$ok"
       done < <(sed -n 's/^RESULT //p' "$log") ;;
     exec)
       v=$(grab "$log" 'ratio gbuild/bwrap:\s*\K[0-9.]+')
@@ -57,7 +62,7 @@ done
 
 printf '\n%-52s %-9s %-12s %s\n' "benchmark" "target" "measured" "result"
 for r in "${rows[@]}"; do
-  IFS='|' read -r a b c d <<<"$r"
+  IFS=$'\x1f' read -r a b c d <<<"$r"
   printf '%-52s %-9s %-12s %s\n' "$a" "$b" "$c" "$d"
 done
 echo "(logs: $out; $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg))"

@@ -24,7 +24,19 @@ before=${GBUILD_BENCH_BEFORE:-}
 [ -z "$before" ] || cp "$before" "$work/gbuild-before"
 root="$work/rootfs"
 mkdir -p "$root"/{bin,etc,proc,dev,sys,tmp}
-cp "$(command -v busybox)" "$root/bin/busybox"
+bb=$(command -v busybox) || { echo "bench-exec: needs busybox-static (apt install busybox-static)" >&2; exit 1; }
+# The rootfs holds busybox alone: a dynamically linked one finds no loader there.
+if python3 - "$bb" <<'PY'
+import struct, sys
+d = open(sys.argv[1], "rb").read()
+phoff, = struct.unpack_from("<Q", d, 32); phentsize, phnum = struct.unpack_from("<HH", d, 54)
+sys.exit(0 if any(struct.unpack_from("<I", d, phoff + i * phentsize)[0] == 3 for i in range(phnum)) else 1)
+PY
+then
+  echo "bench-exec: $bb is dynamically linked; the rootfs needs a static one (apt install busybox-static)" >&2
+  exit 1
+fi
+cp "$bb" "$root/bin/busybox"
 for a in sh true; do ln -s busybox "$root/bin/$a"; done
 chmod -R a+rX "$work"
 

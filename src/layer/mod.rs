@@ -10,6 +10,7 @@
 //! `user.overlay.opaque=y`. The canonical tarball turns both into OCI whiteouts.
 
 pub mod blob;
+mod filepool;
 pub mod gc;
 pub mod image;
 pub mod inside;

@@ -20,6 +20,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 
@@ -27,6 +28,7 @@ use filetime::FileTime;
 use sha2::Digest as _;
 use xattr::FileExt;
 
+use super::filepool::Pool;
 use super::pack::{keep_xattr, parse_mtime, OPAQUE_MARKER, WHITEOUT_PREFIX};
 use super::tarpath::{components, display};
 use super::{LayerError, LayerInfo, Result};
@@ -40,6 +42,15 @@ const CHANNEL_DEPTH: usize = 16;
 const BLOCK: u64 = 4096;
 /// Bytes (content, plus a block per file and directory) written between two early writebacks.
 const FLUSH_EVERY: u64 = 16 << 20;
+/// Regular files up to this size are written by the file pool's workers (`filepool`).
+const POOL_FILE_MAX: u64 = 256 << 10;
+/// Content handed to the workers and not yet written, at most.
+const POOL_BUDGET: u64 = 4 << 20;
+/// Workers at most: beyond a few, the filesystem's own locks and the one parsing thread decide.
+const POOL_WORKERS_MAX: usize = 4;
+/// Files compared with the previous tree's (`UnpackOptions::link_from`) up to this size; larger
+/// ones are written: they are rare in ebuild trees and comparing them would hold them in memory.
+const LINK_COMPARE_MAX: u64 = 4 << 20;
 
 /// Early writeback while an archive is written: every unpack ends with a `syncfs` before the
 /// result is renamed into place, and on its own that final sync writes everything at once while
@@ -634,14 +645,34 @@ pub fn unpack_tar<R: Read>(r: R, dest: &Path, opts: &UnpackOptions) -> Result<Un
         }
         _ => None,
     };
-    let mut w = Writer {
+    let umask = current_umask();
+    let sink = Arc::new(Sink {
         root: dest.to_path_buf(),
         prev,
+        opts: opts.clone(),
+        umask,
+        content_bytes: AtomicU64::new(0),
+        files_linked: AtomicU64::new(0),
+        xattrs_skipped: AtomicU64::new(0),
+    });
+    let workers = pool_workers();
+    // A commit links its source's files without reading them, on the parsing thread.
+    let pool = (workers > 0 && !opts.link_from_is_source).then(|| {
+        let s = Arc::clone(&sink);
+        Pool::new(workers, POOL_BUDGET, move |job: SmallFile| {
+            s.write_small(job)
+        })
+    });
+    let mut w = Writer {
+        root: dest.to_path_buf(),
+        sink,
+        pool,
+        dispatched: HashSet::new(),
         flusher: Flusher::new(dest),
         opts,
         known: HashSet::new(),
         deferred: Vec::new(),
-        umask: current_umask(),
+        umask,
         // New directories inherit a set-group-id bit, which only the final chmod removes.
         setgid_root: std::fs::metadata(dest).is_ok_and(|md| md.mode() & 0o2000 != 0),
         stats: UnpackStats::default(),
@@ -655,6 +686,30 @@ pub fn unpack_tar<R: Read>(r: R, dest: &Path, opts: &UnpackOptions) -> Result<Un
     }
     w.finish()?;
     Ok(w.stats)
+}
+
+/// How many file pool workers an unpack starts: none on a single processor, where the parsing
+/// thread writing itself costs no hand-over.
+fn pool_workers() -> usize {
+    let cpus = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
+        .map(|set| {
+            (0..nix::sched::CpuSet::count())
+                .filter(|&i| set.is_set(i).unwrap_or(false))
+                .count()
+        })
+        .unwrap_or(1);
+    if cpus < 2 {
+        0
+    } else {
+        cpus.min(POOL_WORKERS_MAX)
+    }
+}
+
+/// A key for a relative path in `Writer::dispatched` (FNV-1a): a collision only costs a drain.
+fn path_key(rel: &[u8]) -> u64 {
+    rel.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Hardlink the open file `f` at the new name `path`, through its descriptor (the file opened
@@ -684,20 +739,36 @@ fn drop_overlay_xattrs(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// What `Writer::link_same` did with an entry's content.
-enum Linked {
-    /// Hardlinked to the previous tree's file.
-    Done,
-    /// Read (it differs): the caller writes these bytes.
-    Read(Vec<u8>),
-    /// Nothing read: no candidate in the previous tree.
-    Unread,
+/// Writes regular files: the parsing thread (`Writer`) and the file pool's workers share it.
+/// Every path it is given has parents the parsing thread made or checked as real directories.
+struct Sink {
+    root: PathBuf,
+    /// `opts.link_from`, open.
+    prev: Option<crate::beneath::Beneath>,
+    opts: UnpackOptions,
+    umask: Option<u32>,
+    content_bytes: AtomicU64,
+    files_linked: AtomicU64,
+    xattrs_skipped: AtomicU64,
+}
+
+/// A regular file read whole from the archive, to be written (or linked) by `Sink::write_small`.
+struct SmallFile {
+    path: PathBuf,
+    /// The entry's name in the archive, for errors.
+    raw: Vec<u8>,
+    content: Vec<u8>,
+    meta: EntryMeta,
 }
 
 struct Writer<'a> {
     root: PathBuf,
-    /// `opts.link_from`, open.
-    prev: Option<crate::beneath::Beneath>,
+    sink: Arc<Sink>,
+    /// Workers writing small files; `None` on one processor and for commits.
+    pool: Option<Pool<SmallFile>>,
+    /// Keys (`path_key`) of the relative paths handed to the pool since its last drain: an
+    /// entry that could meet one of them waits for the pool first.
+    dispatched: HashSet<u64>,
     flusher: Flusher,
     opts: &'a UnpackOptions,
     /// Relative paths (bytes) known to be real directories, not symlinks.
@@ -760,6 +831,8 @@ impl Writer<'_> {
         let lastb = last.as_bytes();
         if lastb.starts_with(WHITEOUT_PREFIX.as_bytes()) {
             if self.opts.oci_whiteouts {
+                // A whiteout removes a whole tree, which may hold files still in flight.
+                self.drain()?;
                 let parent = self.parent_dir(parents, &raw)?;
                 return self.whiteout(&parent, lastb, &raw);
             }
@@ -772,9 +845,13 @@ impl Writer<'_> {
         let parent = self.parent_dir(parents, &raw)?;
         let path = parent.join(last);
         let rel: Vec<u8> = rel_bytes(&comps);
+        if !matches!(etype, T::Regular | T::Continuous | T::GNUSparse) {
+            // Whatever replaces or links a name waits for a file of that name in flight.
+            self.settle(&rel)?;
+        }
         match etype {
             T::Directory => self.dir(&path, rel, &raw, meta),
-            T::Regular | T::Continuous | T::GNUSparse => self.file(&mut e, &path, &raw, meta),
+            T::Regular | T::Continuous | T::GNUSparse => self.file(&mut e, &path, &rel, &raw, meta),
             T::Link => {
                 let target = e
                     .link_name_bytes()
@@ -872,6 +949,7 @@ impl Writer<'_> {
             if self.known.contains(&rel) {
                 continue;
             }
+            self.settle(&rel)?;
             match std::fs::symlink_metadata(&path) {
                 Ok(md) if md.file_type().is_symlink() => {
                     return Err(self.refuse(
@@ -889,7 +967,7 @@ impl Writer<'_> {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     std::fs::create_dir(&path).at("create directory", &path)?;
                     if self.opts.owners {
-                        self.chown(&path, None, 0, 0, raw)?;
+                        self.sink.chown(&path, None, 0, 0, raw)?;
                     }
                     // Implied directory: fixed metadata, so the layer id stays deterministic.
                     self.deferred
@@ -902,65 +980,33 @@ impl Writer<'_> {
         Ok(path)
     }
 
-    /// Give `path` (or the open `file`) the owner `uid:gid`, never following a symlink.
-    fn chown(
-        &self,
-        path: &Path,
-        file: Option<&File>,
-        uid: u32,
-        gid: u32,
-        raw: &[u8],
-    ) -> Result<()> {
-        let r = match file {
-            Some(f) => std::os::unix::fs::fchown(f, Some(uid), Some(gid)),
-            None => std::os::unix::fs::lchown(path, Some(uid), Some(gid)),
-        };
-        match r {
-            Ok(()) => Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Err(self.refuse(
-                raw,
-                format!(
-                    "owner {uid}:{gid} is not mapped in this user namespace \
-                     (subordinate ids missing? run `gbuild setup-host --user USER` as root)"
-                ),
-            )),
-            Err(e) => Err(FsError::new("chown", path, e).into()),
-        }
-    }
-
-    /// Make room for a new non-directory entry at `path`.
+    /// Make room for a new non-directory entry at `path`. A directory is removed only once the
+    /// pool has written everything handed to it, which may lie beneath it.
     fn clear(&mut self, path: &Path, raw: &[u8]) -> Result<()> {
-        match std::fs::symlink_metadata(path) {
-            Ok(md) if md.is_dir() => {
-                std::fs::remove_dir(path).map_err(|e| {
-                    self.refuse(raw, format!("replaces a non-empty directory: {e}"))
-                })?;
-                self.known.clear();
-                Ok(())
-            }
-            Ok(_) => Ok(std::fs::remove_file(path).at("remove", path)?),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(FsError::new("stat", path, e).into()),
+        let pool = self.pool.as_ref();
+        let removed_dir = self
+            .sink
+            .clear(path, raw, &mut || pool.map_or(Ok(()), |p| p.drain()))?;
+        if removed_dir {
+            self.known.clear();
+            self.dispatched.clear();
         }
+        Ok(())
     }
 
-    fn set_xattrs(&mut self, path: &Path, file: Option<&File>, m: &EntryMeta) -> Result<()> {
-        for (k, v) in &m.xattrs {
-            if !keep_xattr(k) {
-                self.stats.xattrs_skipped += 1;
-                continue;
-            }
-            let name = OsStr::from_bytes(k);
-            let r = match file {
-                Some(f) => f.set_xattr(name, v),
-                None => xattr::set(path, name, v),
-            };
-            if let Err(e) = r {
-                if self.opts.strict_xattrs {
-                    return Err(FsError::new("set xattr", path.join(name), e).into());
-                }
-                self.stats.xattrs_skipped += 1;
-            }
+    /// Wait for every file handed to the pool; its first error.
+    fn drain(&mut self) -> Result<()> {
+        if let Some(p) = &self.pool {
+            p.drain()?;
+        }
+        self.dispatched.clear();
+        Ok(())
+    }
+
+    /// Drain the pool when a file at `rel` may still be in flight.
+    fn settle(&mut self, rel: &[u8]) -> Result<()> {
+        if !self.dispatched.is_empty() && self.dispatched.contains(&path_key(rel)) {
+            self.drain()?;
         }
         Ok(())
     }
@@ -995,9 +1041,9 @@ impl Writer<'_> {
             Err(e) => return Err(FsError::new("create directory", path, e).into()),
         }
         if self.opts.owners {
-            self.chown(path, None, m.uid, m.gid, raw)?;
+            self.sink.chown(path, None, m.uid, m.gid, raw)?;
         }
-        self.set_xattrs(path, None, &m)?;
+        self.sink.set_xattrs(path, None, &m)?;
         self.known.insert(rel);
         self.deferred.push((path.to_path_buf(), mode, m.mtime));
         Ok(())
@@ -1007,24 +1053,45 @@ impl Writer<'_> {
         &mut self,
         e: &mut tar::Entry<'_, R>,
         path: &Path,
+        rel: &[u8],
         raw: &[u8],
         m: EntryMeta,
     ) -> Result<()> {
-        let mut content = None;
-        if self.prev.is_some() {
+        self.settle(rel)?;
+        if self.known.contains(rel) {
+            // A directory of this archive replaced by a file: only where its entries are.
             self.clear(path, raw)?;
-            match self.link_same(e, path, &m)? {
-                Linked::Done => return Ok(()),
-                Linked::Read(v) => content = Some(v),
-                Linked::Unread => {}
+        }
+        let size = e.size();
+        if self.opts.link_from_is_source {
+            if self.sink.link_source(path, raw, size, &m)? {
+                return Ok(());
             }
+        } else if size <= POOL_FILE_MAX || (self.sink.prev.is_some() && size <= LINK_COMPARE_MAX) {
+            let mut content = Vec::with_capacity(size as usize);
+            e.read_to_end(&mut content)
+                .map_err(|x| self.archive_err(x))?;
+            self.flusher.wrote(content.len() as u64 + BLOCK);
+            let job = SmallFile {
+                path: path.to_path_buf(),
+                raw: raw.to_vec(),
+                content,
+                meta: m,
+            };
+            return match &self.pool {
+                Some(pool) if size <= POOL_FILE_MAX => {
+                    let key = path_key(rel);
+                    self.dispatched.insert(key);
+                    pool.submit(key, job, size + BLOCK)
+                }
+                _ => self.sink.write_small(job),
+            };
         }
-        // A mode the umask leaves alone and no write or chown can clear is given at creation.
+        // Larger files are streamed through the buffer, here.
         let exact = exact_on_create(m.mode, self.umask);
-        let mut f = self.create_file(path, raw, if exact { m.mode } else { 0o600 })?;
-        if let Some(v) = content {
-            f.write_all(&v).at("write", path)?;
-        }
+        let mut f = self
+            .sink
+            .create_file(path, raw, if exact { m.mode } else { 0o600 })?;
         loop {
             let n = match e.read(&mut self.buf) {
                 Ok(0) => break,
@@ -1033,105 +1100,13 @@ impl Writer<'_> {
                 Err(err) => return Err(self.archive_err(err)),
             };
             f.write_all(&self.buf[..n]).at("write", path)?;
-            self.stats.content_bytes += n as u64;
+            self.sink
+                .content_bytes
+                .fetch_add(n as u64, Ordering::Relaxed);
             self.flusher.wrote(n as u64);
         }
         self.flusher.wrote(BLOCK);
-        if self.opts.owners {
-            self.chown(path, Some(&f), m.uid, m.gid, raw)?;
-        }
-        if !exact {
-            f.set_permissions(std::fs::Permissions::from_mode(m.mode))
-                .at("chmod", path)?;
-        }
-        self.set_xattrs(path, Some(&f), &m)?;
-        filetime::set_file_handle_times(&f, Some(m.mtime), Some(m.mtime)).at("set times", path)?;
-        Ok(())
-    }
-
-    /// Create the new file `path`; whatever is there is replaced (a later entry of the same
-    /// name). Creating first saves a `stat` per file in the common case of a fresh directory.
-    fn create_file(&mut self, path: &Path, raw: &[u8], mode: u32) -> Result<File> {
-        let open = || {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(mode)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(path)
-        };
-        match open() {
-            Ok(f) => Ok(f),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                self.clear(path, raw)?;
-                Ok(open().at("create", path)?)
-            }
-            Err(e) => Err(FsError::new("create", path, e).into()),
-        }
-    }
-
-    /// When `link_from` holds the file at the same path with the same size, mode and mtime,
-    /// read the entry's content and hardlink `path` to that file if the bytes are the same.
-    /// The previous tree is read beneath its root without following symlinks, so a link never
-    /// leaves it.
-    fn link_same<R: Read>(
-        &mut self,
-        e: &mut tar::Entry<'_, R>,
-        path: &Path,
-        m: &EntryMeta,
-    ) -> Result<Linked> {
-        use std::os::unix::fs::MetadataExt;
-        /// Larger files are written: they are rare in ebuild trees and comparing them would
-        /// hold them in memory.
-        const MAX: u64 = 4 << 20;
-        let Some(prev) = self.prev.as_ref() else {
-            return Ok(Linked::Unread);
-        };
-        let Some(rel) = path.strip_prefix(&self.root).ok().and_then(|r| r.to_str()) else {
-            return Ok(Linked::Unread);
-        };
-        let size = e.size();
-        if size > MAX && !self.opts.link_from_is_source {
-            return Ok(Linked::Unread);
-        }
-        let Ok(mut old) = prev.open_file(rel) else {
-            return Ok(Linked::Unread);
-        };
-        let source = self.opts.link_from_is_source;
-        // The owner counts only where owners are kept (a commit's source tree).
-        let same_meta = old.metadata().is_ok_and(|md| {
-            md.file_type().is_file()
-                && md.len() == size
-                && md.mode() & 0o7777 == m.mode
-                && (!source || (md.uid() == m.uid && md.gid() == m.gid))
-                && md.mtime() == m.mtime.unix_seconds()
-                && md.mtime_nsec() == i64::from(m.mtime.nanoseconds())
-        });
-        if !same_meta {
-            return Ok(Linked::Unread);
-        }
-        if source {
-            // The stream was read from this very file: no comparison. A file at its link
-            // limit, or another filesystem: the caller writes a copy.
-            if link_open_file(&old, path).is_err() {
-                return Ok(Linked::Unread);
-            }
-            drop_overlay_xattrs(path)?;
-            self.stats.content_bytes += size;
-            self.stats.files_linked += 1;
-            return Ok(Linked::Done);
-        }
-        let mut new = Vec::with_capacity(size as usize);
-        e.read_to_end(&mut new).map_err(|x| self.archive_err(x))?;
-        self.stats.content_bytes += new.len() as u64;
-        let mut cur = Vec::with_capacity(size as usize);
-        let same = old.read_to_end(&mut cur).is_ok() && cur == new;
-        // A tree removed meanwhile, or a file at its link limit: the caller writes a copy.
-        if same && link_open_file(&old, path).is_ok() {
-            self.stats.files_linked += 1;
-            return Ok(Linked::Done);
-        }
-        Ok(Linked::Read(new))
+        self.sink.finish_file(&f, path, raw, &m, exact)
     }
 
     fn hardlink(&mut self, path: &Path, raw: &[u8], target: &[u8]) -> Result<()> {
@@ -1144,6 +1119,8 @@ impl Writer<'_> {
         if tcomps.is_empty() {
             return Err(self.refuse(raw, "hardlink to the root directory"));
         }
+        // The target may be a file still in flight.
+        self.settle(&rel_bytes(&tcomps))?;
         let (tparents, tlast) = tcomps.split_at(tcomps.len() - 1);
         let tparent = self.parent_dir(tparents, raw)?;
         let tpath = tparent.join(tlast[0]);
@@ -1174,7 +1151,7 @@ impl Writer<'_> {
         self.clear(path, raw)?;
         std::os::unix::fs::symlink(OsStr::from_bytes(target), path).at("symlink", path)?;
         if self.opts.owners {
-            self.chown(path, None, m.uid, m.gid, raw)?;
+            self.sink.chown(path, None, m.uid, m.gid, raw)?;
         }
         filetime::set_symlink_file_times(path, m.mtime, m.mtime).at("set times", path)?;
         Ok(())
@@ -1186,11 +1163,11 @@ impl Writer<'_> {
         mknod(path, SFlag::S_IFIFO, Mode::from_bits_truncate(0o600), 0)
             .map_err(|e| FsError::new("mkfifo", path, e.into()))?;
         if self.opts.owners {
-            self.chown(path, None, m.uid, m.gid, raw)?;
+            self.sink.chown(path, None, m.uid, m.gid, raw)?;
         }
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(m.mode))
             .at("chmod", path)?;
-        self.set_xattrs(path, None, &m)?;
+        self.sink.set_xattrs(path, None, &m)?;
         filetime::set_symlink_file_times(path, m.mtime, m.mtime).at("set times", path)?;
         Ok(())
     }
@@ -1223,6 +1200,12 @@ impl Writer<'_> {
     }
 
     fn finish(&mut self) -> Result<()> {
+        // Every file is in before its directory's mtime is set.
+        self.drain()?;
+        let sink = &self.sink;
+        self.stats.content_bytes = sink.content_bytes.load(Ordering::Relaxed);
+        self.stats.files_linked = sink.files_linked.load(Ordering::Relaxed);
+        self.stats.xattrs_skipped += sink.xattrs_skipped.load(Ordering::Relaxed);
         for (path, mode, mtime) in &self.deferred {
             if let Some(mode) = mode {
                 std::fs::set_permissions(path, std::fs::Permissions::from_mode(*mode))
@@ -1231,6 +1214,214 @@ impl Writer<'_> {
             filetime::set_symlink_file_times(path, *mtime, *mtime).at("set times", path)?;
         }
         Ok(())
+    }
+}
+
+impl Sink {
+    fn refuse(&self, name: &[u8], reason: impl std::fmt::Display) -> LayerError {
+        LayerError::Entry {
+            archive: self.opts.label.clone(),
+            entry: display(name),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Give `path` (or the open `file`) the owner `uid:gid`, never following a symlink.
+    fn chown(
+        &self,
+        path: &Path,
+        file: Option<&File>,
+        uid: u32,
+        gid: u32,
+        raw: &[u8],
+    ) -> Result<()> {
+        let r = match file {
+            Some(f) => std::os::unix::fs::fchown(f, Some(uid), Some(gid)),
+            None => std::os::unix::fs::lchown(path, Some(uid), Some(gid)),
+        };
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Err(self.refuse(
+                raw,
+                format!(
+                    "owner {uid}:{gid} is not mapped in this user namespace \
+                     (subordinate ids missing? run `gbuild setup-host --user USER` as root)"
+                ),
+            )),
+            Err(e) => Err(FsError::new("chown", path, e).into()),
+        }
+    }
+
+    /// Make room for a new non-directory entry at `path`; `before_dir` runs before a directory
+    /// is removed. Whether a directory was removed.
+    fn clear(
+        &self,
+        path: &Path,
+        raw: &[u8],
+        before_dir: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<bool> {
+        match std::fs::symlink_metadata(path) {
+            Ok(md) if md.is_dir() => {
+                before_dir()?;
+                std::fs::remove_dir(path).map_err(|e| {
+                    self.refuse(raw, format!("replaces a non-empty directory: {e}"))
+                })?;
+                Ok(true)
+            }
+            Ok(_) => {
+                std::fs::remove_file(path).at("remove", path)?;
+                Ok(false)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(FsError::new("stat", path, e).into()),
+        }
+    }
+
+    fn set_xattrs(&self, path: &Path, file: Option<&File>, m: &EntryMeta) -> Result<()> {
+        for (k, v) in &m.xattrs {
+            if !keep_xattr(k) {
+                self.xattrs_skipped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let name = OsStr::from_bytes(k);
+            let r = match file {
+                Some(f) => f.set_xattr(name, v),
+                None => xattr::set(path, name, v),
+            };
+            if let Err(e) = r {
+                if self.opts.strict_xattrs {
+                    return Err(FsError::new("set xattr", path.join(name), e).into());
+                }
+                self.xattrs_skipped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    /// Create the new file `path`; whatever is there is replaced (a later entry of the same
+    /// name). Creating first saves a `stat` per file in the common case of a fresh directory.
+    fn create_file(&self, path: &Path, raw: &[u8], mode: u32) -> Result<File> {
+        let open = || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path)
+        };
+        match open() {
+            Ok(f) => Ok(f),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                // The pool is never given a path that is a directory of this archive.
+                self.clear(path, raw, &mut || Ok(()))?;
+                Ok(open().at("create", path)?)
+            }
+            Err(e) => Err(FsError::new("create", path, e).into()),
+        }
+    }
+
+    /// A created file's owner, mode (when creation could not give it), xattrs and times.
+    fn finish_file(
+        &self,
+        f: &File,
+        path: &Path,
+        raw: &[u8],
+        m: &EntryMeta,
+        exact: bool,
+    ) -> Result<()> {
+        if self.opts.owners {
+            self.chown(path, Some(f), m.uid, m.gid, raw)?;
+        }
+        if !exact {
+            f.set_permissions(std::fs::Permissions::from_mode(m.mode))
+                .at("chmod", path)?;
+        }
+        self.set_xattrs(path, Some(f), m)?;
+        filetime::set_file_handle_times(f, Some(m.mtime), Some(m.mtime)).at("set times", path)?;
+        Ok(())
+    }
+
+    /// Write a file read whole from the archive, or link it to the previous tree's copy.
+    fn write_small(&self, job: SmallFile) -> Result<()> {
+        let SmallFile {
+            path,
+            raw,
+            content,
+            meta: m,
+        } = job;
+        self.content_bytes
+            .fetch_add(content.len() as u64, Ordering::Relaxed);
+        if self.prev.is_some() && self.link_same(&path, &raw, &content, &m)? {
+            return Ok(());
+        }
+        // A mode the umask leaves alone and no write or chown can clear is given at creation.
+        let exact = exact_on_create(m.mode, self.umask);
+        let mut f = self.create_file(&path, &raw, if exact { m.mode } else { 0o600 })?;
+        f.write_all(&content).at("write", &path)?;
+        self.finish_file(&f, &path, &raw, &m, exact)
+    }
+
+    /// The previous tree's file at the same relative path, open, when its size, mode and mtime
+    /// (and owner, for a commit's source) are the entry's. It is opened beneath that tree's root
+    /// without following symlinks, so a link never leaves it.
+    fn previous_same_meta(&self, path: &Path, size: u64, m: &EntryMeta) -> Option<File> {
+        let prev = self.prev.as_ref()?;
+        let rel = path.strip_prefix(&self.root).ok()?.to_str()?;
+        let old = prev.open_file(rel).ok()?;
+        let source = self.opts.link_from_is_source;
+        let md = old.metadata().ok()?;
+        let same = md.file_type().is_file()
+            && md.len() == size
+            && md.mode() & 0o7777 == m.mode
+            && (!source || (md.uid() == m.uid && md.gid() == m.gid))
+            && md.mtime() == m.mtime.unix_seconds()
+            && md.mtime_nsec() == i64::from(m.mtime.nanoseconds());
+        same.then_some(old)
+    }
+
+    /// Hardlink `path` to the open `old`, making room when a name is there already. False when
+    /// linking is not possible (a file at its link limit, another filesystem, a tree removed
+    /// meanwhile): the caller writes a copy.
+    fn link_to(&self, old: &File, path: &Path, raw: &[u8]) -> Result<bool> {
+        match link_open_file(old, path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                self.clear(path, raw, &mut || Ok(()))?;
+                Ok(link_open_file(old, path).is_ok())
+            }
+            Err(_) => Ok(false),
+        }
+    }
+
+    /// Link `path` to the previous tree's file when it holds the same bytes and metadata.
+    fn link_same(&self, path: &Path, raw: &[u8], content: &[u8], m: &EntryMeta) -> Result<bool> {
+        let Some(mut old) = self.previous_same_meta(path, content.len() as u64, m) else {
+            return Ok(false);
+        };
+        let mut cur = Vec::with_capacity(content.len());
+        if old.read_to_end(&mut cur).is_err() || cur != content {
+            return Ok(false);
+        }
+        let linked = self.link_to(&old, path, raw)?;
+        if linked {
+            self.files_linked.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(linked)
+    }
+
+    /// A commit: link the source tree's file the stream was read from (no comparison; whatever
+    /// its size), without overlayfs' own xattrs. False when the caller must write the entry.
+    fn link_source(&self, path: &Path, raw: &[u8], size: u64, m: &EntryMeta) -> Result<bool> {
+        let Some(old) = self.previous_same_meta(path, size, m) else {
+            return Ok(false);
+        };
+        if !self.link_to(&old, path, raw)? {
+            return Ok(false);
+        }
+        drop_overlay_xattrs(path)?;
+        self.content_bytes.fetch_add(size, Ordering::Relaxed);
+        self.files_linked.fetch_add(1, Ordering::Relaxed);
+        Ok(true)
     }
 }
 
@@ -1347,6 +1538,75 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    /// Small files are written by the pool's workers while the archive is still parsed; each
+    /// later entry must still meet the file as an unpack in archive order leaves it.
+    #[test]
+    fn archive_order_holds_while_files_are_in_flight() {
+        fn file(b: &mut tar::Builder<Vec<u8>>, name: &str, body: &[u8]) {
+            let mut h = header(tar::EntryType::Regular, body.len() as u64);
+            raw_name(&mut h, name);
+            h.set_cksum();
+            b.append(&h, body).unwrap();
+        }
+        fn special(b: &mut tar::Builder<Vec<u8>>, kind: tar::EntryType, name: &str, to: &str) {
+            let mut h = header(kind, 0);
+            raw_name(&mut h, name);
+            raw_link(&mut h, to);
+            h.set_cksum();
+            b.append(&h, io::empty()).unwrap();
+        }
+        let data = tar_with(|b| {
+            // Enough files to fill the budget several times, in a few directories.
+            for i in 0..3000 {
+                file(
+                    b,
+                    &format!("d{}/f{i}", i % 7),
+                    &vec![(i % 251) as u8; 1 + i * 13 % 4000],
+                );
+            }
+            file(b, "dup", b"first");
+            file(b, "dup", b"second");
+            file(b, "target", b"linked content");
+            special(b, tar::EntryType::Link, "hard", "target");
+            file(b, "becomes-link", b"old");
+            special(b, tar::EntryType::Symlink, "becomes-link", "dup");
+            file(b, "becomes-dir", b"old");
+            let mut h = header(tar::EntryType::Directory, 0);
+            raw_name(&mut h, "becomes-dir");
+            h.set_cksum();
+            b.append(&h, io::empty()).unwrap();
+            file(b, "becomes-dir/inside", b"in");
+        });
+        let d = tempfile::tempdir().unwrap();
+        let st = unpack_tar(&data[..], d.path(), &opts()).unwrap();
+        for i in 0..3000 {
+            let got = std::fs::read(d.path().join(format!("d{}/f{i}", i % 7))).unwrap();
+            assert_eq!(got, vec![(i % 251) as u8; 1 + i * 13 % 4000], "f{i}");
+        }
+        assert_eq!(std::fs::read(d.path().join("dup")).unwrap(), b"second");
+        assert_eq!(
+            std::fs::read(d.path().join("hard")).unwrap(),
+            b"linked content"
+        );
+        let (t, h) = (
+            std::fs::metadata(d.path().join("target")).unwrap(),
+            std::fs::metadata(d.path().join("hard")).unwrap(),
+        );
+        assert_eq!(t.ino(), h.ino());
+        assert_eq!(
+            std::fs::read_link(d.path().join("becomes-link")).unwrap(),
+            Path::new("dup")
+        );
+        assert_eq!(
+            std::fs::read(d.path().join("becomes-dir/inside")).unwrap(),
+            b"in"
+        );
+        // The directories' times are set after their files are in.
+        let md = std::fs::metadata(d.path().join("d3")).unwrap();
+        assert_eq!(md.mtime(), 0, "implied directory keeps its fixed mtime");
+        assert!(st.content_bytes > 3000);
     }
 
     #[test]
