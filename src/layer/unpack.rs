@@ -37,7 +37,7 @@ use crate::progress::{self, Progress};
 use crate::store::Store;
 
 const CHUNK: usize = 1 << 20;
-const CHANNEL_DEPTH: usize = 16;
+const CHANNEL_DEPTH: usize = 8;
 /// What a file or directory costs on disk beyond its content, for `Flusher`.
 const BLOCK: u64 = 4096;
 /// Bytes (content, plus a block per file and directory) written between two early writebacks.
@@ -45,7 +45,7 @@ const FLUSH_EVERY: u64 = 16 << 20;
 /// Regular files up to this size are written by the file pool's workers (`filepool`).
 const POOL_FILE_MAX: u64 = 256 << 10;
 /// Content handed to the workers and not yet written, at most.
-const POOL_BUDGET: u64 = 4 << 20;
+const POOL_BUDGET: u64 = 2 << 20;
 /// Workers at most: beyond a few, the filesystem's own locks and the one parsing thread decide.
 const POOL_WORKERS_MAX: usize = 4;
 /// Files compared with the previous tree's (`UnpackOptions::link_from`) up to this size; larger
