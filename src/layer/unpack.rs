@@ -645,12 +645,11 @@ pub fn unpack_tar<R: Read>(r: R, dest: &Path, opts: &UnpackOptions) -> Result<Un
         }
         _ => None,
     };
-    let umask = current_umask();
     let sink = Arc::new(Sink {
         root: dest.to_path_buf(),
         prev,
         opts: opts.clone(),
-        umask,
+        umask: current_umask(),
         content_bytes: AtomicU64::new(0),
         files_linked: AtomicU64::new(0),
         xattrs_skipped: AtomicU64::new(0),
@@ -664,15 +663,12 @@ pub fn unpack_tar<R: Read>(r: R, dest: &Path, opts: &UnpackOptions) -> Result<Un
         })
     });
     let mut w = Writer {
-        root: dest.to_path_buf(),
         sink,
         pool,
         dispatched: HashSet::new(),
         flusher: Flusher::new(dest),
-        opts,
         known: HashSet::new(),
         deferred: Vec::new(),
-        umask,
         // New directories inherit a set-group-id bit, which only the final chmod removes.
         setgid_root: std::fs::metadata(dest).is_ok_and(|md| md.mode() & 0o2000 != 0),
         stats: UnpackStats::default(),
@@ -691,13 +687,7 @@ pub fn unpack_tar<R: Read>(r: R, dest: &Path, opts: &UnpackOptions) -> Result<Un
 /// How many file pool workers an unpack starts: none on a single processor, where the parsing
 /// thread writing itself costs no hand-over.
 fn pool_workers() -> usize {
-    let cpus = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
-        .map(|set| {
-            (0..nix::sched::CpuSet::count())
-                .filter(|&i| set.is_set(i).unwrap_or(false))
-                .count()
-        })
-        .unwrap_or(1);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     if cpus < 2 {
         0
     } else {
@@ -746,6 +736,8 @@ struct Sink {
     /// `opts.link_from`, open.
     prev: Option<crate::beneath::Beneath>,
     opts: UnpackOptions,
+    /// The process's umask, when known: a mode it leaves alone is given at creation, which
+    /// saves a chmod per entry.
     umask: Option<u32>,
     content_bytes: AtomicU64,
     files_linked: AtomicU64,
@@ -761,8 +753,8 @@ struct SmallFile {
     meta: EntryMeta,
 }
 
-struct Writer<'a> {
-    root: PathBuf,
+struct Writer {
+    /// What writes files, with the target root, the options and the umask.
     sink: Arc<Sink>,
     /// Workers writing small files; `None` on one processor and for commits.
     pool: Option<Pool<SmallFile>>,
@@ -770,15 +762,11 @@ struct Writer<'a> {
     /// entry that could meet one of them waits for the pool first.
     dispatched: HashSet<u64>,
     flusher: Flusher,
-    opts: &'a UnpackOptions,
     /// Relative paths (bytes) known to be real directories, not symlinks.
     known: HashSet<Vec<u8>>,
     /// Directories whose mode (unless creation gave the right one) and mtime are set at the
     /// end: (path, mode, mtime).
     deferred: Vec<(PathBuf, Option<u32>, FileTime)>,
-    /// The process's umask, when known: a mode it leaves alone is given at creation, which
-    /// saves a chmod per entry.
-    umask: Option<u32>,
     /// The target directory has the set-group-id bit, so every directory made in it gets it.
     setgid_root: bool,
     stats: UnpackStats,
@@ -794,20 +782,16 @@ struct EntryMeta {
     xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
-impl Writer<'_> {
+impl Writer {
     fn archive_err(&self, source: io::Error) -> LayerError {
         LayerError::Archive {
-            archive: self.opts.label.clone(),
+            archive: self.sink.opts.label.clone(),
             source,
         }
     }
 
     fn refuse(&self, name: &[u8], reason: impl std::fmt::Display) -> LayerError {
-        LayerError::Entry {
-            archive: self.opts.label.clone(),
-            entry: display(name),
-            reason: reason.to_string(),
-        }
+        self.sink.refuse(name, reason)
     }
 
     fn entry<R: Read>(&mut self, mut e: tar::Entry<'_, R>) -> Result<()> {
@@ -830,13 +814,13 @@ impl Writer<'_> {
         let last = last[0];
         let lastb = last.as_bytes();
         if lastb.starts_with(WHITEOUT_PREFIX.as_bytes()) {
-            if self.opts.oci_whiteouts {
+            if self.sink.opts.oci_whiteouts {
                 // A whiteout removes a whole tree, which may hold files still in flight.
                 self.drain()?;
                 let parent = self.parent_dir(parents, &raw)?;
                 return self.whiteout(&parent, lastb, &raw);
             }
-            if self.opts.owners {
+            if self.sink.opts.owners {
                 return Err(
                     self.refuse(&raw, "names starting with .wh. are reserved for whiteouts")
                 );
@@ -880,7 +864,7 @@ impl Writer<'_> {
 
     fn rel_components<'n>(&self, raw: &'n [u8]) -> Result<Vec<&'n OsStr>> {
         let mut comps = components(raw).map_err(|r| self.refuse(raw, r))?;
-        if self.opts.strip_top && !comps.is_empty() {
+        if self.sink.opts.strip_top && !comps.is_empty() {
             comps.remove(0);
         }
         Ok(comps)
@@ -929,7 +913,7 @@ impl Writer<'_> {
                 }
             }
         }
-        if !self.opts.owners {
+        if !self.sink.opts.owners {
             m.mode &= 0o777;
         }
         Ok(m)
@@ -939,7 +923,7 @@ impl Writer<'_> {
     /// missing), never a symlink.
     fn parent_dir(&mut self, parents: &[&OsStr], raw: &[u8]) -> Result<PathBuf> {
         let mut rel: Vec<u8> = Vec::new();
-        let mut path = self.root.clone();
+        let mut path = self.sink.root.clone();
         for c in parents {
             if !rel.is_empty() {
                 rel.push(b'/');
@@ -966,7 +950,7 @@ impl Writer<'_> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     std::fs::create_dir(&path).at("create directory", &path)?;
-                    if self.opts.owners {
+                    if self.sink.opts.owners {
                         self.sink.chown(&path, None, 0, 0, raw)?;
                     }
                     // Implied directory: fixed metadata, so the layer id stays deterministic.
@@ -1015,8 +999,9 @@ impl Writer<'_> {
         // A directory the owner can fill gets its final mode at creation when nothing would
         // take bits away; any other (read-only, set-id, sticky) is made 0777 minus the umask
         // and given its mode at the end, once its entries are in.
-        let at_creation =
-            !self.setgid_root && m.mode & 0o700 == 0o700 && exact_on_create(m.mode, self.umask);
+        let at_creation = !self.setgid_root
+            && m.mode & 0o700 == 0o700
+            && exact_on_create(m.mode, self.sink.umask);
         let mut mode = Some(m.mode);
         // Creating first saves a `stat` per directory in the common case of a fresh tree.
         let create = || {
@@ -1040,7 +1025,7 @@ impl Writer<'_> {
             }
             Err(e) => return Err(FsError::new("create directory", path, e).into()),
         }
-        if self.opts.owners {
+        if self.sink.opts.owners {
             self.sink.chown(path, None, m.uid, m.gid, raw)?;
         }
         self.sink.set_xattrs(path, None, &m)?;
@@ -1063,7 +1048,7 @@ impl Writer<'_> {
             self.clear(path, raw)?;
         }
         let size = e.size();
-        if self.opts.link_from_is_source {
+        if self.sink.opts.link_from_is_source {
             if self.sink.link_source(path, raw, size, &m)? {
                 return Ok(());
             }
@@ -1088,10 +1073,7 @@ impl Writer<'_> {
             };
         }
         // Larger files are streamed through the buffer, here.
-        let exact = exact_on_create(m.mode, self.umask);
-        let mut f = self
-            .sink
-            .create_file(path, raw, if exact { m.mode } else { 0o600 })?;
+        let (mut f, exact) = self.sink.create_for(path, raw, &m)?;
         loop {
             let n = match e.read(&mut self.buf) {
                 Ok(0) => break,
@@ -1150,7 +1132,7 @@ impl Writer<'_> {
         }
         self.clear(path, raw)?;
         std::os::unix::fs::symlink(OsStr::from_bytes(target), path).at("symlink", path)?;
-        if self.opts.owners {
+        if self.sink.opts.owners {
             self.sink.chown(path, None, m.uid, m.gid, raw)?;
         }
         filetime::set_symlink_file_times(path, m.mtime, m.mtime).at("set times", path)?;
@@ -1162,7 +1144,7 @@ impl Writer<'_> {
         self.clear(path, raw)?;
         mknod(path, SFlag::S_IFIFO, Mode::from_bits_truncate(0o600), 0)
             .map_err(|e| FsError::new("mkfifo", path, e.into()))?;
-        if self.opts.owners {
+        if self.sink.opts.owners {
             self.sink.chown(path, None, m.uid, m.gid, raw)?;
         }
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(m.mode))
@@ -1205,7 +1187,7 @@ impl Writer<'_> {
         let sink = &self.sink;
         self.stats.content_bytes = sink.content_bytes.load(Ordering::Relaxed);
         self.stats.files_linked = sink.files_linked.load(Ordering::Relaxed);
-        self.stats.xattrs_skipped += sink.xattrs_skipped.load(Ordering::Relaxed);
+        self.stats.xattrs_skipped = sink.xattrs_skipped.load(Ordering::Relaxed);
         for (path, mode, mtime) in &self.deferred {
             if let Some(mode) = mode {
                 std::fs::set_permissions(path, std::fs::Permissions::from_mode(*mode))
@@ -1320,6 +1302,14 @@ impl Sink {
         }
     }
 
+    /// Create the file of entry `m` at `path`, and whether it has its final mode already: a mode
+    /// the umask leaves alone and no write or chown can clear is given at creation.
+    fn create_for(&self, path: &Path, raw: &[u8], m: &EntryMeta) -> Result<(File, bool)> {
+        let exact = exact_on_create(m.mode, self.umask);
+        let f = self.create_file(path, raw, if exact { m.mode } else { 0o600 })?;
+        Ok((f, exact))
+    }
+
     /// A created file's owner, mode (when creation could not give it), xattrs and times.
     fn finish_file(
         &self,
@@ -1354,9 +1344,7 @@ impl Sink {
         if self.prev.is_some() && self.link_same(&path, &raw, &content, &m)? {
             return Ok(());
         }
-        // A mode the umask leaves alone and no write or chown can clear is given at creation.
-        let exact = exact_on_create(m.mode, self.umask);
-        let mut f = self.create_file(&path, &raw, if exact { m.mode } else { 0o600 })?;
+        let (mut f, exact) = self.create_for(&path, &raw, &m)?;
         f.write_all(&content).at("write", &path)?;
         self.finish_file(&f, &path, &raw, &m, exact)
     }
