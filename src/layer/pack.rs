@@ -23,11 +23,17 @@
 //! Sockets cannot be archived and are skipped.
 
 use std::collections::HashMap;
-use std::ffi::OsString;
+use std::ffi::{CStr, CString, OsStr, OsString};
+use std::fs::File;
 use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+use nix::dir::Dir;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{fstatat, FileStat, Mode, SFlag};
 
 use super::{LayerError, Result};
 use crate::progress::Progress;
@@ -62,7 +68,8 @@ pub fn pack_dir<W: Write>(root: &Path, out: W, progress: Option<&Progress>) -> R
         progress,
         root: root.to_path_buf(),
     };
-    p.walk(root, b"")?;
+    let dir = Packer::<W>::open_root(root)?;
+    p.walk(dir, root, b"")?;
     p.out.write_all(&[0u8; BLOCK * 2]).map_err(|e| p.werr(e))?;
     p.out.flush().map_err(|e| p.werr(e))?;
     Ok(p.stats)
@@ -117,13 +124,42 @@ pub fn keep_xattr(name: &[u8]) -> bool {
             || name == b"system.posix_acl_default")
 }
 
-fn overlay_xattr(path: &Path, key: &str) -> Option<Vec<u8>> {
-    for ns in ["user.overlay.", "trusted.overlay."] {
-        if let Ok(Some(v)) = xattr::get(path, format!("{ns}{key}")) {
-            return Some(v);
-        }
-    }
-    None
+/// A directory entry as the walk sees it: the name in the tarball, the name on disk, its
+/// status, and, for an empty regular file (whose xattrs tell whether it is a whiteout), the
+/// xattrs already read.
+struct Item {
+    tar_name: Vec<u8>,
+    name: CString,
+    st: FileStat,
+    whiteout: bool,
+    xattrs: Option<Xattrs>,
+}
+
+/// Kept xattrs (name, value), sorted by name.
+type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
+fn file_type(st: &FileStat) -> SFlag {
+    SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits())
+}
+
+/// `O_NOFOLLOW` on every open: a layer's symlinks are entries, never followed.
+fn open_at(dir: RawFd, name: &CStr, flags: OFlag) -> io::Result<File> {
+    let fd = nix::fcntl::openat(
+        Some(dir),
+        name,
+        flags | OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NOCTTY,
+        Mode::empty(),
+    )?;
+    Ok(File::from(crate::sys::own_fd(fd)))
+}
+
+/// The xattr names that mark an overlayfs whiteout or opaque directory (`key`), in the order
+/// they are looked up.
+fn overlay_names(key: &str) -> [String; 2] {
+    [
+        format!("user.overlay.{key}"),
+        format!("trusted.overlay.{key}"),
+    ]
 }
 
 impl<W: Write> Packer<'_, W> {
@@ -141,113 +177,198 @@ impl<W: Write> Packer<'_, W> {
         }
     }
 
-    /// Emit the content of directory `dir` whose tar name prefix is `prefix` ("" or "a/b/").
-    fn walk(&mut self, dir: &Path, prefix: &[u8]) -> Result<()> {
-        let mut names: Vec<OsString> = Vec::new();
-        for ent in std::fs::read_dir(dir).map_err(|e| Self::perr(dir, "read directory", e))? {
-            names.push(
-                ent.map_err(|e| Self::perr(dir, "read directory", e))?
-                    .file_name(),
-            );
-        }
-        // (tar name within the directory, on-disk name, metadata, whiteout?)
-        let mut items: Vec<(Vec<u8>, OsString, std::fs::Metadata, bool)> =
-            Vec::with_capacity(names.len());
-        for name in names {
-            let path = dir.join(&name);
-            let md = std::fs::symlink_metadata(&path).map_err(|e| Self::perr(&path, "stat", e))?;
-            let ft = md.file_type();
-            let whiteout = (ft.is_char_device() && md.rdev() == 0)
-                || (ft.is_file() && md.len() == 0 && overlay_xattr(&path, "whiteout").is_some());
-            let bytes = name.as_bytes();
+    fn open_root(root: &Path) -> Result<File> {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(root)
+            .map_err(|e| Self::perr(root, "open directory", e))
+    }
+
+    /// Emit the content of the directory open as `dir` (at `path`, for messages) whose tar name
+    /// prefix is `prefix` ("" or "a/b/"). Every name is resolved from the directory's
+    /// descriptor, as tar does, so no path is walked from the root again.
+    fn walk(&mut self, dir: File, path: &Path, prefix: &[u8]) -> Result<()> {
+        let mut dir = Dir::from(dir).map_err(|e| Self::perr(path, "read directory", e))?;
+        let fd = dir.as_raw_fd();
+        let mut items: Vec<Item> = Vec::new();
+        for ent in dir.iter() {
+            let ent = ent.map_err(|e| Self::perr(path, "read directory", e))?;
+            let name = ent.file_name();
+            if matches!(name.to_bytes(), b"." | b"..") {
+                continue;
+            }
+            let child = || path.join(OsStr::from_bytes(name.to_bytes()));
+            let st = fstatat(Some(fd), name, AtFlags::AT_SYMLINK_NOFOLLOW)
+                .map_err(|e| Self::perr(&child(), "stat", e))?;
+            let bytes = name.to_bytes();
             if bytes.starts_with(WHITEOUT_PREFIX.as_bytes()) {
                 return Err(Self::perr(
-                    &path,
+                    &child(),
                     "name",
                     "names starting with .wh. are reserved for OCI whiteouts",
                 ));
+            }
+            let ft = file_type(&st);
+            let mut whiteout = ft == SFlag::S_IFCHR && st.st_rdev == 0;
+            let mut xattrs = None;
+            if ft == SFlag::S_IFREG && st.st_size == 0 {
+                let f = open_at(fd, name, OFlag::empty())
+                    .map_err(|e| Self::perr(&child(), "open", e))?;
+                let (x, overlay) = Self::xattrs_of(&f, &child(), "whiteout")?;
+                whiteout = overlay.is_some();
+                xattrs = Some(x);
             }
             let tar_name = if whiteout {
                 [WHITEOUT_PREFIX.as_bytes(), bytes].concat()
             } else {
                 bytes.to_vec()
             };
-            items.push((tar_name, name, md, whiteout));
+            items.push(Item {
+                tar_name,
+                name: name.to_owned(),
+                st,
+                whiteout,
+                xattrs,
+            });
         }
-        items.sort_by(|a, b| a.0.cmp(&b.0));
-        for (tar_name, name, md, whiteout) in items {
-            let path = dir.join(&name);
-            let full: Vec<u8> = [prefix, &tar_name].concat();
-            if whiteout {
+        items.sort_by(|a, b| a.tar_name.cmp(&b.tar_name));
+        for item in items {
+            let full: Vec<u8> = [prefix, &item.tar_name].concat();
+            if item.whiteout {
                 self.entry(&full, &Meta::marker())?;
                 continue;
             }
-            if md.file_type().is_socket() {
+            if file_type(&item.st) == SFlag::S_IFSOCK {
                 self.stats.skipped += 1;
                 continue;
             }
-            self.node(&path, full, &md)?;
+            self.node(fd, path, item, full)?;
         }
         Ok(())
     }
 
-    fn node(&mut self, path: &Path, mut name: Vec<u8>, md: &std::fs::Metadata) -> Result<()> {
-        let ft = md.file_type();
+    fn node(&mut self, dir: RawFd, dir_path: &Path, item: Item, mut name: Vec<u8>) -> Result<()> {
+        let st = &item.st;
+        let ft = file_type(st);
+        let path = || dir_path.join(OsStr::from_bytes(item.name.to_bytes()));
         let mut m = Meta {
-            mode: md.mode() & 0o7777,
-            uid: md.uid() as u64,
-            gid: md.gid() as u64,
-            mtime: md.mtime(),
-            mtime_nsec: md.mtime_nsec() as u32,
+            mode: st.st_mode & 0o7777,
+            uid: st.st_uid as u64,
+            gid: st.st_gid as u64,
+            mtime: st.st_mtime,
+            mtime_nsec: st.st_mtime_nsec as u32,
             ..Meta::default()
         };
-        if !ft.is_symlink() {
-            m.xattrs = self.xattrs(path)?;
-        }
-        if !ft.is_dir() && md.nlink() > 1 {
-            let key = (md.dev(), md.ino());
+        if ft != SFlag::S_IFDIR && st.st_nlink > 1 {
+            let key = (st.st_dev, st.st_ino);
             if let Some(first) = self.links.get(&key) {
                 m.kind = b'1';
                 m.link = first.clone();
-                m.xattrs.clear();
                 return self.entry(&name, &m);
             }
             self.links.insert(key, name.clone());
         }
-        if ft.is_dir() {
-            m.kind = b'5';
-            name.push(b'/');
-            self.entry(&name, &m)?;
-            if overlay_xattr(path, "opaque").as_deref() == Some(b"y") {
-                let marker = [&name[..], OPAQUE_MARKER.as_bytes()].concat();
-                self.entry(&marker, &Meta::marker())?;
+        match ft {
+            SFlag::S_IFDIR => {
+                let f = open_at(dir, &item.name, OFlag::O_DIRECTORY)
+                    .map_err(|e| Self::perr(&path(), "open directory", e))?;
+                let (x, opaque) = Self::xattrs_of(&f, &path(), "opaque")?;
+                m.xattrs = x;
+                m.kind = b'5';
+                name.push(b'/');
+                self.entry(&name, &m)?;
+                if opaque.as_deref() == Some(b"y") {
+                    let marker = [&name[..], OPAQUE_MARKER.as_bytes()].concat();
+                    self.entry(&marker, &Meta::marker())?;
+                }
+                self.walk(f, &path(), &name)
             }
-            return self.walk(path, &name);
+            SFlag::S_IFREG => {
+                m.kind = b'0';
+                m.size = st.st_size as u64;
+                if let Some(x) = item.xattrs {
+                    // An empty file: its xattrs were read with the whiteout check.
+                    m.xattrs = x;
+                    return self.entry(&name, &m);
+                }
+                let mut f = open_at(dir, &item.name, OFlag::empty())
+                    .map_err(|e| Self::perr(&path(), "open", e))?;
+                m.xattrs = Self::xattrs_of(&f, &path(), "whiteout")?.0;
+                self.entry(&name, &m)?;
+                self.content(&mut f, &path(), m.size)
+            }
+            SFlag::S_IFLNK => {
+                m.kind = b'2';
+                m.link = nix::fcntl::readlinkat(Some(dir), item.name.as_c_str())
+                    .map_err(|e| Self::perr(&path(), "read link", e))?
+                    .into_vec();
+                self.entry(&name, &m)
+            }
+            _ => {
+                // Fifos and device nodes cannot be opened without side effects: their xattrs
+                // are read by path.
+                m.xattrs = Self::xattrs_at(&path())?;
+                if ft == SFlag::S_IFIFO {
+                    m.kind = b'6';
+                } else {
+                    m.kind = if ft == SFlag::S_IFCHR { b'3' } else { b'4' };
+                    m.devmajor = nix::sys::stat::major(st.st_rdev) as u32;
+                    m.devminor = nix::sys::stat::minor(st.st_rdev) as u32;
+                }
+                self.entry(&name, &m)
+            }
         }
-        if ft.is_file() {
-            m.kind = b'0';
-            m.size = md.len();
-            self.entry(&name, &m)?;
-            return self.content(path, md.len());
-        }
-        if ft.is_symlink() {
-            m.kind = b'2';
-            m.link = std::fs::read_link(path)
-                .map_err(|e| Self::perr(path, "read link", e))?
-                .into_os_string()
-                .into_vec();
-        } else if ft.is_fifo() {
-            m.kind = b'6';
-        } else if ft.is_char_device() || ft.is_block_device() {
-            m.kind = if ft.is_char_device() { b'3' } else { b'4' };
-            let rdev = md.rdev();
-            m.devmajor = nix::sys::stat::major(rdev) as u32;
-            m.devminor = nix::sys::stat::minor(rdev) as u32;
-        }
-        self.entry(&name, &m)
     }
 
-    fn xattrs(&self, path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    /// The kept xattrs of the open file `f`, sorted, and the value of its overlayfs xattr `key`
+    /// (`user.` before `trusted.`) when it has one.
+    #[allow(clippy::type_complexity)]
+    fn xattrs_of(
+        f: &File,
+        path: &Path,
+        key: &str,
+    ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, Option<Vec<u8>>)> {
+        use xattr::FileExt;
+        let mut out = Vec::new();
+        let names: Vec<OsString> = match f.list_xattr() {
+            Ok(n) => n.collect(),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok((out, None)),
+            Err(e) => return Err(Self::perr(path, "list xattrs", e)),
+        };
+        if names.is_empty() {
+            return Ok((out, None));
+        }
+        let mut overlay = None;
+        for want in overlay_names(key) {
+            if names.iter().any(|n| n.as_bytes() == want.as_bytes()) {
+                if let Some(v) = f
+                    .get_xattr(&want)
+                    .map_err(|e| Self::perr(path, "read xattr", e))?
+                {
+                    overlay = Some(v);
+                    break;
+                }
+            }
+        }
+        for n in names {
+            let nb = n.as_bytes();
+            if !keep_xattr(nb) {
+                continue;
+            }
+            if let Some(v) = f
+                .get_xattr(&n)
+                .map_err(|e| Self::perr(path, "read xattr", e))?
+            {
+                out.push((nb.to_vec(), v));
+            }
+        }
+        out.sort();
+        Ok((out, overlay))
+    }
+
+    /// The kept xattrs of the node at `path` (not followed), sorted.
+    fn xattrs_at(path: &Path) -> Result<Xattrs> {
         let mut out = Vec::new();
         let names = match xattr::list(path) {
             Ok(n) => n,
@@ -267,12 +388,7 @@ impl<W: Write> Packer<'_, W> {
         Ok(out)
     }
 
-    fn content(&mut self, path: &Path, size: u64) -> Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
-            .map_err(|e| Self::perr(path, "open", e))?;
+    fn content(&mut self, f: &mut File, path: &Path, size: u64) -> Result<()> {
         let mut left = size;
         while left > 0 {
             let want = left.min(self.buf.len() as u64) as usize;
