@@ -194,10 +194,10 @@ fn pack_new_blob(
     let compressed = HashWriter::new(BufWriter::with_capacity(1 << 20, f));
     let enc = Encoder::new(compressed, compression).map_err(io)?;
     // The packer writes many small headers: hand the hasher and encoder large pieces.
-    let mut plain = BufWriter::with_capacity(1 << 20, HashWriter::new(enc));
+    let mut plain = super::pack::SinkBuf::new(1 << 20, HashWriter::new(enc));
     let r = super::pack::pack_dir(&dir, &mut plain, progress);
     let done = r.and_then(|_| {
-        let plain = plain.into_inner().map_err(|e| io(e.into_error()))?;
+        let plain = plain.into_inner().map_err(io)?;
         let (diff_id, _, enc) = plain.finish();
         let compressed = enc.finish().map_err(io)?;
         let (digest, size, bw) = compressed.finish();

@@ -58,8 +58,100 @@ pub struct PackStats {
     pub skipped: u64,
 }
 
+/// Where a pack writes. Besides `Write`, a sink that keeps a buffer of its own can lend the
+/// free part of it (`spare`), so that a file's content is read straight into it instead of
+/// being copied there through the packer's buffer: a layer's bytes are then copied once, by the
+/// kernel, on their way to the hasher or the compressor.
+pub trait PackSink: Write {
+    /// Room for the next bytes of the stream, after making some (which may write); `None` when
+    /// the sink has no buffer to lend.
+    fn spare(&mut self) -> io::Result<Option<&mut [u8]>> {
+        Ok(None)
+    }
+    /// The first `n` bytes of the last `spare` are now part of the stream.
+    fn filled(&mut self, _n: usize) {}
+}
+
+impl PackSink for &mut dyn Write {}
+impl PackSink for Vec<u8> {}
+
+impl<S: PackSink + ?Sized> PackSink for &mut S {
+    fn spare(&mut self) -> io::Result<Option<&mut [u8]>> {
+        (**self).spare()
+    }
+    fn filled(&mut self, n: usize) {
+        (**self).filled(n)
+    }
+}
+
+/// A buffered writer that lends its buffer to the packer (`std::io::BufWriter` does not): the
+/// packer's many small headers and the files' content reach `inner` in pieces of `cap` bytes.
+pub struct SinkBuf<W: Write> {
+    inner: W,
+    buf: Vec<u8>,
+    len: usize,
+}
+
+impl<W: Write> SinkBuf<W> {
+    pub fn new(cap: usize, inner: W) -> Self {
+        SinkBuf {
+            inner,
+            buf: vec![0u8; cap],
+            len: 0,
+        }
+    }
+
+    fn drain(&mut self) -> io::Result<()> {
+        if self.len > 0 {
+            self.inner.write_all(&self.buf[..self.len])?;
+            self.len = 0;
+        }
+        Ok(())
+    }
+
+    /// Write what is buffered and return the inner writer.
+    pub fn into_inner(mut self) -> io::Result<W> {
+        self.drain()?;
+        Ok(self.inner)
+    }
+}
+
+impl<W: Write> Write for SinkBuf<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.len + data.len() > self.buf.len() {
+            self.drain()?;
+        }
+        if data.len() >= self.buf.len() {
+            return self.inner.write(data);
+        }
+        self.buf[self.len..self.len + data.len()].copy_from_slice(data);
+        self.len += data.len();
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.drain()?;
+        self.inner.flush()
+    }
+}
+
+impl<W: Write> PackSink for SinkBuf<W> {
+    fn spare(&mut self) -> io::Result<Option<&mut [u8]>> {
+        if self.len == self.buf.len() {
+            self.drain()?;
+        }
+        Ok(Some(&mut self.buf[self.len..]))
+    }
+    fn filled(&mut self, n: usize) {
+        self.len += n;
+    }
+}
+
 /// Write the canonical tarball of the directory tree `root` to `out`.
-pub fn pack_dir<W: Write>(root: &Path, out: W, progress: Option<&Progress>) -> Result<PackStats> {
+pub fn pack_dir<W: PackSink>(
+    root: &Path,
+    out: W,
+    progress: Option<&Progress>,
+) -> Result<PackStats> {
     let mut p = Packer {
         out,
         stats: PackStats::default(),
@@ -162,7 +254,7 @@ fn overlay_names(key: &str) -> [String; 2] {
     ]
 }
 
-impl<W: Write> Packer<'_, W> {
+impl<W: PackSink> Packer<'_, W> {
     fn werr(&self, e: io::Error) -> LayerError {
         LayerError::Pack {
             path: self.root.clone(),
@@ -390,20 +482,32 @@ impl<W: Write> Packer<'_, W> {
 
     fn content(&mut self, f: &mut File, path: &Path, size: u64) -> Result<()> {
         let mut left = size;
+        let werr = |e: io::Error| LayerError::Pack {
+            path: path.to_path_buf(),
+            reason: format!("write tarball: {e}"),
+        };
         while left > 0 {
-            let want = left.min(self.buf.len() as u64) as usize;
-            let n = f
-                .read(&mut self.buf[..want])
-                .map_err(|e| Self::perr(path, "read", e))?;
+            let n = match self.out.spare().map_err(werr)? {
+                Some(room) => {
+                    let want = left.min(room.len() as u64) as usize;
+                    let n = f
+                        .read(&mut room[..want])
+                        .map_err(|e| Self::perr(path, "read", e))?;
+                    self.out.filled(n);
+                    n
+                }
+                None => {
+                    let want = left.min(self.buf.len() as u64) as usize;
+                    let n = f
+                        .read(&mut self.buf[..want])
+                        .map_err(|e| Self::perr(path, "read", e))?;
+                    self.out.write_all(&self.buf[..n]).map_err(werr)?;
+                    n
+                }
+            };
             if n == 0 {
                 return Err(Self::perr(path, "read", "file shrank while being packed"));
             }
-            self.out
-                .write_all(&self.buf[..n])
-                .map_err(|e| LayerError::Pack {
-                    path: path.to_path_buf(),
-                    reason: format!("write tarball: {e}"),
-                })?;
             left -= n as u64;
             if let Some(p) = self.progress {
                 p.inc(n as u64);
@@ -608,6 +712,68 @@ mod tests {
         pack_dir(r, &mut two, None).unwrap();
         assert_eq!(one, two);
         assert_eq!(one.len() % 512, 0);
+    }
+
+    #[test]
+    fn xattr_whiteouts_and_empty_files_keep_their_xattrs() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        std::fs::write(r.join("gone"), "").unwrap();
+        std::fs::write(r.join("empty"), "").unwrap();
+        std::fs::write(r.join("full"), "x").unwrap();
+        if xattr::set(r.join("gone"), "user.overlay.whiteout", b"").is_err() {
+            eprintln!("skipped: user xattrs not supported here");
+            return;
+        }
+        xattr::set(r.join("empty"), "user.a", b"1").unwrap();
+        xattr::set(r.join("full"), "user.b", b"2").unwrap();
+        let mut out = Vec::new();
+        pack_dir(r, &mut out, None).unwrap();
+        assert_eq!(names_of(&out), [".wh.gone", "empty", "full"]);
+        let mut a = tar::Archive::new(&out[..]);
+        let mut seen = Vec::new();
+        for e in a.entries().unwrap() {
+            let mut e = e.unwrap();
+            let name = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+            for x in e.pax_extensions().unwrap().into_iter().flatten() {
+                let x = x.unwrap();
+                if !x.key().unwrap().starts_with("SCHILY.xattr.") {
+                    continue;
+                }
+                seen.push((
+                    name.clone(),
+                    x.key().unwrap().to_string(),
+                    x.value_bytes().to_vec(),
+                ));
+            }
+        }
+        assert_eq!(
+            seen,
+            [
+                ("empty".into(), "SCHILY.xattr.user.a".into(), b"1".to_vec()),
+                ("full".into(), "SCHILY.xattr.user.b".into(), b"2".to_vec()),
+            ]
+        );
+    }
+
+    #[test]
+    fn lending_sinks_write_the_same_bytes() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        std::fs::create_dir(r.join("d")).unwrap();
+        // Sizes around the sink's capacity and the 512-byte blocks.
+        for (i, n) in [0usize, 1, 511, 512, 999, 1000, 1001, 4096, 70_000]
+            .iter()
+            .enumerate()
+        {
+            let body: Vec<u8> = (0..*n).map(|k| (k * 7 + i) as u8).collect();
+            std::fs::write(r.join(format!("d/f{i}")), body).unwrap();
+        }
+        let mut plain = Vec::new();
+        pack_dir(r, &mut plain, None).unwrap();
+        let mut lent = SinkBuf::new(1000, Vec::new());
+        pack_dir(r, &mut lent, None).unwrap();
+        assert_eq!(lent.into_inner().unwrap(), plain);
     }
 
     #[test]

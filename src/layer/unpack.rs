@@ -170,17 +170,40 @@ impl<R: Read> Read for ProgressReader<R> {
     }
 }
 
+/// Hands the bytes written to it to another thread in chunks of `CHUNK`. A chunk is kept at its
+/// full length (`fill` says how much is written) so that the packer can read a file's content
+/// straight into it (`PackSink`); a consumer may send its used chunks back to be filled again.
 struct ChanWriter {
     tx: SyncSender<Vec<u8>>,
+    back: Option<Receiver<Vec<u8>>>,
     buf: Vec<u8>,
+    fill: usize,
 }
 
 impl ChanWriter {
+    fn new(tx: SyncSender<Vec<u8>>, back: Option<Receiver<Vec<u8>>>) -> Self {
+        ChanWriter {
+            tx,
+            back,
+            buf: vec![0u8; CHUNK],
+            fill: 0,
+        }
+    }
+
     fn send(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
+        if self.fill == 0 {
             return Ok(());
         }
-        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        let fresh = match self.back.as_ref().and_then(|b| b.try_recv().ok()) {
+            Some(mut v) => {
+                v.resize(CHUNK, 0);
+                v
+            }
+            None => vec![0u8; CHUNK],
+        };
+        let mut chunk = std::mem::replace(&mut self.buf, fresh);
+        chunk.truncate(self.fill);
+        self.fill = 0;
         self.tx
             .send(chunk)
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "unpacker stopped"))
@@ -189,21 +212,34 @@ impl ChanWriter {
 
 impl Write for ChanWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        if self.buf.is_empty() && data.len() >= CHUNK {
+        if self.fill == 0 && data.len() >= CHUNK {
             self.tx
                 .send(data.to_vec())
                 .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "unpacker stopped"))?;
             return Ok(data.len());
         }
-        let n = data.len().min(CHUNK - self.buf.len());
-        self.buf.extend_from_slice(&data[..n]);
-        if self.buf.len() >= CHUNK {
+        let n = data.len().min(CHUNK - self.fill);
+        self.buf[self.fill..self.fill + n].copy_from_slice(&data[..n]);
+        self.fill += n;
+        if self.fill >= CHUNK {
             self.send()?;
         }
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
         self.send()
+    }
+}
+
+impl super::pack::PackSink for ChanWriter {
+    fn spare(&mut self) -> io::Result<Option<&mut [u8]>> {
+        if self.fill >= CHUNK {
+            self.send()?;
+        }
+        Ok(Some(&mut self.buf[self.fill..]))
+    }
+    fn filled(&mut self, n: usize) {
+        self.fill += n;
     }
 }
 
@@ -284,10 +320,7 @@ where
     let (tx, rx) = sync_channel::<Vec<u8>>(CHANNEL_DEPTH);
     let handle = std::thread::spawn(move || {
         let mut w = StreamWriter {
-            inner: ChanWriter {
-                tx,
-                buf: Vec::with_capacity(CHUNK),
-            },
+            inner: ChanWriter::new(tx, None),
             hasher: (hash == StreamHash::Compute).then(sha2::Sha256::new),
             count: 0,
         };
@@ -520,17 +553,17 @@ pub fn unpack_rootfs(store: &Store, tarball: &Path, source: &str) -> Result<Laye
 /// holds: the tree is read on this thread and hashed on another one.
 fn hash_tree(dir: &Path, bar: &Progress) -> Result<(String, super::pack::PackStats)> {
     let (tx, rx) = sync_channel::<Vec<u8>>(CHANNEL_DEPTH);
+    let (back_tx, back) = sync_channel::<Vec<u8>>(CHANNEL_DEPTH);
     let hasher = std::thread::spawn(move || {
         let mut h = sha2::Sha256::new();
         for chunk in rx {
             h.update(&chunk);
+            // Full means the writer has chunks enough to fill; this one is dropped.
+            let _ = back_tx.try_send(chunk);
         }
         hex::encode(h.finalize())
     });
-    let mut w = ChanWriter {
-        tx,
-        buf: Vec::with_capacity(CHUNK),
-    };
+    let mut w = ChanWriter::new(tx, Some(back));
     let packed = super::pack::pack_dir(dir, &mut w, Some(bar));
     drop(w);
     let id = hasher.join().map_err(|_| LayerError::Panicked("hashing"))?;
