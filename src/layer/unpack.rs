@@ -1487,6 +1487,29 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_layer_id_hashes_the_canonical_tarball_through_recycled_chunks() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        // Several chunks' worth, with files smaller and larger than a chunk, so that chunks go
+        // to the hasher, come back and are filled again, partly and whole.
+        for (i, n) in [3 * CHUNK + 17, 10, CHUNK - 1, 2 * CHUNK, 0, 700_000]
+            .iter()
+            .enumerate()
+        {
+            let body: Vec<u8> = (0..*n).map(|k| (k % 251 + i) as u8).collect();
+            std::fs::write(r.join(format!("f{i}")), body).unwrap();
+        }
+        let mut plain = Vec::new();
+        let stats = super::super::pack::pack_dir(r, &mut plain, None).unwrap();
+        let (id, ps) = hash_tree(r, &progress::bytes("t", None)).unwrap();
+        assert_eq!(id, hex::encode(sha2::Sha256::digest(&plain)));
+        assert_eq!(
+            (ps.entries, ps.content_bytes),
+            (stats.entries, stats.content_bytes)
+        );
+    }
+
     fn tar_with(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
         build(&mut b);
