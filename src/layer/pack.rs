@@ -22,6 +22,7 @@
 //!
 //! Sockets cannot be archived and are skipped.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::fs::File;
@@ -161,7 +162,7 @@ pub fn pack_dir<W: PackSink>(
         root: root.to_path_buf(),
     };
     let dir = Packer::<W>::open_root(root)?;
-    p.walk(dir, root, b"")?;
+    p.walk(dir, root)?;
     p.out.write_all(&[0u8; BLOCK * 2]).map_err(|e| p.werr(e))?;
     p.out.flush().map_err(|e| p.werr(e))?;
     Ok(p.stats)
@@ -227,11 +228,45 @@ struct Item {
     xattrs: Option<Xattrs>,
 }
 
+/// A directory being visited: its entries not yet emitted, in tarball order, its descriptor
+/// (none past `FD_DEPTH`), its path (for messages, and to reach its entries without the
+/// descriptor) and its tar name prefix.
+struct Level {
+    items: std::vec::IntoIter<Item>,
+    dir: Option<Dir>,
+    path: PathBuf,
+    prefix: Vec<u8>,
+}
+
 /// Kept xattrs (name, value), sorted by name.
 type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
 
 fn file_type(st: &FileStat) -> SFlag {
     SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits())
+}
+
+/// Directory levels whose descriptors the walk keeps open while it visits their content; below
+/// them a directory's descriptor is closed once its entries are read and its content is reached
+/// by path, so a tree deeper than the descriptors a process may hold still packs (as far as
+/// paths go).
+const FD_DEPTH: usize = 256;
+
+/// How `name` in the directory at `dir_path` is reached: from the directory's descriptor, or,
+/// without one (past `FD_DEPTH`), as a path.
+fn at<'n>(
+    dir: Option<RawFd>,
+    dir_path: &Path,
+    name: &'n CStr,
+) -> io::Result<(RawFd, Cow<'n, CStr>)> {
+    match dir {
+        Some(fd) => Ok((fd, Cow::Borrowed(name))),
+        None => {
+            let path = dir_path.join(OsStr::from_bytes(name.to_bytes()));
+            let c = CString::new(path.into_os_string().into_vec())
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            Ok((libc::AT_FDCWD, Cow::Owned(c)))
+        }
+    }
 }
 
 /// `O_NOFOLLOW` on every open: a layer's symlinks are entries, never followed.
@@ -277,15 +312,44 @@ impl<W: PackSink> Packer<'_, W> {
             .map_err(|e| Self::perr(root, "open directory", e))
     }
 
-    /// Emit the content of the directory open as `dir` (at `path`, for messages) whose tar name
-    /// prefix is `prefix` ("" or "a/b/"). Every name is resolved from the directory's
-    /// descriptor, as tar does, so no path is walked from the root again.
-    fn walk(&mut self, dir: File, path: &Path, prefix: &[u8]) -> Result<()> {
-        let mut dir = Dir::from(dir).map_err(|e| Self::perr(path, "read directory", e))?;
+    /// Emit the content of the tree whose root directory is open as `root` (at `root_path`).
+    /// Directories are visited with a stack of levels on the heap, not by recursion, so that no
+    /// tree is too deep for the thread's stack.
+    fn walk(&mut self, root: File, root_path: &Path) -> Result<()> {
+        let mut stack = vec![Self::level(root, root_path.to_path_buf(), Vec::new(), 0)?];
+        while let Some(top) = stack.last_mut() {
+            let Some(item) = top.items.next() else {
+                stack.pop();
+                continue;
+            };
+            let full: Vec<u8> = [&top.prefix[..], &item.tar_name].concat();
+            if item.whiteout {
+                self.entry(&full, &Meta::marker())?;
+                continue;
+            }
+            if file_type(&item.st) == SFlag::S_IFSOCK {
+                self.stats.skipped += 1;
+                continue;
+            }
+            let fd = top.dir.as_ref().map(|d| d.as_raw_fd());
+            if let Some((dir, path, prefix)) = self.node(fd, &top.path, item, full)? {
+                let depth = stack.len();
+                stack.push(Self::level(dir, path, prefix, depth)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Read the entries of the directory open as `dir` (at `path`, for messages), `depth`
+    /// levels below the root, whose tar name prefix is `prefix` ("" or "a/b/"), in tarball
+    /// order. Every name is resolved from the directory's descriptor, as tar does, so no path is
+    /// walked from the root again (down to `FD_DEPTH`).
+    fn level(dir: File, path: PathBuf, prefix: Vec<u8>, depth: usize) -> Result<Level> {
+        let mut dir = Dir::from(dir).map_err(|e| Self::perr(&path, "read directory", e))?;
         let fd = dir.as_raw_fd();
         let mut items: Vec<Item> = Vec::new();
         for ent in dir.iter() {
-            let ent = ent.map_err(|e| Self::perr(path, "read directory", e))?;
+            let ent = ent.map_err(|e| Self::perr(&path, "read directory", e))?;
             let name = ent.file_name();
             if matches!(name.to_bytes(), b"." | b"..") {
                 continue;
@@ -325,22 +389,24 @@ impl<W: PackSink> Packer<'_, W> {
             });
         }
         items.sort_by(|a, b| a.tar_name.cmp(&b.tar_name));
-        for item in items {
-            let full: Vec<u8> = [prefix, &item.tar_name].concat();
-            if item.whiteout {
-                self.entry(&full, &Meta::marker())?;
-                continue;
-            }
-            if file_type(&item.st) == SFlag::S_IFSOCK {
-                self.stats.skipped += 1;
-                continue;
-            }
-            self.node(fd, path, item, full)?;
-        }
-        Ok(())
+        Ok(Level {
+            items: items.into_iter(),
+            dir: (depth < FD_DEPTH).then_some(dir),
+            path,
+            prefix,
+        })
     }
 
-    fn node(&mut self, dir: RawFd, dir_path: &Path, item: Item, mut name: Vec<u8>) -> Result<()> {
+    /// Emit one entry of the directory `dir` (its descriptor, `None` past `FD_DEPTH`) at
+    /// `dir_path`, named `name` in the tarball. A directory is returned, open, with its path and
+    /// tar name prefix, for its content to be visited next.
+    fn node(
+        &mut self,
+        dir: Option<RawFd>,
+        dir_path: &Path,
+        item: Item,
+        mut name: Vec<u8>,
+    ) -> Result<Option<(File, PathBuf, Vec<u8>)>> {
         let st = &item.st;
         let ft = file_type(st);
         let path = || dir_path.join(OsStr::from_bytes(item.name.to_bytes()));
@@ -357,13 +423,14 @@ impl<W: PackSink> Packer<'_, W> {
             if let Some(first) = self.links.get(&key) {
                 m.kind = b'1';
                 m.link = first.clone();
-                return self.entry(&name, &m);
+                return self.entry(&name, &m).map(|()| None);
             }
             self.links.insert(key, name.clone());
         }
         match ft {
             SFlag::S_IFDIR => {
-                let f = open_at(dir, &item.name, OFlag::O_DIRECTORY)
+                let f = at(dir, dir_path, &item.name)
+                    .and_then(|(d, n)| open_at(d, &n, OFlag::O_DIRECTORY))
                     .map_err(|e| Self::perr(&path(), "open directory", e))?;
                 let (x, opaque) = Self::xattrs_of(&f, &path(), "opaque")?;
                 m.xattrs = x;
@@ -374,7 +441,7 @@ impl<W: PackSink> Packer<'_, W> {
                     let marker = [&name[..], OPAQUE_MARKER.as_bytes()].concat();
                     self.entry(&marker, &Meta::marker())?;
                 }
-                self.walk(f, &path(), &name)
+                return Ok(Some((f, path(), name)));
             }
             SFlag::S_IFREG => {
                 m.kind = b'0';
@@ -382,20 +449,23 @@ impl<W: PackSink> Packer<'_, W> {
                 if let Some(x) = item.xattrs {
                     // An empty file: its xattrs were read with the whiteout check.
                     m.xattrs = x;
-                    return self.entry(&name, &m);
+                    self.entry(&name, &m)?;
+                } else {
+                    let mut f = at(dir, dir_path, &item.name)
+                        .and_then(|(d, n)| open_at(d, &n, OFlag::empty()))
+                        .map_err(|e| Self::perr(&path(), "open", e))?;
+                    m.xattrs = Self::xattrs_of(&f, &path(), "whiteout")?.0;
+                    self.entry(&name, &m)?;
+                    self.content(&mut f, &path(), m.size)?;
                 }
-                let mut f = open_at(dir, &item.name, OFlag::empty())
-                    .map_err(|e| Self::perr(&path(), "open", e))?;
-                m.xattrs = Self::xattrs_of(&f, &path(), "whiteout")?.0;
-                self.entry(&name, &m)?;
-                self.content(&mut f, &path(), m.size)
             }
             SFlag::S_IFLNK => {
                 m.kind = b'2';
-                m.link = nix::fcntl::readlinkat(Some(dir), item.name.as_c_str())
+                m.link = at(dir, dir_path, &item.name)
+                    .and_then(|(d, n)| Ok(nix::fcntl::readlinkat(Some(d), n.as_ref())?))
                     .map_err(|e| Self::perr(&path(), "read link", e))?
                     .into_vec();
-                self.entry(&name, &m)
+                self.entry(&name, &m)?;
             }
             _ => {
                 // Fifos and device nodes cannot be opened without side effects: their xattrs
@@ -408,9 +478,10 @@ impl<W: PackSink> Packer<'_, W> {
                     m.devmajor = nix::sys::stat::major(st.st_rdev) as u32;
                     m.devminor = nix::sys::stat::minor(st.st_rdev) as u32;
                 }
-                self.entry(&name, &m)
+                self.entry(&name, &m)?;
             }
         }
+        Ok(None)
     }
 
     /// The kept xattrs of the open file `f`, sorted, and the value of its overlayfs xattr `key`
@@ -754,6 +825,84 @@ mod tests {
                 ("full".into(), "SCHILY.xattr.user.b".into(), b"2".to_vec()),
             ]
         );
+    }
+
+    /// Records the most descriptors the process held while the pack wrote.
+    struct FdCount {
+        out: Vec<u8>,
+        most: usize,
+    }
+
+    impl Write for FdCount {
+        fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+            let open = std::fs::read_dir("/proc/self/fd")?.count();
+            self.most = self.most.max(open);
+            self.out.write(data)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl PackSink for FdCount {}
+
+    #[test]
+    fn a_tree_deeper_than_the_descriptor_budget_packs_by_path_below_it() {
+        let d = tempfile::tempdir().unwrap();
+        let levels = FD_DEPTH + 300;
+        let mut deep = d.path().to_path_buf();
+        let mut names = Vec::new();
+        let mut prefix = String::new();
+        for i in 0..levels {
+            deep.push("d");
+            std::fs::create_dir(&deep).unwrap();
+            prefix.push_str("d/");
+            names.push(prefix.clone());
+            if i % 100 == 99 || i == levels - 1 {
+                std::fs::write(deep.join("f"), format!("{i}")).unwrap();
+                std::os::unix::fs::symlink("f", deep.join("l")).unwrap();
+                std::fs::write(deep.join("z"), "").unwrap();
+            }
+        }
+        let mut sink = FdCount {
+            out: Vec::new(),
+            most: 0,
+        };
+        pack_dir(d.path(), &mut sink, None).unwrap();
+        assert!(
+            sink.most < FD_DEPTH + 100,
+            "{} descriptors open for {levels} levels",
+            sink.most
+        );
+        let got = names_of(&sink.out);
+        let dirs: Vec<&String> = got.iter().filter(|n| n.ends_with('/')).collect();
+        assert_eq!(dirs.len(), levels);
+        let mut a = tar::Archive::new(&sink.out[..]);
+        let mut files = Vec::new();
+        for e in a.entries().unwrap() {
+            let mut e = e.unwrap();
+            let name = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+            let depth = name.matches('/').count();
+            match e.header().entry_type() {
+                tar::EntryType::Regular if name.ends_with("/f") => {
+                    let mut body = String::new();
+                    e.read_to_string(&mut body).unwrap();
+                    files.push((depth, body));
+                }
+                tar::EntryType::Symlink => {
+                    assert_eq!(&*e.link_name_bytes().unwrap(), b"f", "{name}");
+                }
+                _ => {}
+            }
+        }
+        // "d/" sorts before "f": the deepest file comes first.
+        let want: Vec<(usize, String)> = (0..levels)
+            .rev()
+            .filter(|i| i % 100 == 99 || *i == levels - 1)
+            .map(|i| (i + 1, i.to_string()))
+            .collect();
+        assert_eq!(files, want);
+        assert_eq!(got.iter().filter(|n| n.ends_with("/z")).count(), want.len());
     }
 
     #[test]
