@@ -212,6 +212,10 @@ impl ChanWriter {
 
 impl Write for ChanWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        // A chunk the packer filled to its end through `spare` goes first.
+        if self.fill >= CHUNK {
+            self.send()?;
+        }
         if self.fill == 0 && data.len() >= CHUNK {
             self.tx
                 .send(data.to_vec())
@@ -1492,13 +1496,25 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let r = d.path();
         // Several chunks' worth, with files smaller and larger than a chunk, so that chunks go
-        // to the hasher, come back and are filled again, partly and whole.
-        for (i, n) in [3 * CHUNK + 17, 10, CHUNK - 1, 2 * CHUNK, 0, 700_000]
-            .iter()
-            .enumerate()
+        // to the hasher, come back and are filled again, partly and whole. The first file's
+        // content ends exactly at the end of the first chunk (one 512-byte header before it: a
+        // whole-second mtime needs no PAX header), so the next header meets a full chunk.
+        for (i, n) in [
+            CHUNK - 512,
+            3 * CHUNK + 17,
+            10,
+            CHUNK - 1,
+            2 * CHUNK,
+            0,
+            700_000,
+        ]
+        .iter()
+        .enumerate()
         {
             let body: Vec<u8> = (0..*n).map(|k| (k % 251 + i) as u8).collect();
-            std::fs::write(r.join(format!("f{i}")), body).unwrap();
+            let f = r.join(format!("f{i}"));
+            std::fs::write(&f, body).unwrap();
+            filetime::set_file_mtime(&f, filetime::FileTime::from_unix_time(1_000_000, 0)).unwrap();
         }
         let mut plain = Vec::new();
         let stats = super::super::pack::pack_dir(r, &mut plain, None).unwrap();
