@@ -69,8 +69,11 @@ pub trait PackSink: Write {
     fn spare(&mut self) -> io::Result<Option<&mut [u8]>> {
         Ok(None)
     }
-    /// The first `n` bytes of the last `spare` are now part of the stream.
-    fn filled(&mut self, _n: usize) {}
+    /// The first `n` bytes of the last `spare` are now part of the stream (a buffer they fill
+    /// is passed on at once, which may write).
+    fn filled(&mut self, _n: usize) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 impl PackSink for &mut dyn Write {}
@@ -80,7 +83,7 @@ impl<S: PackSink + ?Sized> PackSink for &mut S {
     fn spare(&mut self) -> io::Result<Option<&mut [u8]>> {
         (**self).spare()
     }
-    fn filled(&mut self, n: usize) {
+    fn filled(&mut self, n: usize) -> io::Result<()> {
         (**self).filled(n)
     }
 }
@@ -137,13 +140,15 @@ impl<W: Write> Write for SinkBuf<W> {
 
 impl<W: Write> PackSink for SinkBuf<W> {
     fn spare(&mut self) -> io::Result<Option<&mut [u8]>> {
+        // `write` fills the buffer to its end and drains it only when more comes.
         if self.len == self.buf.len() {
             self.drain()?;
         }
         Ok(Some(&mut self.buf[self.len..]))
     }
-    fn filled(&mut self, n: usize) {
+    fn filled(&mut self, n: usize) -> io::Result<()> {
         self.len += n;
+        Ok(())
     }
 }
 
@@ -157,7 +162,7 @@ pub fn pack_dir<W: PackSink>(
         out,
         stats: PackStats::default(),
         links: HashMap::new(),
-        buf: vec![0u8; 256 * 1024],
+        buf: Vec::new(),
         progress,
         root: root.to_path_buf(),
     };
@@ -487,21 +492,13 @@ impl<W: PackSink> Packer<'_, W> {
     /// The kept xattrs of the open file `f`, sorted, and the value of its overlayfs xattr `key`
     /// (`user.` before `trusted.`) when it has one.
     #[allow(clippy::type_complexity)]
-    fn xattrs_of(
-        f: &File,
-        path: &Path,
-        key: &str,
-    ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, Option<Vec<u8>>)> {
+    fn xattrs_of(f: &File, path: &Path, key: &str) -> Result<(Xattrs, Option<Vec<u8>>)> {
         use xattr::FileExt;
-        let mut out = Vec::new();
         let names: Vec<OsString> = match f.list_xattr() {
             Ok(n) => n.collect(),
-            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok((out, None)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok((Vec::new(), None)),
             Err(e) => return Err(Self::perr(path, "list xattrs", e)),
         };
-        if names.is_empty() {
-            return Ok((out, None));
-        }
         let mut overlay = None;
         for want in overlay_names(key) {
             if names.iter().any(|n| n.as_bytes() == want.as_bytes()) {
@@ -514,37 +511,33 @@ impl<W: PackSink> Packer<'_, W> {
                 }
             }
         }
-        for n in names {
-            let nb = n.as_bytes();
-            if !keep_xattr(nb) {
-                continue;
-            }
-            if let Some(v) = f
-                .get_xattr(&n)
-                .map_err(|e| Self::perr(path, "read xattr", e))?
-            {
-                out.push((nb.to_vec(), v));
-            }
-        }
-        out.sort();
-        Ok((out, overlay))
+        let kept = Self::kept(names, |n| f.get_xattr(n), path)?;
+        Ok((kept, overlay))
     }
 
     /// The kept xattrs of the node at `path` (not followed), sorted.
     fn xattrs_at(path: &Path) -> Result<Xattrs> {
-        let mut out = Vec::new();
         let names = match xattr::list(path) {
             Ok(n) => n,
-            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(out),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(Vec::new()),
             Err(e) => return Err(Self::perr(path, "list xattrs", e)),
         };
+        Self::kept(names, |n| xattr::get(path, n), path)
+    }
+
+    /// The values of the kept xattrs among `names`, read with `get`, sorted by name.
+    fn kept(
+        names: impl IntoIterator<Item = OsString>,
+        get: impl Fn(&OsStr) -> io::Result<Option<Vec<u8>>>,
+        path: &Path,
+    ) -> Result<Xattrs> {
+        let mut out = Vec::new();
         for n in names {
-            let nb = n.as_bytes();
-            if !keep_xattr(nb) {
+            if !keep_xattr(n.as_bytes()) {
                 continue;
             }
-            if let Some(v) = xattr::get(path, &n).map_err(|e| Self::perr(path, "read xattr", e))? {
-                out.push((nb.to_vec(), v));
+            if let Some(v) = get(&n).map_err(|e| Self::perr(path, "read xattr", e))? {
+                out.push((n.into_vec(), v));
             }
         }
         out.sort();
@@ -564,10 +557,13 @@ impl<W: PackSink> Packer<'_, W> {
                     let n = f
                         .read(&mut room[..want])
                         .map_err(|e| Self::perr(path, "read", e))?;
-                    self.out.filled(n);
+                    self.out.filled(n).map_err(werr)?;
                     n
                 }
                 None => {
+                    if self.buf.is_empty() {
+                        self.buf = vec![0u8; 256 * 1024];
+                    }
                     let want = left.min(self.buf.len() as u64) as usize;
                     let n = f
                         .read(&mut self.buf[..want])
@@ -903,6 +899,23 @@ mod tests {
             .collect();
         assert_eq!(files, want);
         assert_eq!(got.iter().filter(|n| n.ends_with("/z")).count(), want.len());
+    }
+
+    #[test]
+    fn a_header_that_fills_the_lent_buffer_is_written_before_content() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("d/a");
+        std::fs::create_dir(d.path().join("d")).unwrap();
+        std::fs::write(&f, "content").unwrap();
+        // Whole-second mtimes: one 512-byte header each, "d/" and "d/a" exactly the buffer.
+        let t = filetime::FileTime::from_unix_time(1_000_000, 0);
+        filetime::set_file_mtime(&f, t).unwrap();
+        filetime::set_file_mtime(d.path().join("d"), t).unwrap();
+        let mut plain = Vec::new();
+        pack_dir(d.path(), &mut plain, None).unwrap();
+        let mut lent = SinkBuf::new(2 * BLOCK, Vec::new());
+        pack_dir(d.path(), &mut lent, None).unwrap();
+        assert_eq!(lent.into_inner().unwrap(), plain);
     }
 
     #[test]

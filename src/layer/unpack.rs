@@ -171,8 +171,9 @@ impl<R: Read> Read for ProgressReader<R> {
 }
 
 /// Hands the bytes written to it to another thread in chunks of `CHUNK`. A chunk is kept at its
-/// full length (`fill` says how much is written) so that the packer can read a file's content
-/// straight into it (`PackSink`); a consumer may send its used chunks back to be filled again.
+/// full length (`fill` says how much is written, always less than `CHUNK` between calls: a full
+/// chunk is sent at once) so that the packer can read a file's content straight into it
+/// (`PackSink`); a consumer may send its used chunks back to be filled again.
 struct ChanWriter {
     tx: SyncSender<Vec<u8>>,
     back: Option<Receiver<Vec<u8>>>,
@@ -212,10 +213,6 @@ impl ChanWriter {
 
 impl Write for ChanWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        // A chunk the packer filled to its end through `spare` goes first.
-        if self.fill >= CHUNK {
-            self.send()?;
-        }
         if self.fill == 0 && data.len() >= CHUNK {
             self.tx
                 .send(data.to_vec())
@@ -237,13 +234,14 @@ impl Write for ChanWriter {
 
 impl super::pack::PackSink for ChanWriter {
     fn spare(&mut self) -> io::Result<Option<&mut [u8]>> {
+        Ok(Some(&mut self.buf[self.fill..]))
+    }
+    fn filled(&mut self, n: usize) -> io::Result<()> {
+        self.fill += n;
         if self.fill >= CHUNK {
             self.send()?;
         }
-        Ok(Some(&mut self.buf[self.fill..]))
-    }
-    fn filled(&mut self, n: usize) {
-        self.fill += n;
+        Ok(())
     }
 }
 
