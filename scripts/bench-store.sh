@@ -4,7 +4,8 @@
 #   unpack    gbuild layer unpack        vs  tar -xJf  and  xz -T0 -dc | tar -x   (multi-block xz)
 #   unpack-1  the same, single-block xz (what `xz` writes without -T) vs tar -xJf
 #   snapshot  gbuild snapshot (zstd)     vs  tar -c | zstd -3 -T0   (empty blob cache)
-#   snap 1%   commit of an upper dir with 1% of the bytes changed + snapshot, beside a full one
+#   snap 1%   snapshot --machine of a builder whose upper dir holds 1% of the bytes, changed,
+#             beside a full snapshot
 #   restore   gbuild restore             vs  zstd -dc | tar -x
 #   tree      gbuild layer unpack-repo   vs  tar -xJf  (a Gentoo-sized ebuild tree, single-block xz)
 #   day 2     the next day's tree (0.5% of the files changed) beside the first: time and disk
@@ -77,8 +78,13 @@ once() {
   # What the previous command left dirty is written now, untimed: gbuild's own syncfs would
   # otherwise write the plain tool's output too.
   sync
-  "${as_user[@]}" /usr/bin/time -f '%e %M' -o "$work/time" "$@" >/dev/null
-  read -r s r < "$work/time"
+  # time(1) gives the peak RSS; its elapsed time has 10 ms steps, so the span is taken by a
+  # shell between it and the command (bash's microsecond clock).
+  "${as_user[@]}" /usr/bin/time -f '%M' -o "$work/time" bash -c \
+    'a=$EPOCHREALTIME; "$@" >/dev/null; r=$?; echo "$a $EPOCHREALTIME" > "$0"; exit $r' \
+    "$work/span" "$@"
+  read -r r < "$work/time"
+  s=$(awk '{printf "%.4f", $2 - $1}' "$work/span")
 }
 declare -A best rss
 # keep NAME: fold the last run into the best time and largest RSS of NAME
@@ -86,7 +92,7 @@ keep() {
   if [ -z "${best[$1]:-}" ] || python3 -c "import sys; sys.exit(not $s < ${best[$1]})"; then best[$1]=$s; fi
   if [ "$r" -gt "${rss[$1]:-0}" ]; then rss[$1]=$r; fi
 }
-show() { printf '%-40s %8.2f s %9d KiB\n' "$2" "${best[$1]}" "${rss[$1]}" >&2; }
+show() { printf '%-46s %8.3f s %9d KiB\n' "$2" "${best[$1]}" "${rss[$1]}" >&2; }
 # fresh DIR...: empty target directories. The old ones are moved aside, not removed, until the
 # end: ext4 passes over inodes freed in the last minute when it allocates new ones, which made
 # whichever tool ran right after a removal pay for it (up to 3x on a tree of small files).
@@ -126,9 +132,10 @@ done
 show gb_snap "gbuild snapshot (zstd -3, all cores)"; show tar_snap "tar -c | zstd -3 -T0"
 g unshare -- cp -a "$work/oci" "$work/oci-full"
 
-# The next snapshot of a builder whose upper dir holds 1% of the image's bytes, changed: the
-# commit of that upper dir and the snapshot (the unchanged layer's blob comes from the cache).
-# Each round changes other bytes, so each commits a new layer that has no cached blob yet.
+# The next snapshot of a builder whose upper dir holds 1% of the image's bytes, changed:
+# `gbuild snapshot --machine` of a builder on the image (a restore makes one), which commits the
+# upper dir and exports the result (the unchanged layers' blobs come from the cache). Each round
+# changes other bytes, so each commits a new layer that has no cached blob yet.
 u python3 - "$work/x1" "$work/changed.list" <<'PY'
 import os, sys
 root, out = sys.argv[1], sys.argv[2]
@@ -147,22 +154,22 @@ for i, (p, s) in enumerate(files):
 open(out, "w").write("\n".join(pick) + "\n")
 PY
 changed=$(wc -l < "$work/changed.list")
-# upper_dir N: a fresh upper dir holding the chosen files, each with a line of round N appended
+GBUILD_STORE="$work/s1" g restore "$work/oci-full" --machine bench >/dev/null
+upper="$work/s1/machines/bench/container/upper"
+# upper_dir N: the builder's upper dir holds the chosen files, each with a line of round N appended
 upper_dir() {
-  g unshare -- rm -rf "$work/upper" "$work/oci-inc"
-  u mkdir "$work/upper"
-  (cd "$work/x1" && u tar -cf - -T "$work/changed.list") | u tar -xf - -C "$work/upper"
-  u sh -c 'while read -r f; do echo "round $1" >> "$2/$f"; done' sh "$1" "$work/upper" < "$work/changed.list"
+  g unshare -- rm -rf "$work/oci-inc"
+  (cd "$work/x1" && u tar -cf - -T "$work/changed.list") | u tar -xf - -C "$upper"
+  u sh -c 'while read -r f; do echo "round $1" >> "$2/$f"; done' sh "$1" "$upper" < "$work/changed.list"
 }
-# The floor beside it: the same two commands with an empty upper dir (no new layer), which
-# tells the fixed cost of a snapshot from the cost of the change.
-snap_inc="env GBUILD_STORE='$work/s1' $S layer commit --image bench --upper '$work/upper' \
-  --new-image bench-next >/dev/null && env GBUILD_STORE='$work/s1' $S snapshot --image bench-next -o '$work/oci-inc'"
+# The floor beside it: the same command with an empty upper dir (no new layer), which tells the
+# fixed cost of a snapshot from the cost of the change.
+snap_inc="env GBUILD_STORE='$work/s1' $S snapshot --machine bench -o '$work/oci-inc'"
 for round in $(seq "$runs"); do
   once "upper_dir $round" sh -c "$snap_inc"; keep gb_snap_inc
-  once "g unshare -- rm -rf $work/upper $work/oci-inc; u mkdir $work/upper" sh -c "$snap_inc"; keep gb_snap_0
+  once "g unshare -- rm -rf $work/oci-inc" sh -c "$snap_inc"; keep gb_snap_0
 done
-show gb_snap_inc "commit 1% + snapshot ($changed files)"; show gb_snap_0 "commit 0% + snapshot (the floor)"
+show gb_snap_inc "snapshot --machine, 1% changed ($changed files)"; show gb_snap_0 "snapshot --machine, nothing changed (the floor)"
 python3 -c "import sys; i, z, f = map(float, sys.argv[1:]); print(f'snap 1% {i/f:.3f}x of a full snapshot, floor (0%) {z/f:.3f}x, change alone {(i-z)/f:.3f}x', file=sys.stderr)" \
   "${best[gb_snap_inc]}" "${best[gb_snap_0]}" "${best[gb_snap]}"
 
@@ -202,7 +209,7 @@ print(f"unpack   gbuild/tar -xJf          {gu/tu:5.2f}x   rss {ru/1024:.0f} vs {
 print(f"unpack   gbuild/xz -T0 | tar -x   {gu/xu:5.2f}x")
 print(f"unpack-1 gbuild/tar -xJf          {g1/t1:5.2f}x   rss {r1/1024:.0f} MiB (single-block xz)")
 print(f"snapshot gbuild/tar | zstd -3 -T0 {gs/ts:5.2f}x   rss {rs/1024:.0f} MiB")
-print(f"snap 1%  (commit + snapshot)/full {gi/gs:5.3f}x")
+print(f"snap 1%  (snapshot --machine)/full {gi/gs:5.3f}x")
 print(f"restore  gbuild/zstd -dc | tar -x {gr/tr:5.2f}x   rss {rr/1024:.0f} MiB")
 print(f"tree     gbuild/tar -xJf          {gt/tt:5.2f}x   rss {rtree/1024:.0f} MiB (single-block xz)")
 print(f"day 2    time/day 1               {g2/gt:5.2f}x   disk {d2/d1:.3f}x")

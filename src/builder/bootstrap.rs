@@ -349,7 +349,7 @@ fn run_step(
         }
         Step::Seal => {
             let boot_img = m.image_name("bootstrap");
-            layer::image::commit(store, &helper, &inp.cfg_img, upper, Some(&boot_img))?;
+            layer::image::commit(store, &helper, &inp.cfg_img, upper, Some(&boot_img), None)?;
             helper.remove_trees(&[bdir.to_path_buf()])?;
             let mut meta = m.meta()?;
             meta.image = Some(boot_img);
@@ -430,7 +430,7 @@ pub fn config_image(
     helper.remove_trees(&[tmp.to_path_buf()])?;
     let upper = tmp.join("upper");
     write_config_upper(&m.config_dir(), mode, &upper)?;
-    layer::image::commit(&env.store, &helper, base, &upper, Some(name))?;
+    layer::image::commit(&env.store, &helper, base, &upper, Some(name), None)?;
     helper.remove_trees(&[tmp.to_path_buf()])?;
     Ok(())
 }

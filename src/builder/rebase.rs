@@ -259,7 +259,7 @@ pub fn prepare(
         )));
     }
     let boot_img = m.image_name(&format!("bootstrap-{id}"));
-    crate::layer::image::commit(store, &helper, &cfg_img, &upper, Some(&boot_img))?;
+    crate::layer::image::commit(store, &helper, &cfg_img, &upper, Some(&boot_img), None)?;
     // The new image lists the configuration layer itself; the name is not needed.
     drop_images(&[&cfg_img]);
     helper.remove_trees(std::slice::from_ref(&bdir))?;

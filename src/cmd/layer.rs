@@ -75,7 +75,8 @@ pub fn run(ctx: &Ctx, o: LayerOpts) -> anyhow::Result<i32> {
             new_image,
         } => {
             let (store, h) = helper(ctx)?;
-            let (info, img) = image::commit(&store, &h, &image, &upper, new_image.as_deref())?;
+            let (info, img) =
+                image::commit(&store, &h, &image, &upper, new_image.as_deref(), None)?;
             match info {
                 Some(i) => println!("{}", i.id),
                 None => ctx.note(&format!(

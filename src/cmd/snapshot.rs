@@ -34,7 +34,7 @@ pub fn run(ctx: &Ctx, o: SnapshotOpts) -> anyhow::Result<i32> {
     let (store, h) = super::layer::helper(ctx)?;
     let image = match (&o.image, &o.machine) {
         (Some(i), _) => i.clone(),
-        (None, Some(m)) => commit_builder(&store, &h, m)?,
+        (None, Some(m)) => commit_builder(&store, &h, m, o.compression)?,
         (None, None) => unreachable!("clap requires one"),
     };
     let out = o
@@ -52,11 +52,13 @@ pub fn run(ctx: &Ctx, o: SnapshotOpts) -> anyhow::Result<i32> {
 }
 
 /// Commit the builder of machine `name` (its loop must not run) into image `<name>/snap-<unix>`,
-/// which the builder then runs on with an empty upper dir.
+/// which the builder then runs on with an empty upper dir. The commit writes the new layer's
+/// blob as it goes, so the export that follows packs nothing.
 fn commit_builder(
     store: &gbuild::store::Store,
     h: &gbuild::layer::ns::Helper,
     name: &str,
+    compression: Compression,
 ) -> anyhow::Result<String> {
     let m = gbuild::builder::Machine::open(store, name)?;
     let m = gbuild::builder::MachineLock::acquire(store, &m.name)?;
@@ -69,7 +71,7 @@ fn commit_builder(
         return Err(gbuild::builder::BuilderError::NoBuilder(name.to_string()).into());
     }
     let new = format!("{name}/snap-{}", gbuild::builder::state::now());
-    gbuild::layer::image::commit(store, h, &base, &m.upper(), Some(&new))?;
+    gbuild::layer::image::commit(store, h, &base, &m.upper(), Some(&new), Some(compression))?;
     meta.image = Some(new.clone());
     m.save_meta(&meta)?;
     Ok(new)

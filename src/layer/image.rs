@@ -157,20 +157,27 @@ pub fn from_rootfs(
 
 /// Commit the overlay upper dir `upper` (of a stopped container based on image `base`) into a new
 /// layer on top of `base`'s layers, saved as image `new_name` (default: `base`, replaced), and
-/// empty `upper`. An empty upper dir adds no layer.
+/// empty `upper`. An empty upper dir adds no layer. With `blob` (a snapshot to follow), the new
+/// layer's blob in that compression is written to the blob cache in the same pass.
 pub fn commit(
     store: &Store,
     helper: &Helper,
     base: &str,
     upper: &Path,
     new_name: Option<&str>,
+    blob: Option<super::blob::Compression>,
 ) -> Result<(Option<LayerInfo>, Image)> {
     let target = new_name.unwrap_or(base);
     image_path(store, target)?;
     let _lock = StoreLock::shared(store)?;
     let base_img = load(store, base)?;
     let made_by = format!("layer commit of {base} (upper {})", upper.display());
-    let info = helper.commit(upper, base_img.layers.last().map(String::as_str), &made_by)?;
+    let info = helper.commit(
+        upper,
+        base_img.layers.last().map(String::as_str),
+        &made_by,
+        blob,
+    )?;
     let mut layers = base_img.layers.clone();
     if let Some(i) = &info {
         layers.push(i.id.clone());

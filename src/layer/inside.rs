@@ -131,7 +131,14 @@ fn handle(store: &Store, req: Request) -> Result<Reply> {
             upper,
             parent,
             source,
-        } => Reply::Committed(commit_upper(store, &upper, parent.as_deref(), &source)?),
+            blob,
+        } => Reply::Committed(commit_upper(
+            store,
+            &upper,
+            parent.as_deref(),
+            &source,
+            blob,
+        )?),
         Request::PackBlobs {
             layers,
             blob_dir,
@@ -169,12 +176,15 @@ fn handle(store: &Store, req: Request) -> Result<Reply> {
 
 /// Turn the overlay upper dir `upper` into a new sealed layer (overlay whiteouts become OCI
 /// whiteouts in the canonical tarball, and overlay whiteouts again in the layer), then empty
-/// `upper`. An empty upper dir makes no layer (`None`). Runs inside the namespace.
+/// `upper`. An empty upper dir makes no layer (`None`). With `blob`, the same pass also writes
+/// the layer's blob in that compression into the blob cache (a snapshot that follows links it
+/// rather than packing the layer again). Runs inside the namespace.
 pub fn commit_upper(
     store: &Store,
     upper: &Path,
     parent: Option<&str>,
     source: &str,
+    blob: Option<super::blob::Compression>,
 ) -> Result<Option<LayerInfo>> {
     use crate::fsutil::IoContext;
     if std::fs::read_dir(upper)
@@ -185,6 +195,17 @@ pub fn commit_upper(
         return Ok(None);
     }
     let tmp = super::temp_dir(store, "commit")?;
+    // The blob being written beside the layer, and once the stream is complete, the written one.
+    let written: Arc<std::sync::Mutex<Option<(super::blob::BlobInfo, PathBuf)>>> = Arc::default();
+    let blob_writer = match blob {
+        Some(c) => {
+            let dir = store.cached_blobs();
+            std::fs::create_dir_all(&dir).at("create directory", &dir)?;
+            Some((super::oci::BlobWriter::create(&dir, "commit", c)?, c))
+        }
+        None => None,
+    };
+    let blob_tmp = blob_writer.as_ref().map(|(w, _)| w.path().to_path_buf());
     let r = (|| {
         let opts = super::unpack::UnpackOptions {
             label: format!("commit of {}", upper.display()),
@@ -200,8 +221,23 @@ pub fn commit_upper(
         let bar = Arc::new(crate::progress::bytes("commit layer", None));
         let b2 = bar.clone();
         let up = upper.to_path_buf();
+        let out = written.clone();
         let res = super::unpack::pipeline(
-            move |w| super::pack::pack_dir(&up, w, Some(&b2)).map(|_| ()),
+            move |w| match blob_writer {
+                None => super::pack::pack_dir(&up, w, Some(&b2)).map(|_| ()),
+                Some((bw, _)) => {
+                    // The packer writes many small headers: the encoder gets large pieces.
+                    let mut tee = Tee {
+                        stream: w,
+                        blob: super::pack::SinkBuf::new(1 << 20, bw),
+                    };
+                    super::pack::pack_dir(&up, &mut tee, Some(&b2))?;
+                    let bw = tee.blob.into_inner().map_err(LayerError::Unpacker)?;
+                    let done = bw.finish()?;
+                    *out.lock().unwrap_or_else(|e| e.into_inner()) = Some(done);
+                    Ok(())
+                }
+            },
             &tmp,
             &opts,
             super::unpack::StreamHash::Compute,
@@ -210,7 +246,7 @@ pub fn commit_upper(
             .tar_sha256
             .expect("StreamHash::Compute hashes the stream");
         bar.done();
-        super::publish(
+        let info = super::publish(
             store,
             &tmp,
             LayerInfo {
@@ -222,7 +258,23 @@ pub fn commit_upper(
                 created: super::now_secs(),
                 devices_skipped: res.stats.devices_skipped,
             },
-        )
+        )?;
+        if let Some(c) = blob {
+            let (b, path) = written
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .expect("the producer wrote the blob when the stream completed");
+            // One stream made both: a blob of other bytes would be a fault of this code.
+            if b.diff_id != info.id {
+                return Err(LayerError::Damaged {
+                    id: info.id,
+                    actual: b.diff_id,
+                });
+            }
+            super::oci::cache_new_blob(store, &b, &path, c)?;
+        }
+        Ok(info)
     })();
     match r {
         Ok(info) => {
@@ -234,10 +286,34 @@ pub fn commit_upper(
         Err(e) => {
             // Best effort beside the step's own error; gc removes a temporary-named leftover.
             let _ = super::remove_tree(&tmp);
+            if let Some(t) = &blob_tmp {
+                // Best effort too, for the same reason.
+                let _ = std::fs::remove_file(t);
+            }
             Err(e)
         }
     }
 }
+
+/// The commit's tar stream, written to the unpacker and to the blob being made of it.
+struct Tee<'a, W: Write> {
+    stream: &'a mut dyn Write,
+    blob: W,
+}
+
+impl<W: Write> Write for Tee<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.stream.write(buf)?;
+        self.blob.write_all(&buf[..n])?;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.stream.flush()?;
+        self.blob.flush()
+    }
+}
+
+impl<W: Write> super::pack::PackSink for Tee<'_, W> {}
 
 /// Unpack OCI layer blobs (bottom first) into layers, checking each diff id; nothing is published
 /// unless every blob unpacked and verified. Layers already in the store are kept.

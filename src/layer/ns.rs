@@ -41,6 +41,8 @@ pub enum Request {
         upper: PathBuf,
         parent: Option<String>,
         source: String,
+        /// Also write the layer's blob in this compression into the blob cache, in the same pass.
+        blob: Option<Compression>,
     },
     /// Write the compressed canonical blob of each layer into `blob_dir` -> `Vec<BlobInfo>`.
     PackBlobs {
@@ -55,6 +57,19 @@ pub enum Request {
     },
     /// Remove directory trees -> `()`.
     RemoveTrees { paths: Vec<PathBuf> },
+}
+
+impl Request {
+    /// The request's name on the wire (its `op`), for diagnostics.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::UnpackRootfs { .. } => "unpack-rootfs",
+            Request::Commit { .. } => "commit",
+            Request::PackBlobs { .. } => "pack-blobs",
+            Request::UnpackBlobs { .. } => "unpack-blobs",
+            Request::RemoveTrees { .. } => "remove-trees",
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -102,6 +117,7 @@ impl Helper {
 
     /// Send one request and wait for its reply.
     fn call(&self, request: Request) -> Result<Reply> {
+        tracing::debug!("layer helper: {}", request.op());
         let env = Envelope {
             store: self.store.root().to_path_buf(),
             quiet: crate::progress::quiet(),
@@ -140,6 +156,7 @@ impl Helper {
         upper: &Path,
         parent: Option<&str>,
         source: &str,
+        blob: Option<Compression>,
     ) -> Result<Option<LayerInfo>> {
         // An empty upper dir makes no layer: when it can be listed from here, that takes no
         // namespace (one that cannot is the helper's to list, or to report).
@@ -150,6 +167,7 @@ impl Helper {
             upper: abs(upper),
             parent: parent.map(str::to_string),
             source: source.to_string(),
+            blob,
         })? {
             Reply::Committed(l) => Ok(l),
             other => Err(unexpected("commit", &other)),
@@ -234,5 +252,35 @@ mod tests {
         assert!(serde_json::from_str::<Answer>(r#"{"ok": null}"#).is_err());
         let e = unexpected("commit", &Reply::Removed).to_string();
         assert!(e.contains("commit") && e.contains("Removed"), "{e}");
+    }
+
+    #[test]
+    fn a_request_names_itself_as_the_wire_does() {
+        let p = PathBuf::from("/x");
+        for r in [
+            Request::UnpackRootfs {
+                tarball: p.clone(),
+                source: String::new(),
+            },
+            Request::Commit {
+                upper: p.clone(),
+                parent: None,
+                source: String::new(),
+                blob: Some(Compression::Zstd),
+            },
+            Request::PackBlobs {
+                layers: Vec::new(),
+                blob_dir: p.clone(),
+                compression: Compression::Gzip,
+            },
+            Request::UnpackBlobs {
+                blobs: Vec::new(),
+                source: String::new(),
+            },
+            Request::RemoveTrees { paths: Vec::new() },
+        ] {
+            let v = serde_json::to_value(&r).unwrap();
+            assert_eq!(v["op"], r.op(), "{v}");
+        }
     }
 }

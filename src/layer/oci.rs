@@ -186,19 +186,68 @@ fn pack_new_blob(
     compression: Compression,
     progress: Option<&Progress>,
 ) -> Result<BlobInfo> {
-    use std::os::unix::fs::PermissionsExt;
     let dir = layer_dir(store, id);
-    let tmp = crate::fsutil::temp_path(blob_dir, id);
-    let io = |e: std::io::Error| FsError::new("write", &tmp, e);
-    let f = File::create(&tmp).at("create", &tmp)?;
-    let compressed = HashWriter::new(BufWriter::with_capacity(1 << 20, f));
-    let enc = Encoder::new(compressed, compression).map_err(io)?;
+    let w = BlobWriter::create(blob_dir, id, compression)?;
+    let tmp = w.path().to_path_buf();
     // The packer writes many small headers: hand the hasher and encoder large pieces.
-    let mut plain = super::pack::SinkBuf::new(1 << 20, HashWriter::new(enc));
-    let r = super::pack::pack_dir(&dir, &mut plain, progress);
-    let done = r.and_then(|_| {
-        let plain = plain.into_inner().map_err(io)?;
-        let (diff_id, _, enc) = plain.finish();
+    let mut plain = super::pack::SinkBuf::new(1 << 20, w);
+    let done = super::pack::pack_dir(&dir, &mut plain, progress).and_then(|_| {
+        let w = plain
+            .into_inner()
+            .map_err(|e| FsError::new("write", &tmp, e))?;
+        let (b, tmp) = w.finish()?;
+        if b.diff_id != id {
+            return Err(LayerError::Damaged {
+                id: id.to_string(),
+                actual: b.diff_id,
+            });
+        }
+        let dest = blob_dir.join(&b.digest);
+        std::fs::rename(&tmp, &dest).at("rename into place", &dest)?;
+        Ok(b)
+    });
+    if done.is_err() {
+        // Best effort beside the step's own error; gc removes a temporary-named leftover.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    done
+}
+
+/// A layer blob being written: the canonical tarball goes in, compressed, to a file under a
+/// temporary name; `finish` makes it read-only and durable and tells its digests. The caller
+/// renames the file into place (or removes it on failure).
+pub struct BlobWriter {
+    tmp: PathBuf,
+    compression: Compression,
+    plain: HashWriter<Encoder<HashWriter<BufWriter<File>>>>,
+}
+
+impl BlobWriter {
+    /// A new blob file in `dir`, named as a temporary of `purpose`.
+    pub fn create(dir: &Path, purpose: &str, compression: Compression) -> Result<Self> {
+        let tmp = crate::fsutil::temp_path(dir, purpose);
+        let f = File::create(&tmp).at("create", &tmp)?;
+        let compressed = HashWriter::new(BufWriter::with_capacity(1 << 20, f));
+        let enc = Encoder::new(compressed, compression).at("write", &tmp)?;
+        Ok(BlobWriter {
+            tmp,
+            compression,
+            plain: HashWriter::new(enc),
+        })
+    }
+
+    /// The file being written.
+    pub fn path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// End the compressed stream, make the file read-only and sync it: the blob (its diff id is
+    /// the sha256 of what was written) and the file, still under its temporary name.
+    pub fn finish(self) -> Result<(BlobInfo, PathBuf)> {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = self.tmp;
+        let io = |e: std::io::Error| FsError::new("write", &tmp, e);
+        let (diff_id, _, enc) = self.plain.finish();
         let compressed = enc.finish().map_err(io)?;
         let (digest, size, bw) = compressed.finish();
         let f = bw.into_inner().map_err(|e| io(e.into_error()))?;
@@ -206,26 +255,38 @@ fn pack_new_blob(
         f.set_permissions(std::fs::Permissions::from_mode(0o444))
             .map_err(io)?;
         f.sync_all().map_err(io)?;
-        if diff_id != id {
-            return Err(LayerError::Damaged {
-                id: id.to_string(),
-                actual: diff_id,
-            });
-        }
-        let dest = blob_dir.join(&digest);
-        std::fs::rename(&tmp, &dest).at("rename into place", &dest)?;
-        Ok(BlobInfo {
+        let b = BlobInfo {
             diff_id,
             digest,
             size,
-            media_type: compression.media_type(),
-        })
-    });
-    if done.is_err() {
-        // Best effort beside the step's own error; gc removes a temporary-named leftover.
-        let _ = std::fs::remove_file(&tmp);
+            media_type: self.compression.media_type(),
+        };
+        Ok((b, tmp))
     }
-    done
+}
+
+impl Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.plain.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.plain.flush()
+    }
+}
+
+/// The blob `b` of layer `b.diff_id`, written and synced by a [`BlobWriter`] as `tmp` in the
+/// blob cache's directory, becomes the cached blob of that layer: renamed to its digest, then
+/// the record that names it. A snapshot that follows links it instead of packing the layer.
+pub fn cache_new_blob(
+    store: &Store,
+    b: &BlobInfo,
+    tmp: &Path,
+    compression: Compression,
+) -> Result<()> {
+    let cached = store.cached_blob(&b.digest);
+    std::fs::rename(tmp, &cached).at("rename into place", &cached)?;
+    crate::fsutil::fsync_dir(&store.cached_blobs())?;
+    write_record(store, b, FileStamp::of(&cached)?, compression)
 }
 
 /// sha256 (hex) and length of a file.

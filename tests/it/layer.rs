@@ -765,6 +765,75 @@ fn a_commit_links_the_upper_files_into_the_layer_and_frees_the_rest_later() {
     assert_eq!(seen, "250 2\n0 3000000\n");
 }
 
+#[test]
+fn a_builder_snapshot_packs_its_new_layer_once_to_the_same_bytes() {
+    let Some(env) = env_with_base() else {
+        return;
+    };
+    // A builder on the base image (a restore makes one), its base layer's blob cached.
+    let s0 = env.p("snap0");
+    env.ok(&["snapshot", "--image", "fx/base", "-o", s0.to_str().unwrap()]);
+    env.ok(&["restore", s0.to_str().unwrap(), "--machine", "mx"]);
+    let container = env.store().join("machines/mx/container");
+    let (upper, work) = (container.join("upper"), container.join("work"));
+    let merged = env.p("merged");
+    std::fs::create_dir(&merged).unwrap();
+    env.ns_sh(&format!(
+        "M={m}; mount -t overlay overlay -o userxattr,lowerdir={l},upperdir={u},workdir={w} $M
+         head -c 2000000 /dev/urandom > $M/etc/big; echo new > $M/etc/newfile
+         chown 250:250 $M/etc/newfile; rm $M/etc/os-release; mkdir -p $M/var/lib/a/b
+         echo deep > $M/var/lib/a/b/f
+         umount $M",
+        m = merged.display(),
+        l = env.lowerdir(&env.store(), "fx/base"),
+        u = upper.display(),
+        w = work.display(),
+    ));
+    // The commit writes the new layer's blob as it packs the layer: the export packs nothing.
+    let s1 = env.p("snap1");
+    let o = util::output(gbuild(&env.store()).args([
+        "-v",
+        "snapshot",
+        "--machine",
+        "mx",
+        "-o",
+        s1.to_str().unwrap(),
+    ]));
+    let err = util::stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("layer helper: commit"), "{err}");
+    assert!(!err.contains("layer helper: pack-blobs"), "{err}");
+    let manifest = util::stdout(&o).trim().to_string();
+    assert_eq!(
+        std::fs::read_dir(&upper).unwrap().count(),
+        0,
+        "upper emptied"
+    );
+    // Those bytes are the ones a snapshot packing every layer anew writes (in a fresh store).
+    let store2 = env.p("store2");
+    std::fs::create_dir(&store2).unwrap();
+    let o = env.gb_in(&store2, &["restore", s1.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", util::stderr(&o));
+    let image = util::stdout(&o).trim().to_string();
+    assert!(image.starts_with("mx/snap-"), "{image}");
+    let s2 = env.p("snap2");
+    let o = env.gb_in(
+        &store2,
+        &["snapshot", "--image", &image, "-o", s2.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", util::stderr(&o));
+    assert_eq!(util::stdout(&o).trim(), manifest);
+    assert_eq!(tree_bytes(&s1), tree_bytes(&s2));
+    let seen = with_image_mounted(
+        &env,
+        &store2,
+        &image,
+        "stat -c '%u %s' $M/etc/newfile $M/etc/big $M/var/lib/a/b/f; ls $M/etc",
+    );
+    assert!(seen.starts_with("250 4\n0 2000000\n0 5\n"), "{seen}");
+    assert!(!seen.contains("os-release"), "{seen}");
+}
+
 /// Mount image `image` of `store` read-only (lower dirs only) and run `script` with $M.
 fn with_image_mounted(env: &Env, store: &Path, image: &str, script: &str) -> String {
     let m = env.p("m-ro");
