@@ -201,11 +201,11 @@ pub fn commit_upper(
         Some(c) => {
             let dir = store.cached_blobs();
             std::fs::create_dir_all(&dir).at("create directory", &dir)?;
-            Some((super::oci::BlobWriter::create(&dir, "commit", c)?, c))
+            Some(super::oci::BlobWriter::create(&dir, "commit", c)?)
         }
         None => None,
     };
-    let blob_tmp = blob_writer.as_ref().map(|(w, _)| w.path().to_path_buf());
+    let blob_tmp = blob_writer.as_ref().map(|w| w.path().to_path_buf());
     let r = (|| {
         let opts = super::unpack::UnpackOptions {
             label: format!("commit of {}", upper.display()),
@@ -225,7 +225,7 @@ pub fn commit_upper(
         let res = super::unpack::pipeline(
             move |w| match blob_writer {
                 None => super::pack::pack_dir(&up, w, Some(&b2)).map(|_| ()),
-                Some((bw, _)) => {
+                Some(bw) => {
                     // The packer writes many small headers: the encoder gets large pieces.
                     let mut tee = Tee {
                         stream: w,
@@ -260,18 +260,24 @@ pub fn commit_upper(
             },
         )?;
         if let Some(c) = blob {
-            let (b, path) = written
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take()
-                .expect("the producer wrote the blob when the stream completed");
-            // One stream made both: a blob of other bytes would be a fault of this code.
-            if b.diff_id != info.id {
-                return Err(LayerError::Damaged {
-                    id: info.id,
-                    actual: b.diff_id,
-                });
-            }
+            let done = written.lock().unwrap_or_else(|e| e.into_inner()).take();
+            // One stream made both: a blob missing or of other bytes is a fault of this code.
+            let (b, path) = match done {
+                Some((b, p)) if b.diff_id == info.id => (b, p),
+                other => {
+                    return Err(LayerError::Pack {
+                        path: upper.to_path_buf(),
+                        reason: format!(
+                            "the blob written with layer {} is not of it ({})",
+                            info.id,
+                            other.map_or("none written".into(), |(b, _)| format!(
+                                "its diff id is {}",
+                                b.diff_id
+                            ))
+                        ),
+                    })
+                }
+            };
             super::oci::cache_new_blob(store, &b, &path, c)?;
         }
         Ok(info)
