@@ -195,13 +195,14 @@ pub fn commit_upper(
         return Ok(None);
     }
     let tmp = super::temp_dir(store, "commit")?;
-    // The blob being written beside the layer, and once the stream is complete, the written one.
-    let written: Arc<std::sync::Mutex<Option<(super::blob::BlobInfo, PathBuf)>>> = Arc::default();
+    // The blob being written beside the layer, handed back once the whole stream is in it.
+    let written: Arc<std::sync::Mutex<Option<super::oci::BlobWriter>>> = Arc::default();
     let blob_writer = match blob {
         Some(c) => {
             let dir = store.cached_blobs();
             std::fs::create_dir_all(&dir).at("create directory", &dir)?;
-            Some(super::oci::BlobWriter::create(&dir, "commit", c)?)
+            // The pipeline hashes the stream for the layer id, which is the blob's diff id.
+            Some(super::oci::BlobWriter::of_hashed_stream(&dir, "commit", c)?)
         }
         None => None,
     };
@@ -233,8 +234,7 @@ pub fn commit_upper(
                     };
                     super::pack::pack_dir(&up, &mut tee, Some(&b2))?;
                     let bw = tee.blob.into_inner().map_err(LayerError::Unpacker)?;
-                    let done = bw.finish()?;
-                    *out.lock().unwrap_or_else(|e| e.into_inner()) = Some(done);
+                    *out.lock().unwrap_or_else(|e| e.into_inner()) = Some(bw);
                     Ok(())
                 }
             },
@@ -246,39 +246,34 @@ pub fn commit_upper(
             .tar_sha256
             .expect("StreamHash::Compute hashes the stream");
         bar.done();
-        let info = super::publish(
-            store,
-            &tmp,
-            LayerInfo {
-                id,
-                parent: parent.map(str::to_string),
-                source: source.to_string(),
-                size: res.stats.content_bytes,
-                entries: res.stats.entries,
-                created: super::now_secs(),
-                devices_skipped: res.stats.devices_skipped,
-            },
-        )?;
-        if let Some(c) = blob {
-            let done = written.lock().unwrap_or_else(|e| e.into_inner()).take();
-            // One stream made both: a blob missing or of other bytes is a fault of this code.
-            let (b, path) = match done {
-                Some((b, p)) if b.diff_id == info.id => (b, p),
-                other => {
-                    return Err(LayerError::Pack {
-                        path: upper.to_path_buf(),
-                        reason: format!(
-                            "the blob written with layer {} is not of it ({})",
-                            info.id,
-                            other.map_or("none written".into(), |(b, _)| format!(
-                                "its diff id is {}",
-                                b.diff_id
-                            ))
-                        ),
-                    })
-                }
-            };
-            super::oci::cache_new_blob(store, &b, &path, c)?;
+        let layer = LayerInfo {
+            id,
+            parent: parent.map(str::to_string),
+            source: source.to_string(),
+            size: res.stats.content_bytes,
+            entries: res.stats.entries,
+            created: super::now_secs(),
+            devices_skipped: res.stats.devices_skipped,
+        };
+        let pending = written.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if blob.is_some() && pending.is_none() {
+            return Err(LayerError::Pack {
+                path: upper.to_path_buf(),
+                reason: format!("no blob was written with layer {}", layer.id),
+            });
+        }
+        // The compressor's last jobs and the blob's fsync overlap the layer's sync and rename.
+        let (published, finished) = std::thread::scope(|s| {
+            let finishing = pending.map(|w| s.spawn(move || w.finish()));
+            let published = super::publish(store, &tmp, layer);
+            let finished =
+                finishing.map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+            (published, finished)
+        });
+        let info = published?;
+        if let (Some(c), Some(w)) = (blob, finished.transpose()?) {
+            // Its diff id is the layer id: both are the sha256 of the one stream.
+            super::oci::cache_new_blob(store, &w.info(info.id.clone()), &w.path, c)?;
         }
         Ok(info)
     })();

@@ -195,16 +195,17 @@ fn pack_new_blob(
         let w = plain
             .into_inner()
             .map_err(|e| FsError::new("write", &tmp, e))?;
-        let (b, tmp) = w.finish()?;
-        if b.diff_id != id {
+        let w = w.finish()?;
+        let actual = w.diff_id.clone().unwrap_or_default();
+        if actual != id {
             return Err(LayerError::Damaged {
                 id: id.to_string(),
-                actual: b.diff_id,
+                actual,
             });
         }
-        let dest = blob_dir.join(&b.digest);
-        std::fs::rename(&tmp, &dest).at("rename into place", &dest)?;
-        Ok(b)
+        let dest = blob_dir.join(&w.digest);
+        std::fs::rename(&w.path, &dest).at("rename into place", &dest)?;
+        Ok(w.info(actual))
     });
     if done.is_err() {
         // Best effort beside the step's own error; gc removes a temporary-named leftover.
@@ -219,12 +220,43 @@ fn pack_new_blob(
 pub struct BlobWriter {
     tmp: PathBuf,
     compression: Compression,
-    plain: HashWriter<Encoder<HashWriter<BufWriter<File>>>>,
+    /// The tarball's own sha256 (the diff id), unless the caller hashes the same stream.
+    plain: Option<sha2::Sha256>,
+    enc: Encoder<HashWriter<BufWriter<File>>>,
+}
+
+/// A blob written and synced by a [`BlobWriter`], still under its temporary name.
+pub struct WrittenBlob {
+    pub path: PathBuf,
+    pub digest: String,
+    pub size: u64,
+    /// The sha256 of the tarball, when the writer hashed it.
+    pub diff_id: Option<String>,
+    media_type: String,
+}
+
+impl WrittenBlob {
+    /// The blob's record as the blob of layer `diff_id`.
+    pub fn info(&self, diff_id: String) -> BlobInfo {
+        BlobInfo {
+            diff_id,
+            digest: self.digest.clone(),
+            size: self.size,
+            media_type: self.media_type.clone(),
+        }
+    }
 }
 
 impl BlobWriter {
-    /// A new blob file in `dir`, named as a temporary of `purpose`.
+    /// A new blob file in `dir`, named as a temporary of `purpose`; the tarball is hashed too.
     pub fn create(dir: &Path, purpose: &str, compression: Compression) -> Result<Self> {
+        let mut w = Self::of_hashed_stream(dir, purpose, compression)?;
+        w.plain = Some(sha2::Sha256::new());
+        Ok(w)
+    }
+
+    /// The same for a caller that hashes the tarball itself (one sha256 of the stream, not two).
+    pub fn of_hashed_stream(dir: &Path, purpose: &str, compression: Compression) -> Result<Self> {
         let tmp = crate::fsutil::temp_path(dir, purpose);
         let f = File::create(&tmp).at("create", &tmp)?;
         let compressed = HashWriter::new(BufWriter::with_capacity(1 << 20, f));
@@ -232,7 +264,8 @@ impl BlobWriter {
         Ok(BlobWriter {
             tmp,
             compression,
-            plain: HashWriter::new(enc),
+            plain: None,
+            enc,
         })
     }
 
@@ -241,36 +274,38 @@ impl BlobWriter {
         &self.tmp
     }
 
-    /// End the compressed stream, make the file read-only and sync it: the blob (its diff id is
-    /// the sha256 of what was written) and the file, still under its temporary name.
-    pub fn finish(self) -> Result<(BlobInfo, PathBuf)> {
+    /// End the compressed stream, make the file read-only and sync it.
+    pub fn finish(self) -> Result<WrittenBlob> {
         use std::os::unix::fs::PermissionsExt;
         let tmp = self.tmp;
         let io = |e: std::io::Error| FsError::new("write", &tmp, e);
-        let (diff_id, _, enc) = self.plain.finish();
-        let compressed = enc.finish().map_err(io)?;
+        let compressed = self.enc.finish().map_err(io)?;
         let (digest, size, bw) = compressed.finish();
         let f = bw.into_inner().map_err(|e| io(e.into_error()))?;
         // Blobs are content-addressed: never written again (the cache shares the file).
         f.set_permissions(std::fs::Permissions::from_mode(0o444))
             .map_err(io)?;
         f.sync_all().map_err(io)?;
-        let b = BlobInfo {
-            diff_id,
+        Ok(WrittenBlob {
+            path: tmp,
             digest,
             size,
+            diff_id: self.plain.map(|h| hex::encode(h.finalize())),
             media_type: self.compression.media_type(),
-        };
-        Ok((b, tmp))
+        })
     }
 }
 
 impl Write for BlobWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.plain.write(buf)
+        let n = self.enc.write(buf)?;
+        if let Some(h) = &mut self.plain {
+            h.update(&buf[..n]);
+        }
+        Ok(n)
     }
     fn flush(&mut self) -> std::io::Result<()> {
-        self.plain.flush()
+        self.enc.flush()
     }
 }
 
