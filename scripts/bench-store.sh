@@ -164,10 +164,10 @@ upper_dir() {
 }
 # The floor beside it: the same command with an empty upper dir (no new layer), which tells the
 # fixed cost of a snapshot from the cost of the change.
-snap_inc="env GBUILD_STORE='$work/s1' $S snapshot --machine bench -o '$work/oci-inc'"
+snap_inc=(env GBUILD_STORE="$work/s1" $S snapshot --machine bench -o "$work/oci-inc")
 for round in $(seq "$runs"); do
-  once "upper_dir $round" sh -c "$snap_inc"; keep gb_snap_inc
-  once "g unshare -- rm -rf $work/oci-inc" sh -c "$snap_inc"; keep gb_snap_0
+  once "upper_dir $round" "${snap_inc[@]}"; keep gb_snap_inc
+  once "g unshare -- rm -rf $work/oci-inc" "${snap_inc[@]}"; keep gb_snap_0
 done
 show gb_snap_inc "snapshot --machine, 1% changed ($changed files)"; show gb_snap_0 "snapshot --machine, nothing changed (the floor)"
 python3 -c "import sys; i, z, f = map(float, sys.argv[1:]); print(f'snap 1% {i/f:.3f}x of a full snapshot, floor (0%) {z/f:.3f}x, change alone {(i-z)/f:.3f}x', file=sys.stderr)" \
