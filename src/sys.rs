@@ -36,6 +36,27 @@ pub fn pidfd_open(pid: i32) -> std::io::Result<std::os::fd::OwnedFd> {
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// Start writing `len` bytes of `f` from `offset` to disk without waiting for them
+/// (`sync_file_range` with `SYNC_FILE_RANGE_WRITE`): a head start for a later fsync, which is
+/// what makes the data durable and reports any error.
+pub fn start_writeback(f: &std::fs::File, offset: u64, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: sync_file_range takes a descriptor `f` keeps open and plain integers; it touches
+    // no memory of ours.
+    let r = unsafe {
+        libc::sync_file_range(
+            f.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Set the terminal window size of `fd`.
 pub fn set_winsize(fd: RawFd, ws: &nix::pty::Winsize) -> std::io::Result<()> {
     // SAFETY: TIOCSWINSZ reads a winsize struct that outlives the call.

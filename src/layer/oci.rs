@@ -222,7 +222,35 @@ pub struct BlobWriter {
     compression: Compression,
     /// The tarball's own sha256 (the diff id), unless the caller hashes the same stream.
     plain: Option<sha2::Sha256>,
-    enc: Encoder<HashWriter<BufWriter<File>>>,
+    enc: Encoder<HashWriter<BufWriter<Writeback>>>,
+}
+
+/// The blob file, whose written bytes are handed to the disk every `WRITEBACK_EVERY` while the
+/// compressor still works: without it the final fsync writes the whole blob at once (the
+/// kernel's own writeback waits for far more dirty memory than one blob), after everything else.
+struct Writeback {
+    f: File,
+    written: u64,
+    started: u64,
+}
+
+/// Bytes of a blob written between two writeback starts.
+const WRITEBACK_EVERY: u64 = 8 << 20;
+
+impl Write for Writeback {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.f.write(buf)?;
+        self.written += n as u64;
+        if self.written - self.started >= WRITEBACK_EVERY {
+            // Only a head start: the fsync in `finish` makes the blob durable and reports errors.
+            let _ = crate::sys::start_writeback(&self.f, self.started, self.written - self.started);
+            self.started = self.written;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.f.flush()
+    }
 }
 
 /// A blob written and synced by a [`BlobWriter`], still under its temporary name.
@@ -259,6 +287,11 @@ impl BlobWriter {
     pub fn of_hashed_stream(dir: &Path, purpose: &str, compression: Compression) -> Result<Self> {
         let tmp = crate::fsutil::temp_path(dir, purpose);
         let f = File::create(&tmp).at("create", &tmp)?;
+        let f = Writeback {
+            f,
+            written: 0,
+            started: 0,
+        };
         let compressed = HashWriter::new(BufWriter::with_capacity(1 << 20, f));
         let enc = Encoder::new(compressed, compression).at("write", &tmp)?;
         Ok(BlobWriter {
@@ -281,7 +314,7 @@ impl BlobWriter {
         let io = |e: std::io::Error| FsError::new("write", &tmp, e);
         let compressed = self.enc.finish().map_err(io)?;
         let (digest, size, bw) = compressed.finish();
-        let f = bw.into_inner().map_err(|e| io(e.into_error()))?;
+        let f = bw.into_inner().map_err(|e| io(e.into_error()))?.f;
         // Blobs are content-addressed: never written again (the cache shares the file).
         f.set_permissions(std::fs::Permissions::from_mode(0o444))
             .map_err(io)?;
@@ -835,6 +868,28 @@ pub fn import(store: &Store, helper: &Helper, dir: &Path, name: Option<&str>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_blob_file_goes_to_the_disk_as_it_grows_and_keeps_every_byte() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("blob");
+        let mut w = Writeback {
+            f: File::create(&p).unwrap(),
+            written: 0,
+            started: 0,
+        };
+        let len = WRITEBACK_EVERY * 2 + 12_345;
+        let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        for c in data.chunks((1 << 20) + 17) {
+            w.write_all(c).unwrap();
+        }
+        assert_eq!(w.written, len);
+        // Two writebacks were started, each from where the last one ended.
+        assert!(w.started > 2 * WRITEBACK_EVERY - (1 << 20) && w.started <= len);
+        crate::sys::start_writeback(&w.f, 0, len).unwrap();
+        w.f.sync_all().unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), data);
+    }
 
     fn compress(data: &[u8], threads: u32) -> Vec<u8> {
         let mut e = zstd::stream::write::Encoder::new(Vec::new(), ZSTD_LEVEL).unwrap();
