@@ -195,8 +195,6 @@ pub fn commit_upper(
         return Ok(None);
     }
     let tmp = super::temp_dir(store, "commit")?;
-    // The blob being written beside the layer, handed back once the whole stream is in it.
-    let written: Arc<std::sync::Mutex<Option<super::oci::BlobWriter>>> = Arc::default();
     let blob_writer = match blob {
         Some(c) => {
             let dir = store.cached_blobs();
@@ -222,10 +220,10 @@ pub fn commit_upper(
         let bar = Arc::new(crate::progress::bytes("commit layer", None));
         let b2 = bar.clone();
         let up = upper.to_path_buf();
-        let out = written.clone();
-        let res = super::unpack::pipeline(
+        // The producer hands the blob writer back once the whole stream is in it.
+        let (res, pending) = super::unpack::pipeline(
             move |w| match blob_writer {
-                None => super::pack::pack_dir(&up, w, Some(&b2)).map(|_| ()),
+                None => super::pack::pack_dir(&up, w, Some(&b2)).map(|_| None),
                 Some(bw) => {
                     // The packer writes many small headers: the encoder gets large pieces.
                     let mut tee = Tee {
@@ -233,9 +231,10 @@ pub fn commit_upper(
                         blob: super::pack::SinkBuf::new(1 << 20, bw),
                     };
                     super::pack::pack_dir(&up, &mut tee, Some(&b2))?;
-                    let bw = tee.blob.into_inner().map_err(LayerError::Unpacker)?;
-                    *out.lock().unwrap_or_else(|e| e.into_inner()) = Some(bw);
-                    Ok(())
+                    tee.blob
+                        .into_inner()
+                        .map(Some)
+                        .map_err(LayerError::Unpacker)
                 }
             },
             &tmp,
@@ -255,13 +254,6 @@ pub fn commit_upper(
             created: super::now_secs(),
             devices_skipped: res.stats.devices_skipped,
         };
-        let pending = written.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if blob.is_some() && pending.is_none() {
-            return Err(LayerError::Pack {
-                path: upper.to_path_buf(),
-                reason: format!("no blob was written with layer {}", layer.id),
-            });
-        }
         // The compressor's last jobs and the blob's fsync overlap the layer's sync and rename.
         let (published, finished) = std::thread::scope(|s| {
             let finishing = pending.map(|w| s.spawn(move || w.finish()));

@@ -309,15 +309,16 @@ impl<W: Write> Write for StreamWriter<W> {
 }
 
 /// Run `producer` (which writes an uncompressed tar stream) on its own thread and unpack what it
-/// writes into `dest` on this one.
-pub fn pipeline<P>(
+/// writes into `dest` on this one; the producer's own result comes back beside the unpack's.
+pub fn pipeline<P, T>(
     producer: P,
     dest: &Path,
     opts: &UnpackOptions,
     hash: StreamHash,
-) -> Result<PipelineResult>
+) -> Result<(PipelineResult, T)>
 where
-    P: FnOnce(&mut dyn Write) -> Result<()> + Send + 'static,
+    P: FnOnce(&mut dyn Write) -> Result<T> + Send + 'static,
+    T: Send + 'static,
 {
     let (tx, rx) = sync_channel::<Vec<u8>>(CHANNEL_DEPTH);
     let handle = std::thread::spawn(move || {
@@ -327,8 +328,8 @@ where
             count: 0,
         };
         let r = producer(&mut w);
-        let r = r.and_then(|()| w.flush().map_err(LayerError::Unpacker));
-        r.map(|()| (w.hasher.map(|h| hex::encode(h.finalize())), w.count))
+        let r = r.and_then(|t| w.flush().map(|()| t).map_err(LayerError::Unpacker));
+        r.map(|t| (w.hasher.map(|h| hex::encode(h.finalize())), w.count, t))
     });
     let mut reader = ChanReader {
         rx,
@@ -345,11 +346,14 @@ where
         .join()
         .map_err(|_| LayerError::DecompressorPanicked)?;
     match (res, prod) {
-        (Ok(stats), Ok((tar_sha256, tar_bytes))) => Ok(PipelineResult {
-            stats,
-            tar_sha256,
-            tar_bytes,
-        }),
+        (Ok(stats), Ok((tar_sha256, tar_bytes, t))) => Ok((
+            PipelineResult {
+                stats,
+                tar_sha256,
+                tar_bytes,
+            },
+            t,
+        )),
         // A stream that ends early is the producer's fault when it failed (bad compression),
         // and anything the unpacker refused in a file that is not the expected one is that.
         (Err(LayerError::Archive { .. }), Err(pe)) => Err(pe),
@@ -493,7 +497,7 @@ fn unpack_checked(
         }
         check(d.into_inner().into_inner())
     };
-    let r = pipeline(producer, dest, opts, hash);
+    let r = pipeline(producer, dest, opts, hash).map(|(r, ())| r);
     if r.is_ok() {
         bar.done();
     }
