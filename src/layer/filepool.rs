@@ -23,11 +23,14 @@ use super::{LayerError, Result};
 /// Jobs queued per worker beyond the one it runs.
 const QUEUE_DEPTH: usize = 64;
 
-/// What is in flight: jobs handed over and not finished, and their bytes.
+/// What is in flight: jobs handed over and not finished, and their bytes; and how many threads
+/// wait for that to shrink (a worker wakes them only then: a wake is a syscall, and most jobs
+/// end with nobody waiting).
 #[derive(Default)]
 struct Inflight {
     jobs: usize,
     bytes: u64,
+    waiters: usize,
 }
 
 struct Shared {
@@ -42,6 +45,14 @@ impl Shared {
         // A poisoned lock only means a worker panicked while holding it; the counters it guards
         // are updated in one step, so they are still whole.
         self.inflight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wait for a worker to finish a job, counted among the waiters meanwhile.
+    fn wait<'a>(&self, mut f: MutexGuard<'a, Inflight>) -> MutexGuard<'a, Inflight> {
+        f.waiters += 1;
+        let mut f = self.changed.wait(f).unwrap_or_else(|p| p.into_inner());
+        f.waiters -= 1;
+        f
     }
 
     fn fail(&self, e: LayerError) {
@@ -106,8 +117,11 @@ impl<J: Send + 'static> Pool<J> {
                     let mut f = shared.lock();
                     f.jobs -= 1;
                     f.bytes -= bytes;
+                    let wake = f.waiters > 0;
                     drop(f);
-                    shared.changed.notify_all();
+                    if wake {
+                        shared.changed.notify_all();
+                    }
                 }
             }));
             senders.push(tx);
@@ -126,11 +140,7 @@ impl<J: Send + 'static> Pool<J> {
         self.shared.take_error()?;
         let mut f = self.shared.lock();
         while f.jobs > 0 && f.bytes + bytes > self.budget {
-            f = self
-                .shared
-                .changed
-                .wait(f)
-                .unwrap_or_else(|p| p.into_inner());
+            f = self.shared.wait(f);
         }
         f.jobs += 1;
         f.bytes += bytes;
@@ -152,11 +162,7 @@ impl<J: Send + 'static> Pool<J> {
     pub(super) fn drain(&self) -> Result<()> {
         let mut f = self.shared.lock();
         while f.jobs > 0 {
-            f = self
-                .shared
-                .changed
-                .wait(f)
-                .unwrap_or_else(|p| p.into_inner());
+            f = self.shared.wait(f);
         }
         drop(f);
         self.shared.take_error()

@@ -1425,8 +1425,10 @@ impl Sink {
         let Some(mut old) = self.previous_same_meta(path, content.len() as u64, m) else {
             return Ok(false);
         };
-        let mut cur = Vec::with_capacity(content.len());
-        if old.read_to_end(&mut cur).is_err() || cur != content {
+        // Its size is the entry's (checked above): one read of that many bytes, where
+        // `read_to_end` would ask the size again, seek and read once more to see the end.
+        let mut cur = vec![0; content.len()];
+        if old.read_exact(&mut cur).is_err() || cur != content {
             return Ok(false);
         }
         let linked = self.link_to(&old, path, raw)?;
